@@ -16,7 +16,10 @@ from edge_runtime.errors import EdgeRuntimeError
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edge_runtime.export.cli", "host: export a pretrained backbone to ONNX fp32/int8 and TFLite int8"),
     "bench": ("edge_runtime.bench.cli", "measure latency, accuracy under domain shift, and cost"),
-    "demo": ("edge_runtime.demo", "the main job: export if needed, then show what the device sees"),
+    "run": ("edge_runtime.run_cli", "classify a video, camera or stream, adapting on the unlabelled frames"),
+    "memory": ("edge_runtime.memory_cli", "build a source memory from labelled images, or show a state file"),
+    "demo": ("edge_runtime.demo", "the main job: export, memorise photos, stream a shifted video: adapted vs source-only"),
+    "bridge": ("firmware_bridge.cli", "serve or talk over a serial/TCP link to cameras and MCUs; export memories to C"),
 }
 
 

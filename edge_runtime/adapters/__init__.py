@@ -11,6 +11,56 @@ from edge_runtime.errors import InputError
 
 ADAPTERS: dict[str, Callable[..., Adapter]] = {}
 
+def _dmn(**params: Any) -> Adapter:
+    from edge_runtime.adapters.dmn import DMN
+    return DMN(**params)
+
+
+def _knn(**params: Any) -> Adapter:
+    from edge_runtime.adapters.knn import KNN
+    return KNN(**params)
+
+
+def _knn_self_train(**params: Any) -> Adapter:
+    from edge_runtime.adapters.knn import KNN
+    return KNN(**{"self_train": True, **params})
+
+
+ADAPTERS["dmn"] = _dmn
+ADAPTERS["knn"] = _knn
+ADAPTERS["knn-self-train"] = _knn_self_train
+
+
+def _baseline(module: str, cls: str, **fixed: Any) -> Callable[..., Adapter]:
+    """Lazy factory for the bench baselines (ncm, linear, t3a, tda, shift)."""
+    def factory(**params: Any) -> Adapter:
+        import importlib
+        return getattr(importlib.import_module(f"edge_runtime.adapters.{module}"), cls)(**{**fixed, **params})
+    return factory
+
+
+ADAPTERS["ncm"] = _baseline("ncm", "NCM")
+ADAPTERS["linear"] = _baseline("linear", "Linear")
+ADAPTERS["t3a"] = _baseline("t3a", "T3A")
+ADAPTERS["tda"] = _baseline("tda", "TDA")
+ADAPTERS["shift"] = _baseline("shift", "Shifted")
+ADAPTERS["shift+t3a"] = _baseline("shift", "Shifted", inner="t3a")
+
+
+def _memflow(**fixed: Any) -> Callable[..., Adapter]:
+    """Lazy factory for MemFlow and its ablations (fixed switches, overridable)."""
+    def factory(**params: Any) -> Adapter:
+        from edge_runtime.adapters.memflow import MemFlow
+        return MemFlow(**{**fixed, **params})
+    return factory
+
+
+ADAPTERS["memflow"] = _memflow()
+ADAPTERS["memflow-no-blur"] = _memflow(blur=0.0)
+ADAPTERS["memflow-no-cu"] = _memflow(confidence_update=False)
+ADAPTERS["memflow-no-spike"] = _memflow(spiking=False)
+ADAPTERS["memflow-static"] = _memflow(reinforce=False)
+
 
 def make_adapter(name: str, **params: Any) -> Adapter:
     """A new adapter by registry name, e.g. ``make_adapter("ncm")``."""

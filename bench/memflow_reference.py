@@ -1,0 +1,149 @@
+"""MemFlow written again with snntorch and torch: a numerical cross-check and a speed reference.
+
+The spiking neurons are snntorch ``Leaky`` cells with beta = 1 (no leak), threshold 0 and reset to
+zero, stepped T times; the graded spike of a neuron that fires is the membrane value it had just
+before the reset (snntorch emits a binary spike, so o = spike * (mem + current)). The bridge links
+become a dense (B, d + N) matrix. Everything else (retrieval, reinforcement, Gaussian refresh)
+is the maths of ``edge_runtime.kernels.memflow`` in torch tensor operations, so the same state
+gives the same numbers. Host side only (``bench``/``dev`` extras): the device path never imports
+this module.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import snntorch as snn
+import torch
+
+from edge_runtime.adapters.memflow import MemFlow
+
+
+class TorchMemFlow:
+    """A torch copy of a fitted ``MemFlow``: same graph, same statistics, same switches."""
+
+    def __init__(self, model: MemFlow) -> None:
+        model._check_fitted()
+        w_entry_hub, w_hub_hub, bridge_src, bridge_w = model._graph
+        d, n_hub, n = model.dim, model.n_hub, model.n_neurons
+        self.model = model
+        self.d, self.n_hub, self.n = d, n_hub, n
+        self.w_entry_hub = torch.from_numpy(w_entry_hub.copy())
+        self.w_hub_hub = torch.from_numpy(w_hub_hub.copy())
+        dense = torch.zeros(bridge_src.shape[0], d + n)
+        for b in range(bridge_src.shape[0]):
+            for s in range(bridge_src.shape[1]):
+                dense[b, int(bridge_src[b, s])] += float(bridge_w[b, s])
+        self.bridge_in = dense[:, :d].contiguous()
+        self.bridge_rec = dense[:, d:].contiguous()
+        self.lif = snn.Leaky(beta=1.0, threshold=0.0, reset_mechanism="zero", reset_delay=False)
+        f64 = lambda a: torch.from_numpy(np.array(a, np.float64))  # noqa: E731
+        self.source, self.target = f64(model._source), f64(model._target)
+        self.centre_source = f64(model._centre_source)
+        self.scale = f64(model._scale)
+        self.trace_mean, self.trace_sum = f64(model._trace_mean), f64(model._trace_sum)
+        self.prior_w = torch.from_numpy(model._prior_w.copy())
+        self.prior_b = torch.from_numpy(model._prior_b.copy())
+        self.shift_sum, self.shift_weight = f64(model._shift_sum), f64(model._shift_weight)
+        self.tv, self.floor_v, self.blur_v = f64(model._tv), f64(model._floor_v), f64(model._blur_v)
+        self.alive = f64(model._alive)
+        self.mu, self.hiv, self.lnorm = f64(model._mu), f64(model._hiv), f64(model._lnorm)
+        self.present = torch.from_numpy(model._present.copy())
+        self.tau = float(model._tau[0])
+
+    @torch.no_grad()
+    def propagate(self, z: torch.Tensor) -> torch.Tensor:
+        """Traces (n, N) of centred rows z (n, d), float32."""
+        z = z.to(torch.float32)
+        a = torch.cat([z @ self.w_entry_hub.T, z @ self.bridge_in.T], dim=1)
+        if not self.model.spiking:
+            return a
+        mem = torch.zeros_like(a)
+        out = torch.zeros_like(a)
+        trace = torch.zeros_like(a)
+        for t in range(self.model.rounds):
+            current = a.clone()
+            if t > 0:
+                current[:, : self.n_hub] += out[:, : self.n_hub] @ self.w_hub_hub.T
+                current[:, self.n_hub:] += out @ self.bridge_rec.T
+            before = mem + current
+            spike, mem = self.lif(current, mem)
+            out = spike * before
+            trace += out
+        return trace
+
+    @torch.no_grad()
+    def retrieve(self, m: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (n, K) from traces (n, N), float64."""
+        model = self.model
+        m = m.to(torch.float64)
+        ll = self.lnorm[None] - (m[:, None, :] - self.mu[None]) ** 2 * self.hiv[None]
+        ll = torch.where(self.present[None, :, None], ll, torch.tensor(-math.inf, dtype=ll.dtype))
+        best = ll.max(dim=1).values
+        top = torch.where(self.alive > 0, best, torch.tensor(-math.inf, dtype=best.dtype)).max(dim=1, keepdim=True).values
+        c = self.alive * torch.exp(best - top) if model.confidence else self.alive.expand_as(best)
+        c = torch.nan_to_num(c)
+        if model.readout == "product":
+            ll0 = torch.where(self.present[None, :, None], ll, torch.zeros((), dtype=ll.dtype))
+            logits = (ll0 * c[:, None, :]).sum(-1) / (c.sum(-1, keepdim=True) * self.tau)
+            logits = torch.where(self.present[None], logits, torch.tensor(-math.inf, dtype=logits.dtype))
+            return torch.softmax(logits, dim=1)
+        post = torch.softmax(ll, dim=1)
+        vote = (post * c[:, None, :]).sum(-1) / c.sum(-1, keepdim=True)
+        return torch.softmax(torch.log(vote) / self.tau, dim=1)
+
+    @torch.no_grad()
+    def _refresh_class(self, k: int) -> None:
+        model = self.model
+        s0 = self.source[0, k]
+        alpha = torch.where((s0 > 0) & (model.source_weight > 0), model.source_weight / s0.clamp_min(1e-300),
+                            torch.ones_like(s0))
+        n = alpha * s0 + self.target[0, k]
+        safe = n.clamp_min(1e-300)
+        mean = (alpha * self.source[1, k] + self.target[1, k]) / safe
+        self.mu[k] = torch.where(n > 0, mean, torch.zeros_like(mean))
+        if model.variance == "class":
+            var = torch.maximum((alpha * self.source[2, k] + self.target[2, k]) / safe - mean ** 2, self.floor_v)
+            v = var + self.blur_v
+            self.hiv[k] = torch.where(n > 0, 0.5 / v, self.hiv[k])
+            self.lnorm[k] = torch.where(n > 0, -0.5 * (math.log(2 * math.pi) + torch.log(v / self.tv)), self.lnorm[k])
+        self.present[k] = bool((n > 0).any())
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, learn: bool = True) -> torch.Tensor:
+        """One frame (d,): the same sequence as ``edge_runtime.kernels.memflow.step``."""
+        model = self.model
+        z = x.to(torch.float64)
+        z = z / torch.linalg.vector_norm(z)
+        if model.shift:
+            if learn:
+                self.shift_sum = model.shift_decay * self.shift_sum + z
+                self.shift_weight = model.shift_decay * self.shift_weight + 1.0
+            centre = (model.shift_prior * self.centre_source + self.shift_sum) / (model.shift_prior + self.shift_weight)
+        else:
+            centre = self.centre_source
+        m = self.propagate(((z - centre) * self.scale)[None])
+        if model.shift:
+            if learn:
+                self.trace_sum = model.shift_decay * self.trace_sum + m[0].to(torch.float64)
+            target_mean = (model.shift_prior * self.trace_mean + self.trace_sum) / (model.shift_prior + self.shift_weight)
+            m = (m.to(torch.float64) + self.trace_mean - target_mean).to(torch.float32)
+        p = self.retrieve(m)[0]
+        k_memory = k_prior = int(torch.argmax(p))
+        if model.prior:
+            logits = self.prior_w @ (z - centre + self.centre_source).to(torch.float32) + self.prior_b
+            k_prior = int(torch.argmax(logits))
+            p = torch.softmax(logits.to(torch.float64) + model.memory_weight * torch.log(p), dim=0)
+        if learn and model.reinforce:
+            k = int(torch.argmax(p))
+            if float(p[k]) >= model.gate and k == k_memory == k_prior:
+                m64 = m[0].to(torch.float64)
+                e = torch.full_like(m64, float(p[k]))
+                if model.confidence_update:
+                    e = e * torch.exp(-((m64 - self.mu[k]) ** 2) * self.hiv[k])
+                g = model.decay
+                self.target[0, k] = g * self.target[0, k] + e
+                self.target[1, k] = g * self.target[1, k] + e * m64
+                self.target[2, k] = g * self.target[2, k] + e * m64 ** 2
+                self._refresh_class(k)
+        return p

@@ -1,0 +1,169 @@
+"""Adaptation tasks: a labelled source domain and an unlabelled target stream, from cached features.
+
+Task names (``SHIFTED_TASKS`` + ``CONTROL``):
+
+- cross-domain: ``photo->clipart``, ``photo->emoji``, ``clipart->photo``, ``mnist->uci-digits``
+  (one fold: the whole source domain, the whole target domain);
+- corruptions: ``photo->photo-c/<corruption>`` for the 10 bench corruptions (severity 5);
+- control: ``photo->photo`` (no shift).
+
+Corruption and control tasks split the photos into two stratified halves with a fixed seed
+(``SPLIT_SEED``). Fold 0: clean half A is the source, the (corrupted) images of half B are the
+target; fold 1 the reverse. A target image's clean copy is therefore never in the source (that
+would leak: a linear head recognises its own training image under noise). Results are averaged
+over the two folds.
+
+``DEV_TASKS`` use the same protocol on corruptions that are *not* reported (ImageNet-C's own
+held-out validation corruptions and two more): every method's defaults are chosen on these and on source data,
+never on the reported targets.
+
+Target labels travel with a fold only for scoring; the accuracy runner hands an adapter one
+feature row at a time and nothing else (see ``edge_runtime.bench.accuracy.run_stream``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.adapters.linear import stratified_folds
+from edge_runtime.errors import InputError
+
+# The reported corruptions and the held-out dev ones (ImageNet-C's validation four plus zoom blur
+# and elastic transform) are defined with the corrupted datasets.
+from edge_runtime.bench.datasets.corruptions import CORRUPTIONS as BENCH_CORRUPTIONS
+from edge_runtime.bench.datasets.corruptions import DEV_CORRUPTIONS
+
+CROSS_DOMAIN = (("photo", "clipart"), ("photo", "emoji"), ("clipart", "photo"), ("mnist", "uci-digits"))
+
+CONTROL = "photo->photo"
+SHIFTED_TASKS = tuple(f"{s}->{t}" for s, t in CROSS_DOMAIN) + tuple(f"photo->photo-c/{c}" for c in BENCH_CORRUPTIONS)
+BENCH_TASKS = SHIFTED_TASKS + (CONTROL,)
+DEV_TASKS = tuple(f"photo->photo-c/{c}" for c in DEV_CORRUPTIONS)
+QUICK_TASKS = ("photo->clipart", "mnist->uci-digits", "photo->photo-c/gaussian_noise", CONTROL)
+
+SPLIT_SEED = 0  # the photo halves; fixed so every method and every run sees the same folds
+ORDER_SEEDS = (0, 1, 2)  # the three stream orders
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One source/target pairing. ``source_key`` names the source rows (same key, same rows), so
+    a runner may fit once per method and source."""
+
+    source_key: str
+    source_x: np.ndarray
+    source_y: np.ndarray
+    source_ids: tuple[str, ...]
+    target_x: np.ndarray
+    target_y: np.ndarray  # for scoring only
+    target_ids: tuple[str, ...]
+
+    def order(self, order_seed: int) -> np.ndarray:
+        """The target rows' stream order seeded by ``order_seed`` (a permutation)."""
+        return np.random.default_rng([order_seed, len(self.target_y)]).permutation(len(self.target_y))
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    group: str  # "shifted", "control" or "dev"
+    classes: tuple[str, ...]
+    folds: tuple[Fold, ...]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def group_of(name: str) -> str:
+    if name == CONTROL:
+        return "control"
+    if name in DEV_TASKS:
+        return "dev"
+    if name in SHIFTED_TASKS:
+        return "shifted"
+    raise InputError(f"unknown task {name!r}; known: {', '.join(BENCH_TASKS + DEV_TASKS)}")
+
+
+def _align(features, classes: tuple[str, ...], domain: str) -> np.ndarray:
+    """Labels of ``features`` re-indexed into ``classes`` (the source's class order)."""
+    if tuple(features.classes) == classes:
+        return np.asarray(features.y, np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    missing = sorted(set(features.classes) - set(index))
+    if missing:
+        raise InputError(f"domain {domain!r} has classes {missing} that the source does not know")
+    remap = np.array([index[c] for c in features.classes], np.int64)
+    return remap[np.asarray(features.y, np.int64)]
+
+
+def photo_halves(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the two stratified halves of the photos (fixed seed)."""
+    fold = stratified_folds(y, 2, SPLIT_SEED)
+    return np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)
+
+
+def load_task(name: str, model_path=None) -> Task:
+    """Build task ``name`` from the cached features of ``model_path`` (default backbone if None)."""
+    from edge_runtime.bench.features import load_features
+
+    group = group_of(name)
+    source_name, target_name = name.split("->")
+    source = load_features(source_name, model_path=model_path)
+    classes = tuple(source.classes)
+    sx, sy, sid = np.asarray(source.X, np.float32), np.asarray(source.y, np.int64), tuple(source.ids)
+    if source_name != "photo" or not target_name.startswith("photo"):
+        target = load_features(target_name, model_path=model_path)
+        fold = Fold(source_name, sx, sy, sid, np.asarray(target.X, np.float32),
+                    _align(target, classes, target_name), tuple(target.ids))
+        return Task(name, group, classes, (fold,))
+    # Two-fold photo protocol: clean half A -> (corrupted) half B, and B -> A.
+    if target_name == "photo":
+        tx, ty = sx, sy
+    else:
+        corrupted = load_features(target_name, model_path=model_path)
+        position = {image_id: i for i, image_id in enumerate(corrupted.ids)}
+        missing = [i for i in source.ids if i not in position]
+        if missing:
+            raise InputError(f"{target_name} lacks {len(missing)} photo ids (e.g. {missing[0]!r}); "
+                             "rebuild its features cache")
+        rows = np.array([position[i] for i in source.ids])  # corrupted row of each clean photo
+        tx = np.asarray(corrupted.X, np.float32)[rows]
+        ty = _align(corrupted, classes, target_name)[rows]
+        if not np.array_equal(ty, sy):
+            raise InputError(f"{target_name} labels disagree with the clean photos for the same ids")
+    folds = []
+    for k, (src, tgt) in enumerate((photo_halves(sy), photo_halves(sy)[::-1])):
+        folds.append(Fold(f"photo[half {k} of 2, seed {SPLIT_SEED}]", sx[src], sy[src], pick(sid, src),
+                          tx[tgt], ty[tgt], pick(sid, tgt)))
+    return Task(name, group, classes, tuple(folds))
+
+
+def pick(ids: tuple[str, ...], rows: np.ndarray) -> tuple[str, ...]:
+    return tuple(ids[i] for i in rows)
+
+
+def subsample(task: Task, max_target: int, max_source_per_class: int | None = None, seed: int = 0) -> Task:
+    """A smaller task for quick runs: at most ``max_target`` target rows per fold (stratified)
+    and at most ``max_source_per_class`` source rows per class.
+
+    The source rows drawn depend only on the source rows and ``seed``, so folds that share a
+    ``source_key`` still share their (subsampled) source.
+    """
+    def keep(y: np.ndarray, fraction: float | None, per_class: int | None, rng: np.random.Generator) -> np.ndarray:
+        rows = []
+        for label in np.unique(y):
+            members = rng.permutation(np.flatnonzero(y == label))
+            n = len(members) if fraction is None else max(1, round(fraction * len(members)))
+            rows.append(members[: n if per_class is None else min(n, per_class)])
+        return np.sort(np.concatenate(rows))
+
+    folds = []
+    for fold in task.folds:
+        s = keep(fold.source_y, None, max_source_per_class, np.random.default_rng([seed, 0]))
+        t = keep(fold.target_y, min(1.0, max_target / len(fold.target_y)), None, np.random.default_rng([seed, 1]))
+        folds.append(Fold(f"{fold.source_key}[sub {max_source_per_class}, seed {seed}]",
+                          fold.source_x[s], fold.source_y[s], pick(fold.source_ids, s),
+                          fold.target_x[t], fold.target_y[t], pick(fold.target_ids, t)))
+    return Task(task.name, task.group, task.classes, tuple(folds))

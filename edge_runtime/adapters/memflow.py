@@ -1,0 +1,431 @@
+"""MemFlow: a fixed random spiking network whose neurons memorise, per class, how they respond.
+
+The maths and the kernels are in ``edge_runtime.kernels.memflow``; the graph and its PRNG spec in
+``edge_runtime.kernels.prng``. This class validates input, owns the state (seed, sizes and
+sufficient statistics; never the weights, which are regenerated from the seed) and the work
+buffers the batch-1 path reuses.
+
+What this implementation changes from the paper (arXiv 2402.14598), and why. A literal
+transcription (random projection, per-neuron class Gaussians, naive pseudo-label reinforcement)
+scored 48 on the bench and drifted lower as it reinforced; each change below answers a failure
+seen on the source data or the held-out dev tasks:
+
+- Shift stages: the entry nodes get z = x/||x|| - centre, centre = the source mean at ``fit`` and,
+  while adapting, an EMA of the target pulled towards the source mean by ``shift_prior``
+  pseudo-frames; after propagation each neuron's trace is shifted the same way (source mean trace
+  vs. its target EMA). Random projections of raw, all-positive pooled features are dominated by
+  the common mean direction; centring makes the neurons' responses class-dependent, and both
+  stages re-align the target's first moments without labels (no self-confirmation possible).
+- Fan-in gains on the weights (see the PRNG spec), so propagation rounds keep one scale.
+- Read-out: the paper's confidence-weighted vote of per-neuron posteriors ("mixture"), sharpened
+  by a temperature tau calibrated on the source (two-fold held-out NLL) so that its flat vote
+  becomes a usable confidence for the reinforcement gate. A product of experts ("product") is
+  kept as an option; on the dev tasks it was 1.7-2 points worse.
+- Pooled (shared across classes) per-neuron variance with a floor: per-class variances from ~12
+  source images per class collapse (the paper's per-class form scored 24% on the dev tasks).
+- Source-head prior: the memory's posterior is multiplied with that of the source linear head
+  (logistic regression, L2 by cross-validation on the source) on the back-to-source shifted
+  feature. Without it the memory lost 1.9 points to the head on the no-shift control (the
+  allowance is 1); with it MemFlow keeps the head's control accuracy and adds the memory's
+  robustness under shift. The head is fixed at ``fit`` (it is part of the network, like the seed
+  and the centre); only the memory learns online.
+- Source evidence is a separate frozen set of statistics, worth ``source_weight`` pseudo-samples
+  per class; reinforcement writes only a per-class EMA target set whose mass saturates at
+  1 / (1 - decay), so self-confirmation can move the memory but never wash the source out.
+- Reinforcement is gated: p* >= ``gate`` and the memory alone and the head alone agree on the
+  pseudo-label; the update is weighted by p* times E_i = Q(m_i | k*) without its normalising
+  factor (so 0 < E_i <= 1). On the dev tasks looser settings (gate 0.5, source_weight 20-50) made
+  the most frequent class a sink (its target mean drifts to the middle of the target cloud and
+  absorbs more frames) and cost 1-2 points; these settings make reinforcement neutral or better.
+- Blur width and confidences are per neuron relative to the neuron's source spread, so one
+  setting fits neurons of any scale.
+- Speed: the K x N exponentials of the mixture read-out use a vectorisable float32 exp2 (numba
+  has no vector exp without SVML); everything else is plain loops over preallocated buffers.
+
+How each default was chosen is written next to it in ``MemFlow.__init__``'s docstring.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edge_runtime.adapters.base import Adapter, as_features, as_labels
+from edge_runtime.errors import InputError
+from edge_runtime.kernels import memflow as K
+from edge_runtime.kernels.prng import make_graph
+
+_READOUTS = ("product", "mixture")
+_HEADS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _source_head(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The source linear head (``edge_runtime.adapters.linear.Linear``, L2 by cross-validation on
+    the source) as (W, b). It is a pure function of the source, so it is computed once per source
+    in a process (a bench fits several MemFlow variants on one source)."""
+    from edge_runtime.adapters.linear import Linear
+
+    key = hashlib.sha256(x.tobytes() + y.tobytes() + str((x.shape, n_classes, l2)).encode()).hexdigest()
+    if key not in _HEADS:
+        if len(_HEADS) >= 8:
+            _HEADS.pop(next(iter(_HEADS)))
+        head = Linear(l2=l2).fit(x, y, n_classes)
+        _HEADS[key] = (np.array(head.weight, np.float32), np.array(head.bias, np.float32))
+    w, b = _HEADS[key]
+    return w.copy(), b.copy()
+_VARIANCES = ("pooled", "class")
+
+
+class MemFlow(Adapter):
+    """Gradient-free spiking memory over L2-normalised features (see the module docstring).
+
+    Parameters
+    ----------
+    n_hub, n_bridge, in_degree, rounds, seed
+        The network: hub and bridge neuron counts, bridge in-degree, propagation rounds T, and the
+        splitmix64 seed it is regenerated from.
+    spiking, blur, confidence_update, reinforce
+        The paper's ablation switches (spiking propagation vs. a plain random projection; blur
+        width sigma_1 relative to each neuron's source spread, 0 = no blur; E_i-weighted updates;
+        reinforcement from unlabelled frames at all).
+    readout, confidence, variance, var_floor, temperature
+        Retrieval: "mixture" or "product"; confidence-weighted neurons; "pooled" or "class"
+        variances floored at ``var_floor`` times the neuron's total source variance; the read-out
+        temperature (None: calibrated on the source at ``fit``).
+    source_weight, decay, gate
+        Reinforcement: source pseudo-samples per class, per-class EMA factor of the target memory,
+        minimum confidence p* of a frame to be learnt from.
+    shift, shift_prior, shift_decay
+        The input and neuron shift stages: on/off, source-mean pseudo-frames, EMA factor.
+    standardise
+        Also scale each input dimension by its (shrunk) inverse source spread.
+    prior, memory_weight, prior_l2
+        Multiply by the source linear head's posterior; exponent of the memory's posterior; the
+        head's L2 strength (None: cross-validated on the source).
+
+    How the defaults were chosen (never on a reported bench task; "dev" = the four held-out dev
+    corruptions of ``edge_runtime.bench.tasks.DEV_TASKS`` with the two-fold photo protocol, 3
+    stream orders, EfficientNet-Lite0 features; "control" = the photo halves, i.e. source data):
+
+    - in_degree 30, rounds 3, spiking on, confidence on: the paper.
+    - n_hub 128, n_bridge 512: dev mean 72.5 vs 69.3 (paper's 50/50), 68.2 (32/256), 71.6
+      (64/512 and 64/1024), 70.4 (256/512); cost grows with n_hub (d x n_hub MACs per frame).
+    - readout "mixture": dev 72.5 vs 70.8 for "product" (both with the prior).
+    - variance "pooled", var_floor 0.05: per-class variance collapsed (24% dev); the floor is a
+      fixed guard, not tuned.
+    - blur 0.5: dev flat in blur (71.7 at 0, 71.6 at 0.5, 71.1 at 1.0 on the 64/512 network);
+      kept on so the paper's component is in the default.
+    - temperature None: calibrated on the source (two-fold NLL).
+    - source_weight 200, gate 0.9, decay 0.99: the most conservative of the dev sweep; looser
+      settings lost 1-2 points to the read-only memory (see the module docstring).
+    - shift_prior 20: dev 72.5 vs 72.4 (5) and 69.0 (100); shift_decay 0.99: the dev-chosen
+      momentum of the ``shift`` baseline.
+    - prior on, memory_weight 2: control 86.5 vs 84.7 without (linear head: 86.6); dev 72.5
+      vs 71.7 with memory_weight 1.
+    - standardise off: dev 69.1 on vs 69.5 off (no gain).
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> means = rng.normal(size=(3, 16)).astype(np.float32)
+    >>> y = np.arange(60) % 3
+    >>> x = (means[y] + 0.3 * rng.normal(size=(60, 16))).astype(np.float32)
+    >>> model = MemFlow(n_hub=8, n_bridge=32, in_degree=4).fit(x, y)
+    >>> bool((model.predict(x) == y).mean() > 0.9)
+    True
+    >>> model.adapt(x[:1]).shape
+    (1, 3)
+    """
+
+    name: ClassVar[str] = "memflow"
+
+    def __init__(self, n_hub: int = 128, n_bridge: int = 512, in_degree: int = 30,
+                 rounds: int = 3, seed: int = 0, spiking: bool = True, blur: float = 0.5,
+                 confidence_update: bool = True, reinforce: bool = True,
+                 readout: str = "mixture", confidence: bool = True, variance: str = "pooled",
+                 var_floor: float = 0.05, temperature: float | None = None,
+                 source_weight: float = 200.0, decay: float = 0.99, gate: float = 0.9,
+                 shift: bool = True, shift_prior: float = 20.0, shift_decay: float = 0.99,
+                 standardise: bool = False, prior: bool = True, memory_weight: float = 2.0,
+                 prior_l2: float | None = None) -> None:
+        self.n_hub = n_hub
+        self.n_bridge = n_bridge
+        self.in_degree = in_degree
+        self.rounds = rounds
+        self.seed = seed
+        self.spiking = spiking
+        self.blur = blur
+        self.confidence_update = confidence_update
+        self.reinforce = reinforce
+        self.readout = readout
+        self.confidence = confidence
+        self.variance = variance
+        self.var_floor = var_floor
+        self.temperature = temperature
+        self.source_weight = source_weight
+        self.decay = decay
+        self.gate = gate
+        self.shift = shift
+        self.shift_prior = shift_prior
+        self.shift_decay = shift_decay
+        self.standardise = standardise
+        self.prior = prior
+        self.memory_weight = memory_weight
+        self.prior_l2 = prior_l2
+
+    # -- construction ----------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if self.readout not in _READOUTS:
+            raise InputError(f"readout must be one of {_READOUTS}, got {self.readout!r}")
+        if self.variance not in _VARIANCES:
+            raise InputError(f"variance must be one of {_VARIANCES}, got {self.variance!r}")
+        if self.n_hub < 0 or self.n_bridge < 0 or self.n_hub + self.n_bridge == 0:
+            raise InputError(f"need at least one neuron, got n_hub={self.n_hub}, n_bridge={self.n_bridge}")
+        if self.rounds < 1:
+            raise InputError(f"rounds must be >= 1, got {self.rounds}")
+        if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.shift_decay < 1.0:
+            raise InputError("decay and shift_decay must be in [0, 1)")
+
+    def _build(self, dim: int, n_classes: int) -> None:
+        """Regenerate the network from the seed and allocate state and work buffers."""
+        self._check_params()
+        self._dim, self._n_classes = dim, n_classes
+        self._graph = make_graph(self.seed, dim, self.n_hub, self.n_bridge, self.in_degree)
+        n = self.n_neurons
+        self._source = np.zeros((3, n_classes, n))
+        self._target = np.zeros((3, n_classes, n))
+        self._shift_sum = np.zeros(dim)
+        self._shift_weight = np.zeros(1)
+        self._trace_sum = np.zeros(self.n_neurons)
+        self._tau = np.ones(1)
+        self._mu = np.zeros((n_classes, n), np.float32)
+        self._hiv = np.zeros((n_classes, n), np.float32)
+        self._lnorm = np.zeros((n_classes, n), np.float32)
+        self._present = np.zeros(n_classes, np.bool_)
+        self._work = dict(centre=np.zeros(dim, np.float32), z=np.zeros(dim, np.float32),
+                          a=np.zeros(n, np.float32), h=np.zeros(n, np.float32),
+                          o=np.zeros(n, np.float32), o_prev=np.zeros(n, np.float32),
+                          m=np.zeros(n, np.float32), ll=np.zeros((n_classes, n), np.float32),
+                          c=np.zeros(n, np.float32), ebits=np.zeros((n_classes, n), np.int32))
+        self._out1 = np.zeros((1, n_classes), np.float32)
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_hub + self.n_bridge
+
+    def _refresh(self) -> None:
+        """Derive every Gaussian from the statistics (after fit, teach, merge or load)."""
+        src = self._source
+        tot0, tot1, tot2 = (src[j].sum(axis=0) for j in range(3))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(tot0 > 0, tot1 / tot0, 0.0)
+            tv = np.where(tot0 > 0, tot2 / tot0 - mean * mean, 0.0)
+            alive = tv > 1e-12 * max(float(tv.max()), 1e-30)
+            self._tv = np.where(alive, tv, 1.0)
+            self._trace_mean = mean
+            self._alive = alive.astype(np.float32)
+            self._floor_v = self.var_floor * self._tv
+            self._blur_v = 0.5 * self.blur ** 2 * self._tv
+            scatter = np.where(src[0] > 0, src[2] - src[1] ** 2 / src[0], 0.0).sum(axis=0)
+            pooled = np.where(tot0 > 0, scatter / tot0, self._tv)
+        v = np.maximum(pooled, self._floor_v) + self._blur_v
+        self._hiv[:] = (0.5 / v)[None, :]
+        self._lnorm[:] = (-0.5 * np.log(2 * math.pi * v / self._tv))[None, :]
+        for k in range(self._n_classes):
+            K.refresh_class(k, self._source, self._target, float(self.source_weight),
+                            self.variance == "class", self._tv, self._floor_v, self._blur_v,
+                            self._mu, self._hiv, self._lnorm, self._present)
+
+    def _traces(self, z: np.ndarray) -> np.ndarray:
+        out = np.zeros((z.shape[0], self.n_neurons), np.float32)
+        K.traces(np.ascontiguousarray(z, np.float32), *self._graph, self.rounds, self.spiking, out)
+        return out
+
+    def _memorise(self, m: np.ndarray, y: np.ndarray, stats: np.ndarray) -> None:
+        for r in range(m.shape[0]):
+            K.memorise(m[r], int(y[r]), 1.0, stats)
+
+    # -- verbs -----------------------------------------------------------------------------
+    def fit(self, features: np.ndarray, labels: np.ndarray, n_classes: int | None = None, *,
+            centre: np.ndarray | None = None) -> "MemFlow":
+        """Memorise labelled source features from scratch; ``centre`` (d,) fixes the input
+        centring (default: the mean of the normalised features), e.g. to build memories on
+        several devices that merge exactly."""
+        x = as_features(features, None)
+        y = as_labels(labels, x.shape[0], n_classes)
+        k = int(n_classes if n_classes is not None else y.max() + 1)
+        self._build(x.shape[1], k)
+        if centre is None:
+            centre = x.mean(axis=0)
+        self._centre_source = as_features(np.asarray(centre, np.float32), x.shape[1], normalize=False)[0].copy()
+        if self.standardise:
+            # Per-dimension scale 1 / sqrt(var_j + mean var): shrunk towards 1 so that rare,
+            # nearly constant dimensions are not blown up; rescaled to keep the overall norm.
+            var = x.var(axis=0, dtype=np.float64)
+            scale = 1.0 / np.sqrt(var + var.mean())
+            self._scale = (scale * np.sqrt(var.sum() / (scale ** 2 * var).sum())).astype(np.float32)
+        else:
+            self._scale = np.ones(x.shape[1], np.float32)
+        m = self._traces((x - self._centre_source) * self._scale)
+        if self.prior:
+            self._prior_w, self._prior_b = _source_head(x, y, k, self.prior_l2)
+        else:
+            self._prior_w, self._prior_b = np.zeros((k, 1), np.float32), np.zeros(k, np.float32)
+        self._tau[0] = self._calibrate(m, y) if self.temperature is None else float(self.temperature)
+        self._memorise(m, y, self._source)
+        self._refresh()
+        return self
+
+    def _calibrate(self, m: np.ndarray, y: np.ndarray) -> float:
+        """Temperature of the read-out minimising the two-fold held-out NLL on the source
+        (folds: alternate samples within each class, no randomness)."""
+        fold = np.zeros(len(y), np.int64)
+        for k in np.unique(y):
+            idx = np.flatnonzero(y == k)
+            fold[idx[1::2]] = 1
+        logp, truth = [], []
+        for f in (0, 1):
+            self._source[:] = 0.0
+            self._memorise(m[fold == f], y[fold == f], self._source)
+            self._refresh()
+            held = m[fold != f]
+            if not len(held):
+                continue
+            p = np.zeros((len(held), self._n_classes), np.float32)
+            for r in range(len(held)):
+                K.retrieve(held[r], self._mu, self._hiv, self._lnorm, self._present, self._alive,
+                           self.readout == "product", self.confidence, 1.0, self._work["ll"], self._work["h"],
+                           self._work["c"], self._work["ebits"], p[r])
+            logp.append(np.log(np.maximum(p, 1e-30)))
+            truth.append(y[fold != f])
+        self._source[:] = 0.0
+        if not logp:
+            return 1.0
+        s = np.concatenate(logp).astype(np.float64)
+        t = np.concatenate(truth)
+        best_tau, best_nll = 1.0, np.inf
+        for tau in np.geomspace(1e-4, 10.0, 121):
+            z = s / tau
+            z -= z.max(axis=1, keepdims=True)
+            nll = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(t)), t]))
+            if nll < best_nll:
+                best_tau, best_nll = float(tau), nll
+        return best_tau
+
+    def teach(self, features: np.ndarray, labels: np.ndarray) -> None:
+        """Memorise labelled examples online (centred like the frames being adapted to)."""
+        self._check_fitted()
+        x = as_features(features, self._dim)
+        y = as_labels(labels, x.shape[0], self._n_classes)
+        m = self._traces((x - self._current_centre()) * self._scale)
+        if self.shift:  # the neuron-level shift the frames being adapted to get
+            m += (self._trace_mean - (self.shift_prior * self._trace_mean + self._trace_sum)
+                  / (self.shift_prior + self._shift_weight[0])).astype(np.float32)
+        self._memorise(m, y, self._source)
+        self._refresh()
+
+    def _current_centre(self) -> np.ndarray:
+        if not self.shift:
+            return self._centre_source
+        w = self.shift_prior + self._shift_weight[0]
+        return ((self.shift_prior * self._centre_source + self._shift_sum) / w).astype(np.float32)
+
+    def _run(self, features: Any, learn: bool, out: np.ndarray | None) -> np.ndarray:
+        self._check_fitted()
+        x = np.asarray(features)
+        if x.dtype != np.float32:
+            raise InputError(f"features must be float32, got {x.dtype}: convert with .astype(np.float32)")
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self._dim:
+            raise InputError(f"features must have shape (n, {self._dim}) with n >= 1, got {x.shape}")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        if out is None:
+            out = np.empty((x.shape[0], self._n_classes), np.float32)
+        elif out.shape != (x.shape[0], self._n_classes) or out.dtype != np.float32:
+            raise InputError(f"out must be float32 of shape {(x.shape[0], self._n_classes)}, got {out.dtype} {out.shape}")
+        w = self._work
+        bad = K.run_batch(x, learn, self._centre_source, self._scale, self._shift_sum, self._shift_weight,
+                          self.shift, float(self.shift_prior), float(self.shift_decay),
+                          *self._graph, self.rounds, self.spiking,
+                          self._source, self._target, float(self.source_weight),
+                          self.variance == "class", self._tv, self._floor_v, self._blur_v,
+                          self._alive, self._trace_mean, self._trace_sum, self._mu, self._hiv, self._lnorm, self._present,
+                          self.readout == "product", self.confidence, float(self._tau[0]),
+                          self.reinforce, float(self.gate), float(self.decay),
+                          self.confidence_update, self.prior, self._prior_w, self._prior_b,
+                          float(self.memory_weight), w["centre"], w["z"], w["a"], w["h"], w["o"],
+                          w["o_prev"], w["m"], w["ll"], w["c"], w["ebits"], out)
+        if bad >= 0:
+            what = "is all zero" if np.isfinite(x[bad]).all() else "holds NaN or inf"
+            done = f" (rows before it were processed)" if bad else ""
+            raise InputError(f"features row {bad} {what}{done}")
+        return out
+
+    def predict_proba(self, features: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (n, K); reads only. ``out`` is an optional preallocated result."""
+        return self._run(features, False, out)
+
+    def adapt(self, features: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Predict each frame, then reinforce from it (rows in order); returns the predictions
+        made before each frame's own update. With ``out`` nothing is allocated per call."""
+        return self._run(features, True, out)
+
+    def prepare(self) -> None:
+        """Compile (or load from numba's cache) every kernel now, on a copy of the state."""
+        self._check_fitted()
+        probe = MemFlow.from_state_dict(self.state_dict())
+        x = np.ones((1, self._dim), np.float32)
+        probe.adapt(x)
+        probe.predict_proba(x)
+
+    def merge(self, other: "MemFlow") -> "MemFlow":
+        """Add another memory of the same network (seed, sizes, centre): exact, by addition."""
+        self._check_fitted()
+        other._check_fitted()
+        if other.get_params() != self.get_params() or other._source.shape != self._source.shape:
+            raise InputError("can only merge memories with identical parameters and sizes")
+        if not all(np.array_equal(getattr(other, a), getattr(self, a))
+                   for a in ("_centre_source", "_scale", "_prior_w", "_prior_b")):
+            raise InputError("can only merge memories of the same network: same centre (pass fit(..., centre=...)) "
+                             "and the same source head (prior=False, or fitted on the same source)")
+        self._source += other._source
+        self._target += other._target
+        self._shift_sum += other._shift_sum
+        self._shift_weight += other._shift_weight
+        self._trace_sum += other._trace_sum
+        self._refresh()
+        return self
+
+    # -- state -----------------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"source": self._source, "target": self._target,
+                "centre_source": self._centre_source, "scale": self._scale,
+                "prior_w": self._prior_w, "prior_b": self._prior_b, "shift_sum": self._shift_sum,
+                "shift_weight": self._shift_weight, "trace_sum": self._trace_sum, "tau": self._tau}
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        source = np.asarray(arrays["source"], np.float64)
+        if source.ndim != 3 or source.shape[0] != 3 or source.shape[2] != self.n_neurons:
+            raise InputError(f"memory statistics have shape {source.shape}, expected (3, K, {self.n_neurons})")
+        centre = np.asarray(arrays["centre_source"], np.float32)
+        self._build(centre.shape[0], source.shape[1])
+        self._source[:] = source
+        self._target[:] = np.asarray(arrays["target"], np.float64)
+        self._centre_source = centre.copy()
+        self._scale = np.asarray(arrays["scale"], np.float32).copy()
+        self._prior_w = np.ascontiguousarray(arrays["prior_w"], np.float32)
+        self._prior_b = np.ascontiguousarray(arrays["prior_b"], np.float32)
+        self._shift_sum[:] = arrays["shift_sum"]
+        self._shift_weight[:] = arrays["shift_weight"]
+        self._trace_sum[:] = arrays["trace_sum"]
+        self._tau[:] = arrays["tau"]
+        self._refresh()
+
+    def state_bytes(self) -> int:
+        """Bytes of learned state (statistics grow with neurons x classes only)."""
+        return sum(a.nbytes for a in self._arrays().values())

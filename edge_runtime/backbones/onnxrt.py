@@ -1,0 +1,29 @@
+"""ONNX Runtime backbone (fp32 or QDQ int8 models), CPU execution provider."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_runtime.backbones.base import Backbone, Inference
+from edge_runtime.errors import EdgeRuntimeError
+
+
+class OnnxBackbone(Backbone):
+    runtime = "onnxruntime"
+
+    def _open(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own untyped errors for bad files
+            raise EdgeRuntimeError(f"onnxruntime cannot load {self.model_path}: {str(err).splitlines()[0]}") from None
+        self._input = self.card.input.name
+        self._names = [self.card.outputs[k].name for k in ("features", "logits") if k in self.card.outputs]
+
+    def run(self, batch: np.ndarray) -> Inference:
+        outputs = self._session.run(self._names, {self._input: batch})
+        return Inference(outputs[0], outputs[1] if len(outputs) > 1 else None)

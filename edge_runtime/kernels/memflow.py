@@ -1,0 +1,462 @@
+"""MemFlow kernels: spiking propagation, Gaussian memory, confidence-weighted retrieval, reinforcement.
+
+Plain ``@njit(cache=True)`` functions over arrays; ``edge_runtime.adapters.memflow.MemFlow``
+validates input, owns the state and the preallocated work buffers these kernels write into, so a
+batch-1 call allocates nothing here. Symbols follow the paper (Lv et al., arXiv 2402.14598):
+
+- Network: entry nodes carry the (centred) feature z; H hub and B bridge nodes are the neurons
+  i = 0..N-1 (N = H + B; hubs first). Weights come from ``edge_runtime.kernels.prng.make_graph``.
+- Propagation, T rounds, synchronous: the entry nodes drive every round with the constant current
+  a_i = sum_j z_j W_ji (computed once). Round t: h_i <- h_i + a_i + sum_{j neuron} o_j^(t-1) W_ji;
+  graded spike with reset: if h_i > 0 then o_i = h_i and h_i = 0, else o_i = 0; trace m_i += o_i.
+  Without spiking (the ablation's "plain random projection") m_i = a_i.
+- Memory, per neuron i and class k, two sets of sufficient statistics (weighted count, sum, sum of
+  squares), shape (3, K, N), float64: the source set S (labelled; ``fit``/``teach``) and the target
+  set R (reinforcement, an EMA per class). Sums merge two memories of one network by addition.
+- Gaussian per (k, i): mu_ki = (alpha_ki S1 + R1) / (alpha_ki S0 + R0) with alpha_ki = s / S0_ki, so
+  the source counts as s pseudo-samples per class however much source there was, and R0, an EMA,
+  saturates at 1 / (1 - gamma): the source can never be washed out.
+  Variance: pooled within-class variance of the source (per neuron), or per class from S and R;
+  floored at ``floor * tv_i`` (tv_i = total source variance of neuron i).
+- Blurred memory: convolving N(mu, sigma^2) with the kernel N(0, sigma_1^2 / 2) gives the paper's
+  Q(m | k) ~ exp(-(m - mu)^2 / (2 sigma^2 + sigma_1^2)); sigma_1 = blur * sqrt(tv_i), per neuron,
+  so one blur value fits neurons of any scale. V_ki = sigma_ki^2 + sigma_1i^2 / 2 and
+  log Q(m_i | k) = -(m_i - mu_ki)^2 / (2 V_ki) - log(2 pi V_ki) / 2.
+- Confidence c_i = Q(m_i | K_i) at the neuron's best class K_i (or 1 when switched off).
+- Retrieval, "mixture" (the paper): Pr(k | x) ~ (sum_i c_i Pr(k | m_i) / sum_i c_i)^(1 / tau) with
+  Pr(k | m_i) = Q_ki / sum_c Q_ci (tau = 1 is the paper; a calibrated tau makes the flat vote
+  a usable confidence for the reinforcement gate). "product": the confidence-weighted mean log-likelihood,
+  logit_k = sum_i c_i log Q(m_i | k) / (tau sum_i c_i), Pr = softmax(logit): a product of experts.
+- Shift stages (label-free, so they move every class alike and cannot feed a self-confirming
+  class): the input z = x/||x|| - centre with centre an EMA of the target pulled to the source
+  mean mu_s by ``shift_prior`` pseudo-frames; and, after propagation, m_i <- m_i + mu^s_i - mu^t_i
+  (source mean trace vs. its EMA on the target, same prior and decay).
+- Source-head prior (optional): Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight with
+  (W, b) the source linear head and f = z + mu_s the back-to-source shifted feature.
+- Reinforced memorisation: pseudo-label k* = argmax Pr(k | x); when p* = Pr(k* | x) >= gate and
+  the memory alone and the head alone also pick k* (agreement of two views),
+  E_i = exp(-(m_i - mu_k*i)^2 / (2 V_k*i)) (the paper's Q(m_i | k*) without its normalising factor,
+  so that 0 < E_i <= 1; E_i = 1 without the confidence-weighted update) and, for class k* only,
+  R_k*i <- gamma R_k*i + p* E_i (1, m_i, m_i^2); then class k*'s Gaussians are refreshed, O(N).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Reassociation lets LLVM vectorise the dot products and sums; NaN/inf semantics are kept (no
+# "nnan"/"ninf") because absent classes are -inf and input checks must see NaN.
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+_LOG2E = np.float32(1.4426950408889634)
+# 2^f on [0, 1]: Taylor coefficients (ln 2)^j / j!, j = 1..8 (relative error ~1e-7 = float32).
+_C = tuple(np.float32(math.log(2.0) ** j / math.factorial(j)) for j in range(1, 9))
+
+
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _exp2_bits(t: float) -> np.int32:
+    """IEEE float32 bits of 2^t for t <= 0 (t below -125 gives 2^-125, i.e. ~0): t = n + f with
+    n = floor(t), 2^f by polynomial in [1, 2], and n added to the exponent field. Branch-free and
+    call-free, so LLVM vectorises the loops that use it (numba has no vector exp without SVML)."""
+    t = max(np.float32(t), np.float32(-125.0))
+    n = math.floor(t)
+    f = np.float32(t - n)
+    p = np.float32(1.0) + f * (_C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (
+        _C[4] + f * (_C[5] + f * (_C[6] + f * _C[7])))))))
+    return np.int32((np.int32(n) + np.int32(127)) << np.int32(23)) + np.int32((p - np.float32(1.0)) * np.float32(8388608.0))
+
+
+@njit(cache=True)
+def normalise(x: np.ndarray, z: np.ndarray) -> int:
+    """z = x / ||x||. Returns 0 on success, 1 if x holds NaN/inf, 2 if x is all zero.
+
+    >>> z = np.empty(2, np.float32)
+    >>> normalise(np.array([3, 4], np.float32), z), z
+    (0, array([0.6, 0.8], dtype=float32))
+    """
+    sq = 0.0
+    for j in range(x.shape[0]):
+        v = float(x[j])
+        if not math.isfinite(v):
+            return 1
+        sq += v * v
+    if sq == 0.0:
+        return 2
+    inv = 1.0 / math.sqrt(sq)
+    for j in range(x.shape[0]):
+        z[j] = x[j] * inv
+    return 0
+
+
+@njit(cache=True)
+def shift_centre(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray,
+                 shift_weight: np.ndarray, shift_on: bool, prior: float, gamma: float, learn: bool,
+                 centre: np.ndarray) -> None:
+    """Feature-shift stage, in place: z <- (z - centre) * scale with centre the EMA target mean
+    (prior mu_s + sum_t gamma^(n-t) z_t) / (prior + sum_t gamma^(n-t)) (``shift_on``; else the
+    source mean mu_s); with ``learn`` the current z joins the EMA first (it is the frame being
+    classified, not a peek ahead). ``scale`` is the per-dimension standardisation (or ones)."""
+    if not shift_on:
+        for j in range(z.shape[0]):
+            centre[j] = centre_source[j]
+            z[j] = (z[j] - centre[j]) * scale[j]
+        return
+    if learn:
+        for j in range(z.shape[0]):
+            shift_sum[j] = gamma * shift_sum[j] + z[j]
+        shift_weight[0] = gamma * shift_weight[0] + 1.0
+    inv = 1.0 / (prior + shift_weight[0])
+    for j in range(z.shape[0]):
+        centre[j] = (prior * centre_source[j] + shift_sum[j]) * inv
+        z[j] = (z[j] - centre[j]) * scale[j]
+
+
+@njit(cache=True, fastmath=_FAST)
+def propagate(z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
+              bridge_src: np.ndarray, bridge_w: np.ndarray, rounds: int, spiking: bool,
+              a: np.ndarray, h: np.ndarray, o: np.ndarray, o_prev: np.ndarray, m: np.ndarray) -> None:
+    """Traces m (N,) of one centred feature z (d,); a, h, o, o_prev are (N,) work buffers.
+
+    Entry current a_i = sum_j z_j W_ji; then T synchronous rounds of graded spikes with reset (see
+    the module docstring). Bridge sources are global node numbers: below d an entry, else neuron
+    src - d.
+    """
+    d = z.shape[0]
+    n_hub = w_entry_hub.shape[0]
+    n_bridge = bridge_src.shape[0]
+    in_degree = bridge_src.shape[1]
+    for i in range(n_hub):
+        acc = np.float32(0.0)
+        for j in range(d):
+            acc += w_entry_hub[i, j] * z[j]
+        a[i] = acc
+    for b in range(n_bridge):
+        acc = np.float32(0.0)
+        for s in range(in_degree):
+            src = bridge_src[b, s]
+            if src < d:
+                acc += bridge_w[b, s] * z[src]
+        a[n_hub + b] = acc
+    n = n_hub + n_bridge
+    if not spiking:
+        for i in range(n):
+            m[i] = a[i]
+        return
+    for i in range(n):
+        h[i] = 0.0
+        o_prev[i] = 0.0
+        m[i] = 0.0
+    for t in range(rounds):
+        for i in range(n_hub):
+            acc = a[i]
+            if t > 0:
+                for j in range(n_hub):
+                    acc += w_hub_hub[i, j] * o_prev[j]
+            h[i] += acc
+        for b in range(n_bridge):
+            acc = a[n_hub + b]
+            if t > 0:
+                for s in range(in_degree):
+                    src = bridge_src[b, s]
+                    if src >= d:
+                        acc += bridge_w[b, s] * o_prev[src - d]
+            h[n_hub + b] += acc
+        for i in range(n):
+            if h[i] > 0.0:
+                o[i] = h[i]
+                h[i] = 0.0
+            else:
+                o[i] = 0.0
+            m[i] += o[i]
+        for i in range(n):
+            o_prev[i] = o[i]
+
+
+@njit(cache=True, fastmath=_FAST)
+def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
+             present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
+             ll: np.ndarray, best: np.ndarray, c: np.ndarray, ebits: np.ndarray,
+             out: np.ndarray) -> None:
+    """Class probabilities ``out`` (K,) from traces m (N,); ll (K, N), best and c (N,), and
+    ebits (K, N) int32 are work buffers.
+
+    ll_ki = lnorm_ki - (m_i - mu_ki)^2 hiv_ki with hiv = 1 / (2 V), lnorm = -log(2 pi V / tv_i) / 2
+    (the density of the standardised trace m_i / sqrt(tv_i), so confidences compare across neurons
+    of different scale); c_i = alive_i exp(max_k ll_ki - max_i max_k ll_ki) (the confidence
+    Q(m_i | K_i) up to a common factor; alive_i = 0 for a neuron that never varied on the source);
+    then the "product" or "mixture" read-out of the module docstring. Absent classes get 0.
+    """
+    n_classes, n = mu.shape
+    for i in range(n):
+        best[i] = -np.inf
+    for k in range(n_classes):
+        if not present[k]:
+            continue
+        for i in range(n):
+            diff = m[i] - mu[k, i]
+            v = lnorm[k, i] - diff * diff * hiv[k, i]
+            ll[k, i] = v
+            best[i] = max(best[i], v)
+    top = -np.inf
+    for i in range(n):
+        if alive[i] > 0.0:
+            top = max(top, best[i])
+    c_sum = np.float32(0.0)
+    for i in range(n):
+        c[i] = alive[i] * math.exp(best[i] - top) if confidence else alive[i]
+        c_sum += c[i]
+    if product:
+        hi = -np.inf
+        for k in range(n_classes):
+            if not present[k]:
+                out[k] = -np.inf
+                continue
+            acc = np.float32(0.0)
+            for i in range(n):
+                acc += c[i] * ll[k, i]
+            out[k] = acc / (c_sum * tau)
+            hi = max(hi, out[k])
+        total = 0.0
+        for k in range(n_classes):
+            out[k] = math.exp(out[k] - hi) if present[k] else 0.0
+            total += out[k]
+        for k in range(n_classes):
+            out[k] /= total
+        return
+    # Mixture: per-neuron posteriors Pr(k | m_i) = exp(ll_ki - best_i) / Z_i, then the
+    # confidence-weighted average; best is reused for Z once the exponentials are taken. The
+    # K x N exponentials dominate the cost, so they are the vectorisable exp2 below, written
+    # as int32 bits into ``ebits`` and read back through a float32 view of it (made here, not
+    # stored by the caller: a stored view would not survive a deep copy of the state).
+    efloat = ebits.view(np.float32)
+    for k in range(n_classes):
+        if present[k]:
+            for i in range(n):
+                ebits[k, i] = _exp2_bits((ll[k, i] - best[i]) * _LOG2E)
+    for i in range(n):
+        best[i] = 0.0
+    for k in range(n_classes):
+        if present[k]:
+            for i in range(n):
+                best[i] += efloat[k, i]
+    for i in range(n):
+        c[i] = c[i] / (best[i] * c_sum)
+    for k in range(n_classes):
+        if not present[k]:
+            out[k] = 0.0
+            continue
+        acc = np.float32(0.0)
+        for i in range(n):
+            acc += c[i] * efloat[k, i]
+        out[k] = acc
+    # Sharpen the (flat) vote with the calibrated temperature: Pr ~ vote^(1 / tau).
+    if tau != 1.0:
+        hi = 0.0
+        for k in range(n_classes):
+            hi = max(hi, out[k])
+        total = 0.0
+        for k in range(n_classes):
+            out[k] = math.exp(math.log(out[k] / hi) / tau) if out[k] > 0.0 else 0.0
+            total += out[k]
+        for k in range(n_classes):
+            out[k] /= total
+
+
+@njit(cache=True, fastmath=_FAST)
+def combine_prior(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, prior_w: np.ndarray,
+                  prior_b: np.ndarray, memory_weight: float, work: np.ndarray, out: np.ndarray) -> int:
+    """Product with the source linear head's posterior on the shifted feature, in place:
+    Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / scale + mu_s (the
+    back-to-source shifted feature). ``work`` (>= K) is a buffer. Returns the head's own argmax."""
+    n_classes, d = prior_w.shape
+    hi = -np.inf
+    best = 0
+    for k in range(n_classes):
+        acc = prior_b[k]
+        for j in range(d):
+            acc += prior_w[k, j] * (z[j] / scale[j] + centre_source[j])
+        work[k] = acc
+        if acc > hi:
+            hi = acc
+            best = k
+    total = 0.0
+    for k in range(n_classes):
+        v = 0.0
+        if out[k] > 0.0:
+            v = math.exp(work[k] - hi + memory_weight * math.log(out[k]))
+        out[k] = v
+        total += v
+    for k in range(n_classes):
+        out[k] /= total
+    return best
+
+
+@njit(cache=True, fastmath=_FAST)
+def shift_traces(m: np.ndarray, trace_mean: np.ndarray, trace_sum: np.ndarray, weight: float,
+                 prior: float, gamma: float, learn: bool) -> None:
+    """The shift stage again, on the neurons: m_i <- m_i + mu^s_i - mu^t_i with mu^s_i the source
+    mean trace and mu^t_i its EMA on the target, pulled to mu^s_i by ``prior`` pseudo-frames
+    (``weight`` is the frame weight the input stage has already updated). Label-free, so it moves
+    every class alike: it cannot feed a self-confirming class."""
+    inv = 1.0 / (prior + weight)
+    for i in range(m.shape[0]):
+        if learn:
+            trace_sum[i] = gamma * trace_sum[i] + m[i]
+        m[i] += trace_mean[i] - (prior * trace_mean[i] + trace_sum[i]) * inv
+
+
+@njit(cache=True)
+def argmax(values: np.ndarray) -> int:
+    best = 0
+    for k in range(values.shape[0]):
+        if values[k] > values[best]:
+            best = k
+    return best
+
+
+@njit(cache=True)
+def memorise(m: np.ndarray, k: int, weight: float, stats: np.ndarray) -> None:
+    """Add one labelled trace to the sufficient statistics: stats[:, k, i] += w (1, m_i, m_i^2)."""
+    for i in range(m.shape[0]):
+        v = float(m[i])
+        stats[0, k, i] += weight
+        stats[1, k, i] += weight * v
+        stats[2, k, i] += weight * v * v
+
+
+@njit(cache=True, fastmath=_FAST)
+def reinforce(m: np.ndarray, k: int, weight: float, gamma: float, confidence_update: bool,
+              mu: np.ndarray, hiv: np.ndarray, target: np.ndarray) -> None:
+    """EMA update of class k's target statistics: R_ki <- gamma R_ki + weight E_i (1, m_i, m_i^2),
+    E_i = exp(-(m_i - mu_ki)^2 hiv_ki) with the confidence-weighted update, else 1."""
+    for i in range(m.shape[0]):
+        v = float(m[i])
+        e = weight
+        if confidence_update:
+            diff = v - mu[k, i]
+            e *= math.exp(-diff * diff * hiv[k, i])
+        target[0, k, i] = gamma * target[0, k, i] + e
+        target[1, k, i] = gamma * target[1, k, i] + e * v
+        target[2, k, i] = gamma * target[2, k, i] + e * v * v
+
+
+@njit(cache=True)
+def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight: float,
+                  per_class: bool, tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray,
+                  mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray) -> None:
+    """Recompute class k's Gaussians (mu, and V when per class) from the statistics, O(N).
+
+    alpha_ki = source_weight / S0_ki (1 when source_weight <= 0: raw counts); n = alpha S0 + R0;
+    mu = (alpha S1 + R1) / n; per class V = max((alpha S2 + R2) / n - mu^2, floor_v) + blur_v.
+    In pooled mode hiv and lnorm hold the fixed pooled source variance and are left alone.
+    """
+    any_mass = False
+    for i in range(mu.shape[1]):
+        s0 = source[0, k, i]
+        alpha = 1.0
+        if source_weight > 0.0 and s0 > 0.0:
+            alpha = source_weight / s0
+        n = alpha * s0 + target[0, k, i]
+        if n <= 0.0:
+            mu[k, i] = 0.0
+            continue
+        any_mass = True
+        mean = (alpha * source[1, k, i] + target[1, k, i]) / n
+        mu[k, i] = mean
+        if per_class:
+            var = (alpha * source[2, k, i] + target[2, k, i]) / n - mean * mean
+            if var < floor_v[i]:
+                var = floor_v[i]
+            v = var + blur_v[i]
+            hiv[k, i] = 0.5 / v
+            lnorm[k, i] = -0.5 * (_LOG_2PI + math.log(v / tv[i]))
+    present[k] = any_mass
+
+
+@njit(cache=True)
+def step(x: np.ndarray, learn: bool,
+         centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
+         shift_on: bool, shift_prior: float, shift_gamma: float,
+         w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
+         bridge_w: np.ndarray, rounds: int, spiking: bool,
+         source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
+         tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray, alive: np.ndarray,
+         trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray,
+         product: bool, confidence: bool, tau: float,
+         reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
+         prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float,
+         centre: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+         o_prev: np.ndarray, m: np.ndarray, ll: np.ndarray, c: np.ndarray,
+         ebits: np.ndarray, out: np.ndarray) -> int:
+    """One frame, no allocation: normalise, shift, propagate, retrieve into ``out`` and, when
+    ``learn``, reinforce the pseudo-class and refresh its Gaussians. Returns ``normalise``'s status
+    (nothing is read or changed unless it is 0)."""
+    status = normalise(x, z)
+    if status != 0:
+        return status
+    shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, shift_prior,
+                 shift_gamma, learn, centre)
+    propagate(z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rounds, spiking, a, h, o, o_prev, m)
+    if shift_on:
+        shift_traces(m, trace_mean, trace_sum, shift_weight[0], shift_prior, shift_gamma, learn)
+    retrieve(m, mu, hiv, lnorm, present, alive, product, confidence, tau, ll, h, c, ebits, out)
+    k_memory = argmax(out)
+    k_prior = k_memory
+    if prior_on:
+        k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight,
+                                ll[:, 0], out)
+    if learn and reinforce_on:
+        k = argmax(out)
+        if out[k] >= gate and k == k_memory and k == k_prior:
+            reinforce(m, k, float(out[k]), gamma, confidence_update, mu, hiv, target)
+            refresh_class(k, source, target, source_weight, per_class, tv, floor_v, blur_v,
+                          mu, hiv, lnorm, present)
+    return 0
+
+
+@njit(cache=True)
+def run_batch(xs: np.ndarray, learn: bool,
+              centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
+              shift_on: bool, shift_prior: float, shift_gamma: float,
+              w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
+              bridge_w: np.ndarray, rounds: int, spiking: bool,
+              source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
+              tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray, alive: np.ndarray,
+              trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray,
+              product: bool, confidence: bool, tau: float,
+              reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
+              prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float,
+              centre: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+              o_prev: np.ndarray, m: np.ndarray, ll: np.ndarray, c: np.ndarray,
+              ebits: np.ndarray, out: np.ndarray) -> int:
+    """``step`` over the rows of xs in order (each frame is predicted, then learnt from), writing
+    row r's probabilities to out[r]. Returns -1, or the first row whose status is not 0 (rows
+    before it have been processed)."""
+    for r in range(xs.shape[0]):
+        status = step(xs[r], learn, centre_source, scale, shift_sum, shift_weight, shift_on, shift_prior,
+                      shift_gamma, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rounds, spiking,
+                      source, target, source_weight, per_class, tv, floor_v, blur_v, alive,
+                      trace_mean, trace_sum, mu, hiv, lnorm, present, product, confidence, tau,
+                      reinforce_on, gate, gamma, confidence_update,
+                      prior_on, prior_w, prior_b, memory_weight, centre, z, a, h, o, o_prev, m, ll, c, ebits,
+                      out[r])
+        if status != 0:
+            return r
+    return -1
+
+
+@njit(cache=True)
+def traces(zs: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
+           bridge_src: np.ndarray, bridge_w: np.ndarray, rounds: int, spiking: bool,
+           out: np.ndarray) -> None:
+    """Traces (n, N) of already normalised and centred rows zs (n, d), for memorising."""
+    n = out.shape[1]
+    a = np.empty(n, np.float32)
+    h = np.empty(n, np.float32)
+    o = np.empty(n, np.float32)
+    o_prev = np.empty(n, np.float32)
+    for r in range(zs.shape[0]):
+        propagate(zs[r], w_entry_hub, w_hub_hub, bridge_src, bridge_w, rounds, spiking,
+                  a, h, o, o_prev, out[r])

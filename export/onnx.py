@@ -1,0 +1,56 @@
+"""torch -> ONNX fp32, and ONNX fp32 -> int8 (QDQ, per-channel, static calibration on real images)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+INPUT = "input"
+OUTPUTS = ("features", "logits")
+
+
+def export_fp32(model: torch.nn.Module, size: int, path: Path) -> None:
+    """The TorchScript-based exporter (``dynamo=False``), opset 17, dynamic batch."""
+    dummy = torch.zeros(1, 3, size, size)
+    axes = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
+    torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17,
+                      input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes)
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over preprocessed input rows."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self._rows: Iterator[np.ndarray] = iter(rows)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        row = next(self._rows, None)
+        return None if row is None else {INPUT: row[None]}
+
+
+def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> dict[str, str]:
+    """Static 8-bit quantisation: QDQ format, per-channel weights, per-tensor activations.
+
+    Weights and activations are both uint8 (U8U8). The usual U8S8 choice saturates on x86 CPUs
+    without VNNI (onnxruntime's AVX2 kernels sum pairs of u8*s8 products into int16): measured
+    here on an AVX2-only CPU, U8S8 gave feature cosine 0.83 and ImageNet top-1 agreement 0.59
+    against fp32, U8S8 with 7-bit weights (reduce_range) 0.95 / 0.88, U8U8 0.99 / 0.97. The graph
+    is pre-processed (shape inference, fusions) first, as onnxruntime recommends; calibration
+    ranges are plain min/max (activations are ReLU6-bounded).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(path), _Batches(calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "weights": "uint8 per-channel affine", "activations": "uint8 per-tensor affine",
+            "calibration_method": "MinMax"}

@@ -1,0 +1,163 @@
+"""The host side: one request at a time over any transport, replies matched by sequence number.
+
+>>> import numpy as np
+>>> from firmware_bridge.transport import open_transport
+>>> link = open_transport("loop://")  # a loopback: the client reads its own request back
+>>> client = BridgeClient(link)
+>>> client.send(Features.quantize(np.ones(4, np.float32)))
+1
+>>> client.receive().body.values
+array([127, 127, 127, 127], dtype=int8)
+>>> link.close()
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+
+from edge_runtime.errors import EdgeRuntimeError
+from firmware_bridge.crc import crc32
+from firmware_bridge.framing import FrameError, Framing, Packet
+from firmware_bridge.messages import (Ack, Body, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope, Frame,
+                                      HelloReply, Hello, OPTION_READ_ONLY, PixelFormat, Prediction, StateChunk,
+                                      StateExportRequest, Stats, StatsRequest, Teach)
+from firmware_bridge.transport import Transport
+
+
+class BridgeError(EdgeRuntimeError):
+    """The device answered ERROR, or did not answer in time."""
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BridgeClient:
+    """Requests to a device on ``transport``; each call waits for the reply with the same seq.
+
+    A reply that is an ERROR raises ``BridgeError`` (with ``.code``). Link-level errors the
+    device reports (bad CRC of our frame) make the call resend, up to ``retries`` times.
+    """
+
+    def __init__(self, transport: Transport, *, framing: type[Framing] = Framing, timeout: float = 5.0,
+                 retries: int = 2) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.retries = retries
+        self._framing = framing()
+        self._seq = 0
+        self._pending: deque[Packet | FrameError] = deque()
+        # A leading delimiter ends whatever partial frame the device may hold from before we came.
+        self.transport.write(b"\x00")
+
+    # -- raw requests -------------------------------------------------------------------------------
+    def send(self, body: Body) -> int:
+        """Write one message; returns its sequence number."""
+        self._seq = (self._seq + 1) & 0xFFFF
+        self.transport.write(self._framing.pack(self._seq, body))
+        return self._seq
+
+    def receive(self, timeout: Optional[float] = None) -> Packet | FrameError:
+        """The next packet or link error from the device."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not self._pending:
+            if time.monotonic() > deadline:
+                raise BridgeError(f"no reply from {self.transport.url} within {self.timeout:g} s")
+            try:
+                data = self.transport.read(65536)
+            except EOFError as err:
+                raise BridgeError(f"the device closed the link: {err}") from None
+            self._pending.extend(self._framing.feed(data))
+        return self._pending.popleft()
+
+    def request(self, body: Body) -> Body:
+        """Send ``body`` and return the device's reply body (raising on ERROR)."""
+        for _ in range(self.retries + 1):
+            seq = self.send(body)
+            while True:
+                event = self.receive()
+                if isinstance(event, Packet) and event.seq == seq and not isinstance(event.body, Error):
+                    return event.body
+                if isinstance(event, Packet) and event.seq == seq:
+                    raise BridgeError(f"device error {_code_name(event.body.code)}: {event.body.message}",
+                                      event.body.code)
+                link_error = (isinstance(event, FrameError) or
+                              (isinstance(event.body, Error) and event.body.code in _LINK_ERRORS))
+                if link_error:
+                    break  # our frame or the reply was damaged on the line: send again
+                # else: a stale reply to an earlier, abandoned request; keep waiting for ours
+        raise BridgeError(f"{type(body).__name__} failed {self.retries + 1} times on {self.transport.url}: "
+                          f"the line is too noisy")
+
+    # -- verbs --------------------------------------------------------------------------------------
+    def hello(self) -> HelloReply:
+        return self._expect(self.request(Hello(self._framing.MAX_PAYLOAD)), HelloReply)
+
+    def classify(self, features: np.ndarray, *, dtype: FeatureDtype = FeatureDtype.INT8, top_k: int = 1,
+                 read_only: bool = False) -> Prediction:
+        """Send one feature vector; the device predicts (and adapts unless ``read_only``)."""
+        body = Features.quantize(features, dtype, options=OPTION_READ_ONLY if read_only else 0, top_k=top_k)
+        return self._expect(self.request(body), Prediction)
+
+    def classify_frame(self, image: np.ndarray | bytes, *, top_k: int = 1, read_only: bool = False) -> Prediction:
+        """Send a frame: JPEG bytes, or a BGR uint8 (h, w, 3) / grey (h, w) array sent raw."""
+        return self._expect(self.request(self._frame(image, top_k=top_k, read_only=read_only)), Prediction)
+
+    def teach(self, label: int, sample: np.ndarray | bytes, *, dtype: FeatureDtype = FeatureDtype.FLOAT32) -> int:
+        """Teach one labelled sample: a 1-D float feature vector, or a frame (see ``classify_frame``)."""
+        is_features = isinstance(sample, np.ndarray) and sample.ndim == 1
+        body = Features.quantize(sample, dtype) if is_features else self._frame(sample)
+        return self._expect(self.request(Teach(label, body)), Ack).count
+
+    def forget(self, scope: ForgetScope = ForgetScope.ADAPTED, value: int = 0) -> int:
+        return self._expect(self.request(Forget(scope, value)), Ack).count
+
+    def stats(self) -> Stats:
+        return self._expect(self.request(StatsRequest()), Stats)
+
+    def export_state(self, chunk: int = 16 * 1024) -> bytes:
+        """The device's adapter as a state file (``edge_runtime.state`` format), checked by CRC-32."""
+        first = self._expect(self.request(StateExportRequest(0, chunk)), StateChunk)
+        parts, got = [first.data], len(first.data)
+        while got < first.total:
+            part = self._expect(self.request(StateExportRequest(got, chunk)), StateChunk)
+            if part.offset != got or not part.data:
+                raise BridgeError(f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, expected {got}")
+            parts.append(part.data)
+            got += len(part.data)
+        blob = b"".join(parts)
+        if crc32(blob) != first.crc32:
+            raise BridgeError("exported state fails its CRC-32: the device changed it mid-transfer or the line is bad")
+        return blob
+
+    # -- helpers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _frame(image: np.ndarray | bytes, *, top_k: int = 1, read_only: bool = False) -> Frame:
+        options = OPTION_READ_ONLY if read_only else 0
+        if isinstance(image, (bytes, bytearray)):
+            return Frame(PixelFormat.JPEG, 0, 0, bytes(image), options, top_k)
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        fmt = PixelFormat.GRAY8 if image.ndim == 2 else PixelFormat.BGR888
+        return Frame(fmt, image.shape[1], image.shape[0], image.tobytes(), options, top_k)
+
+    @staticmethod
+    def _expect(body: Body, cls: type) -> Body:
+        if not isinstance(body, cls):
+            raise BridgeError(f"expected {cls.__name__} from the device, got {type(body).__name__}")
+        return body
+
+
+_LINK_ERRORS = (ErrorCode.BAD_CRC, ErrorCode.MALFORMED, ErrorCode.OVERSIZED)
+
+
+def _code_name(code: int) -> str:
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return str(code)
+
+
+__all__ = ["BridgeClient", "BridgeError"]

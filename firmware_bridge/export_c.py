@@ -1,0 +1,310 @@
+"""Export an adapter's memory as a C header for the C99 read-out in ``firmware_bridge/c/``.
+
+The header (``edgert_memory.h``) holds the memory as ``const`` arrays, aligned like TFLite Micro's
+model arrays, with its format version, sizes, seed, class names, the model's sha256 and a CRC-32
+over the arrays' bytes; ``EDGERT_MEMORY_CHECK()`` verifies it on the target and
+``EDGERT_CLASSIFY(features, probs)`` classifies. The read-out sources and an example ``main.c``
+are copied beside it, so the folder builds on its own::
+
+    cc -std=c99 -O2 -I DIR DIR/main.c DIR/edgert_readout.c -lm
+
+Matrices are stored as int8 with one scale per row (value = scale * q, scale = max|row| / 127),
+or as float16 / float32. Compatibility policy: a read-out accepts exactly the format version it
+was written for (``EDGERT_FORMAT_VERSION``; the generated header refuses to compile otherwise).
+
+>>> q, scales = quantize_rows(np.array([[0.5, -1.0], [0.0, 0.0]], dtype=np.float32))
+>>> q.tolist(), scales.tolist()
+([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edge_runtime.errors import InputError
+from firmware_bridge.crc import crc32
+
+EXPORT_FORMAT = 1  # EDGERT_FORMAT_VERSION in c/edgert_readout.h
+DTYPES = ("int8", "float16", "float32")
+C_SOURCES = ("edgert_readout.h", "edgert_readout.c", "main.c")
+C_DIR = Path(__file__).resolve().parent / "c"
+HEADER_NAME = "edgert_memory.h"
+_C_TYPES = {"int8": "int8_t", "float16": "uint16_t", "float32": "float", "uint16": "uint16_t", "int32": "int32_t",
+            "uint32": "uint32_t"}
+_DTYPE_ENUM = {"int8": "EDGERT_INT8", "float16": "EDGERT_FLOAT16", "float32": "EDGERT_FLOAT32"}
+
+
+@dataclass(frozen=True)
+class CExport:
+    """What ``export_c`` wrote: the header, the copied sources, and the sizes a firmware budget needs."""
+
+    header: Path
+    files: tuple[Path, ...]
+    kind: str
+    dtype: str
+    data_bytes: int  # bytes of const arrays (what the memory costs in flash)
+    crc32: int
+
+    @property
+    def header_bytes(self) -> int:
+        return self.header.stat().st_size
+
+
+def quantize_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per row: q = round(x / s), s = max|row| / 127 (1.0 for an all-zero row)."""
+    x = np.asarray(matrix, dtype=np.float32)
+    peak = np.abs(x).max(axis=1)
+    scales = np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(x / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+class _Header:
+    """Accumulates the generated header's arrays (in CRC order) and text."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.blocks: list[tuple[str, np.ndarray]] = []
+
+    def array(self, name: str, values: np.ndarray, ctype: str, size_expr: str) -> str:
+        values = np.ascontiguousarray(values).reshape(-1)
+        self.blocks.append((name, values))
+        per_line = 8 if values.dtype.kind == "f" else 20
+        body = ",\n".join("    " + ",".join(_c_literal(v, values.dtype) for v in values[i:i + per_line])
+                          for i in range(0, len(values), per_line))
+        self.lines.append(f"EDGERT_ALIGNED(16) static const {ctype} {name}[{size_expr}] = {{\n{body}\n}};\n")
+        return name
+
+    def matrix(self, prefix: str, matrix: np.ndarray, dtype: str, rows_expr: str, cols_expr: str) -> str:
+        """Emit a matrix in ``dtype``; returns the C initializer of its ``edgert_matrix``."""
+        size = f"{rows_expr} * {cols_expr}"
+        if dtype == "int8":
+            q, scales = quantize_rows(matrix)
+            data = self.array(f"{prefix}_q", q, "int8_t", size)
+            scale = self.array(f"{prefix}_scale", scales, "float", rows_expr)
+            return f"{{EDGERT_INT8, {data}, {scale}}}"
+        if dtype == "float16":
+            if np.abs(matrix).max(initial=0.0) > np.finfo(np.float16).max:
+                raise InputError(f"{prefix} holds values beyond float16's range: export with --dtype float32 or int8")
+            bits = np.asarray(matrix, dtype="<f2").view("<u2")
+            return f"{{EDGERT_FLOAT16, {self.array(f'{prefix}_f16', bits, 'uint16_t', size)}, NULL}}"
+        data = self.array(f"{prefix}_f32", np.asarray(matrix, dtype="<f4"), "float", size)
+        return f"{{EDGERT_FLOAT32, {data}, NULL}}"
+
+    def crc(self) -> int:
+        value = 0
+        for _, values in self.blocks:
+            value = crc32(values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes(), value)
+        return value
+
+    def data_bytes(self) -> int:
+        return sum(values.nbytes for _, values in self.blocks)
+
+    def block_table(self) -> str:
+        names = ", ".join(name for name, _ in self.blocks)
+        sizes = ", ".join(f"sizeof {name}" for name, _ in self.blocks)
+        return (f"static const void *const edgert_memory_blocks[] = {{{names}}};\n"
+                f"static const uint32_t edgert_memory_block_sizes[] = {{{sizes}}};\n")
+
+
+def _c_literal(value: Any, dtype: np.dtype) -> str:
+    if dtype.kind != "f":
+        return str(int(value))
+    if not np.isfinite(value):
+        raise InputError(f"memory holds a non-finite value ({value}): it cannot be exported")
+    # The shortest decimal that reads back as the same float32 (C rounds literals to nearest).
+    v = np.float32(value)
+    text = min(np.format_float_positional(v, unique=True, trim="0"),
+               np.format_float_scientific(v, unique=True, trim="0"), key=len)
+    return text + "f"
+
+
+def _c_string(text: str) -> str:
+    out = []
+    for byte in text.encode():
+        ch = chr(byte)
+        out.append(ch if 32 <= byte < 127 and ch not in '"\\?' else f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+# -- what each adapter's memory is, for the read-out ------------------------------------------------------
+def _ncm_prototypes(adapter: Any) -> tuple[np.ndarray, float]:
+    return np.asarray(adapter._prototypes, dtype=np.float32), 1.0 / float(adapter.temperature)
+
+
+# adapter registry name -> (prototypes (classes, dim) with unit or zero rows, 1 / softmax temperature)
+PROTOTYPE_READERS: dict[str, Callable[[Any], tuple[np.ndarray, float]]] = {"ncm": _ncm_prototypes}
+
+
+def _preamble(kind: str, dtype: str, n_classes: int, dim: int, seed: int, classes: Sequence[str],
+              model_sha256: str, source: str) -> list[str]:
+    names = ", ".join(_c_string(c) for c in classes)
+    return [
+        f"/* Generated by `edgert bridge export-c` from {source or 'an adapter'}: do not edit.\n"
+        f" * Memory kind {kind}, stored as {dtype}. Include in exactly one .c file.\n"
+        f" * Build: cc -std=c99 -O2 -I. main.c edgert_readout.c -lm */\n",
+        "#ifndef EDGERT_MEMORY_H\n#define EDGERT_MEMORY_H\n\n#include <stdint.h>\n#include \"edgert_readout.h\"\n",
+        f"#if EDGERT_FORMAT_VERSION != {EXPORT_FORMAT}\n"
+        f"#error \"edgert_memory.h is format {EXPORT_FORMAT}: use the read-out exported with it\"\n#endif\n",
+        f"#define EDGERT_MEMORY_FORMAT {EXPORT_FORMAT}\n#define EDGERT_MEMORY_KIND \"{kind}\"\n"
+        f"#define EDGERT_MEMORY_DTYPE {_DTYPE_ENUM[dtype]}\n#define EDGERT_MEMORY_SEED {seed}ull\n"
+        f"#define EDGERT_N_CLASSES {n_classes}\n#define EDGERT_DIM {dim}\n"
+        f"#define EDGERT_MODEL_SHA256 \"{model_sha256}\"\n",
+        f"static const char *const edgert_class_names[EDGERT_N_CLASSES] = {{{names}}};\n",
+    ]
+
+
+def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> tuple[_Header, str]:
+    prototypes, inv_temperature = PROTOTYPE_READERS[adapter.name](adapter)
+    header = _Header()
+    header.lines += preamble
+    matrix = header.matrix("edgert_prototypes", prototypes, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM")
+    crc = header.crc()
+    header.lines += [
+        f"#define EDGERT_MEMORY_CRC32 0x{crc:08x}u\n#define EDGERT_MEMORY_BYTES {header.data_bytes()}\n",
+        header.block_table(),
+        "static const edgert_prototypes edgert_memory = {\n"
+        f"    EDGERT_MEMORY_FORMAT, EDGERT_N_CLASSES, EDGERT_DIM, {_c_literal(np.float32(inv_temperature), np.dtype('f4'))},\n"
+        f"    {matrix},\n"
+        "    EDGERT_MEMORY_CRC32, edgert_memory_blocks, edgert_memory_block_sizes,\n"
+        "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n",
+        "#define EDGERT_MEMORY_CHECK() edgert_prototypes_check(&edgert_memory)\n"
+        "#define EDGERT_CLASSIFY(features, probs) edgert_prototypes_classify(&edgert_memory, (features), (probs))\n",
+    ]
+    return header, "prototypes"
+
+
+# MemFlow parameters the C read-out implements (read-only: the reinforcement ones do not apply).
+MEMFLOW_PARAMS = frozenset({
+    "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
+    "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
+    "shift_prior", "shift_decay", "standardise", "prior", "memory_weight", "prior_l2"})
+
+
+def memflow_centre(adapter: Any) -> np.ndarray:
+    """The input centre a read-only MemFlow subtracts, computed as its kernel does (float64, then float32)."""
+    source = np.asarray(adapter._centre_source, np.float32)
+    if not adapter.shift:
+        return source.copy()
+    prior = float(adapter.shift_prior)
+    inv = 1.0 / (prior + float(adapter._shift_weight[0]))
+    return ((prior * source.astype(np.float64) + adapter._shift_sum) * inv).astype(np.float32)
+
+
+def memflow_trace_delta(adapter: Any) -> np.ndarray:
+    """The neuron-level shift m_i += mu^s_i - mu^t_i a read-only MemFlow adds to its traces."""
+    prior = float(adapter.shift_prior)
+    inv = 1.0 / (prior + float(adapter._shift_weight[0]))
+    mean = np.asarray(adapter._trace_mean, np.float64)
+    return (mean - (prior * mean + np.asarray(adapter._trace_sum, np.float64)) * inv).astype(np.float32)
+
+
+def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> tuple[_Header, str]:
+    unknown = sorted(set(adapter.get_params()) - MEMFLOW_PARAMS)
+    if unknown:
+        raise InputError(f"MemFlow option(s) {', '.join(unknown)} have no C read-out yet: update "
+                         f"firmware_bridge/c/edgert_readout.c and export_c.MEMFLOW_PARAMS")
+    k, n = adapter._mu.shape
+    hiv, lnorm = np.asarray(adapter._hiv, np.float32), np.asarray(adapter._lnorm, np.float32)
+    pooled = bool((hiv == hiv[:1]).all() and (lnorm == lnorm[:1]).all())
+    var_cols = 1 if pooled else k
+    # Neuron-major (N x K): an int8 scale per neuron fits neurons of any trace scale.
+    mu_t = np.ascontiguousarray(np.asarray(adapter._mu, np.float32).T)
+    hiv_t = np.ascontiguousarray(hiv[:1].T if pooled else hiv.T)
+    lnorm_t = np.ascontiguousarray(lnorm[:1].T if pooled else lnorm.T)
+    header = _Header()
+    header.lines += preamble
+    header.lines.append(
+        f"#define EDGERT_N_HUB {adapter.n_hub}\n#define EDGERT_N_BRIDGE {adapter.n_bridge}\n"
+        f"#define EDGERT_IN_DEGREE {adapter.in_degree}\n#define EDGERT_ROUNDS {adapter.rounds}\n"
+        f"#define EDGERT_N_NEURONS {n}\n#define EDGERT_VAR_COLS {var_cols}\n")
+    centre = header.array("edgert_centre", memflow_centre(adapter), "float", "EDGERT_DIM")
+    scale_values = np.asarray(adapter._scale, np.float32)
+    scale = "NULL" if (scale_values == 1.0).all() else header.array("edgert_scale", scale_values, "float", "EDGERT_DIM")
+    delta = (header.array("edgert_trace_delta", memflow_trace_delta(adapter), "float", "EDGERT_N_NEURONS")
+             if adapter.shift else "NULL")
+    mu = header.matrix("edgert_mu", mu_t, dtype, "EDGERT_N_NEURONS", "EDGERT_N_CLASSES")
+    # One value per row (pooled variance) costs more as int8 + scale than as float32; 1 / (2 V) of
+    # a neuron with a tiny variance exceeds float16's 65504: those stay float32.
+    var_dtype = "float32" if pooled or dtype == "float16" else dtype
+    hiv_m = header.matrix("edgert_hiv", hiv_t, var_dtype, "EDGERT_N_NEURONS", "EDGERT_VAR_COLS")
+    lnorm_m = header.matrix("edgert_lnorm", lnorm_t, var_dtype, "EDGERT_N_NEURONS", "EDGERT_VAR_COLS")
+    present = header.array("edgert_present", np.asarray(adapter._present, np.uint8), "uint8_t", "EDGERT_N_CLASSES")
+    alive = header.array("edgert_alive", (np.asarray(adapter._alive) > 0).astype(np.uint8), "uint8_t",
+                         "EDGERT_N_NEURONS")
+    if adapter.prior:
+        prior_w = header.matrix("edgert_prior_w", np.asarray(adapter._prior_w, np.float32), dtype,
+                                "EDGERT_N_CLASSES", "EDGERT_DIM")
+        prior_b = header.array("edgert_prior_b", np.asarray(adapter._prior_b, np.float32), "float", "EDGERT_N_CLASSES")
+        centre_source = header.array("edgert_centre_source", np.asarray(adapter._centre_source, np.float32), "float",
+                                     "EDGERT_DIM")
+        prior = f"1, {prior_w}, {prior_b}, {centre_source}, {float(adapter.memory_weight)!r}"
+    else:
+        prior = "0, {EDGERT_FLOAT32, NULL, NULL}, NULL, NULL, 1.0"
+    crc = header.crc()
+    tau = repr(float(adapter._tau[0]))
+    work = {"z": "EDGERT_DIM", "a": "EDGERT_N_NEURONS", "h": "EDGERT_N_NEURONS", "o": "EDGERT_N_NEURONS",
+            "o_prev": "EDGERT_N_NEURONS", "m": "EDGERT_N_NEURONS", "c": "EDGERT_N_NEURONS",
+            "best": "EDGERT_N_NEURONS", "ll": "EDGERT_N_CLASSES * EDGERT_N_NEURONS"}
+    buffers = "".join(f"static float edgert_work_{name}[{size}];\n" for name, size in work.items())
+    buffers += (f"static uint64_t edgert_work_bridge_state[{max(adapter.n_bridge, 1)}];\n"
+                f"static int32_t edgert_work_slot_src[{max(adapter.in_degree, 1)}];\n"
+                f"static float edgert_work_slot_w[{max(adapter.in_degree, 1)}];\n"
+                "static float edgert_work_out[EDGERT_N_CLASSES];\n"
+                "static float edgert_work_logits[EDGERT_N_CLASSES];\n")
+    header.lines += [
+        f"#define EDGERT_MEMORY_CRC32 0x{crc:08x}u\n#define EDGERT_MEMORY_BYTES {header.data_bytes()}\n",
+        header.block_table(),
+        "static const edgert_memflow edgert_memory = {\n"
+        "    EDGERT_MEMORY_FORMAT, EDGERT_N_CLASSES, EDGERT_DIM,\n"
+        "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
+        f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
+        f"    {centre}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m}, EDGERT_VAR_COLS, {present}, {alive},\n"
+        f"    {prior},\n"
+        "    EDGERT_MEMORY_CRC32, edgert_memory_blocks, edgert_memory_block_sizes,\n"
+        "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n",
+        "/* Work buffers: RAM the read-out needs (no malloc). */\n" + buffers,
+        "static edgert_memflow_work edgert_work = {\n"
+        "    edgert_work_z, edgert_work_a, edgert_work_h, edgert_work_o, edgert_work_o_prev, edgert_work_m,\n"
+        "    edgert_work_c, edgert_work_best, edgert_work_ll, edgert_work_bridge_state, edgert_work_slot_src,\n"
+        "    edgert_work_slot_w, edgert_work_out, edgert_work_logits, 0\n};\n",
+        "#define EDGERT_MEMORY_CHECK() edgert_memflow_init(&edgert_memory, &edgert_work)\n"
+        "#define EDGERT_CLASSIFY(features, probs) "
+        "edgert_memflow_classify(&edgert_memory, &edgert_work, (features), (probs))\n",
+    ]
+    return header, "memflow"
+
+
+# adapter registry name -> writer of its header body (after the common preamble) and its kind
+EXPORTERS: dict[str, Callable[[Any, str, list[str]], tuple[_Header, str]]] = {
+    **{name: _prototype_header for name in PROTOTYPE_READERS}, "memflow": _memflow_header}
+
+
+def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype: str = "int8",
+             model_sha256: str = "", source: str = "") -> CExport:
+    """Write ``edgert_memory.h`` for ``adapter`` and copy the C read-out into ``out_dir``."""
+    if dtype not in DTYPES:
+        raise InputError(f"unknown C export dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if adapter.name not in EXPORTERS:
+        known = ", ".join(sorted(EXPORTERS))
+        raise InputError(f"adapter {adapter.name!r} has no C read-out; export one of: {known}")
+    if len(classes) != adapter.n_classes:
+        raise InputError(f"{len(classes)} class names for an adapter with {adapter.n_classes} classes")
+    kind = "memflow" if adapter.name == "memflow" else "prototypes"
+    seed = int(getattr(adapter, "seed", 0)) if kind == "memflow" else 0
+    preamble = _preamble(kind, dtype, adapter.n_classes, adapter.dim, seed, classes, model_sha256, source)
+    header, kind = EXPORTERS[adapter.name](adapter, dtype, preamble)
+    header.lines.append("\n#endif /* EDGERT_MEMORY_H */\n")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / HEADER_NAME
+    path.write_text("\n".join(header.lines))
+    copied = tuple(Path(shutil.copyfile(C_DIR / name, out / name)) for name in C_SOURCES)
+    return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), header.crc())
+
+
+__all__ = ["MEMFLOW_PARAMS", "memflow_centre", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]

@@ -1,0 +1,452 @@
+"""Message bodies of the bridge protocol: little-endian packed payloads, one class per message.
+
+Each body class has class constants ``TYPE`` (the header's type byte) and ``REPLY`` (whether the
+header's REPLY flag is set), ``pack() -> bytes`` and ``unpack(payload) -> body``. The byte layouts
+are specified in ``firmware_bridge/PROTOCOL.md``; the struct formats below are that table.
+Unpacking raises ``PayloadError`` on any payload that does not match its layout exactly.
+
+>>> Prediction.unpack(Prediction(3, 0.5, ((3, 0.5), (1, 0.25)), 120).pack())
+Prediction(label=3, confidence=0.5, top=((3, 0.5), (1, 0.25)), compute_us=120)
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import astuple, dataclass, field
+from enum import IntEnum
+from typing import ClassVar, Union
+
+import numpy as np
+
+
+class PayloadError(ValueError):
+    """A payload that does not match its message's layout (length, enum value, text)."""
+
+
+class MessageType(IntEnum):
+    HELLO = 0x01
+    ACK = 0x02
+    ERROR = 0x03
+    FRAME = 0x10
+    FEATURES = 0x11
+    PREDICTION = 0x12
+    TEACH = 0x20
+    FORGET = 0x21
+    STATS = 0x30
+    STATE_EXPORT = 0x31
+
+
+class ErrorCode(IntEnum):
+    BAD_CRC = 1  # link level: the frame's CRC did not match (seq untrusted, sent as 0)
+    OVERSIZED = 2  # link level: more than the framing's maximum between two delimiters
+    MALFORMED = 3  # link level: not COBS, shorter than a header, or length field mismatch
+    BAD_VERSION = 4  # the header's protocol version is not one this side speaks
+    UNKNOWN_TYPE = 5  # type/flags combination this side does not handle
+    BAD_PAYLOAD = 6  # the payload does not match its message's layout
+    UNSUPPORTED = 7  # a valid request the device cannot serve (no backbone, no unlearning)
+    BAD_INPUT = 8  # valid layout, unusable content: wrong feature width, NaN, unknown label
+    INTERNAL = 9  # the device failed while serving a valid request
+
+
+class PixelFormat(IntEnum):
+    JPEG = 0
+    GRAY8 = 1
+    RGB888 = 2
+    BGR888 = 3
+
+
+CHANNELS = {PixelFormat.GRAY8: 1, PixelFormat.RGB888: 3, PixelFormat.BGR888: 3}
+
+
+class FeatureDtype(IntEnum):
+    FLOAT32 = 0
+    FLOAT16 = 1
+    INT8 = 2  # value = scale * q
+
+
+NUMPY_DTYPES = {FeatureDtype.FLOAT32: np.dtype("<f4"), FeatureDtype.FLOAT16: np.dtype("<f2"),
+                FeatureDtype.INT8: np.dtype("i1")}
+
+
+class Capability(IntEnum):
+    FRAME = 1 << 0
+    FEATURES = 1 << 1
+    TEACH = 1 << 2
+    FORGET = 1 << 3
+    STATE_EXPORT = 1 << 4
+    ADAPTS = 1 << 5
+
+
+class ForgetScope(IntEnum):
+    ADAPTED = 0  # what was learned from unlabelled frames (adapter.forget()); `value` is ignored
+    ITEM = 1  # one stored item by id `value` (adapter.forget([value]); memories that keep items)
+
+
+# Request options (FRAME, FEATURES): bit 0 asks the device not to adapt on this sample.
+OPTION_READ_ONLY = 0x01
+
+
+def _take(fmt: struct.Struct, payload: bytes, offset: int = 0) -> tuple:
+    if len(payload) < offset + fmt.size:
+        raise PayloadError(f"payload of {len(payload)} bytes is shorter than its {offset + fmt.size}-byte fixed part")
+    return fmt.unpack_from(payload, offset)
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PayloadError(f"text field is not UTF-8: {err.reason}") from None
+
+
+def _enum(enum: type[IntEnum], value: int) -> IntEnum:
+    try:
+        return enum(value)
+    except ValueError:
+        raise PayloadError(f"{value} is not a valid {enum.__name__}") from None
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Capabilities. The host sends one (its own limits), the device replies with its own."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HELLO
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<IHHH32sB")
+
+    max_payload: int
+    feature_dim: int = 0
+    n_classes: int = 0
+    capabilities: int = 0
+    model_sha256: bytes = bytes(32)
+    adapter: str = ""
+    classes: tuple[str, ...] = ()
+
+    def pack(self) -> bytes:
+        adapter = self.adapter.encode()[:255]
+        out = [self._FIXED.pack(self.max_payload, self.feature_dim, self.n_classes, self.capabilities,
+                                self.model_sha256, len(adapter)), adapter, struct.pack("<H", len(self.classes))]
+        for name in self.classes:
+            raw = name.encode()[:255]
+            out += [bytes([len(raw)]), raw]
+        return b"".join(out)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Hello":
+        max_payload, dim, n_classes, caps, sha, n_adapter = _take(cls._FIXED, payload)
+        pos = cls._FIXED.size
+        adapter = _text(payload[pos:pos + n_adapter])
+        pos += n_adapter
+        (n_names,) = _take(struct.Struct("<H"), payload, pos)
+        pos += 2
+        names = []
+        for _ in range(n_names):
+            if pos >= len(payload):
+                raise PayloadError(f"HELLO announces {n_names} class names, payload ends after {len(names)}")
+            n = payload[pos]
+            names.append(_text(payload[pos + 1:pos + 1 + n]))
+            pos += 1 + n
+        if pos != len(payload) or len(adapter.encode()) != n_adapter:
+            raise PayloadError(f"HELLO payload is {len(payload)} bytes, its fields take {pos}")
+        return cls(max_payload, dim, n_classes, caps, sha, adapter, tuple(names))
+
+
+@dataclass(frozen=True)
+class HelloReply(Hello):
+    REPLY: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Success of TEACH or FORGET; ``count`` = items learned or removed."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ACK
+    REPLY: ClassVar[bool] = True
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<I")
+
+    count: int = 0
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.count)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Ack":
+        if len(payload) != cls._FIXED.size:
+            raise PayloadError(f"ACK payload must be 4 bytes, got {len(payload)}")
+        return cls(*cls._FIXED.unpack(payload))
+
+
+@dataclass(frozen=True)
+class Error:
+    """A request (or a damaged frame) that was not served; the link stays up."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ERROR
+    REPLY: ClassVar[bool] = True
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<HH")
+    MAX_TEXT: ClassVar[int] = 200
+
+    code: int
+    message: str = ""
+
+    def pack(self) -> bytes:
+        raw = self.message.encode()[:self.MAX_TEXT]
+        return self._FIXED.pack(self.code, len(raw)) + raw
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Error":
+        code, n = _take(cls._FIXED, payload)
+        if len(payload) != cls._FIXED.size + n:
+            raise PayloadError(f"ERROR payload is {len(payload)} bytes, its fields take {cls._FIXED.size + n}")
+        return cls(code, _text(payload[cls._FIXED.size:]))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An image: JPEG bytes, or raw 8-bit pixels row-major (width, height given)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FRAME
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<BBBxHH")
+
+    format: PixelFormat
+    width: int
+    height: int
+    data: bytes
+    options: int = 0
+    top_k: int = 1
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.format, self.options, self.top_k, self.width, self.height) + bytes(self.data)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Frame":
+        fmt, options, top_k, width, height = _take(cls._FIXED, payload)
+        fmt = _enum(PixelFormat, fmt)
+        data = bytes(payload[cls._FIXED.size:])
+        if fmt != PixelFormat.JPEG and len(data) != width * height * CHANNELS[fmt]:
+            raise PayloadError(f"{fmt.name} frame {width}x{height} needs {width * height * CHANNELS[fmt]} bytes, got {len(data)}")
+        return cls(fmt, width, height, data, options, top_k)
+
+
+@dataclass(frozen=True, eq=False)
+class Features:
+    """One feature vector as sent: float32, float16, or int8 with one scale (value = scale * q)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FEATURES
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<BBBxHf")
+
+    values: np.ndarray  # the wire array: dtype as NUMPY_DTYPES[dtype], shape (dim,)
+    dtype: FeatureDtype = FeatureDtype.FLOAT32
+    scale: float = 1.0
+    options: int = 0
+    top_k: int = 1
+
+    @classmethod
+    def quantize(cls, features: np.ndarray, dtype: FeatureDtype = FeatureDtype.INT8, **kw) -> "Features":
+        """Encode float features for the wire; int8 uses the symmetric scale max|x| / 127."""
+        x = np.asarray(features, dtype=np.float32).reshape(-1)
+        if dtype == FeatureDtype.INT8:
+            peak = float(np.abs(x).max()) if x.size else 0.0
+            scale = peak / 127.0 if peak > 0 else 1.0
+            return cls(np.clip(np.rint(x / scale), -127, 127).astype(np.int8), dtype, scale, **kw)
+        return cls(x.astype(NUMPY_DTYPES[dtype]), dtype, 1.0, **kw)
+
+    def to_float32(self) -> np.ndarray:
+        x = self.values.astype(np.float32)
+        return x * np.float32(self.scale) if self.dtype == FeatureDtype.INT8 else x
+
+    def pack(self) -> bytes:
+        values = np.ascontiguousarray(self.values, dtype=NUMPY_DTYPES[FeatureDtype(self.dtype)])
+        return self._FIXED.pack(self.dtype, self.options, self.top_k, values.size, self.scale) + values.tobytes()
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Features":
+        dtype, options, top_k, dim, scale = _take(cls._FIXED, payload)
+        dtype = _enum(FeatureDtype, dtype)
+        np_dtype = NUMPY_DTYPES[dtype]
+        if len(payload) != cls._FIXED.size + dim * np_dtype.itemsize:
+            raise PayloadError(f"FEATURES of {dim} x {dtype.name} need {cls._FIXED.size + dim * np_dtype.itemsize} "
+                               f"payload bytes, got {len(payload)}")
+        values = np.frombuffer(payload, dtype=np_dtype, count=dim, offset=cls._FIXED.size)
+        return cls(values, dtype, scale, options, top_k)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Features) and self.pack() == other.pack())
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer to FRAME or FEATURES: best class, its probability, the top k, device compute time."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PREDICTION
+    REPLY: ClassVar[bool] = True
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<HBxfI")
+    _ENTRY: ClassVar[struct.Struct] = struct.Struct("<Hf")
+
+    label: int
+    confidence: float
+    top: tuple[tuple[int, float], ...] = ()
+    compute_us: int = 0
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.label, len(self.top), self.confidence, self.compute_us) + b"".join(
+            self._ENTRY.pack(c, p) for c, p in self.top)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Prediction":
+        label, k, confidence, compute_us = _take(cls._FIXED, payload)
+        if len(payload) != cls._FIXED.size + k * cls._ENTRY.size:
+            raise PayloadError(f"PREDICTION with top-{k} needs {cls._FIXED.size + k * cls._ENTRY.size} bytes, got {len(payload)}")
+        top = tuple(cls._ENTRY.unpack_from(payload, cls._FIXED.size + i * cls._ENTRY.size) for i in range(k))
+        return cls(label, confidence, top, compute_us)
+
+
+@dataclass(frozen=True)
+class Teach:
+    """A labelled sample: a FEATURES or a FRAME body after the label (their options are ignored)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TEACH
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<HBx")
+
+    label: int
+    sample: Union[Features, Frame]
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.label, self.sample.TYPE) + self.sample.pack()
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Teach":
+        label, kind = _take(cls._FIXED, payload)
+        body = payload[cls._FIXED.size:]
+        if kind == MessageType.FEATURES:
+            return cls(label, Features.unpack(body))
+        if kind == MessageType.FRAME:
+            return cls(label, Frame.unpack(body))
+        raise PayloadError(f"TEACH sample kind must be FRAME (0x10) or FEATURES (0x11), got {kind:#04x}")
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Unlearn what adaptation learned, or one stored item; answered by ACK(count removed)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FORGET
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<BxxxI")
+
+    scope: ForgetScope
+    value: int
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.scope, self.value)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Forget":
+        if len(payload) != cls._FIXED.size:
+            raise PayloadError(f"FORGET payload must be {cls._FIXED.size} bytes, got {len(payload)}")
+        scope, value = cls._FIXED.unpack(payload)
+        return cls(_enum(ForgetScope, scope), value)
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    TYPE: ClassVar[MessageType] = MessageType.STATS
+    REPLY: ClassVar[bool] = False
+
+    def pack(self) -> bytes:
+        return b""
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "StatsRequest":
+        if payload:
+            raise PayloadError(f"a STATS request has an empty payload, got {len(payload)} bytes")
+        return cls()
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Device counters since start (all u32, wrapping)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATS
+    REPLY: ClassVar[bool] = True
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<10I")
+
+    uptime_ms: int = 0
+    frames: int = 0
+    features: int = 0
+    teaches: int = 0
+    forgets: int = 0
+    errors: int = 0
+    adapted: int = 0
+    mean_compute_us: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(*(int(v) & 0xFFFFFFFF for v in astuple(self)))
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "Stats":
+        if len(payload) != cls._FIXED.size:
+            raise PayloadError(f"STATS reply must be {cls._FIXED.size} bytes, got {len(payload)}")
+        return cls(*cls._FIXED.unpack(payload))
+
+
+@dataclass(frozen=True)
+class StateExportRequest:
+    """Ask for ``max_len`` bytes of the device's state file starting at ``offset``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATE_EXPORT
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<II")
+
+    offset: int = 0
+    max_len: int = 4096
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.offset, self.max_len)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "StateExportRequest":
+        if len(payload) != cls._FIXED.size:
+            raise PayloadError(f"STATE_EXPORT request must be {cls._FIXED.size} bytes, got {len(payload)}")
+        return cls(*cls._FIXED.unpack(payload))
+
+
+@dataclass(frozen=True)
+class StateChunk:
+    """A slice of the state file (as written by ``edge_runtime.state``) and the whole file's CRC-32."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATE_EXPORT
+    REPLY: ClassVar[bool] = True
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<III")
+
+    offset: int
+    total: int
+    crc32: int
+    data: bytes = field(default=b"")
+
+    def pack(self) -> bytes:
+        return self._FIXED.pack(self.offset, self.total, self.crc32) + bytes(self.data)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "StateChunk":
+        offset, total, crc = _take(cls._FIXED, payload)
+        data = bytes(payload[cls._FIXED.size:])
+        if offset + len(data) > total:
+            raise PayloadError(f"STATE_EXPORT chunk [{offset}, {offset + len(data)}) runs past the total {total}")
+        return cls(offset, total, crc, data)
+
+
+Body = Union[Hello, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
+             StateExportRequest, StateChunk]
+
+# (type, reply flag) -> body class: the one place a decoder looks a message up.
+BODIES: dict[tuple[int, bool], type] = {(cls.TYPE, cls.REPLY): cls for cls in (
+    Hello, HelloReply, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
+    StateExportRequest, StateChunk)}
+
+__all__ = ["BODIES", "Ack", "Body", "CHANNELS", "Capability", "Error", "ErrorCode", "FeatureDtype", "Features",
+           "Forget", "ForgetScope", "Frame", "Hello", "HelloReply", "MessageType", "NUMPY_DTYPES", "OPTION_READ_ONLY",
+           "PayloadError", "PixelFormat", "Prediction", "Stats", "StatsRequest", "StateChunk", "StateExportRequest",
+           "Teach"]

@@ -1,0 +1,176 @@
+"""The accuracy bench: task construction, the strictly-online protocol, and a quick real run."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from edge_runtime.adapters import ADAPTERS
+from edge_runtime.adapters.linear import Linear
+from edge_runtime.bench import accuracy
+from edge_runtime.bench.tasks import (BENCH_TASKS, CONTROL, DEV_TASKS, SHIFTED_TASKS, load_task, photo_halves,
+                                      subsample)
+from edge_runtime.errors import InputError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """As ``edgert bench accuracy`` does: skinny matrices gain nothing from BLAS threads, and on a
+    shared machine the threads' synchronisation makes source fits many times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def gaussian_noise():
+    return load_task("photo->photo-c/gaussian_noise")
+
+
+def test_task_names_match_the_issue_and_dev_is_held_out():
+    assert SHIFTED_TASKS[:4] == ("photo->clipart", "photo->emoji", "clipart->photo", "mnist->uci-digits")
+    assert len([t for t in SHIFTED_TASKS if t.startswith("photo->photo-c/")]) == 10
+    assert CONTROL == "photo->photo" and CONTROL in BENCH_TASKS and CONTROL not in SHIFTED_TASKS
+    assert DEV_TASKS and not set(DEV_TASKS) & set(BENCH_TASKS)
+    with pytest.raises(InputError):
+        load_task("photo->nowhere")
+
+
+def test_photo_halves_are_disjoint_stratified_and_fixed(gaussian_noise):
+    y = np.concatenate([gaussian_noise.folds[0].source_y, gaussian_noise.folds[1].source_y])
+    a, b = photo_halves(y)
+    assert not set(a) & set(b) and len(a) + len(b) == len(y)
+    counts = np.bincount(y[a], minlength=9) - np.bincount(y[b], minlength=9)
+    assert np.abs(counts).max() <= 1
+    np.testing.assert_array_equal(photo_halves(y)[0], a)
+
+
+def test_no_target_image_has_its_clean_copy_in_the_source(gaussian_noise):
+    clean = load_task(CONTROL)
+    assert len(gaussian_noise.folds) == 2
+    for fold, control_fold in zip(gaussian_noise.folds, clean.folds):
+        assert not set(fold.source_ids) & set(fold.target_ids)
+        assert set(fold.source_ids) | set(fold.target_ids) == set(clean.folds[0].source_ids) | set(clean.folds[1].source_ids)
+        # Same split as the control, but the target rows are the corrupted images' features.
+        assert fold.target_ids == control_fold.target_ids
+        np.testing.assert_array_equal(fold.source_x, control_fold.source_x)
+        assert not np.allclose(fold.target_x, control_fold.target_x)
+    a, b = gaussian_noise.folds
+    assert a.source_ids == b.target_ids and b.source_ids == a.target_ids
+
+
+def test_stream_orders_are_seeded_permutations(gaussian_noise):
+    fold = gaussian_noise.folds[0]
+    orders = [fold.order(seed) for seed in (0, 1, 2)]
+    for order in orders:
+        assert sorted(order) == list(range(len(fold.target_y)))
+    assert not np.array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(fold.order(0), orders[0])
+
+
+class Recorder(Linear):
+    """An honest head that records exactly what the bench hands it."""
+
+    name = "recorder"
+    seen: list = []
+
+    def adapt(self, features):
+        Recorder.seen.append(features)
+        return super().adapt(features)
+
+
+def test_run_stream_hands_over_one_copied_row_at_a_time(gaussian_noise):
+    fold = gaussian_noise.folds[0]
+    head = Recorder(l2=1e-3).fit(fold.source_x, fold.source_y, n_classes=gaussian_noise.n_classes)
+    Recorder.seen = []
+    stream = fold.target_x[fold.order(0)]
+    predictions, seconds = accuracy.run_stream(head, stream)
+    assert len(Recorder.seen) == len(stream) and seconds > 0
+    for i, row in enumerate(Recorder.seen):
+        assert row.shape == (1, stream.shape[1])
+        np.testing.assert_array_equal(row[0], stream[i])
+        assert not np.shares_memory(row, stream)  # no view through which to read ahead
+    np.testing.assert_array_equal(predictions, head.predict(stream))
+
+
+class LabelHungry(Linear):
+    """Cheats whenever it is given labels: returns the true class with certainty."""
+
+    name = "label-hungry"
+
+    def adapt(self, features, labels=None, **extra):
+        if labels is None:
+            labels = extra.get("y", extra.get("target"))
+        if labels is not None:
+            return np.eye(self.n_classes, dtype=np.float32)[np.asarray(labels)]
+        return super().adapt(features)
+
+
+def test_a_cheating_adapter_gains_nothing(gaussian_noise, monkeypatch):
+    monkeypatch.setitem(ADAPTERS, "label-hungry", lambda **p: LabelHungry(**p))
+    task = subsample(gaussian_noise, max_target=60)
+    runner = accuracy.Runner((0, 1))
+    honest = runner.evaluate(accuracy.parse_method("linear@l2=0.001"), task)
+    cheat = runner.evaluate(accuracy.parse_method("label-hungry@l2=0.001"), task)
+    assert cheat["accuracy"] == honest["accuracy"] < 1.0
+
+
+def test_each_stream_starts_from_the_same_fitted_state(gaussian_noise):
+    task = subsample(gaussian_noise, max_target=60)
+    spec = accuracy.parse_method("t3a@l2=0.001")
+    first = accuracy.Runner((0, 1)).evaluate(spec, task)
+    runner = accuracy.Runner((1, 0))  # same orders, reversed: a leaked state would change scores
+    second = runner.evaluate(spec, task)
+    assert first["accuracy"] == pytest.approx(second["accuracy"])
+    assert first["accuracy_spread"] == pytest.approx(second["accuracy_spread"])
+
+
+def test_method_specs_are_checked():
+    spec = accuracy.parse_method('shift@inner="t3a"@momentum=0.9')
+    assert (spec.name, spec.params) == ("shift", {"inner": "t3a", "momentum": 0.9})
+    with pytest.raises(InputError):
+        accuracy.parse_method("no-such-method")
+    with pytest.raises(InputError):
+        accuracy.parse_method("linear@l2")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """``edgert bench accuracy --quick`` over every bench task with the linear head, on real features."""
+    out = tmp_path_factory.mktemp("accuracy")
+    parser = argparse.ArgumentParser()
+    accuracy.configure(parser)
+    args = parser.parse_args(["--quick", "--tasks", "bench", "--methods", "linear,shift",
+                              "--json", str(out / "a.json"), "--markdown", str(out / "a.md"), "--png", str(out / "a.png")])
+    assert args.main(args) == 0
+    return out
+
+
+def test_quick_run_writes_the_documented_outputs(quick_run):
+    payload = json.loads((quick_run / "a.json").read_text())
+    assert list(payload["tasks"]) == list(BENCH_TASKS)
+    for task, row in payload["tasks"].items():
+        assert set(row) == {"linear", "shift"}
+        for cell in row.values():
+            assert set(cell) == {"accuracy", "accuracy_spread", "adapt_us_per_sample"}
+            assert 0.0 <= cell["accuracy"] <= 1.0 and cell["accuracy_spread"] >= 0 and cell["adapt_us_per_sample"] > 0
+    means = payload["summary"]["linear"]
+    assert means["n_tasks"] == len(SHIFTED_TASKS)
+    assert means["mean_shifted_accuracy"] == pytest.approx(
+        np.mean([payload["tasks"][t]["linear"]["accuracy"] for t in SHIFTED_TASKS]))
+    table = (quick_run / "a.md").read_text()
+    assert "mean over shifted tasks" in table and "photo->photo-c/fog" in table
+    assert (quick_run / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_linear_is_well_above_chance_and_the_shift_is_real(quick_run):
+    payload = json.loads((quick_run / "a.json").read_text())
+    linear = {t: row["linear"]["accuracy"] for t, row in payload["tasks"].items()}
+    for task, acc in linear.items():
+        chance = 1 / 10 if "digits" in task else 1 / 9
+        assert acc > 2.5 * chance, (task, acc)
+    shifted = np.mean([linear[t] for t in SHIFTED_TASKS])
+    assert linear[CONTROL] > shifted + 0.1

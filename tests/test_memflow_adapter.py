@@ -1,0 +1,140 @@
+"""MemFlow behind the adapter interface, on real backbone features of the packaged photos:
+determinism, exact merging, state round trip, batch == row by row, input errors."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from edge_runtime.adapters import make_adapter
+from edge_runtime.adapters.memflow import MemFlow
+from edge_runtime.errors import InputError
+
+SMALL = dict(n_hub=16, n_bridge=64, prior=False)  # fast, and exercises every code path
+
+
+@pytest.fixture(scope="module")
+def photo() -> tuple[np.ndarray, np.ndarray, int]:
+    from edge_runtime.bench.features import load_features
+
+    f = load_features("photo")
+    return np.ascontiguousarray(f.X, np.float32), f.y, len(f.classes)
+
+
+@pytest.fixture(scope="module")
+def clipart() -> np.ndarray:
+    from edge_runtime.bench.features import load_features
+
+    return np.ascontiguousarray(load_features("clipart").X[:60], np.float32)
+
+
+def test_same_seed_same_predictions_and_state(photo, clipart) -> None:
+    x, y, k = photo
+    a = MemFlow(**SMALL, seed=5).fit(x, y, k)
+    b = MemFlow(**SMALL, seed=5).fit(x, y, k)
+    np.testing.assert_array_equal(a.adapt(clipart), b.adapt(clipart))
+    np.testing.assert_array_equal(a._target, b._target)
+    c = MemFlow(**SMALL, seed=6).fit(x, y, k)
+    assert not np.array_equal(c.predict_proba(clipart), a.predict_proba(clipart))
+
+
+def test_merge_equals_memorising_both_streams(photo, clipart) -> None:
+    x, y, k = photo
+    centre = (x / np.linalg.norm(x, axis=1, keepdims=True)).mean(axis=0)
+    params = dict(SMALL, temperature=0.5)
+    first, second = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
+    merged = MemFlow(**params).fit(x[first], y[first], k, centre=centre)
+    merged.merge(MemFlow(**params).fit(x[second], y[second], k, centre=centre))
+    both = MemFlow(**params).fit(x, y, k, centre=centre)
+    np.testing.assert_allclose(merged._source, both._source, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(merged.predict_proba(clipart), both.predict_proba(clipart), rtol=1e-4, atol=1e-6)
+    with pytest.raises(InputError, match="same network"):
+        merged.merge(MemFlow(**params).fit(x[second], y[second], k))  # a different centre
+
+
+def test_state_round_trip_through_npz_and_json(photo, clipart) -> None:
+    x, y, k = photo
+    model = MemFlow(**SMALL).fit(x, y, k)
+    model.adapt(clipart[:30])
+    state = model.state_dict()
+    buffer = io.BytesIO()
+    np.savez(buffer, **state["arrays"])
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}
+    meta = json.loads(json.dumps({key: value for key, value in state.items() if key != "arrays"}))
+    restored = MemFlow.from_state_dict({**meta, "arrays": arrays})
+    # Same predictions now, and the same after both keep adapting.
+    np.testing.assert_array_equal(restored.predict_proba(clipart), model.predict_proba(clipart))
+    np.testing.assert_array_equal(restored.adapt(clipart[30:]), model.adapt(clipart[30:]))
+    assert restored.state_bytes() == model.state_bytes()
+
+
+def test_state_size_depends_on_neurons_and_classes_only(photo) -> None:
+    x, y, k = photo
+    small = MemFlow(**SMALL).fit(x[:100], y[:100], k)
+    large = MemFlow(**SMALL).fit(x, y, k)
+    assert small.state_bytes() == large.state_bytes()
+    wider = MemFlow(**dict(SMALL, n_bridge=128)).fit(x, y, k)
+    assert wider.state_bytes() - small.state_bytes() == 2 * 3 * k * 64 * 8 + 64 * 8
+
+
+def test_batch_adapt_equals_row_by_row_and_out_buffer(photo, clipart) -> None:
+    x, y, k = photo
+    a = MemFlow(**SMALL).fit(x, y, k)
+    b = MemFlow(**SMALL).fit(x, y, k)
+    batch = a.adapt(clipart)
+    out = np.empty((1, k), np.float32)
+    rows = np.concatenate([b.adapt(row, out=out).copy() for row in clipart])
+    np.testing.assert_allclose(batch, rows, rtol=1e-6, atol=1e-7)
+    assert np.allclose(batch.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_inputs_are_not_modified(photo, clipart) -> None:
+    x, y, k = photo
+    x0, c0 = x.copy(), clipart.copy()
+    model = MemFlow(**SMALL).fit(x, y, k)
+    model.adapt(clipart)
+    model.teach(clipart[:5], y[:5])
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(clipart, c0)
+
+
+def test_bad_input_is_refused_with_a_clear_error(photo, clipart) -> None:
+    x, y, k = photo
+    model = MemFlow(**SMALL).fit(x, y, k)
+    before = model.state_dict()["arrays"]["target"].copy()
+    with pytest.raises(InputError, match=r"shape \(n, 1280\)"):
+        model.adapt(clipart[:1, :100])
+    with pytest.raises(InputError, match="float32"):
+        model.adapt(clipart[:1].astype(np.float64))
+    for bad in (np.nan, np.inf, -np.inf):
+        row = clipart[:2].copy()
+        row[1, 7] = bad
+        with pytest.raises(InputError, match="row 1 holds NaN or inf"):
+            model.adapt(row)
+    with pytest.raises(InputError, match="all zero"):
+        model.predict_proba(np.zeros((1, 1280), np.float32))
+    with pytest.raises(InputError, match="unknown label 9"):
+        model.teach(clipart[:2], np.array([0, 9]))
+    with pytest.raises(InputError, match="NaN or inf"):
+        MemFlow(**SMALL).fit(np.where(x == x[0, 0], np.nan, x).astype(np.float32), y)
+    with pytest.raises(InputError, match="has not been fitted"):
+        MemFlow().adapt(clipart[:1])
+    with pytest.raises(InputError, match="readout"):
+        MemFlow(readout="vote").fit(x, y)
+    # Row 0 of the NaN batch was processed (and said so); nothing else changed the memory.
+    assert np.isfinite(model._target).all()
+    assert np.count_nonzero(model._target - before) <= 3 * 3 * model.n_neurons
+
+
+def test_registry_names_and_ablation_switches() -> None:
+    assert make_adapter("memflow").reinforce
+    assert make_adapter("memflow-static").reinforce is False
+    assert make_adapter("memflow-no-blur").blur == 0.0
+    assert make_adapter("memflow-no-cu").confidence_update is False
+    assert make_adapter("memflow-no-spike").spiking is False
+    clone = make_adapter("memflow-no-spike").clone()
+    assert clone.spiking is False
