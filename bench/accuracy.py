@@ -198,7 +198,7 @@ def plot(results: dict[str, dict[str, dict[str, float]]], methods: list[str], pa
 
     tasks = list(results)
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(tasks) * max(1, len(methods) / 3)), 5))
+    fig, ax = plt.subplots(figsize=(min(18, max(8, 0.4 * len(tasks) * max(1, len(methods) / 3))), 5.5))
     x = np.arange(len(tasks))
     for i, m in enumerate(methods):
         acc = [100 * results[t][m]["accuracy"] if m in results[t] else np.nan for t in tasks]

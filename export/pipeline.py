@@ -2,7 +2,8 @@
 
 Outputs go to ``<models_dir>/<name>/``. The export is cached: ``export.json`` records a key over
 everything that determines the artefacts (weights sha256, calibration and parity image ids and
-bytes, tool versions, this module's format); a re-run with the same key only re-checks the files.
+bytes, tool versions, the export package's source); a re-run with the same key only re-checks
+the files.
 """
 from __future__ import annotations
 
@@ -52,8 +53,11 @@ def imagenet_labels() -> list[str]:
 
 
 def _cache_key(name: str, weights_sha: str, calibration: list, parity: list) -> str:
+    """Everything the artefacts depend on, the export recipe (this package's code) included."""
     digest = hashlib.sha256()
     digest.update(json.dumps([EXPORT_FORMAT, name, weights_sha, tool_versions()]).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
     for image_id, image in calibration + parity:
         digest.update(image_id.encode())
         digest.update(hashlib.sha256(image.tobytes()).digest())

@@ -8,6 +8,11 @@ are copied beside it, so the folder builds on its own::
 
     cc -std=c99 -O2 -I DIR DIR/main.c DIR/edgert_readout.c -lm
 
+Adapters with a C read-out (``EXPORTERS``): ``ncm`` (a prototype matrix, cosine scores) and
+``memflow`` (seed, sizes and per-neuron Gaussians; the network is regenerated on the target; its
+read-out classifies and does not adapt). A MemFlow option the C read-out does not implement is
+refused (``MEMFLOW_PARAMS``) rather than exported wrong.
+
 Matrices are stored as int8 with one scale per row (value = scale * q, scale = max|row| / 127),
 or as float16 / float32. Compatibility policy: a read-out accepts exactly the format version it
 was written for (``EDGERT_FORMAT_VERSION``; the generated header refuses to compile otherwise).
@@ -47,11 +52,8 @@ class CExport:
     kind: str
     dtype: str
     data_bytes: int  # bytes of const arrays (what the memory costs in flash)
+    header_bytes: int  # size of the header file's text
     crc32: int
-
-    @property
-    def header_bytes(self) -> int:
-        return self.header.stat().st_size
 
 
 def quantize_rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -302,9 +304,10 @@ def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / HEADER_NAME
-    path.write_text("\n".join(header.lines))
+    text = "\n".join(header.lines)
+    path.write_text(text)
     copied = tuple(Path(shutil.copyfile(C_DIR / name, out / name)) for name in C_SOURCES)
-    return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), header.crc())
+    return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), len(text.encode()), header.crc())
 
 
 __all__ = ["MEMFLOW_PARAMS", "memflow_centre", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]

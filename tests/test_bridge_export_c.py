@@ -161,6 +161,7 @@ def memflow(domains) -> MemFlow:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, min_agreement", [("float32", 1.0), ("int8", 0.99)])
 def test_memflow_readout_agrees_with_python(memflow, domains, probes, dtype, min_agreement, tmp_path) -> None:
     result = export_c(memflow, tmp_path, classes=domains["photo"].classes, dtype=dtype)
@@ -173,6 +174,7 @@ def test_memflow_readout_agrees_with_python(memflow, domains, probes, dtype, min
         np.testing.assert_allclose(confidence, expected.max(axis=1), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_memflow_header_fits_the_budget(memflow, domains, tmp_path) -> None:
     # 9 classes, default network: the memory is a seed, not weights, so it stays small.
     default = MemFlow()

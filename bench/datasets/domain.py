@@ -102,7 +102,7 @@ def frame_object(image: np.ndarray, side: int = OBJECT_SIDE, fill: float = OBJEC
 
     >>> dot = np.zeros((10, 40, 4), np.uint8); dot[4:6, 10:30] = (0, 0, 0, 255)
     >>> framed = frame_object(dot, side=16, fill=0.5)
-    >>> framed.shape, int((framed[..., 0] < 128).sum(axis=1).max())
+    >>> framed.shape, int((framed[..., 0] < 64).sum(axis=1).max())  # the dark bar on grey
     ((16, 16, 3), 8)
     """
     if image.shape[2] == 4:

@@ -39,7 +39,8 @@ DEFAULTS_NOTE = (
     "write_gate=0.5 and weight_static=0 were chosen by grid search on the four held-out dev "
     "corruption tasks of the accuracy bench (speckle_noise, gaussian_blur, spatter, saturate), never "
     "on a scored target; the shift stage's momentum is the one the shift baseline chose on the same tasks. "
-    "On those dev tasks DMN's read-out scale 100 and weight 1 lost 6-9 points to the linear head."
+    "With DMN's own read-out scale 100 and weight 1 (no shift) it scored 50.3 against the linear "
+    "head's 57.8 on three of those dev tasks; the chosen defaults scored 65.9 against 63.3 on all four."
 )
 
 

@@ -266,17 +266,21 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
 
 @njit(cache=True, fastmath=_FAST)
 def combine_prior(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, prior_w: np.ndarray,
-                  prior_b: np.ndarray, memory_weight: float, work: np.ndarray, out: np.ndarray) -> int:
+                  prior_b: np.ndarray, memory_weight: float, f: np.ndarray, work: np.ndarray,
+                  out: np.ndarray) -> int:
     """Product with the source linear head's posterior on the shifted feature, in place:
     Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / scale + mu_s (the
-    back-to-source shifted feature). ``work`` (>= K) is a buffer. Returns the head's own argmax."""
+    back-to-source shifted feature). ``f`` (d,) and ``work`` (>= K) are buffers. Returns the
+    head's own argmax."""
     n_classes, d = prior_w.shape
+    for j in range(d):
+        f[j] = z[j] / scale[j] + centre_source[j]
     hi = -np.inf
     best = 0
     for k in range(n_classes):
         acc = prior_b[k]
         for j in range(d):
-            acc += prior_w[k, j] * (z[j] / scale[j] + centre_source[j])
+            acc += prior_w[k, j] * f[j]
         work[k] = acc
         if acc > hi:
             hi = acc
@@ -406,7 +410,7 @@ def step(x: np.ndarray, learn: bool,
     k_prior = k_memory
     if prior_on:
         k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight,
-                                ll[:, 0], out)
+                                centre, ll[:, 0], out)
     if learn and reinforce_on:
         k = argmax(out)
         if out[k] >= gate and k == k_memory and k == k_prior:
