@@ -79,7 +79,8 @@ def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None
     if progress:
         print(file=sys.stderr)
     return [{"name": name, "model": str(paths[name]), "queries": len(times[name]),
-             "threads": backbones[name]._threads, **percentiles(np.asarray(times[name]))} for name in names]
+             "threads": backbones[name]._threads, **percentiles(np.asarray(times[name])),
+             "samples_ms": times[name]} for name in names]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -98,5 +99,5 @@ def main(args: argparse.Namespace) -> int:
         print(f"tflite-int8 takes {ratios['tflite_vs_onnx_int8']:.2f}x the time of onnx-int8 (p50)")
     print(f"threads: {results[0]['threads']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "ratios": ratios}, indent=1))
+        Path(args.json).write_text(json.dumps({"results": results, "ratios": ratios}))
     return 0

@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edgert", description="edge_runtime: a frozen int8 backbone that adapts "
+                                     "online to domain shift, with forward passes only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)

@@ -20,3 +20,13 @@ def exported() -> dict[str, Path]:
     from edge_runtime.export import export_backbone
 
     return export_backbone("efficientnet-lite0", CACHE / "models")
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """As ``edgert bench accuracy`` does: skinny matrices gain nothing from BLAS threads, and on a
+    shared machine the threads' synchronisation makes source fits many times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield

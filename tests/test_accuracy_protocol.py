@@ -15,14 +15,7 @@ from edge_runtime.bench.tasks import (BENCH_TASKS, CONTROL, DEV_TASKS, SHIFTED_T
 from edge_runtime.errors import InputError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """As ``edgert bench accuracy`` does: skinny matrices gain nothing from BLAS threads, and on a
-    shared machine the threads' synchronisation makes source fits many times slower."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,7 @@ FAST = {"ncm": {}, "linear": {"l2": 1e-3}, "t3a": {"l2": 1e-3}, "tda": {"l2": 1e
         "shift": {"inner_params": {"l2": 1e-3}}, "shift+t3a": {"inner_params": {"l2": 1e-3}}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """As ``edgert bench accuracy`` does: skinny matrices gain nothing from BLAS threads, and on a
-    shared machine the threads' synchronisation makes source fits many times slower."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

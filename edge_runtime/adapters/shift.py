@@ -58,8 +58,9 @@ class FeatureShift:
         return {"source_mean": self._source_mean, "target_mean": self._target_mean}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self._source_mean = np.ascontiguousarray(arrays["source_mean"], dtype=np.float32)
-        self._target_mean = np.ascontiguousarray(arrays["target_mean"], dtype=np.float32)
+        # Copies: the target mean is updated in place, and must not alias the caller's state.
+        self._source_mean = np.array(arrays["source_mean"], dtype=np.float32, order="C")
+        self._target_mean = np.array(arrays["target_mean"], dtype=np.float32, order="C")
         if self._source_mean.shape != self._target_mean.shape or self._source_mean.ndim != 1:
             raise InputError(f"shift state holds means of shapes {self._source_mean.shape} and "
                              f"{self._target_mean.shape}; expected two equal (d,) vectors")
