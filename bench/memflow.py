@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "efficientnet-lite0" / "int8.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "efficientnet-lite0" / "int8.tflite"
 _COLD = ("import time; t = time.perf_counter(); import numpy as np; "
          "from edge_runtime.adapters.memflow import MemFlow; "
          "x = np.random.default_rng(0).normal(size=(40, 1280)).astype(np.float32); "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
-DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.onnx")
+DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.tflite")
 PREFERRED_ADAPTERS = ("memflow", "dmn", "knn", "ncm")
 
 

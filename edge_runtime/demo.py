@@ -232,6 +232,6 @@ def main(args: argparse.Namespace) -> int:
     paths = ensure_exported(args.name, args.models)
     classify_photos(paths, args.photos)
     args.out.mkdir(parents=True, exist_ok=True)
-    memory = source_memory(paths["int8.onnx"], args.adapter, args.out)
+    memory = source_memory(paths["int8.tflite"], args.adapter, args.out)
     video, truth = shifted_video(args.out, args.seed)
-    return stream_and_report(paths["int8.onnx"], memory, video, truth, args.adapter, args.out)
+    return stream_and_report(paths["int8.tflite"], memory, video, truth, args.adapter, args.out)

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_runtime.errors import InputError
 
-DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.onnx")
+DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.tflite")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError, InputError
 
-DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.onnx")
+DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.tflite")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -257,7 +257,8 @@ def test_any_adapter_can_sit_behind_the_shift(inner, domains):
     shifted = Shifted(inner, params).fit(photo.X, photo.y, n_classes=len(photo.classes))
     plain = make_adapter(inner, **params).fit(photo.X, photo.y, n_classes=len(photo.classes))
     # Before any target frame the stage is the identity: same first prediction as the inner one.
-    np.testing.assert_allclose(shifted.adapt(clipart.X[:1]), plain.adapt(clipart.X[:1]), rtol=1e-5, atol=1e-6)
+    # Two independent float32 L-BFGS fits: equal up to summation order, not bit for bit.
+    np.testing.assert_allclose(shifted.adapt(clipart.X[:1]), plain.adapt(clipart.X[:1]), rtol=1e-4, atol=1e-5)
     for i in range(1, len(clipart.X)):
         shifted.adapt(clipart.X[i:i + 1])
     assert isinstance(shifted._inner, type(plain))

@@ -142,7 +142,8 @@ def test_linear_prior_is_the_shared_linear_head():
     dmn = DMN(prior="linear").fit(x, y)
     head = Linear().fit(x, y)
     q = blobs(5, seed=9)[0]
-    np.testing.assert_allclose(dmn.prior_proba(q), head.predict_proba(q), atol=1e-6)
+    # Two independent float32 fits: equal up to summation order (BLAS threads), not bit for bit.
+    np.testing.assert_allclose(dmn.prior_proba(q), head.predict_proba(q), atol=1e-5)
 
 
 def test_text_prior_reads_a_npy_matrix(tmp_path):
