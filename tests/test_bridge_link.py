@@ -210,7 +210,7 @@ def test_frames_over_a_pty_run_the_real_backbone() -> None:
     from edge_runtime.bench.datasets import load_domain
     from edge_runtime.bench.features import default_model
 
-    # The exported int8 model the bench features use (models/efficientnet-lite0/int8.onnx).
+    # The model the bench features use (bench.features.default_model(): the fp32 export).
     backbone = load_backbone(default_model(), threads=1)
     photo = load_domain("photo")
     images = photo.images[::8]
