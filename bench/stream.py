@@ -154,7 +154,7 @@ def main_stream(args: argparse.Namespace) -> int:
               "p50_ms": {k: round(v, 3) for k, v in p50.items()},
               "adapter_over_backbone": round(p50["adapt"] / p50["backbone"], 4) if p50["backbone"] else None,
               "model": str(args.model), "video": str(args.video), "adapter": name,
-              "threads": backbone._threads, "cpus": len(os.sched_getaffinity(0)), "loadavg_1min_before": load}
+              "threads": backbone.threads, "cpus": len(os.sched_getaffinity(0)), "loadavg_1min_before": load}
     print(f"bench stream: {summary.frames} frames of {args.video.name} through {args.model} + {name} "
           f"(adapting every frame): {summary.fps:.1f} fps end to end, dropped {summary.dropped}")
     print("  p50 ms: " + "  ".join(f"{k} {v:.2f}" for k, v in p50.items())

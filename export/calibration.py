@@ -13,20 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.bench.datasets.images import composite, read_png
+from edge_runtime.errors import EdgeRuntimeError
 
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-# Sub-trees holding the bench's nine classes (or drawings rather than photos).
+# Sub-trees holding the bench's nine classes.
 BENCH_TREES = ("animals", "food/fruit", "food/vegetables", "plants/flowers", "hobbies/music",
-               "vehicles", "military/vehicles", "symbols")
+               "vehicles", "military/vehicles")
+DRAWINGS = ("cartoon", "symbols")  # folder names holding drawings, not photos
 
 
 def _tuxpaint_photos() -> list[Path]:
     if not TUXPAINT.is_dir():
-        from edge_runtime.errors import EdgeRuntimeError
-
         raise EdgeRuntimeError(f"{TUXPAINT} not found: apt-get install tuxpaint-stamps-default (make setup does)")
-    return sorted(p for p in TUXPAINT.rglob("*.png") if "cartoon" not in p.relative_to(TUXPAINT).parts)
+    return sorted(p for p in TUXPAINT.rglob("*.png") if not set(DRAWINGS) & set(p.relative_to(TUXPAINT).parts))
 
 
 def _in_bench_tree(path: Path) -> bool:
@@ -50,4 +50,4 @@ def calibration_images() -> list[tuple[str, np.ndarray]]:
 def parity_images() -> list[tuple[str, np.ndarray]]:
     """(id, BGR image) pairs: the tuxpaint photos of the bench classes (never calibrated on)."""
     return [(f"tuxpaint/{p.relative_to(TUXPAINT)}", composite(read_png(p)))
-            for p in _tuxpaint_photos() if _in_bench_tree(p) and not p.relative_to(TUXPAINT).parts[0] == "symbols"]
+            for p in _tuxpaint_photos() if _in_bench_tree(p)]

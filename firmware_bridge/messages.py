@@ -105,6 +105,22 @@ def _enum(enum: type[IntEnum], value: int) -> IntEnum:
         raise PayloadError(f"{value} is not a valid {enum.__name__}") from None
 
 
+class _Fixed:
+    """A message whose whole payload is one struct of its dataclass fields, in order."""
+
+    _FIXED: ClassVar[struct.Struct]
+
+    def pack(self) -> bytes:
+        # Counters wrap at 32 bits rather than failing to pack on a device up for months.
+        return self._FIXED.pack(*(int(v) & 0xFFFFFFFF for v in astuple(self)))
+
+    @classmethod
+    def unpack(cls, payload: bytes):  # noqa: ANN206 - returns an instance of the subclass
+        if len(payload) != cls._FIXED.size:
+            raise PayloadError(f"{cls.TYPE.name} payload must be {cls._FIXED.size} bytes, got {len(payload)}")
+        return cls(*cls._FIXED.unpack(payload))
+
+
 @dataclass(frozen=True)
 class Hello:
     """Capabilities. The host sends one (its own limits), the device replies with its own."""
@@ -156,7 +172,7 @@ class HelloReply(Hello):
 
 
 @dataclass(frozen=True)
-class Ack:
+class Ack(_Fixed):
     """Success of TEACH or FORGET; ``count`` = items learned or removed."""
 
     TYPE: ClassVar[MessageType] = MessageType.ACK
@@ -164,15 +180,6 @@ class Ack:
     _FIXED: ClassVar[struct.Struct] = struct.Struct("<I")
 
     count: int = 0
-
-    def pack(self) -> bytes:
-        return self._FIXED.pack(self.count)
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "Ack":
-        if len(payload) != cls._FIXED.size:
-            raise PayloadError(f"ACK payload must be 4 bytes, got {len(payload)}")
-        return cls(*cls._FIXED.unpack(payload))
 
 
 @dataclass(frozen=True)
@@ -364,7 +371,7 @@ class StatsRequest:
 
 
 @dataclass(frozen=True)
-class Stats:
+class Stats(_Fixed):
     """Device counters since start (all u32, wrapping)."""
 
     TYPE: ClassVar[MessageType] = MessageType.STATS
@@ -382,18 +389,9 @@ class Stats:
     rx_bytes: int = 0
     tx_bytes: int = 0
 
-    def pack(self) -> bytes:
-        return self._FIXED.pack(*(int(v) & 0xFFFFFFFF for v in astuple(self)))
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "Stats":
-        if len(payload) != cls._FIXED.size:
-            raise PayloadError(f"STATS reply must be {cls._FIXED.size} bytes, got {len(payload)}")
-        return cls(*cls._FIXED.unpack(payload))
-
 
 @dataclass(frozen=True)
-class StateExportRequest:
+class StateExportRequest(_Fixed):
     """Ask for ``max_len`` bytes of the device's state file starting at ``offset``."""
 
     TYPE: ClassVar[MessageType] = MessageType.STATE_EXPORT
@@ -402,15 +400,6 @@ class StateExportRequest:
 
     offset: int = 0
     max_len: int = 4096
-
-    def pack(self) -> bytes:
-        return self._FIXED.pack(self.offset, self.max_len)
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "StateExportRequest":
-        if len(payload) != cls._FIXED.size:
-            raise PayloadError(f"STATE_EXPORT request must be {cls._FIXED.size} bytes, got {len(payload)}")
-        return cls(*cls._FIXED.unpack(payload))
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,11 @@ class Backbone(ABC):
 
     def __init__(self, model_path: str | Path, *, threads: int | None = None, verify: bool = True) -> None:
         self.model_path = Path(model_path)
-        self.threads = threads
+        self.threads = threads or default_threads()
         self.card: ModelCard = load_card(self.model_path, verify=verify)
         if self.card.runtime != self.runtime:
             raise EdgeRuntimeError(f"{self.model_path}: card says runtime {self.card.runtime!r}, not {self.runtime!r}")
         self.preprocessor = Preprocessor.from_card(self.card)
-        self._threads = threads or default_threads()
         self._open()
 
     @abstractmethod
@@ -65,4 +64,4 @@ class Backbone(ABC):
         return self.infer(frames).features
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.model_path)!r}, threads={self._threads})"
+        return f"{type(self).__name__}({str(self.model_path)!r}, threads={self.threads})"

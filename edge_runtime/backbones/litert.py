@@ -26,7 +26,7 @@ class LiteRTBackbone(Backbone):
         if Interpreter is None:
             raise EdgeRuntimeError("no LiteRT interpreter installed: pip install ai-edge-litert")
         try:
-            self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=self._threads)
+            self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise EdgeRuntimeError(f"LiteRT cannot load {self.model_path}: {str(err).splitlines()[0]}") from None
