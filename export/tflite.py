@@ -13,15 +13,59 @@ litert-torch's quantizer fuses conv -> relu but treats hardtanh (ReLU6) as shari
 observer, so every ReLU6 output would be quantised with the range of the conv output *before*
 the clip (here about -30..26 instead of 0..6: a 10x coarser step, and feature cosine 0.77 against
 fp32). ``_annotate_conv_relu6`` annotates conv -> hardtanh as one fused pattern observed after the
-clip, as TFLite's own converter does.
+clip, as TFLite's own converter does. Its add annotator finds residual adds by a source
+tag that ``torch.export`` no longer records, so every add was left unquantised and the deeper
+stages ran in float between DEQUANTIZE and QUANTIZE ops; ``_annotate_adds`` quantises them.
+
+The converter also keeps explicit pads and the global mean in NCHW, wrapping each in two
+layout transposes (33 TRANSPOSE and 16 PAD ops in the first export). ``_channels_last`` folds
+the symmetric TF-"SAME" pads into their convolutions and writes the stride-2 (asymmetric) pads
+and the pooling in NHWC, so the converter's layout pass cancels the transposes. The int8 graph
+is then convolutions, adds, one mean and the classifier, nothing else; measured side by side it
+runs in 0.62x the time of the first export, with the same parity.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
+from edge_runtime.export.models import FeaturesAndLogits
+
+
+class _ChannelsLastPad(nn.Module):
+    def __init__(self, padding: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.padding
+        return F.pad(x.permute(0, 2, 3, 1), (0, 0, left, right, top, bottom)).permute(0, 3, 1, 2)
+
+
+class _ChannelsLastPool(FeaturesAndLogits):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.extract_features(x).permute(0, 2, 3, 1).mean(dim=(1, 2))
+        return features, self.net._fc(features)
+
+
+def _channels_last(model: FeaturesAndLogits) -> FeaturesAndLogits:
+    """A copy computing the same function, pads folded into convolutions or written in NHWC."""
+    net = copy.deepcopy(model.net)
+    for module in net.modules():
+        if not isinstance(pad := getattr(module, "static_padding", None), nn.ZeroPad2d):
+            continue
+        if len(set(pad.padding)) == 1:
+            module.padding = pad.padding[:2]
+            module.static_padding = nn.Identity()
+        else:
+            module.static_padding = _ChannelsLastPad(pad.padding)
+    return _ChannelsLastPool(net).eval()
 
 
 def _annotate_conv_relu6(model: torch.fx.GraphModule, config) -> None:  # noqa: ANN001 - a torchao QuantizationConfig
@@ -47,13 +91,25 @@ def _annotate_conv_relu6(model: torch.fx.GraphModule, config) -> None:  # noqa: 
         utils._mark_nodes_as_annotated(partition)
 
 
-def export_int8(model: torch.nn.Module, calibration_nhwc: np.ndarray, path: Path) -> dict[str, str]:
+def _annotate_adds(model: torch.fx.GraphModule, config) -> None:  # noqa: ANN001 - a torchao QuantizationConfig
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    for add in model.graph.nodes:
+        if add.op != "call_function" or add.target != torch.ops.aten.add.Tensor or "quantization_annotation" in add.meta:
+            continue
+        inputs = {arg: utils.get_input_act_qspec(config) for arg in add.args if isinstance(arg, torch.fx.Node)}
+        add.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=inputs, output_qspec=utils.get_output_act_qspec(config), _annotated=True)
+
+
+def export_int8(model: FeaturesAndLogits, calibration_nhwc: np.ndarray, path: Path) -> dict[str, str]:
     import litert_torch
     from litert_torch.quantize import pt2e_quantizer, quant_config
     from torchao.quantization.pt2e.observer import MinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    nhwc = litert_torch.to_channel_last_io(model, args=[0]).eval()
+    nhwc = litert_torch.to_channel_last_io(_channels_last(model), args=[0]).eval()
     sample = (torch.from_numpy(calibration_nhwc[:1]),)
     config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     activation = dataclasses.replace(config.input_activation,
@@ -63,6 +119,7 @@ def export_int8(model: torch.nn.Module, calibration_nhwc: np.ndarray, path: Path
     class ReLU6Quantizer(pt2e_quantizer.PT2EQuantizer):
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             _annotate_conv_relu6(model, self.global_config)
+            _annotate_adds(model, self.global_config)
             return super().annotate(model)
 
     quantizer = ReLU6Quantizer().set_global(config)

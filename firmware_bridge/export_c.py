@@ -8,10 +8,12 @@ are copied beside it, so the folder builds on its own::
 
     cc -std=c99 -O2 -I DIR DIR/main.c DIR/edgert_readout.c -lm
 
-Adapters with a C read-out (``EXPORTERS``): ``ncm`` (a prototype matrix, cosine scores) and
-``memflow`` (seed, sizes and per-neuron Gaussians; the network is regenerated on the target; its
-read-out classifies and does not adapt). A MemFlow option the C read-out does not implement is
-refused (``MEMFLOW_PARAMS``) rather than exported wrong.
+Adapters with a C read-out (``EXPORTERS``): ``ncm`` (a prototype matrix, cosine scores),
+``memflow`` (seed, sizes and per-neuron Gaussians; the network is regenerated on the target) and
+``dmn`` (the feature shift, the prior with any of its three kinds, the occupied slots of the dynamic
+and, when weighted, the static memory, and the anchors of empty classes). The read-outs classify and
+do not adapt: adapt on the Linux side, then export again. An option a C read-out does not
+implement is refused (``MEMFLOW_PARAMS``, ``DMN_PARAMS``) rather than exported wrong.
 
 Matrices are stored as int8 with one scale per row (value = scale * q, scale = max|row| / 127),
 or as float16 / float32. Compatibility policy: a read-out accepts exactly the format version it
@@ -41,6 +43,7 @@ HEADER_NAME = "edgert_memory.h"
 _C_TYPES = {"int8": "int8_t", "float16": "uint16_t", "float32": "float", "uint16": "uint16_t", "int32": "int32_t",
             "uint32": "uint32_t"}
 _DTYPE_ENUM = {"int8": "EDGERT_INT8", "float16": "EDGERT_FLOAT16", "float32": "EDGERT_FLOAT32"}
+_NO_MATRIX = "{EDGERT_FLOAT32, NULL, NULL}"  # an edgert_matrix a read-out does not read
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,26 @@ class _Header:
     def data_bytes(self) -> int:
         return sum(values.nbytes for _, values in self.blocks)
 
-    def block_table(self) -> str:
+    def descriptor(self, ctype: str, fields: str) -> None:
+        """Close the arrays: their CRC and block table, then the ``edgert_memory`` descriptor of type
+        ``ctype``, whose ``fields`` sit between the common head (format, classes, dim) and tail (CRC)."""
         names = ", ".join(name for name, _ in self.blocks)
         sizes = ", ".join(f"sizeof {name}" for name, _ in self.blocks)
-        return (f"static const void *const edgert_memory_blocks[] = {{{names}}};\n"
-                f"static const uint32_t edgert_memory_block_sizes[] = {{{sizes}}};\n")
+        self.lines += [
+            f"#define EDGERT_MEMORY_CRC32 0x{self.crc():08x}u\n#define EDGERT_MEMORY_BYTES {self.data_bytes()}\n",
+            f"static const void *const edgert_memory_blocks[] = {{{names}}};\n"
+            f"static const uint32_t edgert_memory_block_sizes[] = {{{sizes}}};\n",
+            f"static const {ctype} edgert_memory = {{\n    EDGERT_MEMORY_FORMAT, EDGERT_N_CLASSES, EDGERT_DIM,\n{fields}"
+            "    EDGERT_MEMORY_CRC32, edgert_memory_blocks, edgert_memory_block_sizes,\n"
+            "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n"]
+
+    def work(self, ctype: str, buffers: dict[str, tuple[str, str]], tail: str = "") -> None:
+        """Static work buffers (name -> (C type, size), in the order of ``ctype``'s fields) and the
+        ``edgert_work`` struct pointing at them: the RAM a read-out needs, without malloc."""
+        arrays = "".join(f"static {c} edgert_work_{name}[{size}];\n" for name, (c, size) in buffers.items())
+        fields = ", ".join([f"edgert_work_{name}" for name in buffers] + ([tail] if tail else []))
+        self.lines += ["/* Work buffers: RAM the read-out needs (no malloc). */\n" + arrays,
+                       f"static {ctype} edgert_work = {{\n    {fields}\n}};\n"]
 
 
 def _c_literal(value: Any, dtype: np.dtype) -> str:
@@ -123,6 +141,18 @@ def _c_literal(value: Any, dtype: np.dtype) -> str:
     text = min(np.format_float_positional(v, unique=True, trim="0"),
                np.format_float_scientific(v, unique=True, trim="0"), key=len)
     return text + "f"
+
+
+def _float(value: float) -> str:
+    """A C float literal of ``value`` rounded to float32, as the Python kernels use it."""
+    return _c_literal(np.float32(value), np.dtype("f4"))
+
+
+def _refuse_unknown(adapter: Any, known: frozenset[str], table: str) -> None:
+    unknown = sorted(set(adapter.get_params()) - known)
+    if unknown:
+        raise InputError(f"{adapter.name} option(s) {', '.join(unknown)} have no C read-out yet: update "
+                         f"firmware_bridge/c/edgert_readout.c and export_c.{table}")
 
 
 def _c_string(text: str) -> str:
@@ -160,24 +190,16 @@ def _preamble(kind: str, dtype: str, n_classes: int, dim: int, seed: int, classe
     ]
 
 
-def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> tuple[_Header, str]:
+def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     prototypes, inv_temperature = PROTOTYPE_READERS[adapter.name](adapter)
     header = _Header()
     header.lines += preamble
     matrix = header.matrix("edgert_prototypes", prototypes, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM")
-    crc = header.crc()
-    header.lines += [
-        f"#define EDGERT_MEMORY_CRC32 0x{crc:08x}u\n#define EDGERT_MEMORY_BYTES {header.data_bytes()}\n",
-        header.block_table(),
-        "static const edgert_prototypes edgert_memory = {\n"
-        f"    EDGERT_MEMORY_FORMAT, EDGERT_N_CLASSES, EDGERT_DIM, {_c_literal(np.float32(inv_temperature), np.dtype('f4'))},\n"
-        f"    {matrix},\n"
-        "    EDGERT_MEMORY_CRC32, edgert_memory_blocks, edgert_memory_block_sizes,\n"
-        "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n",
+    header.descriptor("edgert_prototypes", f"    {_float(inv_temperature)}, {matrix},\n")
+    header.lines.append(
         "#define EDGERT_MEMORY_CHECK() edgert_prototypes_check(&edgert_memory)\n"
-        "#define EDGERT_CLASSIFY(features, probs) edgert_prototypes_classify(&edgert_memory, (features), (probs))\n",
-    ]
-    return header, "prototypes"
+        "#define EDGERT_CLASSIFY(features, probs) edgert_prototypes_classify(&edgert_memory, (features), (probs))\n")
+    return header
 
 
 # MemFlow parameters the C read-out implements (read-only: the reinforcement ones do not apply).
@@ -205,11 +227,8 @@ def memflow_trace_delta(adapter: Any) -> np.ndarray:
     return (mean - (prior * mean + np.asarray(adapter._trace_sum, np.float64)) * inv).astype(np.float32)
 
 
-def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> tuple[_Header, str]:
-    unknown = sorted(set(adapter.get_params()) - MEMFLOW_PARAMS)
-    if unknown:
-        raise InputError(f"MemFlow option(s) {', '.join(unknown)} have no C read-out yet: update "
-                         f"firmware_bridge/c/edgert_readout.c and export_c.MEMFLOW_PARAMS")
+def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
+    _refuse_unknown(adapter, MEMFLOW_PARAMS, "MEMFLOW_PARAMS")
     k, n = adapter._mu.shape
     hiv, lnorm = np.asarray(adapter._hiv, np.float32), np.asarray(adapter._lnorm, np.float32)
     pooled = bool((hiv == hiv[:1]).all() and (lnorm == lnorm[:1]).all())
@@ -246,44 +265,95 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> tuple[_Hea
                                      "EDGERT_DIM")
         prior = f"1, {prior_w}, {prior_b}, {centre_source}, {float(adapter.memory_weight)!r}"
     else:
-        prior = "0, {EDGERT_FLOAT32, NULL, NULL}, NULL, NULL, 1.0"
-    crc = header.crc()
+        prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0"
     tau = repr(float(adapter._tau[0]))
-    work = {"z": "EDGERT_DIM", "a": "EDGERT_N_NEURONS", "h": "EDGERT_N_NEURONS", "o": "EDGERT_N_NEURONS",
-            "o_prev": "EDGERT_N_NEURONS", "m": "EDGERT_N_NEURONS", "c": "EDGERT_N_NEURONS",
-            "best": "EDGERT_N_NEURONS", "ll": "EDGERT_N_CLASSES * EDGERT_N_NEURONS"}
-    buffers = "".join(f"static float edgert_work_{name}[{size}];\n" for name, size in work.items())
-    buffers += (f"static uint64_t edgert_work_bridge_state[{max(adapter.n_bridge, 1)}];\n"
-                f"static int32_t edgert_work_slot_src[{max(adapter.in_degree, 1)}];\n"
-                f"static float edgert_work_slot_w[{max(adapter.in_degree, 1)}];\n"
-                "static float edgert_work_out[EDGERT_N_CLASSES];\n"
-                "static float edgert_work_logits[EDGERT_N_CLASSES];\n")
-    header.lines += [
-        f"#define EDGERT_MEMORY_CRC32 0x{crc:08x}u\n#define EDGERT_MEMORY_BYTES {header.data_bytes()}\n",
-        header.block_table(),
-        "static const edgert_memflow edgert_memory = {\n"
-        "    EDGERT_MEMORY_FORMAT, EDGERT_N_CLASSES, EDGERT_DIM,\n"
-        "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
-        f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
-        f"    {centre}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m}, EDGERT_VAR_COLS, {present}, {alive},\n"
-        f"    {prior},\n"
-        "    EDGERT_MEMORY_CRC32, edgert_memory_blocks, edgert_memory_block_sizes,\n"
-        "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n",
-        "/* Work buffers: RAM the read-out needs (no malloc). */\n" + buffers,
-        "static edgert_memflow_work edgert_work = {\n"
-        "    edgert_work_z, edgert_work_a, edgert_work_h, edgert_work_o, edgert_work_o_prev, edgert_work_m,\n"
-        "    edgert_work_c, edgert_work_best, edgert_work_ll, edgert_work_bridge_state, edgert_work_slot_src,\n"
-        "    edgert_work_slot_w, edgert_work_out, edgert_work_logits, 0\n};\n",
+    header.descriptor("edgert_memflow",
+                      "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
+                      f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
+                      f"    {centre}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m}, EDGERT_VAR_COLS, {present}, {alive},\n"
+                      f"    {prior},\n")
+    neurons = ("float", "EDGERT_N_NEURONS")
+    header.work("edgert_memflow_work", {
+        "z": ("float", "EDGERT_DIM"), "a": neurons, "h": neurons, "o": neurons, "o_prev": neurons, "m": neurons,
+        "c": neurons, "best": neurons, "ll": ("float", "EDGERT_N_CLASSES * EDGERT_N_NEURONS"),
+        "bridge_state": ("uint64_t", str(max(adapter.n_bridge, 1))),
+        "slot_src": ("int32_t", str(max(adapter.in_degree, 1))), "slot_w": ("float", str(max(adapter.in_degree, 1))),
+        "out": ("float", "EDGERT_N_CLASSES"), "logits": ("float", "EDGERT_N_CLASSES")}, tail="0")
+    header.lines.append(
         "#define EDGERT_MEMORY_CHECK() edgert_memflow_init(&edgert_memory, &edgert_work)\n"
         "#define EDGERT_CLASSIFY(features, probs) "
-        "edgert_memflow_classify(&edgert_memory, &edgert_work, (features), (probs))\n",
-    ]
-    return header, "memflow"
+        "edgert_memflow_classify(&edgert_memory, &edgert_work, (features), (probs))\n")
+    return header
 
 
-# adapter registry name -> writer of its header body (after the common preamble) and its kind
-EXPORTERS: dict[str, Callable[[Any, str, list[str]], tuple[_Header, str]]] = {
-    **{name: _prototype_header for name in PROTOTYPE_READERS}, "memflow": _memflow_header}
+# DMN parameters the C read-out implements. It only reads, so the ones that govern writing
+# (memory_length, static_length, write_gate, skip_own_slot, seed) shaped the exported state and nothing more.
+DMN_PARAMS = frozenset({
+    "prior", "text_embeddings", "memory_length", "static_length", "beta", "scale", "prior_scale", "weight_dynamic",
+    "weight_static", "write_gate", "anchors", "shift_momentum", "skip_own_slot", "seed"})
+
+
+def dmn_prior(adapter: Any) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """A DMN's prior as (P, b or None, s), its probabilities softmax(s * P x + b) of the shifted feature x."""
+    head = adapter._prior_head
+    if adapter.prior == "linear":
+        return np.asarray(head.weight, np.float32), np.asarray(head.bias, np.float32), 1.0
+    if adapter.prior == "prototypes":
+        prototypes, inv_temperature = PROTOTYPE_READERS[head.name](head)
+        return prototypes, None, inv_temperature
+    return np.asarray(adapter._text, np.float32), None, float(adapter.prior_scale)
+
+
+def _dmn_memory(header: _Header, prefix: str, slots: np.ndarray, fill: np.ndarray, weight: float, dtype: str) -> str:
+    """Emit one memory's occupied slots class by class (the rest of a ring is never read: nothing is
+    written on the target); returns its ``edgert_dmn_memory`` initializer."""
+    if weight == 0.0:
+        return f"{{{_NO_MATRIX}, NULL, 0.0f}}"
+    fill = np.asarray(fill, np.int64)
+    start = header.array(f"{prefix}_start", np.concatenate([[0], np.cumsum(fill)]).astype(np.uint32), "uint32_t",
+                         "EDGERT_N_CLASSES + 1")
+    rows = np.concatenate([slots[c, :n] for c, n in enumerate(fill)])
+    # A C array cannot be empty: a memory without any slot reads its anchors only.
+    matrix = header.matrix(prefix, rows, dtype, str(len(rows)), "EDGERT_DIM") if len(rows) else _NO_MATRIX
+    return f"{{{matrix}, {start}, {_float(weight)}}}"
+
+
+def _dmn_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
+    _refuse_unknown(adapter, DMN_PARAMS, "DMN_PARAMS")
+    header = _Header()
+    header.lines += preamble
+    stage = adapter._stage
+    # FeatureShift.transform adds (source mean - target mean), differenced in float32: the same vector here.
+    shift = ("NULL" if stage is None else
+             header.array("edgert_shift", stage.arrays()["source_mean"] - stage.arrays()["target_mean"], "float",
+                          "EDGERT_DIM"))
+    weights, bias, prior_scale = dmn_prior(adapter)
+    prior = header.matrix("edgert_prior", weights, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM")
+    prior_bias = "NULL" if bias is None else header.array("edgert_prior_bias", bias, "float", "EDGERT_N_CLASSES")
+    memories = [("edgert_dynamic", adapter._ring, adapter._ring_fill, float(adapter.weight_dynamic)),
+                ("edgert_static", adapter._static, adapter._static_fill, float(adapter.weight_static))]
+    read = [_dmn_memory(header, prefix, slots, fill, weight, dtype) for prefix, slots, fill, weight in memories]
+    # An empty class reads its anchor: stored only if some memory that is read has an empty class.
+    empty = any(weight != 0.0 and (np.asarray(fill) == 0).any() for _, _, fill, weight in memories)
+    anchors = (header.matrix("edgert_anchors", adapter._anchors, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM") if empty
+               else _NO_MATRIX)
+    header.descriptor("edgert_dmn", f"    {shift}, {prior}, {prior_bias}, {_float(prior_scale)},\n"
+                                    f"    {read[0]},\n    {read[1]},\n"
+                                    f"    {anchors}, {_float(adapter.beta)}, {_float(adapter.scale)},\n")
+    dims = ("float", "EDGERT_DIM")
+    header.work("edgert_dmn_work", {"x": dims, "proto": dims, "logits": ("float", "EDGERT_N_CLASSES"),
+                                    "out": ("float", "EDGERT_N_CLASSES")})
+    header.lines.append(
+        "#define EDGERT_MEMORY_CHECK() edgert_dmn_check(&edgert_memory)\n"
+        "#define EDGERT_CLASSIFY(features, probs) edgert_dmn_classify(&edgert_memory, &edgert_work, (features), (probs))\n")
+    return header
+
+
+# memory kind -> writer of its header body (after the common preamble)
+_WRITERS: dict[str, Callable[[Any, str, list[str]], _Header]] = {
+    "prototypes": _prototype_header, "memflow": _memflow_header, "dmn": _dmn_header}
+# adapter registry name -> the kind of memory its C read-out classifies with
+EXPORTERS: dict[str, str] = {**{name: "prototypes" for name in PROTOTYPE_READERS}, "memflow": "memflow", "dmn": "dmn"}
 
 
 def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype: str = "int8",
@@ -296,10 +366,10 @@ def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype
         raise InputError(f"adapter {adapter.name!r} has no C read-out; export one of: {known}")
     if len(classes) != adapter.n_classes:
         raise InputError(f"{len(classes)} class names for an adapter with {adapter.n_classes} classes")
-    kind = "memflow" if adapter.name == "memflow" else "prototypes"
+    kind = EXPORTERS[adapter.name]
     seed = int(getattr(adapter, "seed", 0)) if kind == "memflow" else 0
     preamble = _preamble(kind, dtype, adapter.n_classes, adapter.dim, seed, classes, model_sha256, source)
-    header, kind = EXPORTERS[adapter.name](adapter, dtype, preamble)
+    header = _WRITERS[kind](adapter, dtype, preamble)
     header.lines.append("\n#endif /* EDGERT_MEMORY_H */\n")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,4 +380,4 @@ def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype
     return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), len(text.encode()), header.crc())
 
 
-__all__ = ["MEMFLOW_PARAMS", "memflow_centre", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]
+__all__ = ["DMN_PARAMS", "dmn_prior", "MEMFLOW_PARAMS", "memflow_centre", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_runtime.adapters.dmn import DMN
 from edge_runtime.adapters.memflow import MemFlow
 from edge_runtime.adapters.ncm import NCM
 from edge_runtime.kernels.prng import make_graph
 from edge_runtime.state import write_state
-from firmware_bridge.export_c import export_c
+from firmware_bridge.export_c import CExport, export_c
 
 CC = shutil.which("cc") or shutil.which("gcc")
 pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
@@ -36,6 +37,20 @@ def run_readout(exe: Path, features: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.array([int(r[0]) for r in rows]), np.array([float(r[-1]) for r in rows])
 
 
+def check_agreement(model, domains, probes: np.ndarray, folder: Path, dtype: str, min_agreement: float,
+                    atol: float) -> CExport:
+    """Export ``model``, run the compiled example on ``probes`` and hold it to Python's predictions
+    (and, for float32, to its confidences within ``atol``)."""
+    result = export_c(model, folder, classes=domains["photo"].classes, dtype=dtype)
+    labels, confidence = run_readout(compile_readout(folder), probes)
+    expected = model.predict_proba(probes)
+    agreement = float((labels == expected.argmax(axis=1)).mean())
+    assert agreement >= min_agreement, f"{model.name} {dtype}: C agrees with Python on {agreement:.4f} of {len(probes)}"
+    if dtype == "float32":
+        np.testing.assert_allclose(confidence, expected.max(axis=1), atol=atol)
+    return result
+
+
 @pytest.fixture(scope="module")
 def domains() -> dict[str, object]:
     from edge_runtime.bench.features import load_features
@@ -57,13 +72,7 @@ def probes(domains) -> np.ndarray:
 
 @pytest.mark.parametrize("dtype, min_agreement", [("float32", 1.0), ("float16", 0.99), ("int8", 0.99)])
 def test_prototype_readout_agrees_with_python(ncm, domains, probes, dtype, min_agreement, tmp_path) -> None:
-    result = export_c(ncm, tmp_path, classes=domains["photo"].classes, dtype=dtype)
-    labels, confidence = run_readout(compile_readout(tmp_path), probes)
-    expected = ncm.predict_proba(probes)
-    agreement = float((labels == expected.argmax(axis=1)).mean())
-    assert agreement >= min_agreement, f"{dtype}: C agrees with Python on {agreement:.4f} of {len(probes)}"
-    if dtype == "float32":
-        np.testing.assert_allclose(confidence, expected.max(axis=1), atol=2e-5)
+    result = check_agreement(ncm, domains, probes, tmp_path, dtype, min_agreement, atol=2e-5)
     expected_bytes = {"float32": 4, "float16": 2, "int8": 1}[dtype] * ncm.n_classes * ncm.dim
     assert result.data_bytes == expected_bytes + (4 * ncm.n_classes if dtype == "int8" else 0)
 
@@ -152,7 +161,7 @@ def test_c_prng_regenerates_pythons_graph_bit_for_bit(seed, sizes, tmp_path) -> 
 
 
 @pytest.fixture(scope="module")
-def memflow(domains) -> MemFlow:
+def memflow(domains, one_blas_thread) -> MemFlow:
     """The default network fitted on photo, then adapted on a clipart stream (so the shift and the
     target memory hold real state)."""
     photo = domains["photo"]
@@ -164,14 +173,8 @@ def memflow(domains) -> MemFlow:
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype, min_agreement", [("float32", 1.0), ("int8", 0.99)])
 def test_memflow_readout_agrees_with_python(memflow, domains, probes, dtype, min_agreement, tmp_path) -> None:
-    result = export_c(memflow, tmp_path, classes=domains["photo"].classes, dtype=dtype)
+    result = check_agreement(memflow, domains, probes, tmp_path, dtype, min_agreement, atol=1e-3)
     assert result.kind == "memflow"
-    labels, confidence = run_readout(compile_readout(tmp_path), probes)
-    expected = memflow.predict_proba(probes)
-    agreement = float((labels == expected.argmax(axis=1)).mean())
-    assert agreement >= min_agreement, f"{dtype}: C agrees with Python on {agreement:.4f} of {len(probes)}"
-    if dtype == "float32":
-        np.testing.assert_allclose(confidence, expected.max(axis=1), atol=1e-3)
 
 
 @pytest.mark.slow
@@ -184,3 +187,76 @@ def test_memflow_header_fits_the_budget(memflow, domains, tmp_path) -> None:
     result = export_c(memflow, tmp_path, classes=domains["photo"].classes)
     assert result.dtype == "int8" and result.data_bytes <= 64 * 1024
     assert f"#define EDGERT_MEMORY_SEED {memflow.seed}ull" in result.header.read_text()
+
+
+# -- DMN -----------------------------------------------------------------------------------------------
+def adapted_dmn(domains, **params) -> DMN:
+    """DMN fitted on photo and adapted on half the clipart stream: its rings hold real test features
+    and its shift stage has moved off the source mean."""
+    photo = domains["photo"]
+    model = DMN(**params).fit(photo.X, photo.y, n_classes=len(photo.classes))
+    model.adapt(domains["clipart"].X[::2])
+    return model
+
+
+@pytest.fixture(scope="module")
+def dmn(domains, one_blas_thread) -> DMN:
+    return adapted_dmn(domains)
+
+
+@pytest.fixture(scope="module")
+def dmn_variants(dmn, domains, tmp_path_factory, one_blas_thread) -> dict[str, DMN]:
+    # The other priors; "text" reads the clipart class means as if they were class text embeddings.
+    clipart = domains["clipart"]
+    means = np.stack([clipart.X[clipart.y == c].mean(axis=0) for c in range(len(clipart.classes))])
+    text = tmp_path_factory.mktemp("text") / "text.npy"
+    np.save(text, means.astype(np.float32))
+    return {"linear": dmn,
+            "prototypes": adapted_dmn(domains, prior="prototypes", weight_static=0.3, anchors="source-means"),
+            "text": adapted_dmn(domains, prior="text", text_embeddings=str(text), weight_static=0.3)}
+
+
+def test_adapted_dmn_fixture_exercises_the_memories(dmn, probes) -> None:
+    # Otherwise agreement below would not show that the C read-out reads the ring and the shift.
+    assert dmn.memory_fill.sum() > 0 and (dmn.memory_fill == 0).any()  # filled rings and an anchor
+    shift = dmn._stage.arrays()
+    assert not np.array_equal(shift["source_mean"], shift["target_mean"])
+    assert (dmn.predict(probes) != dmn.prior_proba(probes).argmax(axis=1)).any()
+
+
+@pytest.mark.parametrize("prior, dtype, min_agreement", [
+    ("linear", "float32", 1.0), ("linear", "float16", 0.99), ("linear", "int8", 0.99), ("prototypes", "float32", 1.0),
+    ("prototypes", "int8", 0.99), ("text", "float32", 1.0)])
+def test_dmn_readout_agrees_with_python(dmn_variants, domains, probes, prior, dtype, min_agreement, tmp_path) -> None:
+    model = dmn_variants[prior]
+    # The prototype and text priors are softmax(100 cos): float32 rounding of a cosine moves a logit 100x more.
+    result = check_agreement(model, domains, probes, tmp_path, dtype, min_agreement, atol=1e-4)
+    assert result.kind == "dmn"
+    # Only occupied slots are stored: nothing is written on the target, so empty ones are never read.
+    text = result.header.read_text()
+    suffix = {"int8": "q", "float16": "f16", "float32": "f32"}[dtype]
+    assert f"edgert_dynamic_{suffix}[{model.memory_fill.sum()} * EDGERT_DIM]" in text
+    assert ("edgert_static_" in text) == (model.weight_static != 0)
+
+
+@pytest.mark.parametrize("params, adapt", [(dict(shift_momentum=None), True), ({}, False),
+                                           (dict(weight_dynamic=0.0, weight_static=0.5), True)],
+                         ids=["no-shift-stage", "empty-rings", "static-only"])
+def test_dmn_readout_without_parts_agrees_with_python(domains, probes, params, adapt, tmp_path) -> None:
+    # Each leaves a part out of the header (shift, every ring slot, the dynamic memory).
+    photo = domains["photo"]
+    model = DMN(prior="prototypes", **params).fit(photo.X, photo.y, n_classes=len(photo.classes))
+    if adapt:
+        model.adapt(domains["clipart"].X[::2])
+    check_agreement(model, domains, probes, tmp_path, "float32", 1.0, atol=1e-4)
+
+
+def test_export_c_command_reads_a_dmn_state_file(dmn, domains, tmp_path) -> None:
+    from edge_runtime.cli import main
+
+    state = write_state(tmp_path / "memory.npz", dmn, kind="memory", model_sha256="ab" * 32,
+                        classes=list(domains["photo"].classes))
+    assert main(["bridge", "export-c", "--state", str(state), "--out", str(tmp_path / "c"), "--dtype", "float32"]) == 0
+    assert '#define EDGERT_MEMORY_KIND "dmn"' in (tmp_path / "c" / "edgert_memory.h").read_text()
+    labels, _ = run_readout(compile_readout(tmp_path / "c"), domains["emoji"].X)
+    np.testing.assert_array_equal(labels, dmn.predict(domains["emoji"].X))

@@ -450,3 +450,91 @@ int edgert_memflow_classify(const edgert_memflow *m, edgert_memflow_work *w, con
             best = (int)k;
     return best;
 }
+
+/* ---- DMN -------------------------------------------------------------------------------------- */
+
+int edgert_dmn_check(const edgert_dmn *m)
+{
+    if (m->format != EDGERT_FORMAT_VERSION)
+        return EDGERT_BAD_FORMAT;
+    return check_blocks(m->crc32, m->blocks, m->block_sizes, m->n_blocks);
+}
+
+/* out = x / ||x|| (x and out may be the same array); 0 when x is all zero or holds NaN/inf. The
+ * norm is summed in double and the rows divided in float, as numpy's float32 normalisation rounds. */
+static int normalise_into(const float *x, float *out, uint32_t n)
+{
+    double sq = 0.0;
+    float norm;
+    uint32_t j;
+    for (j = 0; j < n; j++)
+        sq += (double)x[j] * (double)x[j];
+    if (!(sq > 0.0) || sq == INFINITY)
+        return 0;
+    norm = (float)sqrt(sq);
+    for (j = 0; j < n; j++)
+        out[j] = x[j] / norm;
+    return 1;
+}
+
+/* out += weight * softmax(memory logits of w->x) (edge_runtime/kernels/dmn.py: ring_logits). The
+ * Python kernel gets |sum_l a_l M_cl| from a Gram matrix it keeps current on writes; a read-only
+ * memory forms the weighted prototype instead (no Gram matrix in flash; same value). */
+static void dmn_read(const edgert_dmn *m, const edgert_dmn_memory *mem, edgert_dmn_work *w, float *out)
+{
+    uint32_t d = m->dim, c, l, j;
+    if (mem->weight == 0.0f)
+        return;
+    for (c = 0; c < m->n_classes; c++) {
+        uint32_t first = mem->start[c], n = mem->start[c + 1] - first;
+        float num = 0.0f, norm2 = 0.0f;
+        if (n == 0) {
+            w->logits[c] = m->scale * matrix_dot(&m->anchors, c, d, w->x);
+            continue;
+        }
+        for (j = 0; j < d; j++)
+            w->proto[j] = 0.0f;
+        for (l = first; l < first + n; l++) {
+            float s = matrix_dot(&mem->slots, l, d, w->x);
+            float a = expf(-m->beta * (1.0f - s));
+            num += a * s;
+            for (j = 0; j < d; j++)
+                w->proto[j] += a * matrix_at(&mem->slots, l, j, d);
+        }
+        for (j = 0; j < d; j++)
+            norm2 += w->proto[j] * w->proto[j];
+        w->logits[c] = m->scale * num / sqrtf(norm2 > 1e-30f ? norm2 : 1e-30f);
+    }
+    softmax_in_place(w->logits, m->n_classes);
+    for (c = 0; c < m->n_classes; c++)
+        out[c] += mem->weight * w->logits[c];
+}
+
+int edgert_dmn_classify(const edgert_dmn *m, edgert_dmn_work *w, const float *features, float *probs)
+{
+    uint32_t d = m->dim, K = m->n_classes, j, k;
+    float total = 0.0f;
+    int best = 0;
+    float *out = probs ? probs : w->out;
+    if (!normalise_into(features, w->x, d))
+        return EDGERT_BAD_INPUT;
+    if (m->shift) {
+        for (j = 0; j < d; j++)
+            w->x[j] += m->shift[j];
+        if (!normalise_into(w->x, w->x, d))
+            return EDGERT_BAD_INPUT;
+    }
+    for (k = 0; k < K; k++)
+        out[k] = m->prior_scale * matrix_dot(&m->prior, k, d, w->x) + (m->prior_bias ? m->prior_bias[k] : 0.0f);
+    softmax_in_place(out, K);
+    dmn_read(m, &m->dynamic_mem, w, out);
+    dmn_read(m, &m->static_mem, w, out);
+    for (k = 0; k < K; k++)
+        total += out[k];
+    for (k = 0; k < K; k++) {
+        out[k] /= total;
+        if (out[k] > out[best])
+            best = (int)k;
+    }
+    return best;
+}

@@ -106,6 +106,42 @@ typedef struct {
     int ready;                 /* set by edgert_memflow_init */
 } edgert_memflow_work;
 
+/* One DMN memory (edge_runtime.adapters.dmn), read whole: the occupied slots of every class. */
+typedef struct {
+    edgert_matrix slots;       /* start[n_classes] x dim, class by class, rows L2-normalised */
+    const uint32_t *start;     /* n_classes + 1: class c's slots are rows start[c] .. start[c + 1] - 1 */
+    float weight;              /* fusion weight; 0: the memory is not read (slots and start NULL) */
+} edgert_dmn_memory;
+
+/* DMN (dual memory over a prior), read-only: x = normalise(normalise(f) + shift);
+ * p = normalise(softmax(prior_scale * P x + b) + w_dyn softmax(mem_dyn(x)) + w_static softmax(mem_static(x))),
+ * mem_c(x) = scale * normalise(sum_l a_l M_cl) . x with a_l = exp(-beta (1 - M_cl . x)); a class with no
+ * slot reads scale * anchor_c . x. Nothing is written (adapt on the Linux side, then export again). */
+typedef struct {
+    uint32_t format;
+    uint32_t n_classes, dim;
+    const float *shift;        /* dim: source mean - target mean (FOA feature shift); NULL: no shift stage */
+    edgert_matrix prior;       /* n_classes x dim: linear head weights, source class means or text embeddings */
+    const float *prior_bias;   /* n_classes; NULL: none */
+    float prior_scale;         /* logit scale of the prior (1 for the linear head) */
+    edgert_dmn_memory dynamic_mem;  /* the ring of pseudo-labelled test features */
+    edgert_dmn_memory static_mem;   /* labelled features */
+    edgert_matrix anchors;     /* n_classes x dim; data NULL when every read memory has a slot in every class */
+    float beta, scale;         /* slot weights exp(-beta (1 - cos)), memory logit scale */
+    uint32_t crc32;
+    const void *const *blocks;
+    const uint32_t *block_sizes;
+    uint32_t n_blocks;
+} edgert_dmn;
+
+/* Caller-owned work buffers (the generated header declares static ones of the right sizes). */
+typedef struct {
+    float *x;                  /* dim: the shifted, normalised feature */
+    float *proto;              /* dim: a class's weighted prototype sum_l a_l M_cl */
+    float *logits;             /* n_classes: one memory's logits */
+    float *out;                /* n_classes: probabilities when the caller passes none */
+} edgert_dmn_work;
+
 /* splitmix64: advances *state and returns the next output (edge_runtime/kernels/prng.py). */
 uint64_t edgert_splitmix64(uint64_t *state);
 
@@ -135,6 +171,12 @@ int edgert_prototypes_check(const edgert_prototypes *m);
 /* Classifies one feature vector (dim floats). Writes n_classes probabilities to probs when it is
  * not NULL. Returns the predicted class (>= 0) or a negative edgert_status. */
 int edgert_prototypes_classify(const edgert_prototypes *m, const float *features, float *probs);
+
+/* Checks format version and CRC of a DMN memory. Returns EDGERT_OK or an edgert_status. */
+int edgert_dmn_check(const edgert_dmn *m);
+
+/* Classifies one feature vector; probs (n_classes) may be NULL. Returns the class or a negative status. */
+int edgert_dmn_classify(const edgert_dmn *m, edgert_dmn_work *w, const float *features, float *probs);
 
 #ifdef __cplusplus
 }
