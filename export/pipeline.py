@@ -95,6 +95,7 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
     from edge_runtime.export.calibration import calibration_images, parity_images
     from edge_runtime.export.models import CROP_FRACTION, LICENCE, MEAN_RGB, STD_RGB, build_torch_model, spec_for, weights_path
     from edge_runtime.export.parity import compare
+    from edge_runtime.export.rounding import round_weights
 
     spec = spec_for(name)
     folder = Path(models_dir) / name
@@ -135,15 +136,18 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
     onnx_export.export_fp32(model, spec.size, fp32)
     cards = {"onnx_fp32": card_for(fp32, "onnxruntime", float_input, float_outputs, prep, None)}
 
+    log(f"export {name}: rounding int8 weights for least layer output error ({len(calibration)} images)")
+    for_onnx, for_tflite = round_weights(model, calib_rows, (onnx_export.WEIGHT_QMAX, tflite_export.WEIGHT_QMAX))
+
     log(f"export {name}: int8.onnx (calibrating on {len(calibration)} images)")
     int8 = folder / ARTEFACTS["onnx_int8"]
-    method = onnx_export.quantize_int8(fp32, calib_rows, int8)
+    method = onnx_export.quantize_int8(for_onnx, spec.size, calib_rows, int8)
     cards["onnx_int8"] = card_for(int8, "onnxruntime", float_input, float_outputs, prep,
                                   {**method, "calibration": calibration_info})
 
     log(f"export {name}: int8.tflite (litert-torch pt2e)")
     tfl = folder / ARTEFACTS["tflite_int8"]
-    method = tflite_export.export_int8(model, np.ascontiguousarray(calib_rows.transpose(0, 2, 3, 1)), tfl)
+    method = tflite_export.export_int8(for_tflite, np.ascontiguousarray(calib_rows.transpose(0, 2, 3, 1)), tfl)
     tfl_input, tfl_outputs = _tflite_io(tfl)
     cards["tflite_int8"] = card_for(tfl, "litert", tfl_input, tfl_outputs, replace(prep, layout="NHWC"),
                                     {**method, "calibration": calibration_info})

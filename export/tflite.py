@@ -37,6 +37,8 @@ from torch.nn import functional as F
 
 from edge_runtime.export.models import FeaturesAndLogits
 
+WEIGHT_QMAX = 127  # the pt2e quantiser's symmetric int8 weight range: [-127, 127]
+
 
 class _ChannelsLastPad(nn.Module):
     def __init__(self, padding: tuple[int, int, int, int]) -> None:
@@ -130,5 +132,6 @@ def export_int8(model: FeaturesAndLogits, calibration_nhwc: np.ndarray, path: Pa
     quantized = convert_pt2e(prepared, fold_quantize=False)
     litert_torch.convert(quantized, sample, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
                          ).export(str(path))
-    return {"method": "litert_torch pt2e (PT2EQuantizer)", "weights": "int8 per-channel symmetric",
+    return {"method": "litert_torch pt2e (PT2EQuantizer)",
+            "weights": "int8 per-channel symmetric, output-error-aware rounding",
             "activations": "int8 per-tensor affine (min/max observer)", "io": "int8"}
