@@ -115,23 +115,34 @@ class TorchMemFlow:
         model = self.model
         z = x.to(torch.float64)
         z = z / torch.linalg.vector_norm(z)
-        if model.shift:
-            if learn:
-                self.shift_sum = model.shift_decay * self.shift_sum + z
-                self.shift_weight = model.shift_decay * self.shift_weight + 1.0
-            centre = (model.shift_prior * self.centre_source + self.shift_sum) / (model.shift_prior + self.shift_weight)
+        # The frames before this one set the centres; this frame joins the EMAs after (as FeatureShift).
+        weight = float(self.shift_weight)
+        prior = model.shift_prior
+        if model.shift_fade:  # the source pseudo-frames fade with the EMA: shift_prior gamma^n
+            prior = model.shift_prior * max(1.0 - (1.0 - model.shift_decay) * weight, 0.0)
+        shifting = model.shift and prior + weight > 0
+        if shifting:
+            centre = (prior * self.centre_source + self.shift_sum) / (prior + weight)
         else:
             centre = self.centre_source
+        if model.shift and learn:
+            self.shift_sum = model.shift_decay * self.shift_sum + z
+            self.shift_weight = model.shift_decay * self.shift_weight + 1.0
         m = self.propagate(((z - centre) * self.scale)[None])
         if model.shift:
+            raw = m.to(torch.float64)
+            if shifting:
+                target_mean = (prior * self.trace_mean + self.trace_sum) / (prior + weight)
+                m = (raw + self.trace_mean - target_mean).to(torch.float32)
             if learn:
-                self.trace_sum = model.shift_decay * self.trace_sum + m[0].to(torch.float64)
-            target_mean = (model.shift_prior * self.trace_mean + self.trace_sum) / (model.shift_prior + self.shift_weight)
-            m = (m.to(torch.float64) + self.trace_mean - target_mean).to(torch.float32)
+                self.trace_sum = model.shift_decay * self.trace_sum + raw[0]
         p = self.retrieve(m)[0]
         k_memory = k_prior = int(torch.argmax(p))
         if model.prior:
-            logits = self.prior_w @ (z - centre + self.centre_source).to(torch.float32) + self.prior_b
+            f = z - centre + self.centre_source
+            if model.prior_unit:  # the head reads the shifted feature at unit norm
+                f = f / torch.linalg.vector_norm(f)
+            logits = self.prior_w @ f.to(torch.float32) + self.prior_b
             k_prior = int(torch.argmax(logits))
             p = torch.softmax(logits.to(torch.float64) + model.memory_weight * torch.log(p), dim=0)
         if learn and model.reinforce:

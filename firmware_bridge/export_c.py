@@ -35,7 +35,7 @@ import numpy as np
 from edge_runtime.errors import InputError
 from firmware_bridge.crc import crc32
 
-EXPORT_FORMAT = 1  # EDGERT_FORMAT_VERSION in c/edgert_readout.h
+EXPORT_FORMAT = 2  # EDGERT_FORMAT_VERSION in c/edgert_readout.h
 DTYPES = ("int8", "float16", "float32")
 C_SOURCES = ("edgert_readout.h", "edgert_readout.c", "main.c")
 C_DIR = Path(__file__).resolve().parent / "c"
@@ -206,23 +206,36 @@ def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
 MEMFLOW_PARAMS = frozenset({
     "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
     "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
-    "shift_prior", "shift_decay", "standardise", "prior", "memory_weight", "prior_l2"})
+    "shift_prior", "shift_decay", "shift_fade", "standardise", "prior", "memory_weight", "prior_l2", "prior_unit"})
+
+
+def _memflow_shift(adapter: Any) -> tuple[float, float] | None:
+    """(weight of the source pseudo-frames, 1 / total weight) of the shift stages' EMAs now, or None
+    when they shift nothing: stage off, or no weight at all (no pseudo-frames and no frame yet), as
+    the kernel decides (``shift_centre``, ``shift_traces``)."""
+    if not adapter.shift:
+        return None
+    prior = float(adapter._prior_weight())  # faded with the EMA when shift_fade
+    total = prior + float(adapter._shift_weight[0])
+    return (prior, 1.0 / total) if total > 0.0 else None
 
 
 def memflow_centre(adapter: Any) -> np.ndarray:
     """The input centre a read-only MemFlow subtracts, computed as its kernel does (float64, then float32)."""
     source = np.asarray(adapter._centre_source, np.float32)
-    if not adapter.shift:
+    shift = _memflow_shift(adapter)
+    if shift is None:
         return source.copy()
-    prior = float(adapter.shift_prior)
-    inv = 1.0 / (prior + float(adapter._shift_weight[0]))
+    prior, inv = shift
     return ((prior * source.astype(np.float64) + adapter._shift_sum) * inv).astype(np.float32)
 
 
-def memflow_trace_delta(adapter: Any) -> np.ndarray:
-    """The neuron-level shift m_i += mu^s_i - mu^t_i a read-only MemFlow adds to its traces."""
-    prior = float(adapter.shift_prior)
-    inv = 1.0 / (prior + float(adapter._shift_weight[0]))
+def memflow_trace_delta(adapter: Any) -> np.ndarray | None:
+    """The neuron-level shift m_i += mu^s_i - mu^t_i a read-only MemFlow adds to its traces (None: none)."""
+    shift = _memflow_shift(adapter)
+    if shift is None:
+        return None
+    prior, inv = shift
     mean = np.asarray(adapter._trace_mean, np.float64)
     return (mean - (prior * mean + np.asarray(adapter._trace_sum, np.float64)) * inv).astype(np.float32)
 
@@ -246,8 +259,9 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     centre = header.array("edgert_centre", memflow_centre(adapter), "float", "EDGERT_DIM")
     scale_values = np.asarray(adapter._scale, np.float32)
     scale = "NULL" if (scale_values == 1.0).all() else header.array("edgert_scale", scale_values, "float", "EDGERT_DIM")
-    delta = (header.array("edgert_trace_delta", memflow_trace_delta(adapter), "float", "EDGERT_N_NEURONS")
-             if adapter.shift else "NULL")
+    delta_values = memflow_trace_delta(adapter)
+    delta = ("NULL" if delta_values is None else
+             header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS"))
     mu = header.matrix("edgert_mu", mu_t, dtype, "EDGERT_N_NEURONS", "EDGERT_N_CLASSES")
     # One value per row (pooled variance) costs more as int8 + scale than as float32; 1 / (2 V) of
     # a neuron with a tiny variance exceeds float16's 65504: those stay float32.
@@ -263,9 +277,9 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
         prior_b = header.array("edgert_prior_b", np.asarray(adapter._prior_b, np.float32), "float", "EDGERT_N_CLASSES")
         centre_source = header.array("edgert_centre_source", np.asarray(adapter._centre_source, np.float32), "float",
                                      "EDGERT_DIM")
-        prior = f"1, {prior_w}, {prior_b}, {centre_source}, {float(adapter.memory_weight)!r}"
+        prior = f"1, {prior_w}, {prior_b}, {centre_source}, {float(adapter.memory_weight)!r}, {int(adapter.prior_unit)}"
     else:
-        prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0"
+        prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0, 0"
     tau = repr(float(adapter._tau[0]))
     header.descriptor("edgert_memflow",
                       "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"

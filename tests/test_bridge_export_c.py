@@ -178,6 +178,22 @@ def test_memflow_readout_agrees_with_python(memflow, domains, probes, dtype, min
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("params, adapt", [
+    (dict(shift_prior=0.0), False),
+    (dict(shift_fade=False, shift_decay=0.99, prior_unit=False, memory_weight=2.0), True)],
+    ids=["no-shift-weight", "anchored-shift-raw-norm-head"])
+def test_memflow_readout_options_agree_with_python(domains, probes, params, adapt, tmp_path, one_blas_thread) -> None:
+    # No source pseudo-frame and no frame yet: nothing to shift by (the source centre, no trace
+    # shift); then the anchored shift stage and a head reading the feature at its raw norm.
+    photo = domains["photo"]
+    model = MemFlow(**params).fit(photo.X, photo.y, n_classes=len(photo.classes))
+    if adapt:
+        model.adapt(domains["clipart"].X[::2])
+    result = check_agreement(model, domains, probes, tmp_path, "float32", 1.0, atol=1e-3)
+    assert ("edgert_trace_delta[" in result.header.read_text()) == adapt
+
+
+@pytest.mark.slow
 def test_memflow_header_fits_the_budget(memflow, domains, tmp_path) -> None:
     # 9 classes, default network: the memory is a seed, not weights, so it stays small.
     default = MemFlow()

@@ -130,6 +130,20 @@ def test_bad_input_is_refused_with_a_clear_error(photo, clipart) -> None:
     assert np.count_nonzero(model._target - before) <= 3 * 3 * model.n_neurons
 
 
+def test_without_the_memory_the_default_is_the_shift_baseline(photo, clipart) -> None:
+    # The default shift stage is FeatureShift's EMA and the prior reads the unit-norm shifted
+    # feature, so with memory_weight 0 MemFlow must predict what ``shift`` predicts, frame by frame.
+    x, y, k = photo
+    shift = make_adapter("shift", inner_params={"l2": 1e-3}).fit(x, y, k)
+    model = MemFlow(memory_weight=0.0, prior_l2=1e-3).fit(x, y, k)
+    want = np.concatenate([shift.adapt(row[None]) for row in clipart])
+    got = model.adapt(clipart)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # The memory does change the decision on some frames once it has a say.
+    mixed = MemFlow(prior_l2=1e-3).fit(x, y, k).adapt(clipart)
+    assert not np.allclose(mixed, want, atol=1e-3)
+
+
 def test_registry_names_and_ablation_switches() -> None:
     assert make_adapter("memflow").reinforce
     assert make_adapter("memflow-static").reinforce is False

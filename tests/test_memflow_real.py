@@ -29,6 +29,9 @@ def domains() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     {"variance": "class", "confidence": False},
     {"spiking": False, "blur": 0.0},
     {"confidence_update": False, "gate": 0.0},
+    # the earlier anchored shift stage and raw-norm prior; no source pseudo-frames at all
+    {"shift_fade": False, "shift_decay": 0.99, "prior_unit": False, "memory_weight": 2.0},
+    {"shift_prior": 0.0, "gate": 0.0},
 ])
 def test_numba_matches_the_torch_reference(domains, params) -> None:
     x, y, k, target = domains

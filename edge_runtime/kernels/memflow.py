@@ -28,11 +28,13 @@ batch-1 call allocates nothing here. Symbols follow the paper (Lv et al., arXiv 
   a usable confidence for the reinforcement gate). "product": the confidence-weighted mean log-likelihood,
   logit_k = sum_i c_i log Q(m_i | k) / (tau sum_i c_i), Pr = softmax(logit): a product of experts.
 - Shift stages (label-free, so they move every class alike and cannot feed a self-confirming
-  class): the input z = x/||x|| - centre with centre an EMA of the target pulled to the source
-  mean mu_s by ``shift_prior`` pseudo-frames; and, after propagation, m_i <- m_i + mu^s_i - mu^t_i
-  (source mean trace vs. its EMA on the target, same prior and decay).
+  class): the input z = x/||x|| - centre with centre an EMA of the target frames before this one
+  pulled to the source mean mu_s by ``shift_prior`` pseudo-frames (fixed, or fading with the EMA:
+  ``prior_weight``); and, after propagation, m_i <- m_i + mu^s_i - mu^t_i (source mean trace vs.
+  its EMA on the target, same prior and decay). A frame joins both EMAs after it is classified.
 - Source-head prior (optional): Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight with
-  (W, b) the source linear head and f = z + mu_s the back-to-source shifted feature.
+  (W, b) the source linear head and f = z + mu_s the back-to-source shifted feature (optionally
+  rescaled to unit norm, as the head's training features were).
 - Reinforced memorisation: pseudo-label k* = argmax Pr(k | x); when p* = Pr(k* | x) >= gate and
   the memory alone and the head alone also pick k* (agreement of two views),
   E_i = exp(-(m_i - mu_k*i)^2 / (2 V_k*i)) (the paper's Q(m_i | k*) without its normalising factor,
@@ -56,21 +58,28 @@ _C = tuple(np.float32(math.log(2.0) ** j / math.factorial(j)) for j in range(1, 
 
 
 @njit(cache=True, fastmath=_FAST, inline="always")
-def _exp2_bits(t: float) -> np.int32:
-    """IEEE float32 bits of 2^t for t <= 0 (t below -125 gives 2^-125, i.e. ~0): t = n + f with
-    n = floor(t), 2^f by polynomial in [1, 2], and n added to the exponent field. Branch-free and
-    call-free, so LLVM vectorises the loops that use it (numba has no vector exp without SVML)."""
+def _exp2(t: float) -> np.float32:
+    """2^t in float32 for t <= 0 (t below -125 gives 2^-125, i.e. ~0): t = n + f with
+    n = floor(t), 2^f by polynomial in [1, 2], n added to the exponent field of its bits, and
+    the bits read back as a float. Branch-free, call-free and all in 32-bit lanes (np.floor
+    keeps n a float32: math.floor would make it an int64, which AVX2 cannot convert in vector
+    registers), so LLVM vectorises the loops that use it; numba has no vector exp without SVML."""
     t = max(np.float32(t), np.float32(-125.0))
-    n = math.floor(t)
+    n = np.floor(t)
     f = np.float32(t - n)
     p = np.float32(1.0) + f * (_C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (
         _C[4] + f * (_C[5] + f * (_C[6] + f * _C[7])))))))
-    return np.int32((np.int32(n) + np.int32(127)) << np.int32(23)) + np.int32((p - np.float32(1.0)) * np.float32(8388608.0))
+    bits = np.int32((np.int32(n) + np.int32(127)) << np.int32(23))
+    return np.int32(bits + np.int32((p - np.float32(1.0)) * np.float32(8388608.0))).view(np.float32)
 
 
 @njit(cache=True)
 def normalise(x: np.ndarray, z: np.ndarray) -> int:
     """z = x / ||x||. Returns 0 on success, 1 if x holds NaN/inf, 2 if x is all zero.
+
+    A NaN or inf anywhere makes the float64 sum of squares non-finite (float32 values cannot
+    overflow it), so one check after the loop finds bad input and the loop has no branch. No
+    fastmath here: under "reassoc" LLVM folds the finiteness test away.
 
     >>> z = np.empty(2, np.float32)
     >>> normalise(np.array([3, 4], np.float32), z), z
@@ -78,10 +87,10 @@ def normalise(x: np.ndarray, z: np.ndarray) -> int:
     """
     sq = 0.0
     for j in range(x.shape[0]):
-        v = float(x[j])
-        if not math.isfinite(v):
-            return 1
+        v = np.float64(x[j])  # float(x[j]) would stay float32 and overflow above 1.8e19
         sq += v * v
+    if not math.isfinite(sq):
+        return 1
     if sq == 0.0:
         return 2
     inv = 1.0 / math.sqrt(sq)
@@ -95,49 +104,104 @@ def shift_centre(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, sh
                  shift_weight: np.ndarray, shift_on: bool, prior: float, gamma: float, learn: bool,
                  centre: np.ndarray) -> None:
     """Feature-shift stage, in place: z <- (z - centre) * scale with centre the EMA target mean
-    (prior mu_s + sum_t gamma^(n-t) z_t) / (prior + sum_t gamma^(n-t)) (``shift_on``; else the
-    source mean mu_s); with ``learn`` the current z joins the EMA first (it is the frame being
-    classified, not a peek ahead). ``scale`` is the per-dimension standardisation (or ones)."""
-    if not shift_on:
+    (prior mu_s + sum_t gamma^(n-t) z_t) / (prior + sum_t gamma^(n-t)) over the frames before
+    this one (``shift_on``; else the source mean mu_s); with ``learn`` the current z joins the
+    EMA afterwards, as in FeatureShift: a frame centred partly on itself loses part of its own
+    deviation from the stream mean (on the dev tasks the head on such features lost 1.2 points).
+    ``prior`` is the source's pseudo-frame weight now (see ``prior_weight``); with no weight at
+    all the centre is mu_s. ``scale`` is the per-dimension standardisation (or ones)."""
+    total = prior + shift_weight[0]
+    if not shift_on or total <= 0.0:
         for j in range(z.shape[0]):
             centre[j] = centre_source[j]
-            z[j] = (z[j] - centre[j]) * scale[j]
-        return
-    if learn:
+    else:
+        inv = 1.0 / total
+        for j in range(z.shape[0]):
+            centre[j] = (prior * centre_source[j] + shift_sum[j]) * inv
+    if shift_on and learn:
         for j in range(z.shape[0]):
             shift_sum[j] = gamma * shift_sum[j] + z[j]
         shift_weight[0] = gamma * shift_weight[0] + 1.0
-    inv = 1.0 / (prior + shift_weight[0])
     for j in range(z.shape[0]):
-        centre[j] = (prior * centre_source[j] + shift_sum[j]) * inv
         z[j] = (z[j] - centre[j]) * scale[j]
 
 
+@njit(cache=True)
+def prior_weight(shift_prior: float, fade: bool, gamma: float, weight: float) -> float:
+    """The source's pseudo-frame weight after frames of total EMA weight ``weight``: constant
+    ``shift_prior`` (an anchor), or, with ``fade``, shift_prior gamma^n (gamma^n = 1 - (1 - gamma)
+    weight, so nothing more is stored); with shift_prior = 1 / (1 - gamma) the fading form is
+    exactly FeatureShift's EMA started at the source mean.
+
+    >>> prior_weight(20.0, False, 0.95, 3.0), round(prior_weight(20.0, True, 0.95, 1.0), 6)
+    (20.0, 19.0)
+    """
+    if not fade:
+        return shift_prior
+    return shift_prior * max(1.0 - (1.0 - gamma) * weight, 0.0)
+
+
+@njit(cache=True)
+def recurrent_links(bridge_src: np.ndarray, bridge_w: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each bridge's in-links from neurons, in their original order, as (B, R) neuron numbers and
+    weights, R = the largest such count; shorter rows are padded with weight 0 on neuron 0.
+    Derived from the graph (never stored): the spiking rounds gather these ~R instead of all
+    in-degree links, a third of the work (the entry links' input is the constant current).
+
+    >>> src = np.array([[0, 5, 4], [3, 1, 2]], np.int32)  # d = 3 entries, then neurons 0, 1, 2
+    >>> recurrent_links(src, np.arange(6, dtype=np.float32).reshape(2, 3), 3)
+    (array([[2, 1],
+           [0, 0]], dtype=int32), array([[1., 2.],
+           [3., 0.]], dtype=float32))
+    """
+    n_bridge, in_degree = bridge_src.shape
+    width = 0
+    for b in range(n_bridge):
+        count = 0
+        for s in range(in_degree):
+            if bridge_src[b, s] >= d:
+                count += 1
+        width = max(width, count)
+    rec_src = np.zeros((n_bridge, width), np.int32)
+    rec_w = np.zeros((n_bridge, width), np.float32)
+    for b in range(n_bridge):
+        count = 0
+        for s in range(in_degree):
+            if bridge_src[b, s] >= d:
+                rec_src[b, count] = bridge_src[b, s] - d
+                rec_w[b, count] = bridge_w[b, s]
+                count += 1
+    return rec_src, rec_w
+
+
 @njit(cache=True, fastmath=_FAST)
-def propagate(z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
-              bridge_src: np.ndarray, bridge_w: np.ndarray, rounds: int, spiking: bool,
-              a: np.ndarray, h: np.ndarray, o: np.ndarray, o_prev: np.ndarray, m: np.ndarray) -> None:
-    """Traces m (N,) of one centred feature z (d,); a, h, o, o_prev are (N,) work buffers.
+def propagate(nodes_z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
+              bridge_src: np.ndarray, bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray,
+              rounds: int, spiking: bool, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+              o_prev: np.ndarray, m: np.ndarray) -> None:
+    """Traces m (N,) of one centred feature; a, h, o, o_prev are (N,) work buffers.
+
+    ``nodes_z`` (d + N,) holds the centred feature z in its first d slots and zeros after (the
+    caller never writes those): indexed by global node number (entries 0..d-1, then the
+    neurons), it lets a bridge gather its entry current over all its in-links in one
+    branch-free loop (a branch on the link's kind was mispredicted on a third of the links),
+    adding exact zeros for the links from neurons. The rounds use ``recurrent_links``.
 
     Entry current a_i = sum_j z_j W_ji; then T synchronous rounds of graded spikes with reset (see
-    the module docstring). Bridge sources are global node numbers: below d an entry, else neuron
-    src - d.
+    the module docstring).
     """
-    d = z.shape[0]
-    n_hub = w_entry_hub.shape[0]
-    n_bridge = bridge_src.shape[0]
-    in_degree = bridge_src.shape[1]
+    n_hub, d = w_entry_hub.shape
+    n_bridge, in_degree = bridge_src.shape
+    width = rec_src.shape[1]
     for i in range(n_hub):
         acc = np.float32(0.0)
         for j in range(d):
-            acc += w_entry_hub[i, j] * z[j]
+            acc += w_entry_hub[i, j] * nodes_z[j]
         a[i] = acc
     for b in range(n_bridge):
         acc = np.float32(0.0)
         for s in range(in_degree):
-            src = bridge_src[b, s]
-            if src < d:
-                acc += bridge_w[b, s] * z[src]
+            acc += bridge_w[b, s] * nodes_z[bridge_src[b, s]]
         a[n_hub + b] = acc
     n = n_hub + n_bridge
     if not spiking:
@@ -146,47 +210,52 @@ def propagate(z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
         return
     for i in range(n):
         h[i] = 0.0
-        o_prev[i] = 0.0
         m[i] = 0.0
     for t in range(rounds):
-        for i in range(n_hub):
-            acc = a[i]
-            if t > 0:
+        if t == 0:  # no spikes yet: the entry current alone
+            for i in range(n):
+                h[i] += a[i]
+        else:
+            for i in range(n_hub):
+                acc = a[i]
                 for j in range(n_hub):
                     acc += w_hub_hub[i, j] * o_prev[j]
-            h[i] += acc
-        for b in range(n_bridge):
-            acc = a[n_hub + b]
-            if t > 0:
-                for s in range(in_degree):
-                    src = bridge_src[b, s]
-                    if src >= d:
-                        acc += bridge_w[b, s] * o_prev[src - d]
-            h[n_hub + b] += acc
+                h[i] += acc
+            for b in range(n_bridge):
+                acc = a[n_hub + b]
+                for s in range(width):
+                    acc += rec_w[b, s] * o_prev[rec_src[b, s]]
+                h[n_hub + b] += acc
+        # Fire (o = h > 0) and reset (h = min(h, 0)) written with np.maximum / np.minimum: the
+        # equivalent "x if cond else h[i]" becomes a masked store, which is microcoded and
+        # several times slower on AMD Zen (the same holds for the running maxima below).
         for i in range(n):
-            if h[i] > 0.0:
-                o[i] = h[i]
-                h[i] = 0.0
-            else:
-                o[i] = 0.0
+            o[i] = np.maximum(h[i], np.float32(0.0))
+            h[i] = np.minimum(h[i], np.float32(0.0))
             m[i] += o[i]
         for i in range(n):
             o_prev[i] = o[i]
 
 
 @njit(cache=True, fastmath=_FAST)
-def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
+def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
              present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
-             ll: np.ndarray, best: np.ndarray, c: np.ndarray, ebits: np.ndarray,
-             out: np.ndarray) -> None:
-    """Class probabilities ``out`` (K,) from traces m (N,); ll (K, N), best and c (N,), and
-    ebits (K, N) int32 are work buffers.
+             best: np.ndarray, norm: np.ndarray, c: np.ndarray, e: np.ndarray, out: np.ndarray) -> None:
+    """Class probabilities ``out`` (K,) from traces m (N,); best, norm and c (N,) and e (K, N)
+    float32 are work buffers.
 
     ll_ki = lnorm_ki - (m_i - mu_ki)^2 hiv_ki with hiv = 1 / (2 V), lnorm = -log(2 pi V / tv_i) / 2
     (the density of the standardised trace m_i / sqrt(tv_i), so confidences compare across neurons
     of different scale); c_i = alive_i exp(max_k ll_ki - max_i max_k ll_ki) (the confidence
     Q(m_i | K_i) up to a common factor; alive_i = 0 for a neuron that never varied on the source);
     then the "product" or "mixture" read-out of the module docstring. Absent classes get 0.
+    With pooled variances (``per_class`` False) every row of hiv and lnorm is the same, so row 0
+    serves every class and stays in L1.
+
+    ll is never stored: it is recomputed in the second pass (two subtractions and a multiply-add
+    per element cost less than writing and re-reading K x N floats). The mixture's K x N
+    exponentials are the vectorisable ``_exp2``; they are kept in ``e`` because each neuron's
+    posterior needs its sum over classes before the vote can use them.
     """
     n_classes, n = mu.shape
     for i in range(n):
@@ -194,18 +263,18 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
     for k in range(n_classes):
         if not present[k]:
             continue
+        r = k if per_class else 0
         for i in range(n):
             diff = m[i] - mu[k, i]
-            v = lnorm[k, i] - diff * diff * hiv[k, i]
-            ll[k, i] = v
-            best[i] = max(best[i], v)
-    top = -np.inf
+            best[i] = np.maximum(best[i], lnorm[r, i] - diff * diff * hiv[r, i])
+    top = np.float32(-np.inf)
     for i in range(n):
         if alive[i] > 0.0:
             top = max(top, best[i])
     c_sum = np.float32(0.0)
     for i in range(n):
-        c[i] = alive[i] * math.exp(best[i] - top) if confidence else alive[i]
+        # best_i <= top for every alive neuron; the clamp only keeps a dead one's exponent sane.
+        c[i] = alive[i] * _exp2(min(best[i] - top, np.float32(0.0)) * _LOG2E) if confidence else alive[i]
         c_sum += c[i]
     if product:
         hi = -np.inf
@@ -213,9 +282,11 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
             if not present[k]:
                 out[k] = -np.inf
                 continue
+            r = k if per_class else 0
             acc = np.float32(0.0)
             for i in range(n):
-                acc += c[i] * ll[k, i]
+                diff = m[i] - mu[k, i]
+                acc += c[i] * (lnorm[r, i] - diff * diff * hiv[r, i])
             out[k] = acc / (c_sum * tau)
             hi = max(hi, out[k])
         total = 0.0
@@ -225,31 +296,28 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
         for k in range(n_classes):
             out[k] /= total
         return
-    # Mixture: per-neuron posteriors Pr(k | m_i) = exp(ll_ki - best_i) / Z_i, then the
-    # confidence-weighted average; best is reused for Z once the exponentials are taken. The
-    # K x N exponentials dominate the cost, so they are the vectorisable exp2 below, written
-    # as int32 bits into ``ebits`` and read back through a float32 view of it (made here, not
-    # stored by the caller: a stored view would not survive a deep copy of the state).
-    efloat = ebits.view(np.float32)
-    for k in range(n_classes):
-        if present[k]:
-            for i in range(n):
-                ebits[k, i] = _exp2_bits((ll[k, i] - best[i]) * _LOG2E)
+    # Mixture: per-neuron posteriors Pr(k | m_i) = e_ki / Z_i with e_ki = exp(ll_ki - best_i),
+    # then the confidence-weighted average.
     for i in range(n):
-        best[i] = 0.0
+        norm[i] = 0.0
     for k in range(n_classes):
-        if present[k]:
-            for i in range(n):
-                best[i] += efloat[k, i]
+        if not present[k]:
+            continue
+        r = k if per_class else 0
+        for i in range(n):
+            diff = m[i] - mu[k, i]
+            v = _exp2((lnorm[r, i] - diff * diff * hiv[r, i] - best[i]) * _LOG2E)
+            e[k, i] = v
+            norm[i] += v
     for i in range(n):
-        c[i] = c[i] / (best[i] * c_sum)
+        c[i] = c[i] / (norm[i] * c_sum)
     for k in range(n_classes):
         if not present[k]:
             out[k] = 0.0
             continue
         acc = np.float32(0.0)
         for i in range(n):
-            acc += c[i] * efloat[k, i]
+            acc += c[i] * e[k, i]
         out[k] = acc
     # Sharpen the (flat) vote with the calibrated temperature: Pr ~ vote^(1 / tau).
     if tau != 1.0:
@@ -266,15 +334,22 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
 
 @njit(cache=True, fastmath=_FAST)
 def combine_prior(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, prior_w: np.ndarray,
-                  prior_b: np.ndarray, memory_weight: float, f: np.ndarray, work: np.ndarray,
+                  prior_b: np.ndarray, memory_weight: float, unit: bool, f: np.ndarray, work: np.ndarray,
                   out: np.ndarray) -> int:
     """Product with the source linear head's posterior on the shifted feature, in place:
     Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / scale + mu_s (the
-    back-to-source shifted feature). ``f`` (d,) and ``work`` (>= K) are buffers. Returns the
-    head's own argmax."""
+    back-to-source shifted feature), rescaled to unit norm when ``unit`` (the head was fitted
+    on unit-norm features; the ``shift`` baseline reads it so too). ``f`` (d,) and ``work``
+    (>= K) are buffers. Returns the head's own argmax."""
     n_classes, d = prior_w.shape
+    sq = 0.0
     for j in range(d):
         f[j] = z[j] / scale[j] + centre_source[j]
+        sq += f[j] * f[j]
+    if unit and sq > 0.0:
+        inv = 1.0 / math.sqrt(sq)
+        for j in range(d):
+            f[j] *= inv
     hi = -np.inf
     best = 0
     for k in range(n_classes):
@@ -301,14 +376,18 @@ def combine_prior(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, p
 def shift_traces(m: np.ndarray, trace_mean: np.ndarray, trace_sum: np.ndarray, weight: float,
                  prior: float, gamma: float, learn: bool) -> None:
     """The shift stage again, on the neurons: m_i <- m_i + mu^s_i - mu^t_i with mu^s_i the source
-    mean trace and mu^t_i its EMA on the target, pulled to mu^s_i by ``prior`` pseudo-frames
-    (``weight`` is the frame weight the input stage has already updated). Label-free, so it moves
-    every class alike: it cannot feed a self-confirming class."""
-    inv = 1.0 / (prior + weight)
+    mean trace and mu^t_i its EMA on the target over the frames before this one, pulled to mu^s_i
+    by ``prior`` pseudo-frames (``weight``: the EMA weight of those frames); with ``learn`` the
+    unshifted trace joins the EMA afterwards. Label-free, so it moves every class alike: it
+    cannot feed a self-confirming class."""
+    total = prior + weight
+    inv = 1.0 / total if total > 0.0 else 0.0
+    keep = 1.0 if total > 0.0 else 0.0  # no weight at all: no shift
     for i in range(m.shape[0]):
+        raw = m[i]
+        m[i] += keep * (trace_mean[i] - (prior * trace_mean[i] + trace_sum[i]) * inv)
         if learn:
-            trace_sum[i] = gamma * trace_sum[i] + m[i]
-        m[i] += trace_mean[i] - (prior * trace_mean[i] + trace_sum[i]) * inv
+            trace_sum[i] = gamma * trace_sum[i] + raw
 
 
 @njit(cache=True)
@@ -334,13 +413,14 @@ def memorise(m: np.ndarray, k: int, weight: float, stats: np.ndarray) -> None:
 def reinforce(m: np.ndarray, k: int, weight: float, gamma: float, confidence_update: bool,
               mu: np.ndarray, hiv: np.ndarray, target: np.ndarray) -> None:
     """EMA update of class k's target statistics: R_ki <- gamma R_ki + weight E_i (1, m_i, m_i^2),
-    E_i = exp(-(m_i - mu_ki)^2 hiv_ki) with the confidence-weighted update, else 1."""
+    E_i = exp(-(m_i - mu_ki)^2 hiv_ki) with the confidence-weighted update, else 1 (E_i by the
+    vectorisable ``_exp2``: a float32 weight is ample, the sums stay float64)."""
     for i in range(m.shape[0]):
         v = float(m[i])
         e = weight
         if confidence_update:
-            diff = v - mu[k, i]
-            e *= math.exp(-diff * diff * hiv[k, i])
+            diff = m[i] - mu[k, i]
+            e *= _exp2(-diff * diff * hiv[k, i] * _LOG2E)
         target[0, k, i] = gamma * target[0, k, i] + e
         target[1, k, i] = gamma * target[1, k, i] + e * v
         target[2, k, i] = gamma * target[2, k, i] + e * v * v
@@ -382,35 +462,39 @@ def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight:
 @njit(cache=True)
 def step(x: np.ndarray, learn: bool,
          centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
-         shift_on: bool, shift_prior: float, shift_gamma: float,
+         shift_on: bool, shift_prior: float, shift_fade: bool, shift_gamma: float,
          w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
-         bridge_w: np.ndarray, rounds: int, spiking: bool,
+         bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool,
          source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
          tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray, alive: np.ndarray,
          trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray,
          product: bool, confidence: bool, tau: float,
          reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
-         prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float,
-         centre: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
-         o_prev: np.ndarray, m: np.ndarray, ll: np.ndarray, c: np.ndarray,
-         ebits: np.ndarray, out: np.ndarray) -> int:
+         prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
+         centre: np.ndarray, nodes_z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+         o_prev: np.ndarray, m: np.ndarray, best: np.ndarray, norm: np.ndarray, c: np.ndarray,
+         e: np.ndarray, logits: np.ndarray, out: np.ndarray) -> int:
     """One frame, no allocation: normalise, shift, propagate, retrieve into ``out`` and, when
-    ``learn``, reinforce the pseudo-class and refresh its Gaussians. Returns ``normalise``'s status
-    (nothing is read or changed unless it is 0)."""
+    ``learn``, reinforce the pseudo-class and refresh its Gaussians. The centred feature lives in
+    nodes_z[:d] (see ``propagate``). Returns ``normalise``'s status (nothing is read or changed
+    unless it is 0)."""
+    z = nodes_z[:x.shape[0]]
     status = normalise(x, z)
     if status != 0:
         return status
-    shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, shift_prior,
-                 shift_gamma, learn, centre)
-    propagate(z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rounds, spiking, a, h, o, o_prev, m)
+    weight = shift_weight[0]  # the frames before this one
+    prior = prior_weight(shift_prior, shift_fade, shift_gamma, weight)
+    shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, prior, shift_gamma, learn, centre)
+    propagate(nodes_z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
+              a, h, o, o_prev, m)
     if shift_on:
-        shift_traces(m, trace_mean, trace_sum, shift_weight[0], shift_prior, shift_gamma, learn)
-    retrieve(m, mu, hiv, lnorm, present, alive, product, confidence, tau, ll, h, c, ebits, out)
+        shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
+    retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, best, norm, c, e, out)
     k_memory = argmax(out)
     k_prior = k_memory
     if prior_on:
-        k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight,
-                                centre, ll[:, 0], out)
+        k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight, prior_unit,
+                                centre, logits, out)
     if learn and reinforce_on:
         k = argmax(out)
         if out[k] >= gate and k == k_memory and k == k_prior:
@@ -423,44 +507,47 @@ def step(x: np.ndarray, learn: bool,
 @njit(cache=True)
 def run_batch(xs: np.ndarray, learn: bool,
               centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
-              shift_on: bool, shift_prior: float, shift_gamma: float,
+              shift_on: bool, shift_prior: float, shift_fade: bool, shift_gamma: float,
               w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
-              bridge_w: np.ndarray, rounds: int, spiking: bool,
+              bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool,
               source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
               tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray, alive: np.ndarray,
               trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray,
               product: bool, confidence: bool, tau: float,
               reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
-              prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float,
-              centre: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
-              o_prev: np.ndarray, m: np.ndarray, ll: np.ndarray, c: np.ndarray,
-              ebits: np.ndarray, out: np.ndarray) -> int:
+              prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
+              centre: np.ndarray, nodes_z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+              o_prev: np.ndarray, m: np.ndarray, best: np.ndarray, norm: np.ndarray, c: np.ndarray,
+              e: np.ndarray, logits: np.ndarray, out: np.ndarray) -> int:
     """``step`` over the rows of xs in order (each frame is predicted, then learnt from), writing
     row r's probabilities to out[r]. Returns -1, or the first row whose status is not 0 (rows
     before it have been processed)."""
     for r in range(xs.shape[0]):
         status = step(xs[r], learn, centre_source, scale, shift_sum, shift_weight, shift_on, shift_prior,
-                      shift_gamma, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rounds, spiking,
+                      shift_fade, shift_gamma, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
                       source, target, source_weight, per_class, tv, floor_v, blur_v, alive,
                       trace_mean, trace_sum, mu, hiv, lnorm, present, product, confidence, tau,
                       reinforce_on, gate, gamma, confidence_update,
-                      prior_on, prior_w, prior_b, memory_weight, centre, z, a, h, o, o_prev, m, ll, c, ebits,
-                      out[r])
+                      prior_on, prior_w, prior_b, memory_weight, prior_unit, centre, nodes_z, a, h, o, o_prev, m,
+                      best, norm, c, e, logits, out[r])
         if status != 0:
             return r
     return -1
 
 
 @njit(cache=True)
-def traces(zs: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
-           bridge_src: np.ndarray, bridge_w: np.ndarray, rounds: int, spiking: bool,
+def traces(zs: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
+           bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool,
            out: np.ndarray) -> None:
     """Traces (n, N) of already normalised and centred rows zs (n, d), for memorising."""
+    n_rows, d = zs.shape
     n = out.shape[1]
+    nodes_z = np.zeros(d + n, np.float32)
     a = np.empty(n, np.float32)
     h = np.empty(n, np.float32)
     o = np.empty(n, np.float32)
     o_prev = np.empty(n, np.float32)
-    for r in range(zs.shape[0]):
-        propagate(zs[r], w_entry_hub, w_hub_hub, bridge_src, bridge_w, rounds, spiking,
+    for r in range(n_rows):
+        nodes_z[:d] = zs[r]
+        propagate(nodes_z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
                   a, h, o, o_prev, out[r])

@@ -398,9 +398,16 @@ static void retrieve(const edgert_memflow *m, edgert_memflow_work *w, float *out
 static void combine_prior(const edgert_memflow *m, edgert_memflow_work *w, float *out)
 {
     uint32_t K = m->n_classes, d = m->dim, k, j;
-    double hi = -INFINITY, total = 0.0;
-    for (j = 0; j < d; j++)  /* f = z / scale + centre_source, into the z buffer (done with it) */
+    double hi = -INFINITY, total = 0.0, sq = 0.0;
+    for (j = 0; j < d; j++) {  /* f = z / scale + centre_source, into the z buffer (done with it) */
         w->z[j] = (m->scale ? w->z[j] / m->scale[j] : w->z[j]) + m->centre_source[j];
+        sq += w->z[j] * w->z[j];  /* squares in float, summed in double, like the Python kernel */
+    }
+    if (m->prior_unit && sq > 0.0) {
+        double inv = 1.0 / sqrt(sq);
+        for (j = 0; j < d; j++)
+            w->z[j] = (float)((double)w->z[j] * inv);
+    }
     for (k = 0; k < K; k++) {
         float acc = m->prior_b[k] + matrix_dot(&m->prior_w, k, d, w->z);
         w->logits[k] = acc;

@@ -18,8 +18,9 @@
 extern "C" {
 #endif
 
-/* The generated header's format; a read-out accepts exactly this value. */
-#define EDGERT_FORMAT_VERSION 1
+/* The generated header's format; a read-out accepts exactly this value. It changes with any
+ * descriptor's fields, which the header initialises by position (2: edgert_memflow.prior_unit). */
+#define EDGERT_FORMAT_VERSION 2
 
 /* Arrays are aligned like TFLite Micro's model arrays, so they can sit in flash and be read
  * with wide loads or DMA. */
@@ -87,6 +88,7 @@ typedef struct {
     const float *prior_b;      /* n_classes */
     const float *centre_source;/* dim: f = z / scale + centre_source, the back-to-source feature */
     double memory_weight;
+    int prior_unit;            /* the head reads f / ||f|| (it was fitted on unit-norm features) */
     uint32_t crc32;
     const void *const *blocks;
     const uint32_t *block_sizes;
