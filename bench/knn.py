@@ -157,9 +157,11 @@ def dmn_adapt(samples: int, seed: int) -> dict[str, Any]:
 
     entries, _, stream = mixture(900, 1000 + samples, seed)
     labels = np.repeat(np.arange(9), 100)  # 9 classes of 100 labelled rows
-    dmn = DMN(prior="linear", memory_length=50).fit(entries, labels, n_classes=9)
+    # write_gate 1 admits every frame: the default gate refuses these synthetic frames and the rings
+    # would stay empty, while the read-out cost is at its largest with every ring full.
+    dmn = DMN(prior="linear", memory_length=50, write_gate=1.0).fit(entries, labels, n_classes=9)
     dmn.prepare()
-    dmn.adapt(stream[:1000])  # fill the rings: the read-out cost is at its largest when full
+    dmn.adapt(stream[:1000])
     adapt, prior = Clock(), Clock()
     for row in stream[1000:]:
         one = row[None]

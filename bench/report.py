@@ -521,7 +521,9 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     else:
         out += [_absent(s, "cost"), ""]
 
-    out += ["## Accuracy under domain shift (accuracy bench, cached int8 features)", ""]
+    from edge_runtime.bench.features import default_model
+
+    out += [f"## Accuracy under domain shift (accuracy bench, cached features of {default_model().name})", ""]
     if _ok(s, "accuracy"):
         from edge_runtime.bench.accuracy import markdown_table
 
