@@ -8,7 +8,7 @@ In one run, side by side under the same load:
   ratio, and the exact search's ms/query when queries come in a batch;
 - ``remove`` of one entry from a durable memory of the largest size, including the SQLite delete
   and its commit (fsync), and the one-off ``compact()`` that purges the bytes from the files;
-- DMN ``adapt`` per sample (9 classes, L = 50, d = 1280, rings full, linear-head prior).
+- DMN ``adapt`` per sample (9 classes, L = 50, d = 1280, rings as 1000 admitted frames fill them, linear-head prior).
 
 Every latency is reported as wall time and as this process's CPU time (see ``Clock``): on a
 shared machine the second is the one that measures the work. BLAS and faiss run one thread.
@@ -158,7 +158,7 @@ def dmn_adapt(samples: int, seed: int) -> dict[str, Any]:
     entries, _, stream = mixture(900, 1000 + samples, seed)
     labels = np.repeat(np.arange(9), 100)  # 9 classes of 100 labelled rows
     # write_gate 1 admits every frame: the default gate refuses these synthetic frames and the rings
-    # would stay empty, while the read-out cost is at its largest with every ring full.
+    # would stay empty, which times a read-out of nothing. ``ring_fill`` reports what they hold.
     dmn = DMN(prior="linear", memory_length=50, write_gate=1.0).fit(entries, labels, n_classes=9)
     dmn.prepare()
     dmn.adapt(stream[:1000])

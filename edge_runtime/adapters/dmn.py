@@ -197,6 +197,8 @@ class DMN(Adapter):
         return self._prior(x if self._stage is None else as_features(self._stage.transform(x)))
 
     def _prior(self, x: np.ndarray) -> np.ndarray:
+        if isinstance(self._prior_head, Linear):  # x is validated and normalised already: skip doing it twice
+            return softmax(self._prior_head.logits_of_normalised(x).astype(np.float32, copy=False))
         if self._prior_head is not None:
             return np.ascontiguousarray(self._prior_head.predict_proba(x), dtype=np.float32)
         return softmax((x @ self._text.T) * np.float32(self.prior_scale))
