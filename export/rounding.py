@@ -82,6 +82,12 @@ def input_moments(model: nn.Module, convs: list[nn.Conv2d], images: torch.Tensor
     return {conv: h.numpy() for conv, h in moments.items()}
 
 
+def grid_scale(weight: np.ndarray, qmax: int) -> np.ndarray:
+    """Per-row step max|row| / qmax of the exporters' symmetric quantisers (1 for an all-zero row)."""
+    scale = np.abs(weight).max(axis=1) / qmax
+    return np.where(scale == 0, 1.0, scale)
+
+
 def round_to_grid(weight: np.ndarray, hessian: np.ndarray, qmax: int, passes: int = 4) -> np.ndarray:
     """Integer levels (rows, n) for ``weight`` (rows, n) on the grid max|row| / qmax.
 
@@ -90,8 +96,7 @@ def round_to_grid(weight: np.ndarray, hessian: np.ndarray, qmax: int, passes: in
     lowers dW' H dW. The gradient g = dW H is updated by one row of H per flip.
     """
     w = weight.astype(np.float64)
-    scale = np.abs(w).max(axis=1) / qmax
-    scale[scale == 0] = 1.0
+    scale = grid_scale(w, qmax)
     x = w / scale[:, None]
     low = np.floor(x)
     movable = low != x  # a weight already on a level (the largest one included) stays there
@@ -135,10 +140,7 @@ def round_weights(model: FeaturesAndLogits, calibration: np.ndarray, qmaxes: tup
         modules = dict(rounded.named_modules())
         for conv in convs:
             w = conv.weight.detach().double().numpy().reshape(len(conv.weight), -1)
-            levels = round_to_grid(w, moments[conv], qmax)
-            scale = np.abs(w).max(axis=1) / qmax
-            scale[scale == 0] = 1.0
-            target = modules[names[conv]]
-            target.weight.data = torch.from_numpy((levels * scale[:, None]).reshape(conv.weight.shape)).float()
+            on_grid = round_to_grid(w, moments[conv], qmax) * grid_scale(w, qmax)[:, None]
+            modules[names[conv]].weight.data = torch.from_numpy(on_grid.reshape(conv.weight.shape)).float()
         copies.append(rounded)
     return copies

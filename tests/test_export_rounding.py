@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edge_runtime.export.models import build_torch_model  # noqa: E402
-from edge_runtime.export.rounding import fold_batchnorm, input_moments, round_to_grid  # noqa: E402
+from edge_runtime.export.rounding import fold_batchnorm, grid_scale, input_moments, round_to_grid  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,8 @@ def layers():
     return [(c.weight.detach().double().numpy().reshape(len(c.weight), -1), moments[c]) for c in chosen]
 
 
-def _scale(weight, qmax):
-    scale = np.abs(weight).max(axis=1) / qmax
-    return np.where(scale == 0, 1.0, scale)  # a dead channel (all zero) stays all zero
-
-
 def _output_error(weight, levels, hessian, qmax):
-    scale = _scale(weight, qmax)
+    scale = grid_scale(weight, qmax)
     error = levels * scale[:, None] - weight
     if hessian.ndim == 2:
         return float(np.einsum("rn,nm,rm->", error, hessian, error))
@@ -45,7 +40,7 @@ def _output_error(weight, levels, hessian, qmax):
 def test_rounding_lowers_the_layer_output_error_and_stays_on_the_grid(layers, qmax):
     for weight, hessian in layers:
         levels = round_to_grid(weight, hessian, qmax)
-        x = weight / _scale(weight, qmax)[:, None]
+        x = weight / grid_scale(weight, qmax)[:, None]
         nearest = np.round(x)
         assert np.all((levels == np.floor(x)) | (levels == np.ceil(x)))
         live = np.abs(weight).max(axis=1) > 0

@@ -460,51 +460,6 @@ def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight:
 
 
 @njit(cache=True)
-def step(x: np.ndarray, learn: bool,
-         centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
-         shift_on: bool, shift_prior: float, shift_fade: bool, shift_gamma: float,
-         w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
-         bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool,
-         source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
-         tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray, alive: np.ndarray,
-         trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray,
-         product: bool, confidence: bool, tau: float,
-         reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
-         prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
-         centre: np.ndarray, nodes_z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
-         o_prev: np.ndarray, m: np.ndarray, best: np.ndarray, norm: np.ndarray, c: np.ndarray,
-         e: np.ndarray, logits: np.ndarray, out: np.ndarray) -> int:
-    """One frame, no allocation: normalise, shift, propagate, retrieve into ``out`` and, when
-    ``learn``, reinforce the pseudo-class and refresh its Gaussians. The centred feature lives in
-    nodes_z[:d] (see ``propagate``). Returns ``normalise``'s status (nothing is read or changed
-    unless it is 0)."""
-    z = nodes_z[:x.shape[0]]
-    status = normalise(x, z)
-    if status != 0:
-        return status
-    weight = shift_weight[0]  # the frames before this one
-    prior = prior_weight(shift_prior, shift_fade, shift_gamma, weight)
-    shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, prior, shift_gamma, learn, centre)
-    propagate(nodes_z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
-              a, h, o, o_prev, m)
-    if shift_on:
-        shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
-    retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, best, norm, c, e, out)
-    k_memory = argmax(out)
-    k_prior = k_memory
-    if prior_on:
-        k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight, prior_unit,
-                                centre, logits, out)
-    if learn and reinforce_on:
-        k = argmax(out)
-        if out[k] >= gate and k == k_memory and k == k_prior:
-            reinforce(m, k, float(out[k]), gamma, confidence_update, mu, hiv, target)
-            refresh_class(k, source, target, source_weight, per_class, tv, floor_v, blur_v,
-                          mu, hiv, lnorm, present)
-    return 0
-
-
-@njit(cache=True)
 def run_batch(xs: np.ndarray, learn: bool,
               centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
               shift_on: bool, shift_prior: float, shift_fade: bool, shift_gamma: float,
@@ -519,19 +474,35 @@ def run_batch(xs: np.ndarray, learn: bool,
               centre: np.ndarray, nodes_z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
               o_prev: np.ndarray, m: np.ndarray, best: np.ndarray, norm: np.ndarray, c: np.ndarray,
               e: np.ndarray, logits: np.ndarray, out: np.ndarray) -> int:
-    """``step`` over the rows of xs in order (each frame is predicted, then learnt from), writing
-    row r's probabilities to out[r]. Returns -1, or the first row whose status is not 0 (rows
-    before it have been processed)."""
+    """Frames xs in order, no allocation: each row is normalised, shifted, propagated and
+    retrieved into out[r] and, when ``learn``, reinforces its pseudo-class (whose Gaussians are
+    refreshed) before the next row is read. The centred feature lives in nodes_z[:d] (see
+    ``propagate``). Returns -1, or the first row ``normalise`` refuses (rows before it have been
+    processed; nothing of that row is read or changed)."""
+    z = nodes_z[:xs.shape[1]]
     for r in range(xs.shape[0]):
-        status = step(xs[r], learn, centre_source, scale, shift_sum, shift_weight, shift_on, shift_prior,
-                      shift_fade, shift_gamma, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
-                      source, target, source_weight, per_class, tv, floor_v, blur_v, alive,
-                      trace_mean, trace_sum, mu, hiv, lnorm, present, product, confidence, tau,
-                      reinforce_on, gate, gamma, confidence_update,
-                      prior_on, prior_w, prior_b, memory_weight, prior_unit, centre, nodes_z, a, h, o, o_prev, m,
-                      best, norm, c, e, logits, out[r])
-        if status != 0:
+        if normalise(xs[r], z) != 0:
             return r
+        out_r = out[r]
+        weight = shift_weight[0]  # the frames before this one
+        prior = prior_weight(shift_prior, shift_fade, shift_gamma, weight)
+        shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, prior, shift_gamma, learn, centre)
+        propagate(nodes_z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
+                  a, h, o, o_prev, m)
+        if shift_on:
+            shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
+        retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, best, norm, c, e, out_r)
+        k_memory = argmax(out_r)
+        k_prior = k_memory
+        if prior_on:
+            k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight, prior_unit,
+                                    centre, logits, out_r)
+        if learn and reinforce_on:
+            k = argmax(out_r)
+            if out_r[k] >= gate and k == k_memory and k == k_prior:
+                reinforce(m, k, float(out_r[k]), gamma, confidence_update, mu, hiv, target)
+                refresh_class(k, source, target, source_weight, per_class, tv, floor_v, blur_v,
+                              mu, hiv, lnorm, present)
     return -1
 
 
