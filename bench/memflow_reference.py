@@ -47,7 +47,8 @@ class TorchMemFlow:
         self.shift_sum, self.shift_weight = f64(model._shift_sum), f64(model._shift_weight)
         self.tv, self.floor_v, self.blur_v = f64(model._tv), f64(model._floor_v), f64(model._blur_v)
         self.alive = f64(model._alive)
-        self.mu, self.hiv, self.lnorm = f64(model._mu), f64(model._hiv), f64(model._lnorm)
+        # (K, N) here: the kernels keep them neuron-major (N, K).
+        self.mu, self.hiv, self.lnorm = (f64(a).T.contiguous() for a in (model._mu, model._hiv, model._lnorm))
         self.present = torch.from_numpy(model._present.copy())
         self.tau = float(model._tau[0])
 

@@ -242,14 +242,15 @@ def memflow_trace_delta(adapter: Any) -> np.ndarray | None:
 
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     _refuse_unknown(adapter, MEMFLOW_PARAMS, "MEMFLOW_PARAMS")
-    k, n = adapter._mu.shape
+    n, k = adapter._mu.shape
     hiv, lnorm = np.asarray(adapter._hiv, np.float32), np.asarray(adapter._lnorm, np.float32)
-    pooled = bool((hiv == hiv[:1]).all() and (lnorm == lnorm[:1]).all())
+    pooled = bool((hiv == hiv[:, :1]).all() and (lnorm == lnorm[:, :1]).all())
     var_cols = 1 if pooled else k
-    # Neuron-major (N x K): an int8 scale per neuron fits neurons of any trace scale.
-    mu_t = np.ascontiguousarray(np.asarray(adapter._mu, np.float32).T)
-    hiv_t = np.ascontiguousarray(hiv[:1].T if pooled else hiv.T)
-    lnorm_t = np.ascontiguousarray(lnorm[:1].T if pooled else lnorm.T)
+    # Neuron-major (N x K), as the adapter keeps them: an int8 scale per neuron fits neurons of
+    # any trace scale.
+    mu_t = np.ascontiguousarray(adapter._mu, np.float32)
+    hiv_t = np.ascontiguousarray(hiv[:, :1] if pooled else hiv)
+    lnorm_t = np.ascontiguousarray(lnorm[:, :1] if pooled else lnorm)
     header = _Header()
     header.lines += preamble
     header.lines.append(

@@ -44,11 +44,13 @@ seen on the source data or the held-out dev tasks:
   absorbs more frames) and cost 1-2 points; these settings make reinforcement neutral or better.
 - Blur width and confidences are per neuron relative to the neuron's source spread, so one
   setting fits neurons of any scale.
-- Speed: one kernel call per batch over preallocated buffers. The K x N exponentials of the
-  mixture read-out (and the N of the confidences and of the reinforcement weights) use a
-  vectorisable float32 exp2 (numba has no vector exp without SVML); bridges gather their
-  in-links branch-free, and the spiking rounds only their links from neurons; running maxima
-  and spike resets avoid masked stores (microcoded on AMD Zen).
+- Speed: one kernel call per batch over preallocated buffers. The read-out walks the memory
+  once, neuron by neuron (neuron-major Gaussians, the confidences' common factor kept as a
+  running maximum, online-softmax style), and its K x N exponentials (and the N of the
+  confidences and of the reinforcement weights) use a vectorisable float32 exp2 (numba has no
+  vector exp without SVML); bridges gather their in-links branch-free, and the spiking rounds
+  only their links from neurons; running minima, spike resets and fire use integer minima or
+  NaN-guarded np.maximum, never a masked store (microcoded on AMD Zen).
 
 How each default was chosen is written next to it in ``MemFlow.__init__``'s docstring.
 """
@@ -223,16 +225,17 @@ class MemFlow(Adapter):
         self._shift_weight = np.zeros(1)
         self._trace_sum = np.zeros(self.n_neurons)
         self._tau = np.ones(1)
-        self._mu = np.zeros((n_classes, n), np.float32)
-        self._hiv = np.zeros((n_classes, n), np.float32)
-        self._lnorm = np.zeros((n_classes, n), np.float32)
+        # Neuron-major (N, K), as the read-out walks them (see ``K.retrieve``).
+        self._mu = np.zeros((n, n_classes), np.float32)
+        self._hiv = np.zeros((n, n_classes), np.float32)
+        self._lnorm = np.zeros((n, n_classes), np.float32)
         self._present = np.zeros(n_classes, np.bool_)
         # nodes_z: the centred feature, then N zeros that nothing writes (see ``K.propagate``).
         self._work = dict(centre=np.zeros(dim, np.float32), nodes_z=np.zeros(dim + n, np.float32),
                           a=np.zeros(n, np.float32), h=np.zeros(n, np.float32), o=np.zeros(n, np.float32),
                           o_prev=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
-                          best=np.zeros(n, np.float32), norm=np.zeros(n, np.float32),
-                          c=np.zeros(n, np.float32), e=np.zeros((n_classes, n), np.float32),
+                          row=np.zeros(n_classes, np.float32), part=np.zeros(n_classes, np.float32),
+                          vote=np.zeros(n_classes),
                           logits=np.zeros(n_classes, np.float32))
         self._out1 = np.zeros((1, n_classes), np.float32)
 
@@ -256,8 +259,8 @@ class MemFlow(Adapter):
             scatter = np.where(src[0] > 0, src[2] - src[1] ** 2 / src[0], 0.0).sum(axis=0)
             pooled = np.where(tot0 > 0, scatter / tot0, self._tv)
         v = np.maximum(pooled, self._floor_v) + self._blur_v
-        self._hiv[:] = (0.5 / v)[None, :]
-        self._lnorm[:] = (-0.5 * np.log(2 * math.pi * v / self._tv))[None, :]
+        self._hiv[:] = (0.5 / v)[:, None]
+        self._lnorm[:] = (-0.5 * np.log(2 * math.pi * v / self._tv))[:, None]
         for k in range(self._n_classes):
             K.refresh_class(k, self._source, self._target, float(self.source_weight),
                             self.variance == "class", self._tv, self._floor_v, self._blur_v,
@@ -322,8 +325,8 @@ class MemFlow(Adapter):
             w = self._work
             for r in range(len(held)):
                 K.retrieve(held[r], self._mu, self._hiv, self._lnorm, self.variance == "class", self._present,
-                           self._alive, self.readout == "product", self.confidence, 1.0, w["best"], w["norm"],
-                           w["c"], w["e"], p[r])
+                           self._alive, self.readout == "product", self.confidence, 1.0, w["row"], w["part"], w["vote"],
+                           p[r])
             logp.append(np.log(np.maximum(p, 1e-30)))
             truth.append(y[fold != f])
         self._source[:] = 0.0
@@ -390,7 +393,7 @@ class MemFlow(Adapter):
                           self.reinforce, float(self.gate), float(self.decay),
                           self.confidence_update, self.prior, self._prior_w, self._prior_b,
                           float(self.memory_weight), self.prior_unit, w["centre"], w["nodes_z"], w["a"], w["h"], w["o"],
-                          w["o_prev"], w["m"], w["best"], w["norm"], w["c"], w["e"], w["logits"], out)
+                          w["o_prev"], w["m"], w["row"], w["part"], w["vote"], w["logits"], out)
         if bad >= 0:
             what = "is all zero" if np.isfinite(x[bad]).all() else "holds NaN or inf"
             done = f" (rows before it were processed)" if bad else ""

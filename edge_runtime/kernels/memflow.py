@@ -15,7 +15,9 @@ batch-1 call allocates nothing here. Symbols follow the paper (Lv et al., arXiv 
   set R (reinforcement, an EMA per class). Sums merge two memories of one network by addition.
 - Gaussian per (k, i): mu_ki = (alpha_ki S1 + R1) / (alpha_ki S0 + R0) with alpha_ki = s / S0_ki, so
   the source counts as s pseudo-samples per class however much source there was, and R0, an EMA,
-  saturates at 1 / (1 - gamma): the source can never be washed out.
+  saturates at 1 / (1 - gamma): the source can never be washed out. The derived Gaussians (mu,
+  and 1 / (2 V) and the log normaliser) are held neuron-major, (N, K), the order the read-out
+  walks them.
   Variance: pooled within-class variance of the source (per neuron), or per class from S and R;
   floored at ``floor * tv_i`` (tv_i = total source variance of neuron i).
 - Blurred memory: convolving N(mu, sigma^2) with the kernel N(0, sigma_1^2 / 2) gives the paper's
@@ -53,24 +55,30 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # "nnan"/"ninf") because absent classes are -inf and input checks must see NaN.
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 _LOG2E = np.float32(1.4426950408889634)
-# 2^f on [0, 1]: Taylor coefficients (ln 2)^j / j!, j = 1..8 (relative error ~1e-7 = float32).
-_C = tuple(np.float32(math.log(2.0) ** j / math.factorial(j)) for j in range(1, 9))
+_LN2 = np.float32(math.log(2.0))
+# A neuron whose best class is more than this (log2 units) below the read-out's reference is
+# redone against its best class (see ``retrieve``): up to it, every class within 67 of the best
+# stays above ``_exp2``'s floor of 2^-125, and one further below weighs < 2^-67 anyway.
+_FAR = np.float32(58.0)
+_BLOCK = 32  # neurons summed in float32 before the read-out's float64 vote takes them
+# 2^f on [0, 1] = 1 + f (c1 + f (c2 + ... + f c5)): near-minimax relative error (a Lawson-reweighted
+# least-squares fit with c0 = 1 fixed), 1.6e-7 evaluated in float32 (about one float32 ulp; the
+# degree-8 Taylor series it replaced: 1.3e-7 with three multiply-adds more).
+_C = tuple(np.float32(c) for c in (0.69315131, 0.24016445, 0.05579991, 0.00901703, 0.00186713))
 
 
 @njit(cache=True, fastmath=_FAST, inline="always")
 def _exp2(t: float) -> np.float32:
     """2^t in float32 for t <= 0 (t below -125 gives 2^-125, i.e. ~0): t = n + f with
-    n = floor(t), 2^f by polynomial in [1, 2], n added to the exponent field of its bits, and
-    the bits read back as a float. Branch-free, call-free and all in 32-bit lanes (np.floor
-    keeps n a float32: math.floor would make it an int64, which AVX2 cannot convert in vector
-    registers), so LLVM vectorises the loops that use it; numba has no vector exp without SVML."""
+    n = floor(t), 2^f by polynomial on [0, 1], times 2^n built in the exponent field of a float's
+    bits. Branch-free, call-free and all in 32-bit lanes (np.floor keeps n a float32:
+    math.floor would make it an int64, which AVX2 cannot convert in vector registers), so LLVM
+    vectorises the loops that use it; numba has no vector exp without SVML."""
     t = max(np.float32(t), np.float32(-125.0))
     n = np.floor(t)
     f = np.float32(t - n)
-    p = np.float32(1.0) + f * (_C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * (
-        _C[4] + f * (_C[5] + f * (_C[6] + f * _C[7])))))))
-    bits = np.int32((np.int32(n) + np.int32(127)) << np.int32(23))
-    return np.int32(bits + np.int32((p - np.float32(1.0)) * np.float32(8388608.0))).view(np.float32)
+    p = np.float32(1.0) + f * (_C[0] + f * (_C[1] + f * (_C[2] + f * (_C[3] + f * _C[4]))))
+    return p * np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
 
 
 @njit(cache=True)
@@ -237,57 +245,142 @@ def propagate(nodes_z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarra
             o_prev[i] = o[i]
 
 
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _gaps(m_i: float, i: int, ref: float, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
+          per_class: bool, present: np.ndarray, masked: bool, row: np.ndarray) -> float:
+    """row[k] = u_ik = (ref - ll_ik) log2(e) >= 0 for neuron i (+inf for an absent class), with
+    ref = max_k lnorm_ik (pooled: lnorm_i0), an upper bound of every ll_ik; returns min_k u_ik.
+    The minimum is taken over the bits of the non-negative floats, whose order as integers is
+    the float order: an integer minimum vectorises with no NaN guard (np.maximum costs six
+    instructions, builtin max becomes a masked store); abs() keeps a -0.0 from reading as the
+    largest."""
+    lowest = np.int32(0x7F800000)  # +inf
+    if per_class:
+        for k in range(mu.shape[1]):
+            diff = m_i - mu[i, k]
+            u = abs((ref - lnorm[i, k] + diff * diff * hiv[i, k]) * _LOG2E)
+            row[k] = u
+            lowest = np.minimum(lowest, np.float32(u).view(np.int32))
+    else:
+        s = hiv[i, 0] * _LOG2E
+        for k in range(mu.shape[1]):
+            diff = m_i - mu[i, k]
+            u = abs(diff * diff * s)
+            row[k] = u
+            lowest = np.minimum(lowest, np.float32(u).view(np.int32))
+    if not masked:
+        return np.int32(lowest).view(np.float32)
+    low = np.float32(np.inf)  # absent classes (fitted without examples) take no part
+    for k in range(mu.shape[1]):
+        if present[k]:
+            low = min(low, row[k])
+        else:
+            row[k] = np.inf
+    return low
+
+
+@njit(cache=True, fastmath=_FAST, inline="always")
+def _likelihoods(m_i: float, i: int, mu: np.ndarray, hiv: np.ndarray, row: np.ndarray) -> tuple[float, float]:
+    """Pooled variances, every class present: row[k] = exp(ll_ik - lnorm_i) = 2^-u_ik and
+    (min_k u_ik, sum_k row[k]) in one vectorised loop (the read-out's hot path; see ``_gaps``)."""
+    s = hiv[i, 0] * _LOG2E
+    lowest = np.int32(0x7F800000)
+    norm = np.float32(0.0)
+    for k in range(mu.shape[1]):
+        diff = m_i - mu[i, k]
+        u = abs(diff * diff * s)
+        lowest = np.minimum(lowest, np.float32(u).view(np.int32))
+        v = _exp2(-u)
+        row[k] = v
+        norm += v
+    return np.int32(lowest).view(np.float32), norm
+
+
 @njit(cache=True, fastmath=_FAST)
 def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
              present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
-             best: np.ndarray, norm: np.ndarray, c: np.ndarray, e: np.ndarray, out: np.ndarray) -> None:
-    """Class probabilities ``out`` (K,) from traces m (N,); best, norm and c (N,) and e (K, N)
-    float32 are work buffers.
+             row: np.ndarray, part: np.ndarray, vote: np.ndarray, out: np.ndarray) -> None:
+    """Class probabilities ``out`` (K,) from traces m (N,); mu, hiv and lnorm are neuron-major
+    (N, K) (pooled variances: every column is the same); row and part (K,) float32 and vote (K,)
+    float64 are work buffers. The vote is summed over hundreds of neurons and then raised to
+    1 / tau (~75): summed in float32 it differed from a float64 reference by up to 2e-4
+    relative, so it is summed in float32 blocks of ``_BLOCK`` neurons (``part``) added up in
+    float64 (4e-6), nearly at float32 speed.
 
-    ll_ki = lnorm_ki - (m_i - mu_ki)^2 hiv_ki with hiv = 1 / (2 V), lnorm = -log(2 pi V / tv_i) / 2
+    ll_ik = lnorm_ik - (m_i - mu_ik)^2 hiv_ik with hiv = 1 / (2 V), lnorm = -log(2 pi V / tv_i) / 2
     (the density of the standardised trace m_i / sqrt(tv_i), so confidences compare across neurons
-    of different scale); c_i = alive_i exp(max_k ll_ki - max_i max_k ll_ki) (the confidence
-    Q(m_i | K_i) up to a common factor; alive_i = 0 for a neuron that never varied on the source);
-    then the "product" or "mixture" read-out of the module docstring. Absent classes get 0.
-    With pooled variances (``per_class`` False) every row of hiv and lnorm is the same, so row 0
-    serves every class and stays in L1.
+    of different scale); c_i = alive_i exp(best_i - max_i best_i) with best_i = max_k ll_ik (the
+    confidence Q(m_i | K_i) up to a common factor; alive_i = 0 for a neuron that never varied on
+    the source); then the "product" or "mixture" read-out of the module docstring. Absent classes
+    get 0.
 
-    ll is never stored: it is recomputed in the second pass (two subtractions and a multiply-add
-    per element cost less than writing and re-reading K x N floats). The mixture's K x N
-    exponentials are the vectorisable ``_exp2``; they are kept in ``e`` because each neuron's
-    posterior needs its sum over classes before the vote can use them.
+    One pass over the memory, neuron by neuron, with its K values in L1: the common factor of the
+    confidences is the running maximum of best_i, and the sums already made are rescaled when it
+    grows (as in an online softmax; about log N times per frame), so nothing of size K x N is
+    written. On the hot path (pooled, all classes present) the mixture's exponentials are taken
+    against ref = lnorm_i in the same loop that finds best_i; a neuron whose best class lies
+    ``_FAR`` below (a trace many deviations from every class) is redone against its best class,
+    so float32 underflow never empties its posterior.
     """
-    n_classes, n = mu.shape
-    for i in range(n):
-        best[i] = -np.inf
+    n, n_classes = mu.shape
+    masked = False
     for k in range(n_classes):
-        if not present[k]:
-            continue
-        r = k if per_class else 0
-        for i in range(n):
-            diff = m[i] - mu[k, i]
-            best[i] = np.maximum(best[i], lnorm[r, i] - diff * diff * hiv[r, i])
+        vote[k] = 0.0
+        part[k] = 0.0
+        masked |= not present[k]
+    fast = not (product or per_class or masked)
     top = np.float32(-np.inf)
+    c_sum = 0.0
+    filled = 0
     for i in range(n):
-        if alive[i] > 0.0:
-            top = max(top, best[i])
-    c_sum = np.float32(0.0)
-    for i in range(n):
-        # best_i <= top for every alive neuron; the clamp only keeps a dead one's exponent sane.
-        c[i] = alive[i] * _exp2(min(best[i] - top, np.float32(0.0)) * _LOG2E) if confidence else alive[i]
-        c_sum += c[i]
-    if product:
+        if alive[i] == 0.0:
+            continue
+        ref = lnorm[i, 0]
+        if per_class:
+            for k in range(1, n_classes):
+                ref = max(ref, lnorm[i, k])
+        norm = np.float32(0.0)
+        if fast:
+            lowest, norm = _likelihoods(m[i], i, mu, hiv, row)
+        if not fast or lowest > _FAR:
+            lowest = _gaps(m[i], i, ref, mu, hiv, lnorm, per_class, present, masked, row)
+            if not product:  # exponentials against the best class, which weighs 1
+                norm = np.float32(0.0)
+                for k in range(n_classes):
+                    row[k] = _exp2(lowest - row[k])
+                    norm += row[k]
+        c_i = np.float32(1.0)
+        if confidence:
+            best = ref - lowest * _LN2
+            if best > top:
+                if c_sum > 0.0:
+                    shrink = _exp2((top - best) * _LOG2E)
+                    c_sum *= shrink
+                    for k in range(n_classes):
+                        vote[k] *= shrink
+                        part[k] *= shrink
+                top = best
+            c_i = _exp2((best - top) * _LOG2E)
+        c_sum += c_i
+        if product:  # row holds u_ik: ll_ik = ref - u_ik ln 2
+            for k in range(n_classes):
+                part[k] += c_i * (ref - row[k] * _LN2)
+        else:
+            w_i = c_i / norm
+            for k in range(n_classes):
+                part[k] += w_i * row[k]
+        filled += 1
+        if filled == _BLOCK:
+            for k in range(n_classes):
+                vote[k] += part[k]
+                part[k] = 0.0
+            filled = 0
+    for k in range(n_classes):
+        vote[k] += part[k]
+    if product:  # logit_k = sum_i c_i ll_ik / (tau sum_i c_i); Pr = softmax(logit)
         hi = -np.inf
         for k in range(n_classes):
-            if not present[k]:
-                out[k] = -np.inf
-                continue
-            r = k if per_class else 0
-            acc = np.float32(0.0)
-            for i in range(n):
-                diff = m[i] - mu[k, i]
-                acc += c[i] * (lnorm[r, i] - diff * diff * hiv[r, i])
-            out[k] = acc / (c_sum * tau)
+            out[k] = vote[k] / (c_sum * tau) if present[k] else -np.inf
             hi = max(hi, out[k])
         total = 0.0
         for k in range(n_classes):
@@ -296,40 +389,21 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, 
         for k in range(n_classes):
             out[k] /= total
         return
-    # Mixture: per-neuron posteriors Pr(k | m_i) = e_ki / Z_i with e_ki = exp(ll_ki - best_i),
-    # then the confidence-weighted average.
-    for i in range(n):
-        norm[i] = 0.0
+    # Pr ~ vote^(1 / tau): the (flat) vote sharpened by the calibrated temperature; sum_i c_i
+    # cancels in the normalisation.
+    hi = 0.0
     for k in range(n_classes):
-        if not present[k]:
-            continue
-        r = k if per_class else 0
-        for i in range(n):
-            diff = m[i] - mu[k, i]
-            v = _exp2((lnorm[r, i] - diff * diff * hiv[r, i] - best[i]) * _LOG2E)
-            e[k, i] = v
-            norm[i] += v
-    for i in range(n):
-        c[i] = c[i] / (norm[i] * c_sum)
+        if present[k]:
+            hi = max(hi, vote[k])
+    total = 0.0
     for k in range(n_classes):
-        if not present[k]:
-            out[k] = 0.0
-            continue
-        acc = np.float32(0.0)
-        for i in range(n):
-            acc += c[i] * e[k, i]
-        out[k] = acc
-    # Sharpen the (flat) vote with the calibrated temperature: Pr ~ vote^(1 / tau).
-    if tau != 1.0:
-        hi = 0.0
-        for k in range(n_classes):
-            hi = max(hi, out[k])
-        total = 0.0
-        for k in range(n_classes):
-            out[k] = math.exp(math.log(out[k] / hi) / tau) if out[k] > 0.0 else 0.0
-            total += out[k]
-        for k in range(n_classes):
-            out[k] /= total
+        v = 0.0
+        if present[k] and vote[k] > 0.0:
+            v = vote[k] / hi if tau == 1.0 else math.exp(math.log(vote[k] / hi) / tau)
+        out[k] = v
+        total += v
+    for k in range(n_classes):
+        out[k] /= total
 
 
 @njit(cache=True, fastmath=_FAST)
@@ -419,8 +493,8 @@ def reinforce(m: np.ndarray, k: int, weight: float, gamma: float, confidence_upd
         v = float(m[i])
         e = weight
         if confidence_update:
-            diff = m[i] - mu[k, i]
-            e *= _exp2(-diff * diff * hiv[k, i] * _LOG2E)
+            diff = m[i] - mu[i, k]
+            e *= _exp2(-diff * diff * hiv[i, k] * _LOG2E)
         target[0, k, i] = gamma * target[0, k, i] + e
         target[1, k, i] = gamma * target[1, k, i] + e * v
         target[2, k, i] = gamma * target[2, k, i] + e * v * v
@@ -437,25 +511,25 @@ def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight:
     In pooled mode hiv and lnorm hold the fixed pooled source variance and are left alone.
     """
     any_mass = False
-    for i in range(mu.shape[1]):
+    for i in range(mu.shape[0]):
         s0 = source[0, k, i]
         alpha = 1.0
         if source_weight > 0.0 and s0 > 0.0:
             alpha = source_weight / s0
         n = alpha * s0 + target[0, k, i]
         if n <= 0.0:
-            mu[k, i] = 0.0
+            mu[i, k] = 0.0
             continue
         any_mass = True
         mean = (alpha * source[1, k, i] + target[1, k, i]) / n
-        mu[k, i] = mean
+        mu[i, k] = mean
         if per_class:
             var = (alpha * source[2, k, i] + target[2, k, i]) / n - mean * mean
             if var < floor_v[i]:
                 var = floor_v[i]
             v = var + blur_v[i]
-            hiv[k, i] = 0.5 / v
-            lnorm[k, i] = -0.5 * (_LOG_2PI + math.log(v / tv[i]))
+            hiv[i, k] = 0.5 / v
+            lnorm[i, k] = -0.5 * (_LOG_2PI + math.log(v / tv[i]))
     present[k] = any_mass
 
 
@@ -472,8 +546,8 @@ def run_batch(xs: np.ndarray, learn: bool,
               reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
               prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
               centre: np.ndarray, nodes_z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
-              o_prev: np.ndarray, m: np.ndarray, best: np.ndarray, norm: np.ndarray, c: np.ndarray,
-              e: np.ndarray, logits: np.ndarray, out: np.ndarray) -> int:
+              o_prev: np.ndarray, m: np.ndarray, row: np.ndarray, part: np.ndarray, vote: np.ndarray,
+              logits: np.ndarray, out: np.ndarray) -> int:
     """Frames xs in order, no allocation: each row is normalised, shifted, propagated and
     retrieved into out[r] and, when ``learn``, reinforces its pseudo-class (whose Gaussians are
     refreshed) before the next row is read. The centred feature lives in nodes_z[:d] (see
@@ -491,7 +565,7 @@ def run_batch(xs: np.ndarray, learn: bool,
                   a, h, o, o_prev, m)
         if shift_on:
             shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
-        retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, best, norm, c, e, out_r)
+        retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out_r)
         k_memory = argmax(out_r)
         k_prior = k_memory
         if prior_on:
