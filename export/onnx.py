@@ -46,7 +46,11 @@ def quantize_int8(model: torch.nn.Module, size: int, calibration: np.ndarray, pa
     ``model`` carries weights already rounded onto this grid (``WEIGHT_QMAX``) by
     ``rounding.round_weights``; the quantiser finds them there. The graph is pre-processed (shape
     inference, fusions) first, as onnxruntime recommends; calibration ranges are plain min/max
-    (activations are ReLU6-bounded).
+    (activations are ReLU6-bounded). Ranges chosen per tensor for least quantisation MSE (passed as
+    ``TensorQuantOverrides``) clip the projections' and residual adds' tails to 55-70% of min/max;
+    on a validation split of the calibration pool (see ``rounding``) they were worse than min/max
+    (mean KL of the ImageNet softmax against fp32 0.028 vs 0.024, weights rounded without bias
+    correction), as MovingAverage min/max had been.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -60,6 +64,7 @@ def quantize_int8(model: torch.nn.Module, size: int, calibration: np.ndarray, pa
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
                         calibrate_method=CalibrationMethod.MinMax)
     return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "weights": "int8 per-channel symmetric, 7-bit range (reduce_range), output-error-aware rounding",
+            "weights": "int8 per-channel symmetric, 7-bit range (reduce_range), output-error-aware rounding, "
+                       "bias correction",
             "activations": "uint8 per-tensor affine",
             "calibration_method": "MinMax"}

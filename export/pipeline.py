@@ -136,7 +136,7 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
     onnx_export.export_fp32(model, spec.size, fp32)
     cards = {"onnx_fp32": card_for(fp32, "onnxruntime", float_input, float_outputs, prep, None)}
 
-    log(f"export {name}: rounding int8 weights for least layer output error ({len(calibration)} images)")
+    log(f"export {name}: rounding int8 weights layer by layer on the int8 network ({len(calibration)} images)")
     for_onnx, for_tflite = round_weights(model, calib_rows, (onnx_export.WEIGHT_QMAX, tflite_export.WEIGHT_QMAX))
 
     log(f"export {name}: int8.onnx (calibrating on {len(calibration)} images)")

@@ -133,5 +133,5 @@ def export_int8(model: FeaturesAndLogits, calibration_nhwc: np.ndarray, path: Pa
     litert_torch.convert(quantized, sample, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer)
                          ).export(str(path))
     return {"method": "litert_torch pt2e (PT2EQuantizer)",
-            "weights": "int8 per-channel symmetric, output-error-aware rounding",
+            "weights": "int8 per-channel symmetric, output-error-aware rounding, bias correction",
             "activations": "int8 per-tensor affine (min/max observer)", "io": "int8"}

@@ -29,17 +29,12 @@ def test_fp32_onnx_matches_torch(exported):
     assert parity["onnx_fp32"]["top1_agreement"] == 1.0
 
 
-def _open(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"open in issue 2, measured {reason}")
-
-
-# Targets of issue 2; the misses are recorded as strict xfails with what was measured, so the
-# suite turns red the day one of them is met and the mark must come off.
+# The fidelity targets of issue 2.
 @pytest.mark.parametrize("artefact, metric, target", [
     ("onnx_int8", "feature_cosine_mean", 0.98),
-    pytest.param("onnx_int8", "top1_agreement", 0.95, marks=_open("0.935 (U8S8, 7-bit weights, no VNNI)")),
+    ("onnx_int8", "top1_agreement", 0.95),
     ("tflite_int8", "feature_cosine_mean", 0.98),
-    pytest.param("tflite_int8", "top1_agreement", 0.95, marks=_open("0.944")),
+    ("tflite_int8", "top1_agreement", 0.95),
 ])
 def test_int8_parity_target(exported, artefact, metric, target):
     parity = json.loads(exported["parity.json"].read_text())
