@@ -48,8 +48,9 @@ seen on the source data or the held-out dev tasks:
   once, neuron by neuron (neuron-major Gaussians, the confidences' common factor kept as a
   running maximum, online-softmax style), and its K x N exponentials (and the N of the
   confidences and of the reinforcement weights) use a vectorisable float32 exp2 (numba has no
-  vector exp without SVML); bridges gather their in-links branch-free, and the spiking rounds
-  only their links from neurons; running minima, spike resets and fire use integer minima or
+  vector exp without SVML); bridges gather their links from entries and, in the spiking rounds,
+  from neurons, in groups sorted to equal widths (fixed trip counts, a third fewer links read than
+  all padded to the widest); running minima, spike resets and fire use integer minima or
   NaN-guarded np.maximum, never a masked store (microcoded on AMD Zen).
 
 How each default was chosen is written next to it in ``MemFlow.__init__``'s docstring.
@@ -217,7 +218,7 @@ class MemFlow(Adapter):
         self._check_params()
         self._dim, self._n_classes = dim, n_classes
         self._graph = make_graph(self.seed, dim, self.n_hub, self.n_bridge, self.in_degree)
-        self._links = K.recurrent_links(self._graph[2], self._graph[3], dim)
+        self._links = K.bridge_links(self._graph[2], self._graph[3], dim)
         n = self.n_neurons
         self._source = np.zeros((3, n_classes, n))
         self._target = np.zeros((3, n_classes, n))
@@ -230,8 +231,7 @@ class MemFlow(Adapter):
         self._hiv = np.zeros((n, n_classes), np.float32)
         self._lnorm = np.zeros((n, n_classes), np.float32)
         self._present = np.zeros(n_classes, np.bool_)
-        # nodes_z: the centred feature, then N zeros that nothing writes (see ``K.propagate``).
-        self._work = dict(centre=np.zeros(dim, np.float32), nodes_z=np.zeros(dim + n, np.float32),
+        self._work = dict(centre=np.zeros(dim, np.float32), z=np.zeros(dim, np.float32),
                           a=np.zeros(n, np.float32), h=np.zeros(n, np.float32), o=np.zeros(n, np.float32),
                           o_prev=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
                           row=np.zeros(n_classes, np.float32), part=np.zeros(n_classes, np.float32),
@@ -268,7 +268,7 @@ class MemFlow(Adapter):
 
     def _traces(self, z: np.ndarray) -> np.ndarray:
         out = np.zeros((z.shape[0], self.n_neurons), np.float32)
-        K.traces(np.ascontiguousarray(z, np.float32), *self._graph, *self._links, self.rounds, self.spiking, out)
+        K.traces(np.ascontiguousarray(z, np.float32), *self._graph[:2], *self._links, self.rounds, self.spiking, out)
         return out
 
     def _memorise(self, m: np.ndarray, y: np.ndarray, stats: np.ndarray) -> None:
@@ -385,14 +385,14 @@ class MemFlow(Adapter):
         w = self._work
         bad = K.run_batch(x, learn, self._centre_source, self._scale, self._shift_sum, self._shift_weight,
                           self.shift, float(self.shift_prior), self.shift_fade, float(self.shift_decay),
-                          *self._graph, *self._links, self.rounds, self.spiking,
+                          *self._graph[:2], *self._links, self.rounds, self.spiking,
                           self._source, self._target, float(self.source_weight),
                           self.variance == "class", self._tv, self._floor_v, self._blur_v,
                           self._alive, self._trace_mean, self._trace_sum, self._mu, self._hiv, self._lnorm, self._present,
                           self.readout == "product", self.confidence, float(self._tau[0]),
                           self.reinforce, float(self.gate), float(self.decay),
                           self.confidence_update, self.prior, self._prior_w, self._prior_b,
-                          float(self.memory_weight), self.prior_unit, w["centre"], w["nodes_z"], w["a"], w["h"], w["o"],
+                          float(self.memory_weight), self.prior_unit, w["centre"], w["z"], w["a"], w["h"], w["o"],
                           w["o_prev"], w["m"], w["row"], w["part"], w["vote"], w["logits"], out)
         if bad >= 0:
             what = "is all zero" if np.isfinite(x[bad]).all() else "holds NaN or inf"

@@ -60,6 +60,7 @@ _LN2 = np.float32(math.log(2.0))
 # redone against its best class (see ``retrieve``): up to it, every class within 67 of the best
 # stays above ``_exp2``'s floor of 2^-125, and one further below weighs < 2^-67 anyway.
 _FAR = np.float32(58.0)
+_GROUP = 64  # bridges per group of equal gather widths (see ``bridge_links``)
 _BLOCK = 32  # neurons summed in float32 before the read-out's float64 vote takes them
 # 2^f on [0, 1] = 1 + f (c1 + f (c2 + ... + f c5)): near-minimax relative error (a Lawson-reweighted
 # least-squares fit with c0 = 1 fixed), 1.6e-7 evaluated in float32 (about one float32 ulp; the
@@ -150,67 +151,86 @@ def prior_weight(shift_prior: float, fade: bool, gamma: float, weight: float) ->
 
 
 @njit(cache=True)
-def recurrent_links(bridge_src: np.ndarray, bridge_w: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each bridge's in-links from neurons, in their original order, as (B, R) neuron numbers and
-    weights, R = the largest such count; shorter rows are padded with weight 0 on neuron 0.
-    Derived from the graph (never stored): the spiking rounds gather these ~R instead of all
-    in-degree links, a third of the work (the entry links' input is the constant current).
+def bridge_links(bridge_src: np.ndarray, bridge_w: np.ndarray, d: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bridges' in-links split by kind, for ``propagate``: derived from the graph, never stored.
+
+    Bridges are visited in ``order``, sorted by their number of links from neurons (stable), in
+    groups of ``_GROUP``; each group's links from entries and from neurons are padded (weight 0 on
+    node 0) to the group's largest count, ``entry_width[g]`` and ``rec_width[g]``. Row q of
+    ``entry_src``/``entry_w`` (entry numbers) and ``rec_src``/``rec_w`` (neuron numbers) holds
+    bridge order[q]'s links in their original order. The counts are complementary (they sum to
+    the in-degree), so one sort makes both kinds nearly uniform within a group: each gather
+    loop has a fixed trip count per group (a per-bridge count was mispredicted at every loop
+    exit), and about a third fewer links are read than with every bridge padded to the largest.
 
     >>> src = np.array([[0, 5, 4], [3, 1, 2]], np.int32)  # d = 3 entries, then neurons 0, 1, 2
-    >>> recurrent_links(src, np.arange(6, dtype=np.float32).reshape(2, 3), 3)
-    (array([[2, 1],
-           [0, 0]], dtype=int32), array([[1., 2.],
-           [3., 0.]], dtype=float32))
+    >>> order, entry_width, entry_src, entry_w, rec_width, rec_src, rec_w = bridge_links(
+    ...     src, np.arange(1, 7, dtype=np.float32).reshape(2, 3), 3)
+    >>> order, entry_width, rec_width  # bridge 1 has one link from a neuron, bridge 0 two
+    (array([1, 0], dtype=int32), array([2], dtype=int32), array([2], dtype=int32))
+    >>> entry_src, entry_w
+    (array([[1, 2],
+           [0, 0]], dtype=int32), array([[5., 6.],
+           [1., 0.]], dtype=float32))
+    >>> rec_src, rec_w
+    (array([[0, 0],
+           [2, 1]], dtype=int32), array([[4., 0.],
+           [2., 3.]], dtype=float32))
     """
     n_bridge, in_degree = bridge_src.shape
-    width = 0
+    rec_count = np.zeros(n_bridge, np.int64)
     for b in range(n_bridge):
-        count = 0
         for s in range(in_degree):
             if bridge_src[b, s] >= d:
-                count += 1
-        width = max(width, count)
-    rec_src = np.zeros((n_bridge, width), np.int32)
-    rec_w = np.zeros((n_bridge, width), np.float32)
-    for b in range(n_bridge):
-        count = 0
+                rec_count[b] += 1
+    order = np.argsort(rec_count, kind="mergesort").astype(np.int32)
+    n_groups = (n_bridge + _GROUP - 1) // _GROUP
+    entry_width = np.zeros(n_groups, np.int32)
+    rec_width = np.zeros(n_groups, np.int32)
+    for q in range(n_bridge):
+        g = q // _GROUP
+        rec_width[g] = max(rec_width[g], rec_count[order[q]])
+        entry_width[g] = max(entry_width[g], in_degree - rec_count[order[q]])
+    entry_src = np.zeros((n_bridge, max(entry_width.max(), 1)), np.int32)
+    entry_w = np.zeros(entry_src.shape, np.float32)
+    rec_src = np.zeros((n_bridge, max(rec_width.max(), 1)), np.int32)
+    rec_w = np.zeros(rec_src.shape, np.float32)
+    for q in range(n_bridge):
+        b, e, r = order[q], 0, 0
         for s in range(in_degree):
-            if bridge_src[b, s] >= d:
-                rec_src[b, count] = bridge_src[b, s] - d
-                rec_w[b, count] = bridge_w[b, s]
-                count += 1
-    return rec_src, rec_w
+            if bridge_src[b, s] < d:
+                entry_src[q, e], entry_w[q, e] = bridge_src[b, s], bridge_w[b, s]
+                e += 1
+            else:
+                rec_src[q, r], rec_w[q, r] = bridge_src[b, s] - d, bridge_w[b, s]
+                r += 1
+    return order, entry_width, entry_src, entry_w, rec_width, rec_src, rec_w
 
 
 @njit(cache=True, fastmath=_FAST)
-def propagate(nodes_z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
-              bridge_src: np.ndarray, bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray,
-              rounds: int, spiking: bool, a: np.ndarray, h: np.ndarray, o: np.ndarray,
-              o_prev: np.ndarray, m: np.ndarray) -> None:
-    """Traces m (N,) of one centred feature; a, h, o, o_prev are (N,) work buffers.
-
-    ``nodes_z`` (d + N,) holds the centred feature z in its first d slots and zeros after (the
-    caller never writes those): indexed by global node number (entries 0..d-1, then the
-    neurons), it lets a bridge gather its entry current over all its in-links in one
-    branch-free loop (a branch on the link's kind was mispredicted on a third of the links),
-    adding exact zeros for the links from neurons. The rounds use ``recurrent_links``.
+def propagate(z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray,
+              entry_width: np.ndarray, entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray,
+              rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool, a: np.ndarray,
+              h: np.ndarray, o: np.ndarray, o_prev: np.ndarray, m: np.ndarray) -> None:
+    """Traces m (N,) of one centred feature z (d,); a, h, o, o_prev are (N,) work buffers; the
+    bridges' links come from ``bridge_links``.
 
     Entry current a_i = sum_j z_j W_ji; then T synchronous rounds of graded spikes with reset (see
     the module docstring).
     """
     n_hub, d = w_entry_hub.shape
-    n_bridge, in_degree = bridge_src.shape
-    width = rec_src.shape[1]
+    n_bridge = order.shape[0]
     for i in range(n_hub):
         acc = np.float32(0.0)
         for j in range(d):
-            acc += w_entry_hub[i, j] * nodes_z[j]
+            acc += w_entry_hub[i, j] * z[j]
         a[i] = acc
-    for b in range(n_bridge):
+    for q in range(n_bridge):
         acc = np.float32(0.0)
-        for s in range(in_degree):
-            acc += bridge_w[b, s] * nodes_z[bridge_src[b, s]]
-        a[n_hub + b] = acc
+        for s in range(entry_width[q // _GROUP]):
+            acc += entry_w[q, s] * z[entry_src[q, s]]
+        a[n_hub + order[q]] = acc
     n = n_hub + n_bridge
     if not spiking:
         for i in range(n):
@@ -229,11 +249,12 @@ def propagate(nodes_z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarra
                 for j in range(n_hub):
                     acc += w_hub_hub[i, j] * o_prev[j]
                 h[i] += acc
-            for b in range(n_bridge):
-                acc = a[n_hub + b]
-                for s in range(width):
-                    acc += rec_w[b, s] * o_prev[rec_src[b, s]]
-                h[n_hub + b] += acc
+            for q in range(n_bridge):
+                i = n_hub + order[q]
+                acc = a[i]
+                for s in range(rec_width[q // _GROUP]):
+                    acc += rec_w[q, s] * o_prev[rec_src[q, s]]
+                h[i] += acc
         # Fire (o = h > 0) and reset (h = min(h, 0)) written with np.maximum / np.minimum: the
         # equivalent "x if cond else h[i]" becomes a masked store, which is microcoded and
         # several times slower on AMD Zen (the same holds for the running maxima below).
@@ -537,23 +558,21 @@ def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight:
 def run_batch(xs: np.ndarray, learn: bool,
               centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
               shift_on: bool, shift_prior: float, shift_fade: bool, shift_gamma: float,
-              w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
-              bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool,
-              source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
+              w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray, entry_width: np.ndarray,
+              entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray, rec_src: np.ndarray,
+              rec_w: np.ndarray, rounds: int, spiking: bool, source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
               tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray, alive: np.ndarray,
               trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray,
               product: bool, confidence: bool, tau: float,
               reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
               prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
-              centre: np.ndarray, nodes_z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+              centre: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
               o_prev: np.ndarray, m: np.ndarray, row: np.ndarray, part: np.ndarray, vote: np.ndarray,
               logits: np.ndarray, out: np.ndarray) -> int:
     """Frames xs in order, no allocation: each row is normalised, shifted, propagated and
     retrieved into out[r] and, when ``learn``, reinforces its pseudo-class (whose Gaussians are
-    refreshed) before the next row is read. The centred feature lives in nodes_z[:d] (see
-    ``propagate``). Returns -1, or the first row ``normalise`` refuses (rows before it have been
+    refreshed) before the next row is read; z holds the centred feature. Returns -1, or the first row ``normalise`` refuses (rows before it have been
     processed; nothing of that row is read or changed)."""
-    z = nodes_z[:xs.shape[1]]
     for r in range(xs.shape[0]):
         if normalise(xs[r], z) != 0:
             return r
@@ -561,8 +580,8 @@ def run_batch(xs: np.ndarray, learn: bool,
         weight = shift_weight[0]  # the frames before this one
         prior = prior_weight(shift_prior, shift_fade, shift_gamma, weight)
         shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, prior, shift_gamma, learn, centre)
-        propagate(nodes_z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
-                  a, h, o, o_prev, m)
+        propagate(z, w_entry_hub, w_hub_hub, order, entry_width, entry_src, entry_w, rec_width, rec_src, rec_w,
+                  rounds, spiking, a, h, o, o_prev, m)
         if shift_on:
             shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
         retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out_r)
@@ -581,18 +600,15 @@ def run_batch(xs: np.ndarray, learn: bool,
 
 
 @njit(cache=True)
-def traces(zs: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, bridge_src: np.ndarray,
-           bridge_w: np.ndarray, rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool,
-           out: np.ndarray) -> None:
+def traces(zs: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray,
+           entry_width: np.ndarray, entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray,
+           rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool, out: np.ndarray) -> None:
     """Traces (n, N) of already normalised and centred rows zs (n, d), for memorising."""
-    n_rows, d = zs.shape
     n = out.shape[1]
-    nodes_z = np.zeros(d + n, np.float32)
     a = np.empty(n, np.float32)
     h = np.empty(n, np.float32)
     o = np.empty(n, np.float32)
     o_prev = np.empty(n, np.float32)
-    for r in range(n_rows):
-        nodes_z[:d] = zs[r]
-        propagate(nodes_z, w_entry_hub, w_hub_hub, bridge_src, bridge_w, rec_src, rec_w, rounds, spiking,
-                  a, h, o, o_prev, out[r])
+    for r in range(zs.shape[0]):
+        propagate(zs[r], w_entry_hub, w_hub_hub, order, entry_width, entry_src, entry_w, rec_width, rec_src,
+                  rec_w, rounds, spiking, a, h, o, o_prev, out[r])
