@@ -94,10 +94,21 @@ def normalise(x: np.ndarray, z: np.ndarray) -> int:
     >>> normalise(np.array([3, 4], np.float32), z), z
     (0, array([0.6, 0.8], dtype=float32))
     """
-    sq = 0.0
-    for j in range(x.shape[0]):
-        v = np.float64(x[j])  # float(x[j]) would stay float32 and overflow above 1.8e19
-        sq += v * v
+    # Four running sums, so the additions are not one dependent chain of d (without "reassoc"
+    # LLVM keeps the written order; a single chain costs d times the add latency).
+    sq0 = sq1 = sq2 = sq3 = 0.0
+    d = x.shape[0]
+    for j in range(0, d - 3, 4):
+        v0, v1 = np.float64(x[j]), np.float64(x[j + 1])  # float(x[j]) would stay float32 (overflow)
+        v2, v3 = np.float64(x[j + 2]), np.float64(x[j + 3])
+        sq0 += v0 * v0
+        sq1 += v1 * v1
+        sq2 += v2 * v2
+        sq3 += v3 * v3
+    for j in range(d - d % 4, d):
+        v = np.float64(x[j])
+        sq0 += v * v
+    sq = (sq0 + sq1) + (sq2 + sq3)
     if not math.isfinite(sq):
         return 1
     if sq == 0.0:
