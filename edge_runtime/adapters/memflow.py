@@ -237,7 +237,6 @@ class MemFlow(Adapter):
                           row=np.zeros(n_classes, np.float32), part=np.zeros(n_classes, np.float32),
                           vote=np.zeros(n_classes),
                           logits=np.zeros(n_classes, np.float32))
-        self._out1 = np.zeros((1, n_classes), np.float32)
 
     @property
     def n_neurons(self) -> int:

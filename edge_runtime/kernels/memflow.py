@@ -268,7 +268,7 @@ def propagate(z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, ord
                 h[i] += acc
         # Fire (o = h > 0) and reset (h = min(h, 0)) written with np.maximum / np.minimum: the
         # equivalent "x if cond else h[i]" becomes a masked store, which is microcoded and
-        # several times slower on AMD Zen (the same holds for the running maxima below).
+        # several times slower on AMD Zen.
         for i in range(n):
             o[i] = np.maximum(h[i], np.float32(0.0))
             h[i] = np.minimum(h[i], np.float32(0.0))
