@@ -45,6 +45,10 @@ class TorchMemFlow:
         self.prior_w = torch.from_numpy(model._prior_w.copy())
         self.prior_b = torch.from_numpy(model._prior_b.copy())
         self.shift_sum, self.shift_weight = f64(model._shift_sum), f64(model._shift_weight)
+        self.shift_sq = f64(model._shift_sq)
+        n, s1, s2 = f64(model._input_stats)
+        var = s2 / n - (s1 / n) ** 2
+        self.input_var = var.clamp_min(1e-12 * float(var.mean()))
         self.tv, self.floor_v, self.blur_v = f64(model._tv), f64(model._floor_v), f64(model._blur_v)
         self.alive = f64(model._alive)
         # (K, N) here: the kernels keep them neuron-major (N, K).
@@ -122,14 +126,19 @@ class TorchMemFlow:
         if model.shift_fade:  # the source pseudo-frames fade with the EMA: shift_prior gamma^n
             prior = model.shift_prior * max(1.0 - (1.0 - model.shift_decay) * weight, 0.0)
         shifting = model.shift and prior + weight > 0
+        factor = self.scale
         if shifting:
             centre = (prior * self.centre_source + self.shift_sum) / (prior + weight)
+            if model.shift_spread:  # target variance from the same EMA; factors within [1/4, 4]
+                var_t = (prior * (self.input_var + self.centre_source ** 2) + self.shift_sq) / (prior + weight) - centre ** 2
+                factor = self.scale * torch.sqrt(torch.clamp(self.input_var / var_t.clamp_min(1e-300), 1 / 16, 16))
         else:
             centre = self.centre_source
         if model.shift and learn:
             self.shift_sum = model.shift_decay * self.shift_sum + z
+            self.shift_sq = model.shift_decay * self.shift_sq + z ** 2
             self.shift_weight = model.shift_decay * self.shift_weight + 1.0
-        m = self.propagate(((z - centre) * self.scale)[None])
+        m = self.propagate(((z - centre) * factor)[None])
         if model.shift:
             raw = m.to(torch.float64)
             if shifting:

@@ -206,38 +206,20 @@ def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
 MEMFLOW_PARAMS = frozenset({
     "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
     "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
-    "shift_prior", "shift_decay", "shift_fade", "standardise", "prior", "memory_weight", "prior_l2", "prior_unit"})
+    "shift_prior", "shift_decay", "shift_fade", "shift_spread", "standardise", "prior", "memory_weight", "prior_l2", "prior_unit"})
 
 
-def _memflow_shift(adapter: Any) -> tuple[float, float] | None:
-    """(weight of the source pseudo-frames, 1 / total weight) of the shift stages' EMAs now, or None
-    when they shift nothing: stage off, or no weight at all (no pseudo-frames and no frame yet), as
-    the kernel decides (``shift_centre``, ``shift_traces``)."""
+def memflow_trace_delta(adapter: Any) -> np.ndarray | None:
+    """The neuron-level shift m_i += mu^s_i - mu^t_i a read-only MemFlow adds to its traces, computed
+    as ``shift_traces`` does (None when it shifts nothing: stage off, or no weight at all)."""
     if not adapter.shift:
         return None
     prior = float(adapter._prior_weight())  # faded with the EMA when shift_fade
     total = prior + float(adapter._shift_weight[0])
-    return (prior, 1.0 / total) if total > 0.0 else None
-
-
-def memflow_centre(adapter: Any) -> np.ndarray:
-    """The input centre a read-only MemFlow subtracts, computed as its kernel does (float64, then float32)."""
-    source = np.asarray(adapter._centre_source, np.float32)
-    shift = _memflow_shift(adapter)
-    if shift is None:
-        return source.copy()
-    prior, inv = shift
-    return ((prior * source.astype(np.float64) + adapter._shift_sum) * inv).astype(np.float32)
-
-
-def memflow_trace_delta(adapter: Any) -> np.ndarray | None:
-    """The neuron-level shift m_i += mu^s_i - mu^t_i a read-only MemFlow adds to its traces (None: none)."""
-    shift = _memflow_shift(adapter)
-    if shift is None:
+    if total <= 0.0:
         return None
-    prior, inv = shift
     mean = np.asarray(adapter._trace_mean, np.float64)
-    return (mean - (prior * mean + np.asarray(adapter._trace_sum, np.float64)) * inv).astype(np.float32)
+    return (mean - (prior * mean + np.asarray(adapter._trace_sum, np.float64)) * (1.0 / total)).astype(np.float32)
 
 
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
@@ -257,9 +239,11 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
         f"#define EDGERT_N_HUB {adapter.n_hub}\n#define EDGERT_N_BRIDGE {adapter.n_bridge}\n"
         f"#define EDGERT_IN_DEGREE {adapter.in_degree}\n#define EDGERT_ROUNDS {adapter.rounds}\n"
         f"#define EDGERT_N_NEURONS {n}\n#define EDGERT_VAR_COLS {var_cols}\n")
-    centre = header.array("edgert_centre", memflow_centre(adapter), "float", "EDGERT_DIM")
-    scale_values = np.asarray(adapter._scale, np.float32)
-    scale = "NULL" if (scale_values == 1.0).all() else header.array("edgert_scale", scale_values, "float", "EDGERT_DIM")
+    # The input stage as it stands (the EMAs are frozen into the export): the C read-out computes
+    # z = (x / ||x|| - centre) * scale and its head reads z / scale + centre_source, as the kernel.
+    centre_values, factor = adapter.input_stage()
+    centre = header.array("edgert_centre", centre_values, "float", "EDGERT_DIM")
+    scale = "NULL" if (factor == 1.0).all() else header.array("edgert_scale", factor, "float", "EDGERT_DIM")
     delta_values = memflow_trace_delta(adapter)
     delta = ("NULL" if delta_values is None else
              header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS"))
@@ -395,4 +379,4 @@ def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype
     return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), len(text.encode()), header.crc())
 
 
-__all__ = ["DMN_PARAMS", "dmn_prior", "MEMFLOW_PARAMS", "memflow_centre", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]
+__all__ = ["DMN_PARAMS", "dmn_prior", "MEMFLOW_PARAMS", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]

@@ -144,6 +144,39 @@ def test_without_the_memory_the_default_is_the_shift_baseline(photo, clipart) ->
     assert not np.allclose(mixed, want, atol=1e-3)
 
 
+def test_spread_stage_gives_the_memory_input_its_source_spread(photo) -> None:
+    # A stream of the source photos with every deviation from their mean halved: from the frames
+    # alone the stage must learn each dimension's lost spread, sqrt(v_source / v_stream) (1.32 in
+    # the median once the rows are normalised again); on the photos as they are, 1; off, none.
+    x, y, k = photo
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    narrow = (unit.mean(axis=0) + 0.5 * (unit - unit.mean(axis=0))).astype(np.float32)
+    seen = narrow / np.linalg.norm(narrow, axis=1, keepdims=True)
+    lost = float(np.median(np.sqrt(unit.var(axis=0) / seen.var(axis=0))))
+    order = np.random.default_rng(0).permutation(len(x))
+    factors = {}
+    for name, stream, spread in (("narrow", narrow, True), ("same", unit, True), ("off", narrow, False)):
+        model = MemFlow(**SMALL, shift_spread=spread).fit(x, y, k)
+        model.adapt(stream[order])
+        factors[name] = float(np.median(model.input_stage()[1]))
+    assert lost > 1.25
+    assert abs(factors["narrow"] / lost - 1.0) < 0.1
+    assert abs(factors["same"] - 1.0) < 0.1
+    assert factors["off"] == 1.0
+
+
+def test_a_state_written_before_the_spread_stage_predicts_as_it_did(photo, clipart) -> None:
+    x, y, k = photo
+    old = MemFlow(**SMALL, shift_spread=False).fit(x, y, k)
+    old.adapt(clipart[:30])
+    state = old.state_dict()
+    del state["params"]["shift_spread"]
+    state["arrays"] = {name: a for name, a in state["arrays"].items() if name not in ("input_stats", "shift_sq")}
+    restored = MemFlow.from_state_dict(state)
+    assert restored.shift_spread is False
+    np.testing.assert_array_equal(restored.adapt(clipart[30:]), old.adapt(clipart[30:]))
+
+
 def test_registry_names_and_ablation_switches() -> None:
     assert make_adapter("memflow").reinforce
     assert make_adapter("memflow-static").reinforce is False

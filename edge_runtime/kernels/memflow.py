@@ -32,10 +32,13 @@ batch-1 call allocates nothing here. Symbols follow the paper (Lv et al., arXiv 
 - Shift stages (label-free, so they move every class alike and cannot feed a self-confirming
   class): the input z = x/||x|| - centre with centre an EMA of the target frames before this one
   pulled to the source mean mu_s by ``shift_prior`` pseudo-frames (fixed, or fading with the EMA:
-  ``prior_weight``); and, after propagation, m_i <- m_i + mu^s_i - mu^t_i (source mean trace vs.
-  its EMA on the target, same prior and decay). A frame joins both EMAs after it is classified.
+  ``prior_weight``), each dimension optionally rescaled to its source spread from the same EMA's
+  second moment (``shift_stage``); and, after propagation, m_i <- m_i + mu^s_i - mu^t_i (source
+  mean trace vs. its EMA on the target, same prior and decay). A frame joins the EMAs after it is
+  classified.
 - Source-head prior (optional): Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight with
-  (W, b) the source linear head and f = z + mu_s the back-to-source shifted feature (optionally
+  (W, b) the source linear head and f = x/||x|| - centre + mu_s the back-to-source shifted feature
+  (without the spread factor: the head reads exactly the ``shift`` baseline's feature; optionally
   rescaled to unit norm, as the head's training features were).
 - Reinforced memorisation: pseudo-label k* = argmax Pr(k | x); when p* = Pr(k* | x) >= gate and
   the memory alone and the head alone also pick k* (agreement of two views),
@@ -61,6 +64,7 @@ _LN2 = np.float32(math.log(2.0))
 # stays above ``_exp2``'s floor of 2^-125, and one further below weighs < 2^-67 anyway.
 _FAR = np.float32(58.0)
 _GROUP = 64  # bridges per group of equal gather widths (see ``bridge_links``)
+_SPREAD_FLOOR = 1.0 / 16.0  # variance ratio limit of the spread stage: factors within [1/4, 4]
 _BLOCK = 32  # neurons summed in float32 before the read-out's float64 vote takes them
 # 2^f on [0, 1] = 1 + f (c1 + f (c2 + ... + f c5)): near-minimax relative error (a Lawson-reweighted
 # least-squares fit with c0 = 1 fixed), 1.6e-7 evaluated in float32 (about one float32 ulp; the
@@ -119,31 +123,57 @@ def normalise(x: np.ndarray, z: np.ndarray) -> int:
     return 0
 
 
-@njit(cache=True)
-def shift_centre(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray,
-                 shift_weight: np.ndarray, shift_on: bool, prior: float, gamma: float, learn: bool,
-                 centre: np.ndarray) -> None:
-    """Feature-shift stage, in place: z <- (z - centre) * scale with centre the EMA target mean
-    (prior mu_s + sum_t gamma^(n-t) z_t) / (prior + sum_t gamma^(n-t)) over the frames before
-    this one (``shift_on``; else the source mean mu_s); with ``learn`` the current z joins the
-    EMA afterwards, as in FeatureShift: a frame centred partly on itself loses part of its own
-    deviation from the stream mean (on the dev tasks the head on such features lost 1.2 points).
-    ``prior`` is the source's pseudo-frame weight now (see ``prior_weight``); with no weight at
-    all the centre is mu_s. ``scale`` is the per-dimension standardisation (or ones)."""
-    total = prior + shift_weight[0]
+@njit(cache=True, fastmath=_FAST)
+def shift_stage(centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray, shift_sum: np.ndarray,
+                shift_sq: np.ndarray, weight: float, prior: float, shift_on: bool, spread_on: bool,
+                centre: np.ndarray, factor: np.ndarray) -> None:
+    """The input shift stage now: centre (d,) and per-dimension factor (d,), z = (x - centre) factor.
+
+    centre = (prior mu_s + sum_t gamma^(n-t) z_t) / (prior + weight), the EMA of the target frames
+    seen so far pulled to the source mean mu_s by ``prior`` pseudo-frames (see ``prior_weight``);
+    with ``spread_on`` the EMA's second moment gives each dimension's target variance v^t_j (the
+    pseudo-frames count with the source variance v^s_j = ``input_var``) and
+    factor_j = scale_j sqrt(v^s_j / v^t_j), clipped to [1/4, 4] (a guard, not tuned), so the
+    memory's input deviations keep their source spread. Stage off, or no weight at all: the
+    source centre and ``scale``."""
+    total = prior + weight
     if not shift_on or total <= 0.0:
-        for j in range(z.shape[0]):
+        for j in range(centre.shape[0]):
             centre[j] = centre_source[j]
-    else:
-        inv = 1.0 / total
-        for j in range(z.shape[0]):
-            centre[j] = (prior * centre_source[j] + shift_sum[j]) * inv
+            factor[j] = scale[j]
+        return
+    inv = 1.0 / total
+    for j in range(centre.shape[0]):
+        c = float(centre_source[j])
+        mean = (prior * c + shift_sum[j]) * inv
+        centre[j] = mean
+        f = 1.0
+        if spread_on:
+            vs = input_var[j]
+            vt = (prior * (vs + c * c) + shift_sq[j]) * inv - mean * mean
+            f = math.sqrt(max(vs / max(vt, vs * _SPREAD_FLOOR), _SPREAD_FLOOR))
+        factor[j] = scale[j] * f
+
+
+@njit(cache=True)
+def shift_centre(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray,
+                 shift_sum: np.ndarray, shift_sq: np.ndarray, shift_weight: np.ndarray, shift_on: bool,
+                 spread_on: bool, prior: float, gamma: float, learn: bool, centre: np.ndarray,
+                 factor: np.ndarray) -> None:
+    """Feature-shift stage, in place: z <- (z - centre) factor (``shift_stage``) with the EMAs of the
+    frames before this one; with ``learn`` the current z joins them afterwards, as in FeatureShift:
+    a frame centred partly on itself loses part of its own deviation from the stream mean (on the
+    dev tasks the head on such features lost 1.2 points)."""
+    shift_stage(centre_source, scale, input_var, shift_sum, shift_sq, shift_weight[0], prior, shift_on,
+                spread_on, centre, factor)
     if shift_on and learn:
         for j in range(z.shape[0]):
-            shift_sum[j] = gamma * shift_sum[j] + z[j]
+            v = float(z[j])
+            shift_sum[j] = gamma * shift_sum[j] + v
+            shift_sq[j] = gamma * shift_sq[j] + v * v
         shift_weight[0] = gamma * shift_weight[0] + 1.0
     for j in range(z.shape[0]):
-        z[j] = (z[j] - centre[j]) * scale[j]
+        z[j] = (z[j] - centre[j]) * factor[j]
 
 
 @njit(cache=True)
@@ -439,18 +469,18 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, 
 
 
 @njit(cache=True, fastmath=_FAST)
-def combine_prior(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, prior_w: np.ndarray,
+def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, prior_w: np.ndarray,
                   prior_b: np.ndarray, memory_weight: float, unit: bool, f: np.ndarray, work: np.ndarray,
                   out: np.ndarray) -> int:
     """Product with the source linear head's posterior on the shifted feature, in place:
-    Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / scale + mu_s (the
-    back-to-source shifted feature), rescaled to unit norm when ``unit`` (the head was fitted
+    Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / factor + mu_s (the
+    back-to-source shifted feature; ``factor`` is the input stage's, see ``shift_stage``), rescaled to unit norm when ``unit`` (the head was fitted
     on unit-norm features; the ``shift`` baseline reads it so too). ``f`` (d,) and ``work``
     (>= K) are buffers. Returns the head's own argmax."""
     n_classes, d = prior_w.shape
     sq = 0.0
     for j in range(d):
-        f[j] = z[j] / scale[j] + centre_source[j]
+        f[j] = z[j] / factor[j] + centre_source[j]
         sq += f[j] * f[j]
     if unit and sq > 0.0:
         inv = 1.0 / math.sqrt(sq)
@@ -567,8 +597,9 @@ def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight:
 
 @njit(cache=True)
 def run_batch(xs: np.ndarray, learn: bool,
-              centre_source: np.ndarray, scale: np.ndarray, shift_sum: np.ndarray, shift_weight: np.ndarray,
-              shift_on: bool, shift_prior: float, shift_fade: bool, shift_gamma: float,
+              centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray, shift_sum: np.ndarray,
+              shift_sq: np.ndarray, shift_weight: np.ndarray, shift_on: bool, spread_on: bool,
+              shift_prior: float, shift_fade: bool, shift_gamma: float,
               w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray, entry_width: np.ndarray,
               entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray, rec_src: np.ndarray,
               rec_w: np.ndarray, rounds: int, spiking: bool, source: np.ndarray, target: np.ndarray, source_weight: float, per_class: bool,
@@ -577,20 +608,22 @@ def run_batch(xs: np.ndarray, learn: bool,
               product: bool, confidence: bool, tau: float,
               reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
               prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
-              centre: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
+              centre: np.ndarray, factor: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
               o_prev: np.ndarray, m: np.ndarray, row: np.ndarray, part: np.ndarray, vote: np.ndarray,
               logits: np.ndarray, out: np.ndarray) -> int:
     """Frames xs in order, no allocation: each row is normalised, shifted, propagated and
     retrieved into out[r] and, when ``learn``, reinforces its pseudo-class (whose Gaussians are
-    refreshed) before the next row is read; z holds the centred feature. Returns -1, or the first row ``normalise`` refuses (rows before it have been
-    processed; nothing of that row is read or changed)."""
+    refreshed) before the next row is read; z holds the centred feature. Returns -1, or the first
+    row ``normalise`` refuses (rows before it have been processed; nothing of that row is read or
+    changed)."""
     for r in range(xs.shape[0]):
         if normalise(xs[r], z) != 0:
             return r
         out_r = out[r]
         weight = shift_weight[0]  # the frames before this one
         prior = prior_weight(shift_prior, shift_fade, shift_gamma, weight)
-        shift_centre(z, centre_source, scale, shift_sum, shift_weight, shift_on, prior, shift_gamma, learn, centre)
+        shift_centre(z, centre_source, scale, input_var, shift_sum, shift_sq, shift_weight, shift_on, spread_on,
+                     prior, shift_gamma, learn, centre, factor)
         propagate(z, w_entry_hub, w_hub_hub, order, entry_width, entry_src, entry_w, rec_width, rec_src, rec_w,
                   rounds, spiking, a, h, o, o_prev, m)
         if shift_on:
@@ -599,7 +632,7 @@ def run_batch(xs: np.ndarray, learn: bool,
         k_memory = argmax(out_r)
         k_prior = k_memory
         if prior_on:
-            k_prior = combine_prior(z, centre_source, scale, prior_w, prior_b, memory_weight, prior_unit,
+            k_prior = combine_prior(z, centre_source, factor, prior_w, prior_b, memory_weight, prior_unit,
                                     centre, logits, out_r)
         if learn and reinforce_on:
             k = argmax(out_r)

@@ -75,7 +75,7 @@ typedef struct {
     int confidence;            /* confidence-weighted neurons */
     double tau;                /* read-out temperature (product: logit scale; mixture: vote^(1/tau)) */
     const float *centre;       /* dim: subtracted from the normalised input (source mean + EMA shift) */
-    const float *scale;        /* dim: per-dimension standardisation after centring; NULL: none */
+    const float *scale;        /* dim: per-dimension factor after centring (standardisation, spread); NULL: none */
     const float *trace_delta;  /* n_neurons: neuron-level shift added to the traces; NULL: none */
     edgert_matrix mu;          /* n_neurons x n_classes (neuron-major: int8 scales are per neuron) */
     edgert_matrix hiv;         /* n_neurons x var_cols: 1 / (2 V) */
