@@ -103,7 +103,10 @@ def classify_photos(paths: dict[str, Path], photo_dir: Path) -> None:
 
 
 def source_memory(model: Path, adapter: str, out: Path) -> Path:
-    """The photo-domain source memory for ``adapter``, built unless a valid one is already there."""
+    """The photo-domain source memory for ``adapter``, built unless a valid one with this runtime's
+    default parameters is already there (an older runtime's memory still loads, but would not show
+    what this one does)."""
+    from edge_runtime.adapters import make_adapter
     from edge_runtime.card import load_card
     from edge_runtime.memory_cli import build
     from edge_runtime.state import StateError, read_state
@@ -111,8 +114,10 @@ def source_memory(model: Path, adapter: str, out: Path) -> Path:
     path = out / f"source-{SOURCE_DOMAIN}-{adapter}.npz"
     try:
         state = read_state(path, model_sha256=load_card(model).sha256, adapter=adapter)
-        print(f"[3] source memory: {path} already built ({state.meta.get('examples')} {SOURCE_DOMAIN} images)")
-        return path
+        if state.adapter.get_params() == make_adapter(adapter).get_params():
+            print(f"[3] source memory: {path} already built ({state.meta.get('examples')} {SOURCE_DOMAIN} images)")
+            return path
+        print(f"[3] source memory: {path} was built with other parameters than this runtime's defaults")
     except StateError:
         pass
     print(f"[3] source memory: edgert memory build --model {model} --images {SOURCE_DOMAIN} --adapter {adapter} "

@@ -150,11 +150,11 @@ def shift_stage(centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndar
         c = float(centre_source[j])
         mean = (prior * c + shift_sum[j]) * inv
         centre[j] = mean
-        f = 1.0
-        if spread_on:
+        f = np.float32(1.0)
+        if spread_on:  # the variances in float64 (a difference of moments), their ratio in float32
             vs = input_var[j]
             vt = (prior * (vs + c * c) + shift_sq[j]) * inv - mean * mean
-            f = math.sqrt(max(vs / max(vt, vs * _SPREAD_FLOOR), _SPREAD_FLOOR))
+            f = np.sqrt(max(np.float32(vs) / np.float32(max(vt, vs * _SPREAD_FLOOR)), np.float32(_SPREAD_FLOOR)))
         factor[j] = scale[j] * f
 
 
