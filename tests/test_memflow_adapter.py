@@ -177,6 +177,18 @@ def test_a_state_written_before_the_spread_stage_predicts_as_it_did(photo, clipa
     np.testing.assert_array_equal(restored.adapt(clipart[30:]), old.adapt(clipart[30:]))
 
 
+def test_a_parameter_changed_after_fit_reaches_the_kernel(photo, clipart) -> None:
+    # The kernel's arguments are gathered once per state: setting a parameter must renew them.
+    x, y, k = photo
+    model = MemFlow(**SMALL, gate=0.0).fit(x, y, k)
+    model.adapt(clipart[:5])
+    assert model._target[0].sum() > 0
+    model.reinforce = False
+    before = model._target.copy()
+    model.adapt(clipart[5:])
+    np.testing.assert_array_equal(model._target, before)
+
+
 def test_registry_names_and_ablation_switches() -> None:
     assert make_adapter("memflow").reinforce
     assert make_adapter("memflow-static").reinforce is False
