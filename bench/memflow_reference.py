@@ -130,7 +130,8 @@ class TorchMemFlow:
         if shifting:
             centre = (prior * self.centre_source + self.shift_sum) / (prior + weight)
             if model.shift_spread:  # target variance from the same EMA; factors within [1/4, 4]
-                var_t = (prior * (self.input_var + self.centre_source ** 2) + self.shift_sq) / (prior + weight) - centre ** 2
+                second = (prior * (self.input_var + self.centre_source ** 2) + self.shift_sq) / (prior + weight)
+                var_t = second - centre ** 2
                 factor = self.scale * torch.sqrt(torch.clamp(self.input_var / var_t.clamp_min(1e-300), 1 / 16, 16))
         else:
             centre = self.centre_source

@@ -206,7 +206,8 @@ def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
 MEMFLOW_PARAMS = frozenset({
     "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
     "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
-    "shift_prior", "shift_decay", "shift_fade", "shift_spread", "standardise", "prior", "memory_weight", "prior_l2", "prior_unit"})
+    "shift_prior", "shift_decay", "shift_fade", "shift_spread", "standardise", "prior", "memory_weight", "prior_l2",
+    "prior_unit"})
 
 
 def memflow_trace_delta(adapter: Any) -> np.ndarray | None:

@@ -185,8 +185,9 @@ class MemFlow(Adapter):
                  var_floor: float = 0.05, temperature: float | None = None,
                  source_weight: float = 200.0, decay: float = 0.99, gate: float = 0.9,
                  shift: bool = True, shift_prior: float = 20.0, shift_decay: float = 0.95,
-                 shift_fade: bool = True, shift_spread: bool = True, standardise: bool = False, prior: bool = True,
-                 memory_weight: float = 1.0, prior_l2: float | None = None, prior_unit: bool = True) -> None:
+                 shift_fade: bool = True, shift_spread: bool = True, standardise: bool = False,
+                 prior: bool = True, memory_weight: float = 1.0, prior_l2: float | None = None,
+                 prior_unit: bool = True) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
         self.in_degree = in_degree

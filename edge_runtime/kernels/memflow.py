@@ -5,7 +5,9 @@ Plain ``@njit(cache=True, error_model="numpy")`` functions over arrays;
 work buffers these kernels write into, so a batch-1 call allocates nothing here. numpy's error
 model leaves divisions unchecked for zero (every divisor here is positive by construction), so
 loops with a division vectorise: the check alone made the spread stage's 1280 divisions and
-square roots scalar (4 µs instead of 1), and cost 6-9% of a whole adapt. Symbols follow the paper (Lv et al., arXiv 2402.14598):
+square roots scalar (4 µs instead of 1), and cost 6-9% of a whole adapt.
+
+Symbols follow the paper (Lv et al., arXiv 2402.14598):
 
 - Network: entry nodes carry the (centred) feature z; H hub and B bridge nodes are the neurons
   i = 0..N-1 (N = H + B; hubs first). Weights come from ``edge_runtime.kernels.prng.make_graph``.
