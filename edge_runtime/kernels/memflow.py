@@ -364,10 +364,11 @@ def _likelihoods(m_i: float, i: int, mu: np.ndarray, hiv: np.ndarray, row: np.nd
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
-             present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
-             row: np.ndarray, part: np.ndarray, vote: np.ndarray, out: np.ndarray) -> None:
-    """Class probabilities ``out`` (K,) from traces m (N,); mu, hiv and lnorm are neuron-major
+def scores(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
+           present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
+           row: np.ndarray, part: np.ndarray, vote: np.ndarray, out: np.ndarray) -> None:
+    """The read-out's log class probabilities up to a common constant, ``out`` (K,), -inf for an
+    absent class (``retrieve`` normalises them), from traces m (N,); mu, hiv and lnorm are neuron-major
     (N, K) (pooled variances: every column is the same); row and part (K,) float32 and vote (K,)
     float64 are work buffers. The vote is summed over hundreds of neurons and then raised to
     1 / tau (~75): summed in float32 it differed from a float64 reference by up to 2e-4
@@ -445,16 +446,8 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, 
     for k in range(n_classes):
         vote[k] += part[k]
     if product:  # logit_k = sum_i c_i ll_ik / (tau sum_i c_i); Pr = softmax(logit)
-        hi = -np.inf
         for k in range(n_classes):
             out[k] = vote[k] / (c_sum * tau) if present[k] else -np.inf
-            hi = max(hi, out[k])
-        total = 0.0
-        for k in range(n_classes):
-            out[k] = math.exp(out[k] - hi) if present[k] else 0.0
-            total += out[k]
-        for k in range(n_classes):
-            out[k] /= total
         return
     # Pr ~ vote^(1 / tau): the (flat) vote sharpened by the calibrated temperature; sum_i c_i
     # cancels in the normalisation.
@@ -462,26 +455,44 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, 
     for k in range(n_classes):
         if present[k]:
             hi = max(hi, vote[k])
+    for k in range(n_classes):
+        out[k] = math.log(vote[k] / hi) / tau if present[k] and vote[k] > 0.0 else -np.inf
+
+
+@njit(cache=True, error_model="numpy")
+def softmax(out: np.ndarray) -> None:
+    """out <- exp(out - max) / sum, in place (-inf entries give 0)."""
+    hi = -np.inf
+    for k in range(out.shape[0]):
+        hi = max(hi, out[k])
     total = 0.0
-    for k in range(n_classes):
-        v = 0.0
-        if present[k] and vote[k] > 0.0:
-            v = vote[k] / hi if tau == 1.0 else math.exp(math.log(vote[k] / hi) / tau)
-        out[k] = v
-        total += v
-    for k in range(n_classes):
+    for k in range(out.shape[0]):
+        out[k] = math.exp(out[k] - hi)
+        total += out[k]
+    for k in range(out.shape[0]):
         out[k] /= total
+
+
+@njit(cache=True, error_model="numpy")
+def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
+             present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
+             row: np.ndarray, part: np.ndarray, vote: np.ndarray, out: np.ndarray) -> None:
+    """Class probabilities ``out`` (K,) of the memory alone (``scores``, normalised)."""
+    scores(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out)
+    softmax(out)
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, prior_w: np.ndarray,
                   prior_b: np.ndarray, memory_weight: float, unit: bool, f: np.ndarray, work: np.ndarray,
                   out: np.ndarray) -> int:
-    """Product with the source linear head's posterior on the shifted feature, in place:
+    """Product with the source linear head's posterior on the shifted feature, taken in the log
+    domain: ``out`` holds the memory's log scores (``scores``) and receives
     Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / factor + mu_s (the
-    back-to-source shifted feature; ``factor`` is the input stage's, see ``shift_stage``), rescaled to unit norm when ``unit`` (the head was fitted
-    on unit-norm features; the ``shift`` baseline reads it so too). ``f`` (d,) and ``work``
-    (>= K) are buffers. Returns the head's own argmax."""
+    back-to-source shifted feature; ``factor`` is the input stage's, see ``shift_stage``),
+    rescaled to unit norm when ``unit`` (the head was fitted on unit-norm features; the ``shift``
+    baseline reads it so too). ``f`` (d,) and ``work`` (>= K) are buffers. Returns the head's own
+    argmax."""
     n_classes, d = prior_w.shape
     sq = 0.0
     for j in range(d):
@@ -501,15 +512,9 @@ def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, 
         if acc > hi:
             hi = acc
             best = k
-    total = 0.0
-    for k in range(n_classes):
-        v = 0.0
-        if out[k] > 0.0:
-            v = math.exp(work[k] - hi + memory_weight * math.log(out[k]))
-        out[k] = v
-        total += v
-    for k in range(n_classes):
-        out[k] /= total
+    for k in range(n_classes):  # a class the memory rules out stays out, whatever memory_weight
+        out[k] = work[k] + memory_weight * out[k] if out[k] > -np.inf else -np.inf
+    softmax(out)
     return best
 
 
@@ -633,12 +638,14 @@ def run_batch(xs: np.ndarray, learn: bool,
                   rounds, spiking, a, h, o, o_prev, m)
         if shift_on:
             shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
-        retrieve(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out_r)
+        scores(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out_r)
         k_memory = argmax(out_r)
         k_prior = k_memory
         if prior_on:
             k_prior = combine_prior(z, centre_source, factor, prior_w, prior_b, memory_weight, prior_unit,
                                     centre, logits, out_r)
+        else:
+            softmax(out_r)
         if learn and reinforce_on:
             k = argmax(out_r)
             if out_r[k] >= gate and k == k_memory and k == k_prior:
