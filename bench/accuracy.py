@@ -43,6 +43,7 @@ ORACLE = "target-oracle"
 # chance (0.18), 200 per class gives 0.28 (all of mnist: 0.34) and leaves the photo tasks whole.
 QUICK_SOURCE_PER_CLASS = 200
 DEFAULT_BASELINES = ("ncm", "linear", "t3a", "tda", "shift", "shift+t3a")
+_PYTHON_LITERALS = {"True": "true", "False": "false", "None": "null"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ def parse_method(text: str) -> MethodSpec:
         try:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
+            if value in _PYTHON_LITERALS:  # would pass as a (truthy) string
+                raise InputError(f"method parameter {item!r} in {text!r}: values are JSON, "
+                                 f"write {key}={_PYTHON_LITERALS[value]}") from None
             params[key] = value
     return MethodSpec(text.strip(), name, params)
 

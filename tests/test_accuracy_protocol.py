@@ -128,6 +128,9 @@ def test_method_specs_are_checked():
         accuracy.parse_method("no-such-method")
     with pytest.raises(InputError):
         accuracy.parse_method("linear@l2")
+    assert accuracy.parse_method("memflow@prior=false").params == {"prior": False}
+    with pytest.raises(InputError, match="prior=false"):
+        accuracy.parse_method("memflow@prior=False")  # Python's spelling would arrive as a truthy string
 
 
 @pytest.fixture(scope="module")
