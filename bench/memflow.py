@@ -11,10 +11,11 @@ the exported int8 backbone is there, the adapter's p50 as a fraction of the back
 
 On a shared machine other tenants' load comes and goes over seconds (on the 2-core VM these
 figures were taken on, the same tree measured 64 µs and 100 µs at 9 classes minutes apart), so
-the same models are then timed again in ``--blocks`` rounds of ``_BLOCK_CALLS`` calls, class
-counts interleaved (no pauses: an idle core comes back slower): the p50 of the quietest round is what ``adapt`` costs when
-it has the core to itself (timeit's reasoning for its best of repeats), the busiest round's shows
-what the neighbours added. Both are reported next to the p50 over all calls.
+the same models are then timed again in ``--rounds`` rounds of ``_ROUND_CALLS`` calls, class
+counts interleaved (no pauses: an idle core comes back slower): the p50 of the quietest round is
+what ``adapt`` costs when it has the core to itself (timeit's reasoning for its best of
+repeats), the busiest round's shows what the neighbours added. Both are reported next to the p50
+over all calls.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "efficientnet-lite0" / "int8.tflite"
-_BLOCK_CALLS = 1000
+_ROUND_CALLS = 1000
 _COLD = ("import time; t = time.perf_counter(); import numpy as np; "
          "from edge_runtime.adapters.memflow import MemFlow; "
          "x = np.random.default_rng(0).normal(size=(40, 1280)).astype(np.float32); "
@@ -42,8 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=int, default=2000, help="timed adapt calls per class count")
     parser.add_argument("--reference-queries", type=int, default=300,
                         help="timed torch reference calls, interleaved with the first ones")
-    parser.add_argument("--blocks", type=int, default=20,
-                        help=f"rounds of {_BLOCK_CALLS} more calls per class count (default 20)")
+    parser.add_argument("--rounds", type=int, default=20,
+                        help=f"rounds of {_ROUND_CALLS} more calls per class count (default 20)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="int8 backbone for the ratio")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.set_defaults(main=main)
@@ -97,8 +98,8 @@ def main(args: argparse.Namespace) -> int:
         class_counts = [int(c) for c in args.classes.split(",")]
     except ValueError:
         raise InputError(f"--classes must be comma-separated integers, got {args.classes!r}") from None
-    if args.blocks < 1 or args.queries < 1:
-        raise InputError(f"--queries and --blocks must be >= 1, got {args.queries} and {args.blocks}")
+    if args.rounds < 1 or args.queries < 1:
+        raise InputError(f"--queries and --rounds must be >= 1, got {args.queries} and {args.rounds}")
     numba.set_num_threads(1)
     torch.set_num_threads(1)
     print("cold start (fresh numba cache, subprocess) ...", file=sys.stderr)
@@ -129,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
                 t = time.perf_counter()
                 reference.step(xt)
                 slow.append(time.perf_counter() - t)
-        fitted[n_classes] = model, stream[100:], out
+        fitted[n_classes] = model, stream[100:100 + _ROUND_CALLS], out
         row = {"numba": _percentiles(fast), "torch_reference": _percentiles(slow),
                "state_bytes": model.state_bytes(), "neurons": model.n_neurons}
         row["speedup_p50"] = row["torch_reference"]["p50_us"] / row["numba"]["p50_us"]
@@ -140,18 +141,19 @@ def main(args: argparse.Namespace) -> int:
               f"  torch ref p50 {row['torch_reference']['p50_us']:8.1f} µs  ({row['speedup_p50']:.0f}x)"
               f"  state {row['state_bytes']} B", file=sys.stderr)
     rounds: dict[int, list[float]] = {n: [] for n in fitted}
-    for b in range(args.blocks):
-        print(f"  round {b + 1}/{args.blocks} ...", file=sys.stderr)
+    for b in range(args.rounds):
+        print(f"  round {b + 1}/{args.rounds} ...", file=sys.stderr)
         for n_classes, (model, rows, out) in fitted.items():
             spent = []
-            for row in rows[:_BLOCK_CALLS]:
+            for row in rows:
                 t = time.perf_counter()
                 model.adapt(row, out=out)
                 spent.append(time.perf_counter() - t)
             rounds[n_classes].append(1e6 * float(np.median(spent)))
     for n_classes, p50s in rounds.items():
         results["per_classes"][str(n_classes)]["numba_round_p50_us"] = {
-            "quietest": min(p50s), "busiest": max(p50s), "rounds": len(p50s), "calls_per_round": _BLOCK_CALLS}
+            "quietest": min(p50s), "busiest": max(p50s), "rounds": len(p50s),
+            "calls_per_round": len(fitted[n_classes][1])}
     print(f"MemFlow adapt, batch 1, one thread (n_neurons={MemFlow().n_neurons}; load: "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(f"  cold-start compile {cold:.1f} s, start with cached kernels {cached:.1f} s")

@@ -32,7 +32,7 @@ STREAM_TASK = "photo->clipart"
 
 # other benchmarks included as they are, through their own CLI: name -> (args, quick args)
 EXTERNAL = {
-    "memflow": ([], ["--classes", "9", "--queries", "300", "--reference-queries", "60", "--blocks", "2"]),
+    "memflow": ([], ["--classes", "9", "--queries", "300", "--reference-queries", "60", "--rounds", "2"]),
     "knn": ([], ["--sizes", "2000", "--queries", "40", "--removes", "5"]),
     "stream": ([], ["--frames", "120"]),
 }

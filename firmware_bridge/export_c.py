@@ -210,19 +210,6 @@ MEMFLOW_PARAMS = frozenset({
     "prior_unit"})
 
 
-def memflow_trace_delta(adapter: Any) -> np.ndarray | None:
-    """The neuron-level shift m_i += mu^s_i - mu^t_i a read-only MemFlow adds to its traces, computed
-    as ``shift_traces`` does (None when it shifts nothing: stage off, or no weight at all)."""
-    if not adapter.shift:
-        return None
-    prior = float(adapter._prior_weight())  # faded with the EMA when shift_fade
-    total = prior + float(adapter._shift_weight[0])
-    if total <= 0.0:
-        return None
-    mean = np.asarray(adapter._trace_mean, np.float64)
-    return (mean - (prior * mean + np.asarray(adapter._trace_sum, np.float64)) * (1.0 / total)).astype(np.float32)
-
-
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     _refuse_unknown(adapter, MEMFLOW_PARAMS, "MEMFLOW_PARAMS")
     n, k = adapter._mu.shape
@@ -245,8 +232,8 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     centre_values, factor = adapter.input_stage()
     centre = header.array("edgert_centre", centre_values, "float", "EDGERT_DIM")
     scale = "NULL" if (factor == 1.0).all() else header.array("edgert_scale", factor, "float", "EDGERT_DIM")
-    delta_values = memflow_trace_delta(adapter)
-    delta = ("NULL" if delta_values is None else
+    delta_values = adapter.trace_shift()
+    delta = ("NULL" if not delta_values.any() else
              header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS"))
     mu = header.matrix("edgert_mu", mu_t, dtype, "EDGERT_N_NEURONS", "EDGERT_N_CLASSES")
     # One value per row (pooled variance) costs more as int8 + scale than as float32; 1 / (2 V) of
@@ -380,4 +367,4 @@ def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype
     return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), len(text.encode()), header.crc())
 
 
-__all__ = ["DMN_PARAMS", "dmn_prior", "MEMFLOW_PARAMS", "memflow_trace_delta", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]
+__all__ = ["DMN_PARAMS", "dmn_prior", "MEMFLOW_PARAMS", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]

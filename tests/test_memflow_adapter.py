@@ -102,6 +102,19 @@ def test_inputs_are_not_modified(photo, clipart) -> None:
     np.testing.assert_array_equal(clipart, c0)
 
 
+def test_teach_memorises_the_trace_the_adapted_frame_path_reads(photo, clipart) -> None:
+    # After adapting, a taught frame must enter the memory as the kernel reads that frame: the
+    # same input stage (centre and spread) and the same neuron-level shift.
+    x, y, k = photo
+    model = MemFlow(**SMALL).fit(x, y, k)
+    model.adapt(clipart[:40])
+    model.predict_proba(clipart[40])
+    read = model._work["m"].astype(np.float64)
+    before = model._source[1, 3].copy()
+    model.teach(clipart[40:41], np.array([3]))
+    np.testing.assert_allclose(model._source[1, 3] - before, read, rtol=1e-4, atol=1e-5)
+
+
 def test_bad_input_is_refused_with_a_clear_error(photo, clipart) -> None:
     x, y, k = photo
     model = MemFlow(**SMALL).fit(x, y, k)

@@ -378,12 +378,7 @@ class MemFlow(Adapter):
         x = as_features(features, self._dim)
         y = as_labels(labels, x.shape[0], self._n_classes)
         centre, factor = self.input_stage()
-        m = self._traces((x - centre) * factor)
-        if self.shift:  # the neuron-level shift the frames being adapted to get
-            prior, weight = self._prior_weight(), self._shift_weight[0]
-            if prior + weight > 0:
-                m += (self._trace_mean - (prior * self._trace_mean + self._trace_sum)
-                      / (prior + weight)).astype(np.float32)
+        m = self._traces((x - centre) * factor) + self.trace_shift()
         self._memorise(m, y, self._source)
         self._refresh()
 
@@ -399,6 +394,16 @@ class MemFlow(Adapter):
         K.shift_stage(self._centre_source, self._scale, self._input_var, self._shift_sum, self._shift_sq,
                       float(self._shift_weight[0]), self._prior_weight(), self.shift, self.shift_spread, centre, factor)
         return centre, factor
+
+    def trace_shift(self) -> np.ndarray:
+        """(N,) float32: the neuron-level shift the next frame's traces get (see
+        ``K.shift_traces``); zeros with the shift stage off or no weight at all."""
+        self._check_fitted()
+        delta = np.zeros(self.n_neurons, np.float32)
+        if self.shift:
+            K.shift_traces(delta, self._trace_mean, self._trace_sum, float(self._shift_weight[0]),
+                           self._prior_weight(), float(self.shift_decay), False)
+        return delta
 
     def _run(self, features: Any, learn: bool, out: np.ndarray | None) -> np.ndarray:
         self._check_fitted()
