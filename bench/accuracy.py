@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
@@ -104,8 +105,9 @@ def run_stream(adapter: Any, stream: np.ndarray) -> tuple[np.ndarray, float]:
 class Runner:
     """Fits each method once per source (the photo halves are shared by 12 tasks) and runs streams."""
 
-    def __init__(self, orders: tuple[int, ...]) -> None:
+    def __init__(self, orders: tuple[int, ...], kinds: tuple[str, ...] = ("iid",)) -> None:
         self.orders = orders
+        self.kinds = kinds
         self._fitted: dict[tuple[str, str], Any] = {}
 
     def _fit(self, spec: MethodSpec, source_key: str, x: np.ndarray, y: np.ndarray, n_classes: int) -> Any:
@@ -119,27 +121,32 @@ class Runner:
         # Each stream starts from the same fitted state; a deep copy keeps the template intact.
         return copy.deepcopy(self._fitted[key])
 
-    def evaluate(self, spec: MethodSpec, task: Any) -> dict[str, float]:
-        """{"accuracy", "accuracy_spread", "adapt_us_per_sample"} of one method on one task."""
-        per_order = np.zeros((len(self.orders), len(task.folds)))
+    def evaluate(self, spec: MethodSpec, task: Any) -> dict[str, Any]:
+        """One method on one task: {"accuracy": mean over the order kinds, "accuracy_spread": max -
+        min over every stream, "adapt_us_per_sample", "orders": {kind: {"accuracy",
+        "accuracy_spread"}}}."""
+        per_order = np.zeros((len(self.kinds), len(self.orders), len(task.folds)))
         spent, seen = 0.0, 0
         for f, fold in enumerate(task.folds):
             if spec.name == ORACLE:
                 fitted = oracle_heads(fold, task.n_classes)
-            for o, seed in enumerate(self.orders):
-                order = fold.order(seed)
+            for (q, kind), (o, seed) in itertools.product(enumerate(self.kinds), enumerate(self.orders)):
+                order = fold.order(seed, kind)
                 if spec.name == ORACLE:
                     predictions, seconds = run_oracle(fitted, fold, order)
                 else:
                     adapter = self._fit(spec, fold.source_key, fold.source_x, fold.source_y, task.n_classes)
                     predictions, seconds = run_stream(adapter, fold.target_x[order])
                 # Labels are looked up only now, after the whole stream has been predicted.
-                per_order[o, f] = float((predictions == fold.target_y[order]).mean())
+                per_order[q, o, f] = float((predictions == fold.target_y[order]).mean())
                 spent += seconds
                 seen += len(order)
-        accuracy = per_order.mean(axis=1)
+        accuracy = per_order.mean(axis=2)  # (kinds, seeds): two-fold tasks average their folds
         return {"accuracy": float(accuracy.mean()), "accuracy_spread": float(accuracy.max() - accuracy.min()),
-                "adapt_us_per_sample": 1e6 * spent / max(seen, 1)}
+                "adapt_us_per_sample": 1e6 * spent / max(seen, 1),
+                "orders": {kind: {"accuracy": float(accuracy[q].mean()),
+                                  "accuracy_spread": float(accuracy[q].max() - accuracy[q].min())}
+                           for q, kind in enumerate(self.kinds)}}
 
 
 def oracle_heads(fold: Any, n_classes: int) -> list[Any]:
@@ -165,35 +172,66 @@ def run_oracle(heads: list[Any], fold: Any, order: np.ndarray) -> tuple[np.ndarr
     return predictions, spent
 
 
-def summary(results: dict[str, dict[str, dict[str, float]]], methods: list[str]) -> dict[str, dict[str, float]]:
-    """Mean accuracy over the shifted tasks present (control and dev excluded), per method."""
+def summary(results: dict[str, dict[str, dict[str, Any]]], methods: list[str],
+            tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per method, over ``tasks`` (default: the shifted tasks present, control and dev excluded):
+    the mean accuracy (the headline: over every order kind), and per order kind the mean and the
+    worst task."""
     from edge_runtime.bench.tasks import SHIFTED_TASKS
 
-    shifted = [t for t in results if t in SHIFTED_TASKS]
-    out = {}
+    shifted = tasks if tasks is not None else [t for t in results if t in SHIFTED_TASKS]
+    out: dict[str, dict[str, Any]] = {}
     for m in methods:
-        values = [results[t][m]["accuracy"] for t in shifted if m in results[t]]
-        if values:
-            out[m] = {"mean_shifted_accuracy": float(np.mean(values)), "n_tasks": len(values)}
+        rows = {t: results[t][m] for t in shifted if m in results[t]}
+        if not rows:
+            continue
+        by_kind = {}
+        for kind in next(iter(rows.values()))["orders"]:
+            values = {t: r["orders"][kind]["accuracy"] for t, r in rows.items()}
+            worst = min(values, key=values.get)
+            by_kind[kind] = {"mean_shifted_accuracy": float(np.mean(list(values.values()))),
+                             "worst_task": worst, "worst_accuracy": values[worst]}
+        out[m] = {"mean_shifted_accuracy": float(np.mean([r["accuracy"] for r in rows.values()])),
+                  "n_tasks": len(rows), "orders": by_kind}
     return out
 
 
-def markdown_table(results: dict[str, dict[str, dict[str, float]]], methods: list[str],
-                   means: dict[str, dict[str, float]]) -> str:
-    """Accuracy (%) +- spread per task and method, then the mean over shifted tasks."""
+def markdown_table(results: dict[str, dict[str, dict[str, Any]]], methods: list[str],
+                   means: dict[str, dict[str, Any]]) -> str:
+    """Accuracy (%) +- spread per task and method (mean over order kinds), the mean over shifted
+    tasks, and per order kind: the mean, the worst task, and the worst fall below ``linear``."""
     def label(m: str) -> str:
         return f"{m} (not adaptation)" if m == ORACLE else m
 
-    lines = ["| task | " + " | ".join(label(m) for m in methods) + " |",
-             "|---|" + "---:|" * len(methods)]
+    header = ["| task | " + " | ".join(label(m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
+    lines = list(header)
     for task, row in results.items():
         cells = [f"{100 * row[m]['accuracy']:.1f} ± {100 * row[m]['accuracy_spread']:.1f}" if m in row else "" for m in methods]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     if means:
         cells = [f"**{100 * means[m]['mean_shifted_accuracy']:.1f}**" if m in means else "" for m in methods]
-        lines.append("| **mean over shifted tasks** | " + " | ".join(cells) + " |")
+        lines.append("| **mean over shifted tasks, all orders** | " + " | ".join(cells) + " |")
     cells = [f"{np.mean([row[m]['adapt_us_per_sample'] for row in results.values() if m in row]):.0f}" for m in methods]
     lines.append("| adapt µs/sample (mean) | " + " | ".join(cells) + " |")
+    kinds = list(next(iter(next(iter(results.values())).values()))["orders"]) if results else []
+    if not means or not kinds:
+        return "\n".join(lines) + "\n"
+    lines += ["", "By stream order (mean over shifted tasks; worst task; worst fall below `linear` over every task,"
+              " control included):", ""] + header[:1] + [header[1]]
+    for kind in kinds:
+        cells = [f"{100 * means[m]['orders'][kind]['mean_shifted_accuracy']:.1f}" if m in means else "" for m in methods]
+        lines.append(f"| {kind}: mean | " + " | ".join(cells) + " |")
+        cells = [f"{100 * means[m]['orders'][kind]['worst_accuracy']:.1f} "
+                 f"({means[m]['orders'][kind]['worst_task'].replace('photo->photo-c/', 'c/')})" if m in means else ""
+                 for m in methods]
+        lines.append(f"| {kind}: worst task | " + " | ".join(cells) + " |")
+        if "linear" in methods:
+            cells = []
+            for m in methods:
+                gaps = [row[m]["orders"][kind]["accuracy"] - row["linear"]["orders"][kind]["accuracy"]
+                        for row in results.values() if m in row and "linear" in row]
+                cells.append(f"{100 * min(gaps):+.1f}" if gaps and m != "linear" else "")
+            lines.append(f"| {kind}: worst vs linear | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,16 +279,23 @@ def resolve_tasks(text: str | None, quick: bool) -> list[str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from edge_runtime.bench.tasks import ORDERS
+
     parser.add_argument("--methods", help="comma-separated registry names, optionally name@key=value "
                         f"(default: {','.join(DEFAULT_BASELINES)},{ORACLE} and every other registered adapter)")
     parser.add_argument("--tasks", help="comma-separated task names or groups: bench (default), dev, all")
-    parser.add_argument("--model", type=Path, help="exported backbone whose cached features to use (default model)")
-    parser.add_argument("--orders", type=int, default=3, help="seeded stream orders per task (default 3)")
+    parser.add_argument("--model", type=Path, action="append",
+                        help="exported backbone whose cached features to use (default model); repeat it to bench "
+                             "several (e.g. fp32.onnx and the device's int8.tflite), each reported in full")
+    parser.add_argument("--order", default=",".join(ORDERS),
+                        help=f"comma-separated stream order kinds: {', '.join(ORDERS)} (default: all; the "
+                             "headline mean is over those given)")
+    parser.add_argument("--orders", type=int, default=3, help="seeded streams of each order kind per task (default 3)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the results as a Markdown table here")
     parser.add_argument("--png", type=Path, help="write a bar chart of accuracy per task per method here")
     parser.add_argument("--quick", action="store_true",
-                        help="subsampled streams and sources, one order, a few tasks (for tests; < 1 minute)")
+                        help="subsampled streams and sources, one seed per order kind, a few tasks (for tests)")
     parser.set_defaults(main=main)
 
 
@@ -272,40 +317,36 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.bench.tasks import ORDER_SEEDS, group_of, load_task, subsample
+    from edge_runtime.bench.features import default_model
+    from edge_runtime.bench.tasks import ORDER_SEEDS, ORDERS
     from edge_runtime.errors import InputError
 
     specs = [parse_method(m) for m in (args.methods.split(",") if args.methods else default_methods()) if m.strip()]
     task_names = resolve_tasks(args.tasks, args.quick)
+    kinds = tuple(k.strip() for k in args.order.split(",") if k.strip())
+    if not kinds or not set(kinds) <= set(ORDERS):
+        raise InputError(f"--order {args.order!r}: the order kinds are {', '.join(ORDERS)}")
     orders = 1 if args.quick else args.orders
     if not 1 <= orders <= 100:
         raise InputError(f"--orders must be between 1 and 100, got {args.orders}")
-    runner = Runner(tuple(ORDER_SEEDS[:orders]) if orders <= len(ORDER_SEEDS) else tuple(range(orders)))
+    seeds = tuple(ORDER_SEEDS[:orders]) if orders <= len(ORDER_SEEDS) else tuple(range(orders))
     methods = [s.label for s in specs]
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"{len(specs)} methods x {len(task_names)} tasks x {orders} stream order(s)"
-          f"{' (quick: subsampled)' if args.quick else ''}", file=sys.stderr)
-    for name in task_names:
-        task = load_task(name, model_path=args.model)
-        if args.quick:
-            task = subsample(task, max_target=150, max_source_per_class=QUICK_SOURCE_PER_CLASS)
-        results[name] = {}
-        for spec in specs:
-            results[name][spec.label] = runner.evaluate(spec, task)
-            r = results[name][spec.label]
-            print(f"  {name:34s} {spec.label:22s} {100 * r['accuracy']:5.1f} ± {100 * r['accuracy_spread']:.1f}"
-                  f"  {r['adapt_us_per_sample']:8.1f} µs/sample", file=sys.stderr)
-    bench = {t: r for t, r in results.items() if group_of(t) != "dev"}
-    dev = {t: r for t, r in results.items() if group_of(t) == "dev"}
-    means = summary(bench, methods)
-    table = markdown_table(bench, methods, means) if bench else ""
-    if dev:  # chosen-on, never reported with, the bench tasks
-        table += ("\n" if table else "") + "Dev tasks (held out; used to choose defaults):\n\n"
-        table += markdown_table(dev, methods, {})
+    models = args.model or [default_model()]
+    print(f"{len(specs)} methods x {len(task_names)} tasks x {len(kinds)} order kinds ({', '.join(kinds)}) x "
+          f"{orders} seed(s) x {len(models)} model(s){' (quick: subsampled)' if args.quick else ''}", file=sys.stderr)
+    runs, tables = [], []
+    for model in models:
+        run_ = evaluate_model(Path(model), specs, task_names, Runner(seeds, kinds), args.quick)
+        runs.append(run_)
+        table = run_.pop("table")
+        tables.append(f"### Features of {Path(model).parent.name}/{Path(model).name}\n\n{table}"
+                      if len(models) > 1 else table)
+    table = "\n".join(tables)
     print(table)
-    payload = {"tasks": bench, "summary": means, "dev_tasks": dev,
-               "protocol": {"orders": orders, "quick": bool(args.quick), "accuracy": "fraction correct, online",
-                            "accuracy_spread": "max - min over stream orders",
+    payload = {**{k: runs[0][k] for k in ("tasks", "summary", "dev_tasks")}, "models": runs,
+               "protocol": {"orders": orders, "order_kinds": list(kinds), "quick": bool(args.quick),
+                            "accuracy": "fraction correct, online, mean over the order kinds",
+                            "accuracy_spread": "max - min over every stream order",
                             "not_adaptation": [ORACLE]}}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -314,5 +355,34 @@ def run(args: argparse.Namespace) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table)
     if args.png:
-        plot(bench or dev, methods, args.png)
+        plot(runs[0]["tasks"] or runs[0]["dev_tasks"], methods, args.png)
     return 0
+
+
+def evaluate_model(model: Path, specs: list[MethodSpec], task_names: list[str], runner: Runner,
+                   quick: bool) -> dict[str, Any]:
+    """Every method on every task on the cached features of ``model``: {"model", "tasks",
+    "summary", "dev_tasks", "table"} (the Markdown table, printed and written by ``run``)."""
+    from edge_runtime.bench.tasks import group_of, load_task, subsample
+
+    methods = [s.label for s in specs]
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in task_names:
+        task = load_task(name, model_path=model)
+        if quick:
+            task = subsample(task, max_target=150, max_source_per_class=QUICK_SOURCE_PER_CLASS)
+        results[name] = {}
+        for spec in specs:
+            results[name][spec.label] = r = runner.evaluate(spec, task)
+            by_kind = "  ".join(f"{k} {100 * v['accuracy']:5.1f}" for k, v in r["orders"].items())
+            print(f"  {model.name} {name:34s} {spec.label:22s} {100 * r['accuracy']:5.1f} ± "
+                  f"{100 * r['accuracy_spread']:4.1f}  ({by_kind})  {r['adapt_us_per_sample']:7.1f} µs/sample",
+                  file=sys.stderr)
+    bench = {t: r for t, r in results.items() if group_of(t) != "dev"}
+    dev = {t: r for t, r in results.items() if group_of(t) == "dev"}
+    means = summary(bench, methods)
+    table = markdown_table(bench, methods, means) if bench else ""
+    if dev:  # chosen-on, never reported with, the bench tasks
+        table += ("\n" if table else "") + "Dev tasks (held out; used to choose defaults):\n\n"
+        table += markdown_table(dev, methods, summary(dev, methods, list(dev)))
+    return {"model": str(model), "tasks": bench, "summary": means, "dev_tasks": dev, "table": table}

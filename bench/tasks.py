@@ -17,8 +17,21 @@ over the two folds.
 held-out validation corruptions and two more): every method's defaults are chosen on these and on source data,
 never on the reported targets.
 
-Target labels travel with a fold only for scoring; the accuracy runner hands an adapter one
-feature row at a time and nothing else (see ``edge_runtime.bench.accuracy.run_stream``).
+Stream orders (``ORDERS``), each seeded: ``iid`` shuffles the target; ``dirichlet`` and ``runs``
+look like a camera, where one object stays in view for many frames and classes come and go:
+
+- ``dirichlet``: RoTTA's temporally correlated, class-imbalanced order (Yuan et al., CVPR 2023,
+  after NOTE's): the stream is cut into as many time slots as there are classes, each class's
+  frames are spread over the slots by a draw from Dirichlet(``concentration``), and within a slot
+  the classes' chunks follow each other in a random order. With the default 0.1 most classes
+  arrive in one or two long blocks.
+- ``runs``: runs of one class, each of a geometric length with mean ``mean_run`` (20) frames,
+  like an object held in view; the next run's class is drawn in proportion to the frames each
+  class has left (never the class just shown while another remains).
+
+Target labels travel with a fold only for scoring and for ordering the stream; the accuracy
+runner hands an adapter one feature row at a time and nothing else (see
+``edge_runtime.bench.accuracy.run_stream``).
 """
 from __future__ import annotations
 
@@ -43,7 +56,78 @@ DEV_TASKS = tuple(f"photo->photo-c/{c}" for c in DEV_CORRUPTIONS)
 QUICK_TASKS = ("photo->clipart", "mnist->uci-digits", "photo->photo-c/gaussian_noise", CONTROL)
 
 SPLIT_SEED = 0  # the photo halves; fixed so every method and every run sees the same folds
-ORDER_SEEDS = (0, 1, 2)  # the three stream orders
+ORDER_SEEDS = (0, 1, 2)  # the three stream orders of each kind
+ORDERS = ("iid", "dirichlet", "runs")
+DIRICHLET_CONCENTRATION = 0.1
+MEAN_RUN = 20
+
+
+def iid_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded shuffle of the rows (labels only give the length)."""
+    return np.random.default_rng([seed, len(labels)]).permutation(len(labels))
+
+
+def _class_queues(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.permutation(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+
+
+def dirichlet_order(labels: np.ndarray, seed: int, concentration: float = DIRICHLET_CONCENTRATION) -> np.ndarray:
+    """RoTTA's temporally correlated order (see the module docstring): a permutation of the rows.
+
+    >>> order = dirichlet_order(np.repeat(np.arange(3), 10), seed=0)
+    >>> sorted(order.tolist()) == list(range(30))
+    True
+    """
+    if concentration <= 0:
+        raise InputError(f"the Dirichlet concentration must be > 0, got {concentration}")
+    rng = np.random.default_rng([seed, len(labels), 1])
+    queues = _class_queues(labels, rng)
+    n_slots = len(queues)
+    slots: list[list[np.ndarray]] = [[] for _ in range(n_slots)]
+    for rows, share in zip(queues, rng.dirichlet(np.full(n_slots, concentration), size=len(queues))):
+        cuts = (np.cumsum(share)[:-1] * len(rows)).astype(np.int64)
+        for slot, chunk in zip(slots, np.split(rows, cuts)):
+            slot.append(chunk)
+    return np.concatenate([chunk for slot in slots for chunk in (slot[i] for i in rng.permutation(len(slot)))])
+
+
+def runs_order(labels: np.ndarray, seed: int, mean_run: float = MEAN_RUN) -> np.ndarray:
+    """Runs of one class of geometric length, mean ``mean_run`` frames (see the module docstring).
+
+    >>> order = runs_order(np.repeat(np.arange(3), 10), seed=0, mean_run=5)
+    >>> sorted(order.tolist()) == list(range(30))
+    True
+    """
+    if mean_run < 1:
+        raise InputError(f"the mean run length must be >= 1 frame, got {mean_run}")
+    rng = np.random.default_rng([seed, len(labels), 2])
+    queues = _class_queues(labels, rng)
+    left = np.array([len(q) for q in queues], np.float64)
+    taken = np.zeros(len(queues), np.int64)
+    out, previous = [], -1
+    while left.sum() > 0:
+        weight = left.copy()
+        if previous >= 0 and weight.sum() > weight[previous]:
+            weight[previous] = 0.0
+        k = int(rng.choice(len(queues), p=weight / weight.sum()))
+        n = min(int(rng.geometric(1.0 / mean_run)), int(left[k]))
+        out.append(queues[k][taken[k]:taken[k] + n])
+        taken[k] += n
+        left[k] -= n
+        previous = k
+    return np.concatenate(out)
+
+
+_ORDER_MAKERS = {"iid": iid_order, "dirichlet": dirichlet_order, "runs": runs_order}
+
+
+def stream_order(labels: np.ndarray, seed: int, kind: str = "iid") -> np.ndarray:
+    """The stream order ``kind`` (one of ``ORDERS``) seeded by ``seed``: a permutation of the rows."""
+    try:
+        make = _ORDER_MAKERS[kind]
+    except KeyError:
+        raise InputError(f"unknown stream order {kind!r}; known: {', '.join(ORDERS)}") from None
+    return make(np.asarray(labels), seed)
 
 
 @dataclass(frozen=True)
@@ -59,9 +143,9 @@ class Fold:
     target_y: np.ndarray  # for scoring only
     target_ids: tuple[str, ...]
 
-    def order(self, order_seed: int) -> np.ndarray:
-        """The target rows' stream order seeded by ``order_seed`` (a permutation)."""
-        return np.random.default_rng([order_seed, len(self.target_y)]).permutation(len(self.target_y))
+    def order(self, order_seed: int, kind: str = "iid") -> np.ndarray:
+        """The target rows' stream order ``kind`` seeded by ``order_seed`` (a permutation)."""
+        return stream_order(self.target_y, order_seed, kind)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import pytest
 from edge_runtime.adapters import ADAPTERS
 from edge_runtime.adapters.linear import Linear
 from edge_runtime.bench import accuracy
-from edge_runtime.bench.tasks import (BENCH_TASKS, CONTROL, DEV_TASKS, SHIFTED_TASKS, load_task, photo_halves,
-                                      subsample)
+from edge_runtime.bench.tasks import (BENCH_TASKS, CONTROL, DEV_TASKS, ORDERS, SHIFTED_TASKS, load_task,
+                                      photo_halves, stream_order, subsample)
 from edge_runtime.errors import InputError
 
 
@@ -62,6 +62,53 @@ def test_stream_orders_are_seeded_permutations(gaussian_noise):
         assert sorted(order) == list(range(len(fold.target_y)))
     assert not np.array_equal(orders[0], orders[1])
     np.testing.assert_array_equal(fold.order(0), orders[0])
+
+
+def _windows(labels: np.ndarray, width: int) -> np.ndarray:
+    """Share of the most frequent class in each window of ``width`` consecutive frames."""
+    return np.array([np.bincount(labels[i:i + width]).max() / width for i in range(0, len(labels) - width + 1, width)])
+
+
+def _run_lengths(labels: np.ndarray) -> np.ndarray:
+    cuts = np.flatnonzero(np.diff(labels) != 0) + 1
+    return np.diff(np.concatenate([[0], cuts, [len(labels)]]))
+
+
+@pytest.mark.parametrize("kind", ORDERS)
+def test_every_order_kind_is_a_seeded_permutation(kind):
+    labels = np.repeat(np.arange(9), [67, 35, 7, 9, 26, 18, 24, 18, 11])  # the photo domain's counts
+    orders = [stream_order(labels, seed, kind) for seed in (0, 1)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(len(labels)))
+    assert not np.array_equal(orders[0], orders[1])
+    np.testing.assert_array_equal(stream_order(labels, 0, kind), orders[0])
+
+
+def test_iid_order_is_the_shuffle_earlier_benches_used():
+    labels = np.arange(50) % 5
+    np.testing.assert_array_equal(stream_order(labels, 2, "iid"), np.random.default_rng([2, 50]).permutation(50))
+
+
+def test_camera_like_orders_keep_one_class_in_view():
+    labels = np.repeat(np.arange(9), 200)
+    iid, dirichlet, runs = (labels[stream_order(labels, 0, kind)] for kind in ORDERS)
+    # In windows of 20 frames a shuffle shows the majority class ~25% of the time; the camera
+    # orders mostly show one class.
+    assert _windows(iid, 20).mean() < 0.4
+    assert _windows(dirichlet, 20).mean() > 0.8
+    assert _windows(runs, 20).mean() > 0.6
+    lengths = _run_lengths(runs)
+    assert 15 < lengths.mean() < 25  # geometric runs of mean 20 (two runs of a class never touch)
+    # Dirichlet(0.1) over 9 slots: each class arrives in one or two long blocks, so the class
+    # mix of the stream's ninths is far from the uniform one a shuffle gives.
+    ninths = np.array([np.bincount(part, minlength=9) for part in np.array_split(dirichlet, 9)])
+    assert (ninths.max(axis=1) / ninths.sum(axis=1)).mean() > 0.5
+    assert _run_lengths(dirichlet).mean() > 3 * _run_lengths(iid).mean()
+
+
+def test_unknown_order_kind_is_refused_by_name():
+    with pytest.raises(InputError, match="sideways"):
+        stream_order(np.arange(4), 0, "sideways")
 
 
 class Recorder(Linear):
@@ -151,14 +198,23 @@ def test_quick_run_writes_the_documented_outputs(quick_run):
     for task, row in payload["tasks"].items():
         assert set(row) == {"linear", "shift"}
         for cell in row.values():
-            assert set(cell) == {"accuracy", "accuracy_spread", "adapt_us_per_sample"}
+            assert set(cell) == {"accuracy", "accuracy_spread", "adapt_us_per_sample", "orders"}
             assert 0.0 <= cell["accuracy"] <= 1.0 and cell["accuracy_spread"] >= 0 and cell["adapt_us_per_sample"] > 0
+            assert list(cell["orders"]) == list(ORDERS)
+            assert cell["accuracy"] == pytest.approx(np.mean([o["accuracy"] for o in cell["orders"].values()]))
     means = payload["summary"]["linear"]
     assert means["n_tasks"] == len(SHIFTED_TASKS)
     assert means["mean_shifted_accuracy"] == pytest.approx(
         np.mean([payload["tasks"][t]["linear"]["accuracy"] for t in SHIFTED_TASKS]))
+    for kind in ORDERS:
+        per_task = {t: payload["tasks"][t]["shift"]["orders"][kind]["accuracy"] for t in SHIFTED_TASKS}
+        assert payload["summary"]["shift"]["orders"][kind]["worst_task"] == min(per_task, key=per_task.get)
+    # The source head never sees a target frame learn anything: every order gives it the same score.
+    for row in payload["tasks"].values():
+        assert len({round(o["accuracy"], 9) for o in row["linear"]["orders"].values()}) == 1
     table = (quick_run / "a.md").read_text()
     assert "mean over shifted tasks" in table and "photo->photo-c/fog" in table
+    assert "dirichlet: worst task" in table and "runs: worst vs linear" in table
     assert (quick_run / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
