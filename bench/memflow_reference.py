@@ -3,8 +3,10 @@
 The spiking neurons are snntorch ``Leaky`` cells with beta = 1 (no leak), threshold 0 and reset to
 zero, stepped T times; the graded spike of a neuron that fires is the membrane value it had just
 before the reset (snntorch emits a binary spike, so o = spike * (mem + current)). The bridge links
-become a dense (B, d + N) matrix. Everything else (retrieval, reinforcement, Gaussian refresh)
-is the maths of ``edge_runtime.kernels.memflow`` in torch tensor operations, so the same state
+become a dense (B, d + N) matrix. Everything else (alignment, retrieval, reinforcement, Gaussian
+refresh, the temporal filter) is the maths of ``edge_runtime.kernels.memflow``, ``.align`` and
+``.temporal`` in float64 torch tensor operations (the subspace map by ``torch.linalg.eigh`` of
+the whole covariance, the temporal moments from a list of past posteriors), so the same state
 gives the same numbers. Host side only (``bench``/``dev`` extras): the device path never imports
 this module.
 """
@@ -49,6 +51,14 @@ class TorchMemFlow:
         n, s1, s2 = f64(model._input_stats)
         var = s2 / n - (s1 / n) ** 2
         self.input_var = var.clamp_min(1e-12 * float(var.mean()))
+        self.basis, self.basis_var = f64(model._basis), f64(model._basis_var)
+        self.proj_sum, self.proj_sq, self.mix = f64(model._proj_sum), f64(model._proj_sq), f64(model._mix)
+        self.recent, self.frames = f64(model._recent), int(model._frames[0])
+        self.head_scale, self.memory_weight = (float(v) for v in model._weights)
+        self.class_prior = f64(model._class_prior)
+        self.belief = f64(model._belief)
+        self.posteriors: list[torch.Tensor] = []  # every unfiltered posterior so far, oldest first
+        self.temporal_decay = model.shift_decay
         self.tv, self.floor_v, self.blur_v = f64(model._tv), f64(model._floor_v), f64(model._blur_v)
         self.alive = f64(model._alive)
         # (K, N) here: the kernels keep them neuron-major (N, K).
@@ -114,48 +124,113 @@ class TorchMemFlow:
             self.lnorm[k] = torch.where(n > 0, -0.5 * (math.log(2 * math.pi) + torch.log(v / self.tv)), self.lnorm[k])
         self.present[k] = bool((n > 0).any())
 
+    def _prior(self, weight: float) -> float:
+        model = self.model
+        if model.shift_fade:  # the source pseudo-frames fade with the EMA: shift_prior gamma^n
+            return model.shift_prior * max(1.0 - (1.0 - model.shift_decay) * weight, 0.0)
+        return model.shift_prior
+
+    def _mix(self, weight: float) -> torch.Tensor:
+        """A - I from the subspace statistics (edge_runtime.kernels.align.refresh_mix)."""
+        total = self._prior(weight) + weight
+        if weight <= 0.0 or not len(self.basis_var):
+            return torch.zeros_like(self.mix)
+        m = self.proj_sum / total
+        cov = (self.proj_sq + self._prior(weight) * torch.diag(self.basis_var)) / total - torch.outer(m, m)
+        values, vectors = torch.linalg.eigh(cov)
+        values = values.clamp(float(self.basis_var.min()) / 16, float(self.basis_var.max()) * 16)
+        a = torch.diag(self.basis_var.sqrt()) @ vectors @ torch.diag(values.rsqrt()) @ vectors.T
+        return a - torch.eye(len(a), dtype=a.dtype)
+
+    def _temporal(self, p: torch.Tensor) -> torch.Tensor:
+        """The filtered belief for posterior p (edge_runtime.kernels.temporal), its moments
+        recomputed from the whole history with their EMA weights."""
+        model, past = self.model, self.posteriors
+        g = self.temporal_decay
+        n = len(past)  # frames before this one; consecutive pairs (t, t-1) for t = 1..n-1
+        if n:
+            stack = torch.stack(past)
+            ages = torch.tensor([g ** (n - 1 - t) for t in range(n)], dtype=torch.float64)
+            m = (ages[:, None] * stack).sum(0) / ages.sum()
+            b = float(m @ m)
+            s = 0.0
+            if n > 1:
+                pairs = ages[1:]
+                a = float((pairs * (stack[1:] * stack[:-1]).sum(1)).sum() / pairs.sum())
+                c = float((pairs * (stack[1:] ** 2).sum(1)).sum() / pairs.sum())
+                if c - b > 1e-9:
+                    s = (a - b) / (c - b)
+                    if n > 2 and a - b > 0:  # the lag-2 agreement undoes the bias, by at most 3x
+                        lag2 = ages[2:]
+                        a2 = float((lag2 * (stack[2:] * stack[:-2]).sum(1)).sum() / lag2.sum())
+                        s = min((a2 - b) / (a - b), 3.0 * s)
+                    s = s * float(pairs.sum()) / (float(pairs.sum()) + 10.0)
+                    s = min(max(s, 0.0), model.temporal_max)
+            belief = p / self.class_prior * (s * self.belief + (1.0 - s) * self.class_prior)
+            self.belief = belief / belief.sum()
+        else:
+            self.belief = p.clone()
+        self.posteriors.append(p)
+        return self.belief.clone()
+
     @torch.no_grad()
     def step(self, x: torch.Tensor, learn: bool = True) -> torch.Tensor:
-        """One frame (d,): the same sequence as ``edge_runtime.kernels.memflow.step``."""
+        """One frame (d,): the same sequence as ``edge_runtime.kernels.memflow.run_batch``."""
         model = self.model
         z = x.to(torch.float64)
         z = z / torch.linalg.vector_norm(z)
-        # The frames before this one set the centres; this frame joins the EMAs after (as FeatureShift).
+        # The frames before this one set the centres; this frame joins the sums after (as FeatureShift).
         weight = float(self.shift_weight)
-        prior = model.shift_prior
-        if model.shift_fade:  # the source pseudo-frames fade with the EMA: shift_prior gamma^n
-            prior = model.shift_prior * max(1.0 - (1.0 - model.shift_decay) * weight, 0.0)
+        prior = self._prior(weight)
         shifting = model.shift and prior + weight > 0
         factor = self.scale
+        variance = float(self.input_var.sum())
         if shifting:
             centre = (prior * self.centre_source + self.shift_sum) / (prior + weight)
-            if model.shift_spread:  # target variance from the same EMA; factors within [1/4, 4]
-                second = (prior * (self.input_var + self.centre_source ** 2) + self.shift_sq) / (prior + weight)
-                var_t = second - centre ** 2
-                factor = self.scale * torch.sqrt(torch.clamp(self.input_var / var_t.clamp_min(1e-300), 1 / 16, 16))
+            second = (prior * (self.input_var + self.centre_source ** 2) + self.shift_sq) / (prior + weight)
+            var_t = torch.maximum(second - centre ** 2, self.input_var / 16)
+            variance = float(var_t.sum())
+            if model.shift_spread:  # factors within [1/4, 4]
+                factor = self.scale * torch.sqrt(torch.clamp(self.input_var / var_t, 1 / 16, 16))
         else:
             centre = self.centre_source
+        w = 1.0
         if model.shift and learn:
-            self.shift_sum = model.shift_decay * self.shift_sum + z
-            self.shift_sq = model.shift_decay * self.shift_sq + z ** 2
-            self.shift_weight = model.shift_decay * self.shift_weight + 1.0
-        m = self.propagate(((z - centre) * factor)[None])
+            if model.shift_novelty > 0:  # weight of a frame close to the last few
+                if self.frames > 0:
+                    w = min(1.0, float(((z - self.recent) ** 2).sum()) / (model.shift_novelty * variance))
+                    self.recent = 0.8 * self.recent + 0.2 * z
+                else:
+                    self.recent = z.clone()
+            g = model.shift_decay
+            self.shift_sum = g * self.shift_sum + w * z
+            self.shift_sq = g * self.shift_sq + w * z ** 2
+            self.shift_weight = g * self.shift_weight + w
+            y = self.basis @ (z - self.centre_source)
+            self.proj_sum = g * self.proj_sum + w * y
+            self.proj_sq = g * self.proj_sq + w * torch.outer(y, y)
+            self.frames += 1
+        c = z - centre
+        c = (c + self.basis.T @ (self.mix @ (self.basis @ c))) * factor
+        if model.shift and learn and self.frames % model.shift_every == 0:
+            self.mix = self._mix(float(self.shift_weight))
+        m = self.propagate(c[None])
         if model.shift:
             raw = m.to(torch.float64)
             if shifting:
                 target_mean = (prior * self.trace_mean + self.trace_sum) / (prior + weight)
                 m = (raw + self.trace_mean - target_mean).to(torch.float32)
             if learn:
-                self.trace_sum = model.shift_decay * self.trace_sum + raw[0]
+                self.trace_sum = model.shift_decay * self.trace_sum + w * raw[0]
         p = self.retrieve(m)[0]
         k_memory = k_prior = int(torch.argmax(p))
         if model.prior:
-            f = z - centre + self.centre_source
-            if model.prior_unit:  # the head reads the shifted feature at unit norm
+            f = c / factor + self.centre_source
+            if model.prior_unit:  # the head reads the aligned feature at unit norm
                 f = f / torch.linalg.vector_norm(f)
             logits = self.prior_w @ f.to(torch.float32) + self.prior_b
             k_prior = int(torch.argmax(logits))
-            p = torch.softmax(logits.to(torch.float64) + model.memory_weight * torch.log(p), dim=0)
+            p = torch.softmax(self.head_scale * logits.to(torch.float64) + self.memory_weight * torch.log(p), dim=0)
         if learn and model.reinforce:
             k = int(torch.argmax(p))
             if float(p[k]) >= model.gate and k == k_memory == k_prior:
@@ -168,4 +243,6 @@ class TorchMemFlow:
                 self.target[1, k] = g * self.target[1, k] + e * m64
                 self.target[2, k] = g * self.target[2, k] + e * m64 ** 2
                 self._refresh_class(k)
+        if learn and model.temporal:
+            p = self._temporal(p)
         return p

@@ -35,7 +35,7 @@ import numpy as np
 from edge_runtime.errors import InputError
 from firmware_bridge.crc import crc32
 
-EXPORT_FORMAT = 2  # EDGERT_FORMAT_VERSION in c/edgert_readout.h
+EXPORT_FORMAT = 3  # EDGERT_FORMAT_VERSION in c/edgert_readout.h
 DTYPES = ("int8", "float16", "float32")
 C_SOURCES = ("edgert_readout.h", "edgert_readout.c", "main.c")
 C_DIR = Path(__file__).resolve().parent / "c"
@@ -202,12 +202,14 @@ def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     return header
 
 
-# MemFlow parameters the C read-out implements (read-only: the reinforcement ones do not apply).
+# MemFlow parameters the C read-out implements (read-only: the reinforcement and running-statistics
+# ones do not apply, and the temporal filter is a stream stage: the read-out classifies each frame
+# on its own, as ``predict_proba`` does).
 MEMFLOW_PARAMS = frozenset({
     "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
     "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
-    "shift_prior", "shift_decay", "shift_fade", "shift_spread", "standardise", "prior", "memory_weight", "prior_l2",
-    "prior_unit"})
+    "shift_prior", "shift_decay", "shift_fade", "shift_spread", "shift_rank", "shift_every", "shift_novelty",
+    "standardise", "prior", "memory_weight", "prior_l2", "prior_unit", "temporal", "temporal_max"})
 
 
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
@@ -229,9 +231,16 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
         f"#define EDGERT_N_NEURONS {n}\n#define EDGERT_VAR_COLS {var_cols}\n")
     # The input stage as it stands (the EMAs are frozen into the export): the C read-out computes
     # z = (x / ||x|| - centre) * scale and its head reads z / scale + centre_source, as the kernel.
-    centre_values, factor = adapter.input_stage()
-    centre = header.array("edgert_centre", centre_values, "float", "EDGERT_DIM")
-    scale = "NULL" if (factor == 1.0).all() else header.array("edgert_scale", factor, "float", "EDGERT_DIM")
+    stage = adapter.input_stage()
+    centre = header.array("edgert_centre", stage.centre, "float", "EDGERT_DIM")
+    scale = "NULL" if (stage.factor == 1.0).all() else header.array("edgert_scale", stage.factor, "float", "EDGERT_DIM")
+    rank = stage.basis.shape[0] if stage.mix.any() else 0  # an identity map is left out
+    header.lines.append(f"#define EDGERT_RANK {rank}\n")
+    if rank:
+        basis = header.matrix("edgert_basis", stage.basis, dtype, "EDGERT_RANK", "EDGERT_DIM")
+        mix = header.array("edgert_mix", stage.mix, "float", "EDGERT_RANK * EDGERT_RANK")
+    else:
+        basis, mix = _NO_MATRIX, "NULL"
     delta_values = adapter.trace_shift()
     delta = ("NULL" if not delta_values.any() else
              header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS"))
@@ -250,18 +259,21 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
         prior_b = header.array("edgert_prior_b", np.asarray(adapter._prior_b, np.float32), "float", "EDGERT_N_CLASSES")
         centre_source = header.array("edgert_centre_source", np.asarray(adapter._centre_source, np.float32), "float",
                                      "EDGERT_DIM")
-        prior = f"1, {prior_w}, {prior_b}, {centre_source}, {float(adapter.memory_weight)!r}, {int(adapter.prior_unit)}"
+        head_scale, memory_weight = (float(v) for v in adapter._weights)
+        prior = f"1, {prior_w}, {prior_b}, {centre_source}, {head_scale!r}, {memory_weight!r}, {int(adapter.prior_unit)}"
     else:
-        prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0, 0"
+        prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0, 1.0, 0"
     tau = repr(float(adapter._tau[0]))
     header.descriptor("edgert_memflow",
                       "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
                       f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
-                      f"    {centre}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m}, EDGERT_VAR_COLS, {present}, {alive},\n"
+                      f"    {centre}, EDGERT_RANK, {basis}, {mix}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m},\n"
+                      f"    EDGERT_VAR_COLS, {present}, {alive},\n"
                       f"    {prior},\n")
     neurons = ("float", "EDGERT_N_NEURONS")
     header.work("edgert_memflow_work", {
-        "z": ("float", "EDGERT_DIM"), "a": neurons, "h": neurons, "o": neurons, "o_prev": neurons, "m": neurons,
+        "z": ("float", "EDGERT_DIM"), "y": ("float", str(max(rank, 1))), "t": ("float", str(max(rank, 1))),
+        "a": neurons, "h": neurons, "o": neurons, "o_prev": neurons, "m": neurons,
         "c": neurons, "best": neurons, "ll": ("float", "EDGERT_N_CLASSES * EDGERT_N_NEURONS"),
         "bridge_state": ("uint64_t", str(max(adapter.n_bridge, 1))),
         "slot_src": ("int32_t", str(max(adapter.in_degree, 1))), "slot_w": ("float", str(max(adapter.in_degree, 1))),

@@ -7,13 +7,13 @@ from edge_runtime.state import read_state
 
 
 def test_demo_rebuilds_a_source_memory_made_with_other_parameters(exported, tmp_path, capsys) -> None:
-    # An older runtime's memory still loads (without the spread stage) but would not show what
+    # An older runtime's memory still loads (without the temporal filter) but would not show what
     # this runtime does; the demo must notice and build it again, then reuse the new one.
     model = exported["int8.tflite"]
     path = tmp_path / "source-photo-memflow.npz"
-    build(model, "photo", "memflow", path, params={"shift_spread": False})
+    build(model, "photo", "memflow", path, params={"temporal": False})
     assert source_memory(model, "memflow", tmp_path) == path
     assert "other parameters" in capsys.readouterr().out
-    assert read_state(path).adapter.shift_spread is True
+    assert read_state(path).adapter.temporal is True
     source_memory(model, "memflow", tmp_path)
     assert "already built" in capsys.readouterr().out

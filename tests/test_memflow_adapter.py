@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.adapters import make_adapter
-from edge_runtime.adapters.memflow import MemFlow
+from edge_runtime.adapters.memflow import MemFlow, principal_directions
 from edge_runtime.errors import InputError
 
 SMALL = dict(n_hub=16, n_bridge=64, prior=False)  # fast, and exercises every code path
@@ -42,16 +42,36 @@ def test_same_seed_same_predictions_and_state(photo, clipart) -> None:
 
 def test_merge_equals_memorising_both_streams(photo, clipart) -> None:
     x, y, k = photo
-    centre = (x / np.linalg.norm(x, axis=1, keepdims=True)).mean(axis=0)
-    params = dict(SMALL, temperature=0.5)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centre = unit.mean(axis=0)
+    basis = principal_directions(unit - centre, 16)  # devices that merge share the centre and basis
+    params = dict(SMALL, temperature=0.5, memory_weight=1.0)
     first, second = np.arange(len(y)) % 2 == 0, np.arange(len(y)) % 2 == 1
-    merged = MemFlow(**params).fit(x[first], y[first], k, centre=centre)
-    merged.merge(MemFlow(**params).fit(x[second], y[second], k, centre=centre))
-    both = MemFlow(**params).fit(x, y, k, centre=centre)
+    merged = MemFlow(**params).fit(x[first], y[first], k, centre=centre, basis=basis)
+    merged.merge(MemFlow(**params).fit(x[second], y[second], k, centre=centre, basis=basis))
+    both = MemFlow(**params).fit(x, y, k, centre=centre, basis=basis)
     np.testing.assert_allclose(merged._source, both._source, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(merged._basis_stats, both._basis_stats, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(merged.predict_proba(clipart), both.predict_proba(clipart), rtol=1e-4, atol=1e-6)
     with pytest.raises(InputError, match="same network"):
-        merged.merge(MemFlow(**params).fit(x[second], y[second], k))  # a different centre
+        merged.merge(MemFlow(**params).fit(x[second], y[second], k, centre=centre))  # another basis
+
+
+def test_running_sums_merge_exactly(photo, clipart) -> None:
+    # With (almost) no decay the alignment's input sums are plain sums: two devices' halves of a
+    # stream add up to one device's whole stream, whatever the order. (The neurons' trace sums
+    # depend on the alignment each frame met, so they add up only approximately.)
+    x, y, k = photo
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centre, basis = unit.mean(axis=0), principal_directions(unit - unit.mean(axis=0), 16)
+    params = dict(SMALL, shift_decay=np.nextafter(1.0, 0.0), reinforce=False, shift_novelty=0.0)
+    a, b, whole = (MemFlow(**params).fit(x, y, k, centre=centre, basis=basis) for _ in range(3))
+    a.adapt(clipart[:25])
+    b.adapt(clipart[25:])
+    whole.adapt(clipart[::-1])
+    a.merge(b)
+    for name in ("_shift_sum", "_shift_sq", "_shift_weight", "_proj_sum", "_proj_sq"):
+        np.testing.assert_allclose(getattr(a, name), getattr(whole, name), rtol=1e-6, atol=1e-9, err_msg=name)
 
 
 def test_state_round_trip_through_npz_and_json(photo, clipart) -> None:
@@ -109,7 +129,7 @@ def test_teach_memorises_the_trace_the_adapted_frame_path_reads(photo, clipart) 
     model = MemFlow(**SMALL).fit(x, y, k)
     model.adapt(clipart[:40])
     model.predict_proba(clipart[40])
-    read = model._work["m"].astype(np.float64)
+    read = model._work.m.astype(np.float64)
     before = model._source[1, 3].copy()
     model.teach(clipart[40:41], np.array([3]))
     np.testing.assert_allclose(model._source[1, 3] - before, read, rtol=1e-4, atol=1e-5)
@@ -143,18 +163,31 @@ def test_bad_input_is_refused_with_a_clear_error(photo, clipart) -> None:
     assert np.count_nonzero(model._target - before) <= 3 * 3 * model.n_neurons
 
 
-def test_without_the_memory_the_default_is_the_shift_baseline(photo, clipart) -> None:
-    # The default shift stage is FeatureShift's EMA and the prior reads the unit-norm shifted
-    # feature, so with memory_weight 0 MemFlow must predict what ``shift`` predicts, frame by frame.
+def test_with_featureshifts_stage_and_no_memory_it_is_the_shift_baseline(photo, clipart) -> None:
+    # FeatureShift's EMA (momentum 0.95 started at the source mean), no other stage and no memory:
+    # MemFlow must then predict what ``shift`` predicts, frame by frame, so everything else it
+    # does is measured against that baseline.
     x, y, k = photo
     shift = make_adapter("shift", inner_params={"l2": 1e-3}).fit(x, y, k)
-    model = MemFlow(memory_weight=0.0, prior_l2=1e-3).fit(x, y, k)
+    stages = dict(shift_decay=0.95, shift_fade=True, shift_rank=0, shift_novelty=0.0, temporal=False)
+    model = MemFlow(**stages, memory_weight=0.0, prior_l2=1e-3).fit(x, y, k)
     want = np.concatenate([shift.adapt(row[None]) for row in clipart])
     got = model.adapt(clipart)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # The memory does change the decision on some frames once it has a say.
-    mixed = MemFlow(prior_l2=1e-3).fit(x, y, k).adapt(clipart)
+    mixed = MemFlow(**stages, prior_l2=1e-3).fit(x, y, k).adapt(clipart)
     assert not np.allclose(mixed, want, atol=1e-3)
+
+
+def test_the_product_is_calibrated_on_held_out_source(photo) -> None:
+    # memory_weight None: the head's scale and the memory's weight minimise the held-out NLL of
+    # the product on the source; the fitted weights beat the plain product there.
+    x, y, k = photo
+    model = MemFlow(prior_l2=1e-3).fit(x, y, k)
+    scale, weight = model._weights
+    assert 0.0 <= weight < 1.0 and scale > 0.0
+    plain = MemFlow(prior_l2=1e-3, memory_weight=1.0).fit(x, y, k)
+    assert tuple(plain._weights) == (1.0, 1.0)
 
 
 def test_spread_stage_gives_the_memory_input_its_source_spread(photo) -> None:
@@ -171,7 +204,7 @@ def test_spread_stage_gives_the_memory_input_its_source_spread(photo) -> None:
     for name, stream, spread in (("narrow", narrow, True), ("same", unit, True), ("off", narrow, False)):
         model = MemFlow(**SMALL, shift_spread=spread).fit(x, y, k)
         model.adapt(stream[order])
-        factors[name] = float(np.median(model.input_stage()[1]))
+        factors[name] = float(np.median(model.input_stage().factor))
     assert lost > 1.25
     assert abs(factors["narrow"] / lost - 1.0) < 0.1
     assert abs(factors["same"] - 1.0) < 0.1
@@ -180,13 +213,16 @@ def test_spread_stage_gives_the_memory_input_its_source_spread(photo) -> None:
 
 def test_a_state_written_before_the_spread_stage_predicts_as_it_did(photo, clipart) -> None:
     x, y, k = photo
-    old = MemFlow(**SMALL, shift_spread=False).fit(x, y, k)
+    old = MemFlow(**SMALL, **MemFlow.LEGACY, memory_weight=1.0).fit(x, y, k)
     old.adapt(clipart[:30])
     state = old.state_dict()
-    del state["params"]["shift_spread"]
-    state["arrays"] = {name: a for name, a in state["arrays"].items() if name not in ("input_stats", "shift_sq")}
+    for name in MemFlow.LEGACY:
+        del state["params"][name]
+    kept = ("source", "target", "centre_source", "scale", "prior_w", "prior_b", "shift_sum", "shift_weight",
+            "trace_sum", "tau")  # what format 0.1.0 wrote
+    state["arrays"] = {name: a for name, a in state["arrays"].items() if name in kept}
     restored = MemFlow.from_state_dict(state)
-    assert restored.shift_spread is False
+    assert restored.shift_spread is False and restored.shift_rank == 0 and restored.temporal is False
     np.testing.assert_array_equal(restored.adapt(clipart[30:]), old.adapt(clipart[30:]))
 
 
@@ -208,5 +244,8 @@ def test_registry_names_and_ablation_switches() -> None:
     assert make_adapter("memflow-no-blur").blur == 0.0
     assert make_adapter("memflow-no-cu").confidence_update is False
     assert make_adapter("memflow-no-spike").spiking is False
+    assert make_adapter("memflow-no-temporal").temporal is False
+    assert make_adapter("memflow-no-subspace").shift_rank == 0
+    assert make_adapter("memflow-no-novelty").shift_novelty == 0.0
     clone = make_adapter("memflow-no-spike").clone()
     assert clone.spiking is False

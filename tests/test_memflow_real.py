@@ -24,21 +24,22 @@ def domains() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
 
 
 @pytest.mark.parametrize("params", [
-    {},  # the default network and read-out
+    {},  # the default network, read-out and stages
     {"readout": "product", "prior": False},
     {"variance": "class", "confidence": False},
     {"spiking": False, "blur": 0.0},
     {"confidence_update": False, "gate": 0.0},
-    # the earlier anchored shift stage and raw-norm prior; no source pseudo-frames at all
-    {"shift_fade": False, "shift_decay": 0.99, "prior_unit": False, "memory_weight": 2.0},
-    {"shift_prior": 0.0, "gate": 0.0},
+    # FeatureShift's fading EMA with the spread stage, a raw-norm prior; no source pseudo-frames at all
+    {"shift_fade": True, "shift_decay": 0.95, "shift_spread": True, "shift_rank": 0, "prior_unit": False,
+     "memory_weight": 2.0},
+    {"shift_prior": 0.0, "gate": 0.0, "shift_every": 1, "temporal_max": 0.5},
 ])
 def test_numba_matches_the_torch_reference(domains, params) -> None:
     x, y, k, target = domains
     model = MemFlow(**params, prior_l2=L2).fit(x, y, k)
     reference = TorchMemFlow(model)
     xn = target / np.linalg.norm(target, axis=1, keepdims=True)
-    z = (xn - model._centre_source) * model._scale
+    z = ((xn - model._centre_source) * model._scale).astype(np.float32)
     traces = model._traces(z)
     expected = reference.propagate(torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(traces, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
@@ -71,7 +72,7 @@ def test_read_out_matches_the_reference_far_from_every_class_and_with_an_absent_
         got = np.zeros((len(traces), k + 1), np.float32)
         for r, m in enumerate(traces):
             K.retrieve(m, model._mu, model._hiv, model._lnorm, False, model._present, model._alive,
-                       readout == "product", True, float(model._tau[0]), w["row"], w["part"], w["vote"], got[r])
+                       readout == "product", True, float(model._tau[0]), w.row, w.part, w.vote, got[r])
         want = reference.retrieve(torch.from_numpy(traces)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
         assert not got[:, k].any()

@@ -60,6 +60,9 @@ ADAPTERS["memflow-no-blur"] = _memflow(blur=0.0)
 ADAPTERS["memflow-no-cu"] = _memflow(confidence_update=False)
 ADAPTERS["memflow-no-spike"] = _memflow(spiking=False)
 ADAPTERS["memflow-static"] = _memflow(reinforce=False)
+ADAPTERS["memflow-no-temporal"] = _memflow(temporal=False)
+ADAPTERS["memflow-no-subspace"] = _memflow(shift_rank=0)
+ADAPTERS["memflow-no-novelty"] = _memflow(shift_novelty=0.0)
 
 
 def make_adapter(name: str, **params: Any) -> Adapter:

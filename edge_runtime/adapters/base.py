@@ -82,6 +82,9 @@ class Adapter(ABC):
     """A gradient-free head over L2-normalised float32 features (see the module docstring)."""
 
     name: ClassVar[str]
+    # Constructor parameters added after a state format was first written, with the values that
+    # make an older state (which does not name them) behave as it did; ``from_state_dict`` uses them.
+    LEGACY: ClassVar[dict[str, Any]] = {}
 
     # -- required verbs ------------------------------------------------------------------
     @abstractmethod
@@ -160,6 +163,6 @@ class Adapter(ABC):
             raise InputError(f"state is for adapter {state.get('adapter')!r}, not {cls.name!r}")
         if state.get("format") != STATE_FORMAT:
             raise InputError(f"state format {state.get('format')} is not readable (this runtime reads {STATE_FORMAT})")
-        adapter = cls(**state["params"])
+        adapter = cls(**{**cls.LEGACY, **state["params"]})
         adapter._load_arrays(dict(state["arrays"]))
         return adapter

@@ -67,24 +67,26 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
 from edge_runtime.errors import InputError
+from edge_runtime.kernels import align
 from edge_runtime.kernels import memflow as K
+from edge_runtime.kernels import temporal as T
 from edge_runtime.kernels.prng import make_graph
 
 _READOUTS = ("product", "mixture")
-_HEADS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_HEADS: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
 
 def _source_head(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float | None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
     """The source linear head (``edge_runtime.adapters.linear.Linear``, L2 by cross-validation on
-    the source) as (W, b). It is a pure function of the source, so it is computed once per source
-    in a process (a bench fits several MemFlow variants on one source)."""
+    the source) as (W, b, its L2 strength). It is a pure function of the source, so it is computed
+    once per source in a process (a bench fits several MemFlow variants on one source)."""
     from edge_runtime.adapters.linear import Linear
 
     key = hashlib.sha256(x.tobytes() + y.tobytes() + str((x.shape, n_classes, l2)).encode()).hexdigest()
@@ -92,10 +94,65 @@ def _source_head(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float | None
         if len(_HEADS) >= 8:
             _HEADS.pop(next(iter(_HEADS)))
         head = Linear(l2=l2).fit(x, y, n_classes)
-        _HEADS[key] = (np.array(head.weight, np.float32), np.array(head.bias, np.float32))
-    w, b = _HEADS[key]
-    return w.copy(), b.copy()
+        _HEADS[key] = (np.array(head.weight, np.float32), np.array(head.bias, np.float32), head.chosen_l2)
+    w, b, chosen = _HEADS[key]
+    return w.copy(), b.copy(), chosen
+
+
+def _weigh(head: np.ndarray, memory: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(head scale, memory weight) minimising the NLL of softmax(scale head + weight memory) over
+    held-out rows (logits (n, K) each), on a grid: the product of two posteriors that share their
+    evidence is overconfident, and the temporal filter needs a calibrated one."""
+    rows = np.arange(len(truth))
+    best, best_nll = (1.0, 1.0), np.inf
+    for scale in np.geomspace(1 / 8, 8, 25):
+        for weight in np.linspace(0.0, 2.0, 21):
+            z = scale * head + weight * memory
+            z -= z.max(axis=1, keepdims=True)
+            nll = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, truth]))
+            if nll < best_nll:
+                best, best_nll = (float(scale), float(weight)), nll
+    return best
+
+
 _VARIANCES = ("pooled", "class")
+
+
+class InputStage(NamedTuple):
+    """The map a frame enters the network through, as it stands (``edge_runtime.kernels.align``):
+    z = (c + c U^T mix U) * factor with c = x / ||x|| - centre; U = ``basis`` (r, d)."""
+
+    centre: np.ndarray  # (d,) float32
+    factor: np.ndarray  # (d,) float32
+    basis: np.ndarray  # (r, d) float32
+    mix: np.ndarray  # (r, r) float32
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Rows x (n, d), L2-normalised, through the map (float32)."""
+        c = np.asarray(x, np.float32) - self.centre
+        return ((c + (c @ self.basis.T) @ self.mix.T @ self.basis) * self.factor).astype(np.float32)
+
+
+def principal_directions(centred: np.ndarray, rank: int) -> np.ndarray:
+    """The top ``rank`` principal directions (rank, d) of centred rows, float32, signs fixed (each
+    row's largest entry positive) so that the same source gives the same basis."""
+    n, d = centred.shape
+    if n < d:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        top = vt[:rank]
+    else:  # the d x d scatter is cheaper to decompose than n rows
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        top = vectors[:, ::-1][:, :rank].T
+    top = top * np.sign(top[np.arange(len(top)), np.abs(top).argmax(axis=1)])[:, None]
+    out = np.zeros((rank, d), np.float32)
+    out[:len(top)] = top
+    return out
+# Running sums that merge by addition, and the state of one stream (kept by ``merge``), as the
+# attribute names their state arrays are named after (without the underscore).
+_SUMS = ("_source", "_target", "_shift_sum", "_shift_sq", "_shift_weight", "_proj_sum", "_proj_sq", "_frames",
+         "_input_stats", "_basis_stats", "_trace_sum")
+_STREAM = ("_mix", "_recent", "_belief", "_last", "_last2", "_marginal", "_moments")
+_TEMPORAL_TRUST = 10.0  # pairs of frames before the measured stay probability counts half (kernels.temporal)
 
 
 class MemFlow(Adapter):
@@ -117,10 +174,16 @@ class MemFlow(Adapter):
     source_weight, decay, gate
         Reinforcement: source pseudo-samples per class, per-class EMA factor of the target memory,
         minimum confidence p* of a frame to be learnt from.
-    shift, shift_prior, shift_decay, shift_fade, shift_spread
-        The input and neuron shift stages: on/off, source-mean pseudo-frames, EMA factor,
-        whether the pseudo-frames fade with the EMA (else they anchor the centre for good), and
-        the spread stage (the memory's input rescaled per dimension to the source variance).
+    shift, shift_prior, shift_decay, shift_fade, shift_spread, shift_rank, shift_every, shift_novelty
+        The alignment stages (``edge_runtime.kernels.align``): on/off, source pseudo-frames, EMA
+        factor of the running statistics (a window of 1 / (1 - decay) frames), whether the
+        pseudo-frames fade with the EMA (else they anchor the statistics for good), the spread
+        stage (per-dimension variance), the rank of the subspace whose covariance is aligned (0:
+        none) and the frames between refreshes of its map, and the novelty scale rho of the
+        frames' weights (0: every frame weighs 1).
+    temporal, temporal_max
+        The temporal filter (``edge_runtime.kernels.temporal``): on/off, and the ceiling of the
+        stay probability it measures on the stream.
     standardise
         Also scale each input dimension by its (shrunk) inverse source spread.
     prior, memory_weight, prior_l2, prior_unit
@@ -177,6 +240,10 @@ class MemFlow(Adapter):
     """
 
     name: ClassVar[str] = "memflow"
+    # Parameters added after the first state format (0.1.0), set so that a state written without
+    # them predicts as it did: no spread, subspace, novelty or temporal stage.
+    LEGACY: ClassVar[dict[str, Any]] = {"shift_spread": False, "shift_rank": 0, "shift_novelty": 0.0,
+                                        "temporal": False}
 
     def __init__(self, n_hub: int = 128, n_bridge: int = 512, in_degree: int = 30,
                  rounds: int = 3, seed: int = 0, spiking: bool = True, blur: float = 0.5,
@@ -184,10 +251,11 @@ class MemFlow(Adapter):
                  readout: str = "mixture", confidence: bool = True, variance: str = "pooled",
                  var_floor: float = 0.05, temperature: float | None = None,
                  source_weight: float = 200.0, decay: float = 0.99, gate: float = 0.9,
-                 shift: bool = True, shift_prior: float = 20.0, shift_decay: float = 0.95,
-                 shift_fade: bool = True, shift_spread: bool = True, standardise: bool = False,
-                 prior: bool = True, memory_weight: float = 1.0, prior_l2: float | None = None,
-                 prior_unit: bool = True) -> None:
+                 shift: bool = True, shift_prior: float = 20.0, shift_decay: float = 0.999,
+                 shift_fade: bool = False, shift_spread: bool = False, shift_rank: int = 16,
+                 shift_every: int = 8, shift_novelty: float = 0.25, standardise: bool = False,
+                 prior: bool = True, memory_weight: float | None = None, prior_l2: float | None = None,
+                 prior_unit: bool = True, temporal: bool = True, temporal_max: float = 0.95) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
         self.in_degree = in_degree
@@ -210,11 +278,16 @@ class MemFlow(Adapter):
         self.shift_decay = shift_decay
         self.shift_fade = shift_fade
         self.shift_spread = shift_spread
+        self.shift_rank = shift_rank
+        self.shift_every = shift_every
+        self.shift_novelty = shift_novelty
         self.standardise = standardise
         self.prior = prior
         self.memory_weight = memory_weight
         self.prior_l2 = prior_l2
         self.prior_unit = prior_unit
+        self.temporal = temporal
+        self.temporal_max = temporal_max
 
     # -- construction ----------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -228,6 +301,11 @@ class MemFlow(Adapter):
             raise InputError(f"rounds must be >= 1, got {self.rounds}")
         if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.shift_decay < 1.0:
             raise InputError("decay and shift_decay must be in [0, 1)")
+        if self.shift_rank < 0 or self.shift_every < 1 or self.shift_novelty < 0:
+            raise InputError(f"need shift_rank >= 0, shift_every >= 1 and shift_novelty >= 0, got "
+                             f"{self.shift_rank}, {self.shift_every} and {self.shift_novelty}")
+        if not 0.0 <= self.temporal_max < 1.0:
+            raise InputError(f"temporal_max must be in [0, 1), got {self.temporal_max}")
 
     def _build(self, dim: int, n_classes: int) -> None:
         """Regenerate the network from the seed and allocate state and work buffers."""
@@ -238,24 +316,38 @@ class MemFlow(Adapter):
         n = self.n_neurons
         self._source = np.zeros((3, n_classes, n))
         self._target = np.zeros((3, n_classes, n))
+        rank = min(self.shift_rank, dim)
+        self._basis = np.zeros((rank, dim), np.float32)
+        self._basis_var = np.ones(rank)
         self._shift_sum = np.zeros(dim)
         self._shift_sq = np.zeros(dim)
-        self._input_stats = np.zeros((3, dim))
         self._shift_weight = np.zeros(1)
+        self._proj_sum = np.zeros(rank)
+        self._proj_sq = np.zeros((rank, rank))
+        self._mix = np.zeros((rank, rank), np.float32)
+        self._recent = np.zeros(dim, np.float32)
+        self._frames = np.zeros(1, np.int64)
+        self._input_stats = np.zeros((3, dim))
+        self._basis_stats = np.zeros((3, rank))
         self._trace_sum = np.zeros(self.n_neurons)
         self._tau = np.ones(1)
+        self._weights = np.ones(2)  # the head's scale and the memory's weight in the product
+        self._belief = np.zeros(n_classes)
+        self._last = np.zeros(n_classes)
+        self._marginal = np.zeros(n_classes)
+        self._moments = np.zeros(T.N_MOMENTS)
+        self._last2 = np.zeros(n_classes)
         # Neuron-major (N, K), as the read-out walks them (see ``K.retrieve``).
         self._mu = np.zeros((n, n_classes), np.float32)
         self._hiv = np.zeros((n, n_classes), np.float32)
         self._lnorm = np.zeros((n, n_classes), np.float32)
         self._present = np.zeros(n_classes, np.bool_)
-        self._work = dict(centre=np.zeros(dim, np.float32), factor=np.zeros(dim, np.float32),
-                          z=np.zeros(dim, np.float32),
-                          a=np.zeros(n, np.float32), h=np.zeros(n, np.float32), o=np.zeros(n, np.float32),
-                          o_prev=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
-                          row=np.zeros(n_classes, np.float32), part=np.zeros(n_classes, np.float32),
-                          vote=np.zeros(n_classes),
-                          logits=np.zeros(n_classes, np.float32))
+        self._work = K.Work(centre=np.zeros(dim, np.float32), factor=np.zeros(dim, np.float32),
+                            z=np.zeros(dim, np.float32), a=np.zeros(n, np.float32), h=np.zeros(n, np.float32),
+                            o=np.zeros(n, np.float32), o_prev=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
+                            row=np.zeros(n_classes, np.float32), part=np.zeros(n_classes, np.float32),
+                            vote=np.zeros(n_classes), logits=np.zeros(n_classes, np.float32),
+                            y=np.zeros(rank, np.float32), t=np.zeros(rank, np.float32), y64=np.zeros(rank))
 
     @property
     def n_neurons(self) -> int:
@@ -270,6 +362,12 @@ class MemFlow(Adapter):
             var = np.where(n > 0, s2 / n - (s1 / n) ** 2, 0.0)
         # A floor keeps sqrt(v_s / v_t) defined for dimensions constant on the source.
         self._input_var = np.maximum(var, 1e-12 * max(float(var.mean()), 1e-30))
+        n, s1, s2 = self._basis_stats
+        with np.errstate(divide="ignore", invalid="ignore"):
+            var = np.where(n > 0, s2 / n - (s1 / n) ** 2, 0.0)
+        self._basis_var = np.maximum(var, 1e-12 * max(float(self._input_var.sum()), 1e-30))
+        counts = self._source[0, :, 0] if self.n_neurons else np.zeros(self._n_classes)
+        self._class_prior = (counts + 1.0) / (counts.sum() + self._n_classes)
         src = self._source
         tot0, tot1, tot2 = (src[j].sum(axis=0) for j in range(3))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -291,9 +389,12 @@ class MemFlow(Adapter):
                             self.variance == "class", self._tv, self._floor_v, self._blur_v,
                             self._mu, self._hiv, self._lnorm, self._present)
 
+    def _net(self) -> K.Net:
+        return K.Net(*self._graph[:2], *self._links, int(self.rounds), bool(self.spiking))
+
     def _traces(self, z: np.ndarray) -> np.ndarray:
         out = np.zeros((z.shape[0], self.n_neurons), np.float32)
-        K.traces(np.ascontiguousarray(z, np.float32), *self._graph[:2], *self._links, self.rounds, self.spiking, out)
+        K.traces(np.ascontiguousarray(z, np.float32), self._net(), out)
         return out
 
     def _memorise(self, m: np.ndarray, y: np.ndarray, stats: np.ndarray) -> None:
@@ -302,10 +403,11 @@ class MemFlow(Adapter):
 
     # -- verbs -----------------------------------------------------------------------------
     def fit(self, features: np.ndarray, labels: np.ndarray, n_classes: int | None = None, *,
-            centre: np.ndarray | None = None) -> "MemFlow":
-        """Memorise labelled source features from scratch; ``centre`` (d,) fixes the input
-        centring (default: the mean of the normalised features), e.g. to build memories on
-        several devices that merge exactly."""
+            centre: np.ndarray | None = None, basis: np.ndarray | None = None) -> "MemFlow":
+        """Memorise labelled source features from scratch. ``centre`` (d,) fixes the input
+        centring (default: the mean of the normalised features) and ``basis`` (shift_rank, d) the
+        subspace whose covariance is aligned (default: the source's top principal directions), e.g.
+        to build memories on several devices that merge exactly."""
         x = as_features(features, None)
         y = as_labels(labels, x.shape[0], n_classes)
         k = int(n_classes if n_classes is not None else y.max() + 1)
@@ -325,19 +427,43 @@ class MemFlow(Adapter):
         self._input_stats[0] = len(x)
         self._input_stats[1] = x64.sum(axis=0)
         self._input_stats[2] = (x64 * x64).sum(axis=0)
-        m = self._traces((x - self._centre_source) * self._scale)
+        centred = x64 - self._centre_source
+        rank = self._basis.shape[0]
+        if rank:
+            self._basis[:] = principal_directions(centred, rank) if basis is None else self._checked_basis(basis)
+            proj = centred @ self._basis.T.astype(np.float64)
+            self._basis_stats[0] = len(x)
+            self._basis_stats[1] = proj.sum(axis=0)
+            self._basis_stats[2] = (proj * proj).sum(axis=0)
+        m = self._traces(centred.astype(np.float32) * self._scale)
         if self.prior:
-            self._prior_w, self._prior_b = _source_head(x, y, k, self.prior_l2)
+            self._prior_w, self._prior_b, l2 = _source_head(x, y, k, self.prior_l2)
         else:
-            self._prior_w, self._prior_b = np.zeros((k, 1), np.float32), np.zeros(k, np.float32)
-        self._tau[0] = self._calibrate(m, y) if self.temperature is None else float(self.temperature)
+            self._prior_w, self._prior_b, l2 = np.zeros((k, 1), np.float32), np.zeros(k, np.float32), 0.0
+        tau, held, truth, fold = self._calibrate(m, y)
+        self._tau[0] = tau if self.temperature is None else float(self.temperature)
+        self._weights[:] = (1.0, self.memory_weight if self.memory_weight is not None else 1.0)
+        if self.prior and self.memory_weight is None and len(truth):
+            from edge_runtime.adapters.linear import fit_logistic
+
+            head = np.concatenate([x[fold != f] @ w.T + b for f in (0, 1) if (fold != f).any()
+                                   for w, b in [fit_logistic(x[fold == f], y[fold == f], k, l2)]])
+            self._weights[:] = _weigh(head, held / self._tau[0], truth)
         self._memorise(m, y, self._source)
         self._refresh()
         return self
 
-    def _calibrate(self, m: np.ndarray, y: np.ndarray) -> float:
-        """Temperature of the read-out minimising the two-fold held-out NLL on the source
-        (folds: alternate samples within each class, no randomness)."""
+    def _checked_basis(self, basis: np.ndarray) -> np.ndarray:
+        b = np.asarray(basis, np.float32)
+        if b.shape != self._basis.shape or not np.isfinite(b).all():
+            raise InputError(f"basis must be a finite float array of shape {self._basis.shape} (shift_rank, d), "
+                             f"got {b.dtype} {b.shape}")
+        return b
+
+    def _calibrate(self, m: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        """Temperature of the read-out minimising the two-fold held-out NLL on the source (folds:
+        alternate samples within each class, no randomness); also returns the held-out rows' log
+        posteriors at temperature 1 (n, K), their labels, and each row's fold."""
         fold = np.zeros(len(y), np.int64)
         for k in np.unique(y):
             idx = np.flatnonzero(y == k)
@@ -354,13 +480,13 @@ class MemFlow(Adapter):
             w = self._work
             for r in range(len(held)):
                 K.retrieve(held[r], self._mu, self._hiv, self._lnorm, self.variance == "class", self._present,
-                           self._alive, self.readout == "product", self.confidence, 1.0, w["row"], w["part"], w["vote"],
+                           self._alive, self.readout == "product", self.confidence, 1.0, w.row, w.part, w.vote,
                            p[r])
             logp.append(np.log(np.maximum(p, 1e-30)))
             truth.append(y[fold != f])
         self._source[:] = 0.0
         if not logp:
-            return 1.0
+            return 1.0, np.zeros((0, self._n_classes)), np.zeros(0, np.int64), fold
         s = np.concatenate(logp).astype(np.float64)
         t = np.concatenate(truth)
         best_tau, best_nll = 1.0, np.inf
@@ -370,30 +496,28 @@ class MemFlow(Adapter):
             nll = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(t)), t]))
             if nll < best_nll:
                 best_tau, best_nll = float(tau), nll
-        return best_tau
+        return best_tau, s, t, fold
 
     def teach(self, features: np.ndarray, labels: np.ndarray) -> None:
-        """Memorise labelled examples online (centred like the frames being adapted to)."""
+        """Memorise labelled examples online (aligned like the frames being adapted to)."""
         self._check_fitted()
         x = as_features(features, self._dim)
         y = as_labels(labels, x.shape[0], self._n_classes)
-        centre, factor = self.input_stage()
-        m = self._traces((x - centre) * factor) + self.trace_shift()
+        m = self._traces(self.input_stage().apply(x)) + self.trace_shift()
         self._memorise(m, y, self._source)
         self._refresh()
 
     def _prior_weight(self) -> float:
-        return K.prior_weight(float(self.shift_prior), self.shift_fade, float(self.shift_decay),
-                              float(self._shift_weight[0]))
+        return align.prior_weight(float(self.shift_prior), self.shift_fade, float(self.shift_decay),
+                                  float(self._shift_weight[0]))
 
-    def input_stage(self) -> tuple[np.ndarray, np.ndarray]:
-        """(centre, factor), both (d,) float32: the next frame x enters the network as
-        (x / ||x|| - centre) * factor (see ``K.shift_stage``)."""
+    def input_stage(self) -> "InputStage":
+        """The map the next frame enters the network through (see ``InputStage``)."""
         self._check_fitted()
         centre, factor = np.empty(self._dim, np.float32), np.empty(self._dim, np.float32)
-        K.shift_stage(self._centre_source, self._scale, self._input_var, self._shift_sum, self._shift_sq,
-                      float(self._shift_weight[0]), self._prior_weight(), self.shift, self.shift_spread, centre, factor)
-        return centre, factor
+        align.stage(self._centre_source, self._scale, self._input_var, self._shift_sum, self._shift_sq,
+                    float(self._shift_weight[0]), self._prior_weight(), self.shift, self.shift_spread, centre, factor)
+        return InputStage(centre, factor, self._basis.copy(), self._mix.copy())
 
     def trace_shift(self) -> np.ndarray:
         """(N,) float32: the neuron-level shift the next frame's traces get (see
@@ -402,7 +526,7 @@ class MemFlow(Adapter):
         delta = np.zeros(self.n_neurons, np.float32)
         if self.shift:
             K.shift_traces(delta, self._trace_mean, self._trace_sum, float(self._shift_weight[0]),
-                           self._prior_weight(), float(self.shift_decay), False)
+                           self._prior_weight(), float(self.shift_decay), False, 0.0)
         return delta
 
     def _run(self, features: Any, learn: bool, out: np.ndarray | None) -> np.ndarray:
@@ -430,19 +554,23 @@ class MemFlow(Adapter):
         return out
 
     def _kernel_args(self) -> tuple:
-        """``K.run_batch``'s arguments between the learn flag and ``out``: gathered once per state
-        and parameter set (reading them per frame cost 3-5 µs of a ~100 µs adapt)."""
-        w = self._work
-        return (self._centre_source, self._scale, self._input_var, self._shift_sum, self._shift_sq,
-                self._shift_weight, bool(self.shift), bool(self.shift_spread), float(self.shift_prior),
-                bool(self.shift_fade), float(self.shift_decay), *self._graph[:2], *self._links, int(self.rounds),
-                bool(self.spiking), self._source, self._target, float(self.source_weight), self.variance == "class",
-                self._tv, self._floor_v, self._blur_v, self._alive, self._trace_mean, self._trace_sum, self._mu,
-                self._hiv, self._lnorm, self._present, self.readout == "product", bool(self.confidence),
-                float(self._tau[0]), bool(self.reinforce), float(self.gate), float(self.decay),
-                bool(self.confidence_update), bool(self.prior), self._prior_w, self._prior_b,
-                float(self.memory_weight), bool(self.prior_unit), w["centre"], w["factor"], w["z"], w["a"], w["h"],
-                w["o"], w["o_prev"], w["m"], w["row"], w["part"], w["vote"], w["logits"])
+        """``K.run_batch``'s state tuples (between the learn flag and ``out``): gathered once per
+        state and parameter set (reading them per frame cost 3-5 µs of a ~100 µs adapt)."""
+        stage = K.Stage(bool(self.shift), bool(self.shift_spread), float(self.shift_prior), bool(self.shift_fade),
+                        float(self.shift_decay), float(self.shift_novelty), int(self.shift_every),
+                        self._centre_source, self._scale, self._input_var, self._basis, self._basis_var,
+                        self._shift_sum, self._shift_sq, self._shift_weight, self._proj_sum, self._proj_sq, self._mix,
+                        self._recent, self._frames, self._trace_mean, self._trace_sum)
+        memory = K.Memory(self._source, self._target, float(self.source_weight), self.variance == "class", self._tv,
+                          self._floor_v, self._blur_v, self._alive, self._mu, self._hiv, self._lnorm, self._present,
+                          self.readout == "product", bool(self.confidence), float(self._tau[0]), bool(self.reinforce),
+                          float(self.gate), float(self.decay), bool(self.confidence_update))
+        head = K.Head(bool(self.prior), self._prior_w, self._prior_b, float(self._weights[0]), float(self._weights[1]),
+                      bool(self.prior_unit))
+        temporal = K.Temporal(bool(self.temporal), self._class_prior, self._belief, self._last, self._last2,
+                              self._marginal, self._moments, float(self.shift_decay), _TEMPORAL_TRUST,
+                              float(self.temporal_max))
+        return stage, self._net(), memory, head, temporal, self._work
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A changed parameter (``model.gate = 0.8``) must reach the kernel's cached arguments.
@@ -468,32 +596,28 @@ class MemFlow(Adapter):
         probe.predict_proba(x)
 
     def merge(self, other: "MemFlow") -> "MemFlow":
-        """Add another memory of the same network (seed, sizes, centre): exact, by addition."""
+        """Add another memory of the same network (seed, sizes, centre, basis): exact, by addition.
+        The temporal filter's state is per stream and stays this memory's."""
         self._check_fitted()
         other._check_fitted()
         if other.get_params() != self.get_params() or other._source.shape != self._source.shape:
             raise InputError("can only merge memories with identical parameters and sizes")
         if not all(np.array_equal(getattr(other, a), getattr(self, a))
-                   for a in ("_centre_source", "_scale", "_prior_w", "_prior_b")):
-            raise InputError("can only merge memories of the same network: same centre (pass fit(..., centre=...)) "
-                             "and the same source head (prior=False, or fitted on the same source)")
-        self._source += other._source
-        self._target += other._target
-        self._shift_sum += other._shift_sum
-        self._shift_sq += other._shift_sq
-        self._input_stats += other._input_stats
-        self._shift_weight += other._shift_weight
-        self._trace_sum += other._trace_sum
+                   for a in ("_centre_source", "_scale", "_basis", "_prior_w", "_prior_b")):
+            raise InputError("can only merge memories of the same network: same centre and basis (pass "
+                             "fit(..., centre=..., basis=...)) and the same source head (prior=False, or fitted on "
+                             "the same source)")
+        for name in _SUMS:
+            getattr(self, name)[...] += getattr(other, name)
+        align.refresh_mix(self._basis_var, self._proj_sum, self._proj_sq, float(self._shift_weight[0]),
+                          self._prior_weight(), self._mix)
         self._refresh()
         return self
 
     # -- state -----------------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"source": self._source, "target": self._target,
-                "centre_source": self._centre_source, "scale": self._scale,
-                "prior_w": self._prior_w, "prior_b": self._prior_b, "input_stats": self._input_stats,
-                "shift_sum": self._shift_sum, "shift_sq": self._shift_sq,
-                "shift_weight": self._shift_weight, "trace_sum": self._trace_sum, "tau": self._tau}
+        return {"centre_source": self._centre_source, "scale": self._scale, "basis": self._basis, "prior_w": self._prior_w, "prior_b": self._prior_b,
+                "tau": self._tau, "weights": self._weights, **{name[1:]: getattr(self, name) for name in _SUMS + _STREAM}}
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         source = np.asarray(arrays["source"], np.float64)
@@ -501,21 +625,22 @@ class MemFlow(Adapter):
             raise InputError(f"memory statistics have shape {source.shape}, expected (3, K, {self.n_neurons})")
         centre = np.asarray(arrays["centre_source"], np.float32)
         self._build(centre.shape[0], source.shape[1])
-        self._source[:] = source
-        self._target[:] = np.asarray(arrays["target"], np.float64)
         self._centre_source = centre.copy()
         self._scale = np.asarray(arrays["scale"], np.float32).copy()
         self._prior_w = np.ascontiguousarray(arrays["prior_w"], np.float32)
         self._prior_b = np.ascontiguousarray(arrays["prior_b"], np.float32)
-        self._shift_sum[:] = arrays["shift_sum"]
-        if "input_stats" in arrays:
-            self._input_stats[:] = arrays["input_stats"]
-            self._shift_sq[:] = arrays["shift_sq"]
-        else:  # written before the spread stage existed (0.1.0): keep predicting exactly as it did
-            self.shift_spread = False
-        self._shift_weight[:] = arrays["shift_weight"]
-        self._trace_sum[:] = arrays["trace_sum"]
         self._tau[:] = arrays["tau"]
+        # written before the product was calibrated: the head as it is, the memory at its parameter
+        self._weights[:] = arrays["weights"] if "weights" in arrays else (1.0, self.memory_weight)
+        # Arrays added after the first format are absent from older states, whose parameters
+        # (``LEGACY``) switch off the stages that read them.
+        for name in ("_basis",) + _SUMS + _STREAM:
+            if name[1:] in arrays:
+                target = getattr(self, name)
+                value = np.asarray(arrays[name[1:]])
+                if value.shape != target.shape:
+                    raise InputError(f"memory array {name[1:]!r} has shape {value.shape}, expected {target.shape}")
+                target[...] = value
         self._refresh()
 
     def state_bytes(self) -> int:

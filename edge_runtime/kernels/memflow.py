@@ -34,29 +34,38 @@ Symbols follow the paper (Lv et al., arXiv 2402.14598):
   Pr(k | m_i) = Q_ki / sum_c Q_ci (tau = 1 is the paper; a calibrated tau makes the flat vote
   a usable confidence for the reinforcement gate). "product": the confidence-weighted mean log-likelihood,
   logit_k = sum_i c_i log Q(m_i | k) / (tau sum_i c_i), Pr = softmax(logit): a product of experts.
-- Shift stages (label-free, so they move every class alike and cannot feed a self-confirming
-  class): the input z = x/||x|| - centre with centre an EMA of the target frames before this one
-  pulled to the source mean mu_s by ``shift_prior`` pseudo-frames (fixed, or fading with the EMA:
-  ``prior_weight``), each dimension optionally rescaled to its source spread from the same EMA's
-  second moment (``shift_stage``); and, after propagation, m_i <- m_i + mu^s_i - mu^t_i (source
-  mean trace vs. its EMA on the target, same prior and decay). A frame joins the EMAs after it is
-  classified.
+- Alignment (label-free, so it moves every class alike and cannot feed a self-confirming class):
+  the input z = x/||x|| is mapped back to the source by the running statistics of the frames
+  before it (``edge_runtime.kernels.align``: centre, optional per-dimension spread, low-rank
+  covariance, novelty weights); after propagation m_i <- m_i + mu^s_i - mu^t_i (source mean
+  trace vs. its running mean on the target, same prior, decay and weights). A frame joins the
+  statistics after it is classified.
 - Source-head prior (optional): Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight with
-  (W, b) the source linear head and f = x/||x|| - centre + mu_s the back-to-source shifted feature
-  (without the spread factor: the head reads exactly the ``shift`` baseline's feature; optionally
-  rescaled to unit norm, as the head's training features were).
+  (W, b) the source linear head and f = z / factor + mu_s the aligned feature without the spread
+  factor (with the default fading EMA and no subspace map, exactly the ``shift`` baseline's
+  feature), optionally rescaled to unit norm, as the head's training features were.
 - Reinforced memorisation: pseudo-label k* = argmax Pr(k | x); when p* = Pr(k* | x) >= gate and
   the memory alone and the head alone also pick k* (agreement of two views),
   E_i = exp(-(m_i - mu_k*i)^2 / (2 V_k*i)) (the paper's Q(m_i | k*) without its normalising factor,
   so that 0 < E_i <= 1; E_i = 1 without the confidence-weighted update) and, for class k* only,
   R_k*i <- gamma R_k*i + p* E_i (1, m_i, m_i^2); then class k*'s Gaussians are refreshed, O(N).
+- Temporal filter (optional, ``edge_runtime.kernels.temporal``): while adapting, the posterior is
+  read with the last frame's (an HMM forward pass whose stay probability is measured on the
+  stream). It runs after reinforcement, which learns from the frame's own posterior.
+
+``run_batch`` takes the state as a few named tuples (``Stage``, ``Net``, ``Memory``, ``Head``,
+``Temporal``, ``Work``); every other kernel is a plain function over arrays.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+
+from edge_runtime.kernels import align
+from edge_runtime.kernels.temporal import step as temporal_step
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # Reassociation lets LLVM vectorise the dot products and sums; NaN/inf semantics are kept (no
@@ -69,7 +78,6 @@ _LN2 = np.float32(math.log(2.0))
 # stays above ``_exp2``'s floor of 2^-125, and one further below weighs < 2^-67 anyway.
 _FAR = np.float32(58.0)
 _GROUP = 64  # bridges per group of equal gather widths (see ``bridge_links``)
-_SPREAD_FLOOR = 1.0 / 16.0  # variance ratio limit of the spread stage: factors within [1/4, 4]
 _BLOCK = 32  # neurons summed in float32 before the read-out's float64 vote takes them
 # 2^f on [0, 1] = 1 + f (c1 + f (c2 + ... + f c5)): near-minimax relative error (a Lawson-reweighted
 # least-squares fit with c0 = 1 fixed), 1.6e-7 evaluated in float32 (about one float32 ulp; the
@@ -126,74 +134,6 @@ def normalise(x: np.ndarray, z: np.ndarray) -> int:
     for j in range(x.shape[0]):
         z[j] = x[j] * inv
     return 0
-
-
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def shift_stage(centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray, shift_sum: np.ndarray,
-                shift_sq: np.ndarray, weight: float, prior: float, shift_on: bool, spread_on: bool,
-                centre: np.ndarray, factor: np.ndarray) -> None:
-    """The input shift stage now: centre (d,) and per-dimension factor (d,), z = (x - centre) factor.
-
-    centre = (prior mu_s + sum_t gamma^(n-t) z_t) / (prior + weight), the EMA of the target frames
-    seen so far pulled to the source mean mu_s by ``prior`` pseudo-frames (see ``prior_weight``);
-    with ``spread_on`` the EMA's second moment gives each dimension's target variance v^t_j (the
-    pseudo-frames count with the source variance v^s_j = ``input_var``) and
-    factor_j = scale_j sqrt(v^s_j / v^t_j), clipped to [1/4, 4] (a guard, not tuned), so the
-    memory's input deviations keep their source spread. Stage off, or no weight at all: the
-    source centre and ``scale``."""
-    total = prior + weight
-    if not shift_on or total <= 0.0:
-        for j in range(centre.shape[0]):
-            centre[j] = centre_source[j]
-            factor[j] = scale[j]
-        return
-    inv = 1.0 / total
-    for j in range(centre.shape[0]):
-        c = float(centre_source[j])
-        mean = (prior * c + shift_sum[j]) * inv
-        centre[j] = mean
-        f = np.float32(1.0)
-        if spread_on:  # the variances in float64 (a difference of moments), their ratio in float32
-            vs = input_var[j]
-            vt = (prior * (vs + c * c) + shift_sq[j]) * inv - mean * mean
-            f = np.sqrt(max(np.float32(vs) / np.float32(max(vt, vs * _SPREAD_FLOOR)), np.float32(_SPREAD_FLOOR)))
-        factor[j] = scale[j] * f
-
-
-@njit(cache=True, error_model="numpy")
-def shift_centre(z: np.ndarray, centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray,
-                 shift_sum: np.ndarray, shift_sq: np.ndarray, shift_weight: np.ndarray, shift_on: bool,
-                 spread_on: bool, prior: float, gamma: float, learn: bool, centre: np.ndarray,
-                 factor: np.ndarray) -> None:
-    """Feature-shift stage, in place: z <- (z - centre) factor (``shift_stage``) with the EMAs of the
-    frames before this one; with ``learn`` the current z joins them afterwards, as in FeatureShift:
-    a frame centred partly on itself loses part of its own deviation from the stream mean (on the
-    dev tasks the head on such features lost 1.2 points)."""
-    shift_stage(centre_source, scale, input_var, shift_sum, shift_sq, shift_weight[0], prior, shift_on,
-                spread_on, centre, factor)
-    if shift_on and learn:
-        for j in range(z.shape[0]):
-            v = float(z[j])
-            shift_sum[j] = gamma * shift_sum[j] + v
-            shift_sq[j] = gamma * shift_sq[j] + v * v
-        shift_weight[0] = gamma * shift_weight[0] + 1.0
-    for j in range(z.shape[0]):
-        z[j] = (z[j] - centre[j]) * factor[j]
-
-
-@njit(cache=True, error_model="numpy")
-def prior_weight(shift_prior: float, fade: bool, gamma: float, weight: float) -> float:
-    """The source's pseudo-frame weight after frames of total EMA weight ``weight``: constant
-    ``shift_prior`` (an anchor), or, with ``fade``, shift_prior gamma^n (gamma^n = 1 - (1 - gamma)
-    weight, so nothing more is stored); with shift_prior = 1 / (1 - gamma) the fading form is
-    exactly FeatureShift's EMA started at the source mean.
-
-    >>> prior_weight(20.0, False, 0.95, 3.0), round(prior_weight(20.0, True, 0.95, 1.0), 6)
-    (20.0, 19.0)
-    """
-    if not fade:
-        return shift_prior
-    return shift_prior * max(1.0 - (1.0 - gamma) * weight, 0.0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -484,12 +424,12 @@ def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, prior_w: np.ndarray,
-                  prior_b: np.ndarray, memory_weight: float, unit: bool, f: np.ndarray, work: np.ndarray,
-                  out: np.ndarray) -> int:
+                  prior_b: np.ndarray, scale: float, memory_weight: float, unit: bool, f: np.ndarray,
+                  work: np.ndarray, out: np.ndarray) -> int:
     """Product with the source linear head's posterior on the shifted feature, taken in the log
     domain: ``out`` holds the memory's log scores (``scores``) and receives
-    Pr(k | x) ~ softmax(W f + b)_k Pr_mem(k | x)^memory_weight, f = z / factor + mu_s (the
-    back-to-source shifted feature; ``factor`` is the input stage's, see ``shift_stage``),
+    Pr(k | x) ~ exp(scale (W f + b)_k) Pr_mem(k | x)^memory_weight, f = z / factor + mu_s (the
+    aligned feature; ``factor`` is the input stage's, see ``edge_runtime.kernels.align.stage``),
     rescaled to unit norm when ``unit`` (the head was fitted on unit-norm features; the ``shift``
     baseline reads it so too). ``f`` (d,) and ``work`` (>= K) are buffers. Returns the head's own
     argmax."""
@@ -513,18 +453,19 @@ def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, 
             hi = acc
             best = k
     for k in range(n_classes):  # a class the memory rules out stays out, whatever memory_weight
-        out[k] = work[k] + memory_weight * out[k] if out[k] > -np.inf else -np.inf
+        out[k] = scale * work[k] + memory_weight * out[k] if out[k] > -np.inf else -np.inf
     softmax(out)
     return best
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def shift_traces(m: np.ndarray, trace_mean: np.ndarray, trace_sum: np.ndarray, weight: float,
-                 prior: float, gamma: float, learn: bool) -> None:
+                 prior: float, gamma: float, learn: bool, w: float) -> None:
     """The shift stage again, on the neurons: m_i <- m_i + mu^s_i - mu^t_i with mu^s_i the source
-    mean trace and mu^t_i its EMA on the target over the frames before this one, pulled to mu^s_i
-    by ``prior`` pseudo-frames (``weight``: the EMA weight of those frames); with ``learn`` the
-    unshifted trace joins the EMA afterwards. Label-free, so it moves every class alike: it
+    mean trace and mu^t_i its running mean on the target over the frames before this one (total
+    weight ``weight``), pulled to mu^s_i by ``prior`` pseudo-frames; with ``learn`` the unshifted
+    trace joins the sum afterwards with the frame's weight ``w`` (EMA factor gamma), as the input
+    statistics do (``edge_runtime.kernels.align``). Label-free, so it moves every class alike: it
     cannot feed a self-confirming class."""
     total = prior + weight
     inv = 1.0 / total if total > 0.0 else 0.0
@@ -533,7 +474,7 @@ def shift_traces(m: np.ndarray, trace_mean: np.ndarray, trace_sum: np.ndarray, w
         raw = m[i]
         m[i] += keep * (trace_mean[i] - (prior * trace_mean[i] + trace_sum[i]) * inv)
         if learn:
-            trace_sum[i] = gamma * trace_sum[i] + raw
+            trace_sum[i] = gamma * trace_sum[i] + w * raw
 
 
 @njit(cache=True, error_model="numpy")
@@ -605,67 +546,185 @@ def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight:
     present[k] = any_mass
 
 
+class Stage(NamedTuple):
+    """The input and neuron shift stages: switches, source statistics, running sums (see
+    ``edge_runtime.kernels.align`` and ``shift_traces``)."""
+
+    shift: bool
+    spread: bool
+    prior: float  # source pseudo-frames
+    fade: bool
+    gamma: float  # EMA factor of every running sum
+    rho: float  # novelty scale (0: every frame weighs 1)
+    every: int  # frames between refreshes of the subspace map
+    centre_source: np.ndarray  # (d,) float32
+    scale: np.ndarray  # (d,) float32
+    input_var: np.ndarray  # (d,) source variance
+    basis: np.ndarray  # (r, d) float32, source principal directions
+    basis_var: np.ndarray  # (r,) source variance along them
+    sums: np.ndarray  # (d,)
+    squares: np.ndarray  # (d,)
+    weight: np.ndarray  # (1,)
+    proj_sum: np.ndarray  # (r,)
+    proj_sq: np.ndarray  # (r, r)
+    mix: np.ndarray  # (r, r) float32, A - I
+    recent: np.ndarray  # (d,) float32, short EMA of the frames (novelty)
+    frames: np.ndarray  # (1,) int64, frames learnt from
+    trace_mean: np.ndarray  # (N,) source mean trace
+    trace_sum: np.ndarray  # (N,)
+
+
+class Net(NamedTuple):
+    """The fixed random network (``bridge_links`` splits the bridges' links)."""
+
+    w_entry_hub: np.ndarray
+    w_hub_hub: np.ndarray
+    order: np.ndarray
+    entry_width: np.ndarray
+    entry_src: np.ndarray
+    entry_w: np.ndarray
+    rec_width: np.ndarray
+    rec_src: np.ndarray
+    rec_w: np.ndarray
+    rounds: int
+    spiking: bool
+
+
+class Memory(NamedTuple):
+    """Statistics, the Gaussians derived from them, the read-out and reinforcement settings."""
+
+    source: np.ndarray  # (3, K, N)
+    target: np.ndarray  # (3, K, N)
+    source_weight: float
+    per_class: bool
+    tv: np.ndarray
+    floor_v: np.ndarray
+    blur_v: np.ndarray
+    alive: np.ndarray
+    mu: np.ndarray  # (N, K)
+    hiv: np.ndarray  # (N, K)
+    lnorm: np.ndarray  # (N, K)
+    present: np.ndarray  # (K,)
+    product: bool
+    confidence: bool
+    tau: float
+    reinforce: bool
+    gate: float
+    gamma: float
+    confidence_update: bool
+
+
+class Head(NamedTuple):
+    """The source linear head the memory's posterior is multiplied with (``combine_prior``)."""
+
+    on: bool
+    w: np.ndarray  # (K, d)
+    b: np.ndarray  # (K,)
+    scale: float  # of the head's logits
+    memory_weight: float
+    unit: bool
+
+
+class Temporal(NamedTuple):
+    """The temporal filter's settings and state (``edge_runtime.kernels.temporal``)."""
+
+    on: bool
+    class_prior: np.ndarray  # (K,)
+    belief: np.ndarray  # (K,)
+    last: np.ndarray  # (K,) the previous frame's own posterior
+    last2: np.ndarray  # (K,) and the one before it
+    marginal: np.ndarray  # (K,) EMA sum of the posteriors
+    moments: np.ndarray  # (6,)
+    gamma: float
+    trust: float
+    most: float
+
+
+class Work(NamedTuple):
+    """Per-frame buffers: a batch-1 call allocates nothing."""
+
+    centre: np.ndarray  # (d,) float32
+    factor: np.ndarray  # (d,) float32
+    z: np.ndarray  # (d,) float32
+    a: np.ndarray  # (N,) float32, and h, o, o_prev, m
+    h: np.ndarray
+    o: np.ndarray
+    o_prev: np.ndarray
+    m: np.ndarray
+    row: np.ndarray  # (K,) float32, and part
+    part: np.ndarray
+    vote: np.ndarray  # (K,) float64
+    logits: np.ndarray  # (K,) float32
+    y: np.ndarray  # (r,) float32, and t
+    t: np.ndarray
+    y64: np.ndarray  # (r,) float64
+
+
 @njit(cache=True, error_model="numpy")
-def run_batch(xs: np.ndarray, learn: bool,
-              centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray, shift_sum: np.ndarray,
-              shift_sq: np.ndarray, shift_weight: np.ndarray, shift_on: bool, spread_on: bool,
-              shift_prior: float, shift_fade: bool, shift_gamma: float,
-              w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray, entry_width: np.ndarray,
-              entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray, rec_src: np.ndarray,
-              rec_w: np.ndarray, rounds: int, spiking: bool, source: np.ndarray, target: np.ndarray,
-              source_weight: float, per_class: bool, tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray,
-              alive: np.ndarray, trace_mean: np.ndarray, trace_sum: np.ndarray, mu: np.ndarray, hiv: np.ndarray,
-              lnorm: np.ndarray, present: np.ndarray,
-              product: bool, confidence: bool, tau: float,
-              reinforce_on: bool, gate: float, gamma: float, confidence_update: bool,
-              prior_on: bool, prior_w: np.ndarray, prior_b: np.ndarray, memory_weight: float, prior_unit: bool,
-              centre: np.ndarray, factor: np.ndarray, z: np.ndarray, a: np.ndarray, h: np.ndarray, o: np.ndarray,
-              o_prev: np.ndarray, m: np.ndarray, row: np.ndarray, part: np.ndarray, vote: np.ndarray,
-              logits: np.ndarray, out: np.ndarray) -> int:
-    """Frames xs in order, no allocation: each row is normalised, shifted, propagated and
-    retrieved into out[r] and, when ``learn``, reinforces its pseudo-class (whose Gaussians are
-    refreshed) before the next row is read; z holds the centred feature. Returns -1, or the first
-    row ``normalise`` refuses (rows before it have been processed; nothing of that row is read or
-    changed)."""
+def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memory, head: Head,
+              temporal: Temporal, work: Work, out: np.ndarray) -> int:
+    """Frames xs in order, no allocation: each row is normalised, aligned (its own statistics join
+    after it is read), propagated, retrieved into out[r] and, when ``learn``, reinforces its
+    pseudo-class (whose Gaussians are refreshed) and passes the temporal filter before the next
+    row is read. Returns -1, or the first row ``normalise`` refuses (rows before it have been
+    processed; nothing of that row is read or changed)."""
+    z = work.z
     for r in range(xs.shape[0]):
         if normalise(xs[r], z) != 0:
             return r
         out_r = out[r]
-        weight = shift_weight[0]  # the frames before this one
-        prior = prior_weight(shift_prior, shift_fade, shift_gamma, weight)
-        shift_centre(z, centre_source, scale, input_var, shift_sum, shift_sq, shift_weight, shift_on, spread_on,
-                     prior, shift_gamma, learn, centre, factor)
-        propagate(z, w_entry_hub, w_hub_hub, order, entry_width, entry_src, entry_w, rec_width, rec_src, rec_w,
-                  rounds, spiking, a, h, o, o_prev, m)
-        if shift_on:
-            shift_traces(m, trace_mean, trace_sum, weight, prior, shift_gamma, learn)
-        scores(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out_r)
+        weight = stage.weight[0]  # the frames before this one
+        prior = align.prior_weight(stage.prior, stage.fade, stage.gamma, weight)
+        variance = align.stage(stage.centre_source, stage.scale, stage.input_var, stage.sums, stage.squares, weight,
+                               prior, stage.shift, stage.spread, work.centre, work.factor)
+        w = 1.0
+        learning = learn and stage.shift
+        if learning:
+            frames = stage.frames[0]
+            w = align.novelty(z, stage.recent, frames, stage.rho, variance)
+            align.learn(z, w, stage.gamma, stage.centre_source, stage.basis, stage.sums, stage.squares,
+                        stage.weight, stage.proj_sum, stage.proj_sq, work.y64)
+            stage.frames[0] = frames + 1
+        align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
+        if learning and stage.frames[0] % stage.every == 0:
+            after = stage.weight[0]
+            align.refresh_mix(stage.basis_var, stage.proj_sum, stage.proj_sq, after,
+                              align.prior_weight(stage.prior, stage.fade, stage.gamma, after), stage.mix)
+        propagate(z, net.w_entry_hub, net.w_hub_hub, net.order, net.entry_width, net.entry_src, net.entry_w,
+                  net.rec_width, net.rec_src, net.rec_w, net.rounds, net.spiking, work.a, work.h, work.o,
+                  work.o_prev, work.m)
+        if stage.shift:
+            shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, stage.gamma, learn, w)
+        scores(work.m, memory.mu, memory.hiv, memory.lnorm, memory.per_class, memory.present, memory.alive,
+               memory.product, memory.confidence, memory.tau, work.row, work.part, work.vote, out_r)
         k_memory = argmax(out_r)
         k_prior = k_memory
-        if prior_on:
-            k_prior = combine_prior(z, centre_source, factor, prior_w, prior_b, memory_weight, prior_unit,
-                                    centre, logits, out_r)
+        if head.on:
+            k_prior = combine_prior(z, stage.centre_source, work.factor, head.w, head.b, head.scale,
+                                    head.memory_weight, head.unit, work.centre, work.logits, out_r)
         else:
             softmax(out_r)
-        if learn and reinforce_on:
+        if learn and memory.reinforce:
             k = argmax(out_r)
-            if out_r[k] >= gate and k == k_memory and k == k_prior:
-                reinforce(m, k, float(out_r[k]), gamma, confidence_update, mu, hiv, target)
-                refresh_class(k, source, target, source_weight, per_class, tv, floor_v, blur_v,
-                              mu, hiv, lnorm, present)
+            if out_r[k] >= memory.gate and k == k_memory and k == k_prior:
+                reinforce(work.m, k, float(out_r[k]), memory.gamma, memory.confidence_update, memory.mu, memory.hiv,
+                          memory.target)
+                refresh_class(k, memory.source, memory.target, memory.source_weight, memory.per_class, memory.tv,
+                              memory.floor_v, memory.blur_v, memory.mu, memory.hiv, memory.lnorm, memory.present)
+        if learn and temporal.on:
+            temporal_step(out_r, temporal.class_prior, temporal.belief, temporal.last, temporal.last2,
+                          temporal.marginal, temporal.moments, temporal.gamma, temporal.trust, temporal.most)
     return -1
 
 
 @njit(cache=True, error_model="numpy")
-def traces(zs: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray,
-           entry_width: np.ndarray, entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray,
-           rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool, out: np.ndarray) -> None:
-    """Traces (n, N) of already normalised and centred rows zs (n, d), for memorising."""
+def traces(zs: np.ndarray, net: Net, out: np.ndarray) -> None:
+    """Traces (n, N) of already aligned rows zs (n, d), for memorising."""
     n = out.shape[1]
     a = np.empty(n, np.float32)
     h = np.empty(n, np.float32)
     o = np.empty(n, np.float32)
     o_prev = np.empty(n, np.float32)
     for r in range(zs.shape[0]):
-        propagate(zs[r], w_entry_hub, w_hub_hub, order, entry_width, entry_src, entry_w, rec_width, rec_src,
-                  rec_w, rounds, spiking, a, h, o, o_prev, out[r])
+        propagate(zs[r], net.w_entry_hub, net.w_hub_hub, net.order, net.entry_width, net.entry_src, net.entry_w,
+                  net.rec_width, net.rec_src, net.rec_w, net.rounds, net.spiking, a, h, o, o_prev, out[r])

@@ -395,6 +395,23 @@ static void retrieve(const edgert_memflow *m, edgert_memflow_work *w, float *out
 }
 
 /* Product with the source linear head's posterior on the back-to-source feature. */
+/* z <- z + U^T mix U z (edge_runtime/kernels/align.py: apply), in the Python kernel's order. */
+static void align_subspace(const edgert_memflow *m, edgert_memflow_work *w)
+{
+    uint32_t r = m->rank, d = m->dim, q, s, j;
+    for (q = 0; q < r; q++)
+        w->y[q] = matrix_dot(&m->basis, q, d, w->z);
+    for (q = 0; q < r; q++) {
+        float acc = 0.0f;
+        for (s = 0; s < r; s++)
+            acc += m->mix[q * r + s] * w->y[s];
+        w->t[q] = acc;
+    }
+    for (q = 0; q < r; q++)
+        for (j = 0; j < d; j++)
+            w->z[j] += matrix_at(&m->basis, q, j, d) * w->t[q];
+}
+
 static void combine_prior(const edgert_memflow *m, edgert_memflow_work *w, float *out)
 {
     uint32_t K = m->n_classes, d = m->dim, k, j;
@@ -415,7 +432,8 @@ static void combine_prior(const edgert_memflow *m, edgert_memflow_work *w, float
             hi = acc;
     }
     for (k = 0; k < K; k++) {
-        double v = out[k] > 0.0f ? exp((double)w->logits[k] - hi + m->memory_weight * log((double)out[k])) : 0.0;
+        double v = out[k] > 0.0f ? exp(m->head_scale * ((double)w->logits[k] - hi)
+                                       + m->memory_weight * log((double)out[k])) : 0.0;
         out[k] = (float)v;
         total += v;
     }
@@ -441,10 +459,12 @@ int edgert_memflow_classify(const edgert_memflow *m, edgert_memflow_work *w, con
     if (sq == 0.0)
         return EDGERT_BAD_INPUT;
     inv = 1.0 / sqrt(sq);
-    for (j = 0; j < m->dim; j++) {
-        float z = (float)((double)features[j] * inv) - m->centre[j];
-        w->z[j] = m->scale ? z * m->scale[j] : z;
-    }
+    for (j = 0; j < m->dim; j++)
+        w->z[j] = (float)((double)features[j] * inv) - m->centre[j];
+    align_subspace(m, w);
+    if (m->scale)
+        for (j = 0; j < m->dim; j++)
+            w->z[j] *= m->scale[j];
     propagate(m, w);
     if (m->trace_delta)
         for (j = 0; j < m->n_hub + m->n_bridge; j++)

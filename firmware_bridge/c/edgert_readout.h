@@ -19,8 +19,9 @@ extern "C" {
 #endif
 
 /* The generated header's format; a read-out accepts exactly this value. It changes with any
- * descriptor's fields, which the header initialises by position (2: edgert_memflow.prior_unit). */
-#define EDGERT_FORMAT_VERSION 2
+ * descriptor's fields, which the header initialises by position (2: edgert_memflow.prior_unit;
+ * 3: edgert_memflow's subspace map and head scale). */
+#define EDGERT_FORMAT_VERSION 3
 
 /* Arrays are aligned like TFLite Micro's model arrays, so they can sit in flash and be read
  * with wide loads or DMA. */
@@ -74,7 +75,10 @@ typedef struct {
     int product;               /* read-out: 1 product of experts, 0 mixture of per-neuron posteriors */
     int confidence;            /* confidence-weighted neurons */
     double tau;                /* read-out temperature (product: logit scale; mixture: vote^(1/tau)) */
-    const float *centre;       /* dim: subtracted from the normalised input (source mean + EMA shift) */
+    const float *centre;       /* dim: subtracted from the normalised input (source mean + target shift) */
+    uint32_t rank;             /* of the subspace map c <- c + U^T mix U c after centring; 0: none */
+    edgert_matrix basis;       /* rank x dim: U, the source's principal directions */
+    const float *mix;          /* rank x rank: A - I, the covariance alignment frozen at export */
     const float *scale;        /* dim: per-dimension factor after centring (standardisation, spread); NULL: none */
     const float *trace_delta;  /* n_neurons: neuron-level shift added to the traces; NULL: none */
     edgert_matrix mu;          /* n_neurons x n_classes (neuron-major: int8 scales are per neuron) */
@@ -83,10 +87,11 @@ typedef struct {
     uint32_t var_cols;         /* 1: pooled variance (shared by classes), n_classes: per class */
     const uint8_t *present;    /* n_classes: the class has memory */
     const uint8_t *alive;      /* n_neurons: the neuron varied on the source */
-    int prior;                 /* fuse with the source linear head: p ~ softmax(W f + b) p_mem^memory_weight */
+    int prior;                 /* fuse with the source linear head: p ~ exp(head_scale (W f + b)) p_mem^memory_weight */
     edgert_matrix prior_w;     /* n_classes x dim */
     const float *prior_b;      /* n_classes */
     const float *centre_source;/* dim: f = z / scale + centre_source, the back-to-source feature */
+    double head_scale;
     double memory_weight;
     int prior_unit;            /* the head reads f / ||f|| (it was fitted on unit-norm features) */
     uint32_t crc32;
@@ -98,6 +103,7 @@ typedef struct {
 /* Caller-owned work buffers (the generated header declares static ones of the right sizes). */
 typedef struct {
     float *z;                  /* dim */
+    float *y, *t;              /* rank each */
     float *a, *h, *o, *o_prev, *m, *c, *best;  /* n_neurons each */
     float *ll;                 /* n_classes x n_neurons */
     uint64_t *bridge_state;    /* n_bridge: PRNG state before each bridge's first draw */

@@ -1,0 +1,190 @@
+"""Input alignment kernels: the target's running statistics and the map that brings a frame back to
+the source, label-free (``edge_runtime.adapters.memflow.MemFlow`` owns the state and buffers).
+
+A frame z (L2-normalised, d) is read through the statistics of the frames *before* it, then joins
+them (a frame centred partly on itself loses part of its own deviation from the stream mean):
+
+- Running sums, each an EMA of factor gamma over the frames' weights w_t: W = sum w, S1 = sum w z,
+  S2 = sum w z^2 (per dimension), and in an r-dimensional source subspace (the source's top
+  principal directions U, r x d, with source variances lambda) Y1 = sum w y, Y2 = sum w y y^T for
+  y = U (z - mu_s). P pseudo-frames of the source (``prior``: fixed, or fading as gamma^n) pull
+  every statistic to its source value, so the first frames move nothing much.
+- Centre mu_t = (P mu_s + S1) / (P + W): the shift stage (FOA's activation shifting).
+- Spread (optional): per dimension factor_j = sqrt(v^s_j / v^t_j) within [1/4, 4] (AdaBN-like).
+- Subspace covariance (CORAL, Sun et al. 2016, kept low-rank and online): the target covariance
+  in the subspace, C_t = (P diag(lambda) + Y2) / (P + W) - m m^T with m = Y1 / (P + W), is
+  whitened and re-coloured with the source's, A = diag(sqrt(lambda)) C_t^(-1/2) (eigenvalues of
+  C_t held within [lambda_min / 16, 16 lambda_max], a guard like the spread's), and the frame is
+  mapped as c <- c + U^T (A - I) U c on c = z - mu_t: second moments, not only the mean, move back
+  to the source's in the directions where the source varies most. ``mix`` = A - I is refreshed
+  every few frames (an r x r eigendecomposition), not per frame.
+- Novelty weights: w_t = min(1, ||z_t - z_recent||^2 / (rho v_t)) with z_recent a short EMA of
+  the frames before and v_t the target's total variance; rho = 0 gives every frame weight 1. A
+  camera that looks at one object for a minute sends near-identical frames: they add almost no
+  weight, so the statistics do not become that object's (a plain running mean would, and
+  subtracting it would erase the object's class). Distinct images, even of one class, are far
+  apart (their distance is most of the total variance) and keep weight 1.
+
+With a window of 1 / (1 - gamma) frames far longer than a class stays in view, and the novelty
+weights, a statistic follows the domain, not the class in view.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_SPREAD_FLOOR = 1.0 / 16.0  # variance ratio limit of the spread and subspace stages (factors 1/4..4)
+_RECENT = np.float32(0.8)  # EMA factor of z_recent: the last ~5 frames
+
+
+@njit(cache=True, error_model="numpy")
+def prior_weight(prior: float, fade: bool, gamma: float, weight: float) -> float:
+    """The source's pseudo-frame weight after frames of total EMA weight ``weight``: constant
+    ``prior`` (an anchor), or, with ``fade``, prior gamma^n (gamma^n = 1 - (1 - gamma) weight, so
+    nothing more is stored); with prior = 1 / (1 - gamma) the fading form is exactly
+    FeatureShift's EMA started at the source mean.
+
+    >>> prior_weight(20.0, False, 0.95, 3.0), round(prior_weight(20.0, True, 0.95, 1.0), 6)
+    (20.0, 19.0)
+    """
+    if not fade:
+        return prior
+    return prior * max(1.0 - (1.0 - gamma) * weight, 0.0)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
+def stage(centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray, sums: np.ndarray,
+          squares: np.ndarray, weight: float, prior: float, shift_on: bool, spread_on: bool,
+          centre: np.ndarray, factor: np.ndarray) -> float:
+    """The stage now: centre (d,) and per-dimension factor (d,) (``scale`` times the spread factor,
+    or ``scale`` alone), from the running sums; returns the target's total variance v_t (the
+    source's when nothing has been seen). The pseudo-frames count with the source variance
+    ``input_var``. Stage off, or no weight at all: the source centre and ``scale``."""
+    total = prior + weight
+    if not shift_on or total <= 0.0:
+        v = 0.0
+        for j in range(centre.shape[0]):
+            centre[j] = centre_source[j]
+            factor[j] = scale[j]
+            v += input_var[j]
+        return v
+    inv = 1.0 / total
+    v = 0.0
+    for j in range(centre.shape[0]):
+        c = float(centre_source[j])
+        vs = input_var[j]
+        mean = (prior * c + sums[j]) * inv
+        centre[j] = mean
+        # the variance in float64 (a difference of moments), the ratio in float32
+        vt = max((prior * (vs + c * c) + squares[j]) * inv - mean * mean, vs * _SPREAD_FLOOR)
+        v += vt
+        f = np.float32(1.0)
+        if spread_on:
+            f = np.sqrt(max(np.float32(vs) / np.float32(vt), np.float32(_SPREAD_FLOOR)))
+        factor[j] = scale[j] * f
+    return v
+
+
+@njit(cache=True, error_model="numpy")
+def novelty(z: np.ndarray, recent: np.ndarray, frames: int, rho: float, variance: float) -> float:
+    """The frame's weight min(1, ||z - z_recent||^2 / (rho v)) and z_recent <- its EMA with z
+    (z_recent = z on the first frame, which weighs 1); rho = 0: weight 1, z_recent untouched."""
+    if rho <= 0.0:
+        return 1.0
+    if frames == 0:
+        for j in range(z.shape[0]):
+            recent[j] = z[j]
+        return 1.0
+    gap = 0.0
+    for j in range(z.shape[0]):
+        diff = float(z[j]) - float(recent[j])
+        gap += diff * diff
+        recent[j] = _RECENT * recent[j] + (np.float32(1.0) - _RECENT) * z[j]
+    return min(1.0, gap / (rho * variance)) if variance > 0.0 else 1.0
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
+def project(c: np.ndarray, basis: np.ndarray, out: np.ndarray) -> None:
+    """out (r,) = U c, for U = ``basis`` (r, d)."""
+    for q in range(basis.shape[0]):
+        acc = np.float32(0.0)
+        for j in range(c.shape[0]):
+            acc += basis[q, j] * c[j]
+        out[q] = acc
+
+
+@njit(cache=True, error_model="numpy")
+def learn(z: np.ndarray, w: float, gamma: float, centre_source: np.ndarray, basis: np.ndarray,
+          sums: np.ndarray, squares: np.ndarray, weight: np.ndarray, proj_sum: np.ndarray,
+          proj_sq: np.ndarray, y: np.ndarray) -> None:
+    """Fold frame z, of weight w, into the running sums (EMA factor gamma); y (r,) float64 is a
+    buffer (y = U (z - mu_s))."""
+    for j in range(z.shape[0]):
+        v = float(z[j])
+        sums[j] = gamma * sums[j] + w * v
+        squares[j] = gamma * squares[j] + w * v * v
+    weight[0] = gamma * weight[0] + w
+    r = basis.shape[0]
+    for q in range(r):
+        acc = 0.0
+        for j in range(z.shape[0]):
+            acc += float(basis[q, j]) * (float(z[j]) - float(centre_source[j]))
+        y[q] = acc
+    for q in range(r):
+        proj_sum[q] = gamma * proj_sum[q] + w * y[q]
+        for s in range(r):
+            proj_sq[q, s] = gamma * proj_sq[q, s] + w * y[q] * y[s]
+
+
+@njit(cache=True, error_model="numpy")
+def refresh_mix(basis_var: np.ndarray, proj_sum: np.ndarray, proj_sq: np.ndarray, weight: float, prior: float,
+                mix: np.ndarray) -> None:
+    """mix = A - I with A = diag(sqrt(lambda)) C_t^(-1/2) (see the module docstring); the identity
+    map (mix = 0) before any weight."""
+    r = basis_var.shape[0]
+    total = prior + weight
+    if r == 0:
+        return
+    if weight <= 0.0 or total <= 0.0:
+        mix[:] = 0.0
+        return
+    cov = np.empty((r, r))
+    for q in range(r):
+        mq = proj_sum[q] / total
+        for s in range(r):
+            cov[q, s] = (proj_sq[q, s] + (prior * basis_var[q] if q == s else 0.0)) / total - mq * proj_sum[s] / total
+    values, vectors = np.linalg.eigh(cov)
+    low, high = basis_var.min() * _SPREAD_FLOOR, basis_var.max() / _SPREAD_FLOOR
+    for q in range(r):
+        values[q] = 1.0 / math.sqrt(min(max(values[q], low), high))
+    for q in range(r):
+        root = math.sqrt(basis_var[q])
+        for s in range(r):
+            acc = 0.0
+            for t in range(r):
+                acc += vectors[q, t] * values[t] * vectors[s, t]
+            mix[q, s] = root * acc - (1.0 if q == s else 0.0)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
+def apply(z: np.ndarray, centre: np.ndarray, factor: np.ndarray, basis: np.ndarray, mix: np.ndarray,
+          y: np.ndarray, t: np.ndarray) -> None:
+    """In place: z <- (c + U^T mix U c) factor with c = z - centre; y and t (r,) are buffers."""
+    for j in range(z.shape[0]):
+        z[j] = z[j] - centre[j]
+    r = basis.shape[0]
+    if r > 0:
+        project(z, basis, y)
+        for q in range(r):
+            acc = np.float32(0.0)
+            for s in range(r):
+                acc += mix[q, s] * y[s]
+            t[q] = acc
+        for q in range(r):
+            tq = t[q]
+            for j in range(z.shape[0]):
+                z[j] += basis[q, j] * tq
+    for j in range(z.shape[0]):
+        z[j] *= factor[j]

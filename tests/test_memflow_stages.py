@@ -1,0 +1,190 @@
+"""MemFlow's alignment and temporal stages: each kernel against plain numpy, and on real features
+the guard that keeps a camera's held frames from becoming the statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_runtime.adapters.memflow import MemFlow
+from edge_runtime.kernels import align
+from edge_runtime.kernels import temporal as T
+
+D, R = 24, 5
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+def test_stage_centre_spread_and_variance_match_numpy(rng) -> None:
+    mu_s = rng.normal(size=D).astype(np.float32)
+    var_s = rng.uniform(0.5, 2.0, D)
+    frames = rng.normal(1.0, 0.5, (30, D))
+    weights = rng.uniform(0.2, 1.0, 30)
+    gamma, prior = 0.97, 20.0
+    ages = gamma ** np.arange(29, -1, -1) * weights
+    sums, squares, weight = ages @ frames, ages @ frames ** 2, ages.sum()
+    centre, factor = np.empty(D, np.float32), np.empty(D, np.float32)
+    variance = align.stage(mu_s, np.ones(D, np.float32), var_s, sums, squares, weight, prior, True, True,
+                           centre, factor)
+    mean = (prior * mu_s + sums) / (prior + weight)
+    var_t = np.maximum((prior * (var_s + mu_s.astype(np.float64) ** 2) + squares) / (prior + weight) - mean ** 2,
+                       var_s / 16)
+    np.testing.assert_allclose(centre, mean, rtol=1e-6)
+    np.testing.assert_allclose(factor, np.sqrt(np.clip(var_s / var_t, 1 / 16, None)), rtol=1e-5)
+    assert variance == pytest.approx(var_t.sum(), rel=1e-9)
+    # Off: the source centre and scale, and the source's variance.
+    variance = align.stage(mu_s, np.full(D, 2.0, np.float32), var_s, sums, squares, weight, prior, False, True,
+                           centre, factor)
+    np.testing.assert_array_equal(centre, mu_s)
+    assert (factor == 2.0).all() and variance == pytest.approx(var_s.sum())
+
+
+def test_novelty_weighs_a_repeated_frame_down_and_a_new_one_fully(rng) -> None:
+    z = rng.normal(size=D).astype(np.float32)
+    recent = np.zeros(D, np.float32)
+    assert align.novelty(z, recent, 0, 0.25, 10.0) == 1.0 and np.array_equal(recent, z)  # first frame
+    near = (z + 0.01).astype(np.float32)
+    gap = float(((near - recent) ** 2).sum())
+    w = align.novelty(near, recent, 1, 0.25, 10.0)
+    assert w == pytest.approx(gap / 2.5)
+    np.testing.assert_allclose(recent, 0.8 * z + 0.2 * near, rtol=1e-6)
+    assert align.novelty(-near, recent, 2, 0.25, 10.0) == 1.0  # far from the last frames
+    assert align.novelty(near, recent.copy(), 3, 0.0, 10.0) == 1.0  # rho 0: every frame counts
+
+
+def test_learn_folds_the_frame_into_every_sum(rng) -> None:
+    mu_s = rng.normal(size=D).astype(np.float32)
+    basis = np.linalg.qr(rng.normal(size=(D, R)))[0].T.astype(np.float32)
+    sums, squares, weight = rng.normal(size=D), rng.uniform(1, 2, D), np.array([3.0])
+    proj_sum, proj_sq = rng.normal(size=R), np.eye(R)
+    want = [a.copy() for a in (sums, squares, weight, proj_sum, proj_sq)]
+    z = rng.normal(size=D).astype(np.float32)
+    align.learn(z, 0.5, 0.9, mu_s, basis, sums, squares, weight, proj_sum, proj_sq, np.empty(R))
+    y = basis.astype(np.float64) @ (z.astype(np.float64) - mu_s)
+    np.testing.assert_allclose(sums, 0.9 * want[0] + 0.5 * z, rtol=1e-12)
+    np.testing.assert_allclose(squares, 0.9 * want[1] + 0.5 * z.astype(np.float64) ** 2, rtol=1e-12)
+    assert weight[0] == pytest.approx(0.9 * 3.0 + 0.5)
+    np.testing.assert_allclose(proj_sum, 0.9 * want[3] + 0.5 * y, rtol=1e-6)
+    np.testing.assert_allclose(proj_sq, 0.9 * want[4] + 0.5 * np.outer(y, y), rtol=1e-6)
+
+
+def test_the_subspace_map_gives_the_target_the_source_covariance(rng) -> None:
+    # Target frames with a covariance of their own in the subspace: once they outweigh the source
+    # pseudo-frames, A C_t A^T is the source's diag(lambda), and it is A - I that ``mix`` holds.
+    lam = np.array([4.0, 2.0, 1.0, 0.5, 0.25])
+    mixing = rng.normal(size=(R, R))
+    y = rng.normal(size=(4000, R)) @ mixing.T + 0.3
+    proj_sum, proj_sq = y.sum(axis=0), y.T @ y
+    mix = np.empty((R, R), np.float32)
+    align.refresh_mix(lam, proj_sum, proj_sq, float(len(y)), 20.0, mix)
+    total = 20.0 + len(y)
+    m = proj_sum / total
+    cov = (proj_sq + 20.0 * np.diag(lam)) / total - np.outer(m, m)
+    a = mix + np.eye(R)
+    np.testing.assert_allclose(a @ cov @ a.T, np.diag(lam), rtol=1e-4, atol=1e-5)
+    align.refresh_mix(lam, proj_sum, proj_sq, 0.0, 20.0, mix)  # nothing seen: the identity map
+    assert not mix.any()
+
+
+def test_apply_matches_numpy(rng) -> None:
+    basis = np.linalg.qr(rng.normal(size=(D, R)))[0].T.astype(np.float32)
+    mix = rng.normal(0, 0.2, (R, R)).astype(np.float32)
+    centre, factor = rng.normal(size=D).astype(np.float32), rng.uniform(0.5, 2, D).astype(np.float32)
+    z = rng.normal(size=D).astype(np.float32)
+    c = z.astype(np.float64) - centre
+    want = (c + basis.T @ (mix @ (basis @ c))) * factor
+    got = z.copy()
+    align.apply(got, centre, factor, basis, mix, np.empty(R, np.float32), np.empty(R, np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _numpy_filter(posteriors: np.ndarray, pi: np.ndarray, gamma: float, most: float) -> np.ndarray:
+    """The temporal filter written plainly: moments from the whole history, then the HMM step."""
+    out, belief = [], None
+    for t, p in enumerate(posteriors):
+        if t == 0:
+            belief = p.copy()
+        else:
+            ages = gamma ** np.arange(t - 1, -1, -1.0)  # frames 0..t-1
+            m = ages @ posteriors[:t] / ages.sum()
+            s = 0.0
+            if t > 1:
+                pairs = ages[1:]  # pairs (u, u-1), u = 1..t-1
+                a = pairs @ (posteriors[1:t] * posteriors[:t - 1]).sum(1) / pairs.sum()
+                c = pairs @ (posteriors[1:t] ** 2).sum(1) / pairs.sum()
+                b = m @ m
+                if c - b > 1e-9:
+                    s = (a - b) / (c - b)
+                    if t > 2 and a - b > 0:
+                        lag2 = ages[2:]  # pairs (u, u-2), u = 2..t-1
+                        a2 = lag2 @ (posteriors[2:t] * posteriors[:t - 2]).sum(1) / lag2.sum()
+                        s = min((a2 - b) / (a - b), 3 * s)
+                    s = float(np.clip(s * pairs.sum() / (pairs.sum() + 10.0), 0.0, most))
+            belief = p / pi * (s * belief + (1 - s) * pi)
+            belief /= belief.sum()
+        out.append(belief)
+    return np.array(out)
+
+
+def _stream(rng: np.random.Generator, labels: np.ndarray, k: int) -> np.ndarray:
+    """Posteriors of a classifier that shows a wrong class on a quarter of the frames."""
+    wrong = (labels + rng.integers(1, k, len(labels))) % k
+    shown = np.where(rng.random(len(labels)) < 0.25, wrong, labels)
+    p = np.full((len(labels), k), 0.5 / (k - 1))
+    p[np.arange(len(labels)), shown] = 0.5
+    return p.astype(np.float32)
+
+
+@pytest.mark.parametrize("held", [1, 20, 200])
+def test_temporal_filter_matches_numpy_and_stands_aside_on_a_shuffled_stream(rng, held) -> None:
+    k = 6
+    labels = np.repeat(rng.integers(0, k, 1200 // held), held)
+    posteriors = _stream(rng, labels, k)
+    pi = np.full(k, 1.0 / k)
+    belief, last, last2, marginal = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
+    moments = np.zeros(T.N_MOMENTS)
+    got = []
+    for p in posteriors:
+        p = p.copy()
+        T.step(p, pi, belief, last, last2, marginal, moments, 0.999, 10.0, 0.95)
+        got.append(p)
+    want = _numpy_filter(posteriors.astype(np.float64), pi, 0.999, 0.95)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-4, atol=1e-6)
+    s = T.stay(moments, marginal, 10.0, 0.95)
+    accuracy = lambda q: float((np.asarray(q).argmax(1) == labels).mean())  # noqa: E731
+    if held == 1:  # shuffled: nothing to smooth, and the filter stands aside
+        assert s < 0.05 and accuracy(got) == accuracy(posteriors)
+    else:  # an object held for 20 or 200 frames (stay probability 0.95, 0.995): smoothed
+        assert s > 0.85 and accuracy(got) > accuracy(posteriors) + 0.08
+
+
+@pytest.fixture(scope="module")
+def held_frames() -> tuple:
+    """40 photos of the control task's held-out half, each held in view for 30 frames with 1% jitter
+    (a camera looking at one object at a time), and the photo source."""
+    from edge_runtime.bench.tasks import CONTROL, load_task
+
+    fold = load_task(CONTROL).folds[0]
+    rng = np.random.default_rng(0)
+    shown = rng.permutation(len(fold.target_y))[:40]
+    frames = np.repeat(fold.target_x[shown], 30, axis=0)
+    frames = (frames * (1 + 0.01 * rng.standard_normal(frames.shape))).astype(np.float32)
+    return fold.source_x, fold.source_y, frames, np.repeat(fold.target_y[shown], 30)
+
+
+def test_held_frames_do_not_become_the_statistics(held_frames, one_blas_thread) -> None:
+    # No shift at all, but every object stays in view: a running mean of the frames becomes the
+    # object in view, and subtracting it erases its class. The novelty weights keep memflow
+    # level with the source head (here the temporal filter even gains); without them it drops.
+    from edge_runtime.adapters.linear import Linear
+
+    x, y, frames, labels = held_frames
+    source_only = float((Linear(l2=1e-3).fit(x, y, 9).predict(frames) == labels).mean())
+    accuracy = {}
+    for name, params in (("guarded", {}), ("unguarded", {"shift_novelty": 0.0})):
+        model = MemFlow(prior_l2=1e-3, **params).fit(x, y, 9)
+        accuracy[name] = float((model.adapt(frames).argmax(axis=1) == labels).mean())
+    assert accuracy["guarded"] >= source_only - 0.01, (accuracy, source_only)
+    assert accuracy["unguarded"] < source_only - 0.03, (accuracy, source_only)
