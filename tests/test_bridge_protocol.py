@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from firmware_bridge import cobs
 from firmware_bridge.crc import CHECK_VALUE, crc32
 from firmware_bridge.framing import HEADER, FrameError, Framing, McuFraming, Packet
-from firmware_bridge.messages import (BODIES, Ack, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope,
+from firmware_bridge.messages import (BODIES, Ack, Auth, AuthReply, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope,
                                       Frame, Hello, HelloReply, PixelFormat, Prediction, StateChunk,
                                       StateExportRequest, Stats, StatsRequest, Teach)
 
@@ -69,6 +69,9 @@ def test_crc32_check_value() -> None:
 SAMPLE_BODIES = [
     Hello(8192),
     HelloReply(262144, 1280, 3, 0x3F, bytes(range(32)), "ncm", ("mammal", "bird", "fleur é")),
+    HelloReply(8192, 64, 1, 0x7F, bytes(32), "knn", ("a",), nonce=bytes(range(16))),
+    Auth(bytes(range(16)), bytes(range(100, 132))),
+    AuthReply(bytes(range(32))),
     Ack(12),
     Error(ErrorCode.BAD_INPUT, "features have width 12, this adapter expects 1280"),
     Frame(PixelFormat.RGB888, 4, 2, bytes(range(24)), 1, 3),
