@@ -66,17 +66,21 @@ class BridgeClient:
         return self._session is not None and self._session.signer is not None
 
     # -- raw requests -------------------------------------------------------------------------------
-    def send(self, body: Body) -> int:
-        """Write one message (signed once authenticated, except HELLO and AUTH); returns its seq."""
+    def frame(self, body: Body) -> tuple[int, bytes]:
+        """(seq, bytes) of the next request, signed once authenticated (except HELLO and AUTH); not sent."""
         self._seq = (self._seq + 1) & 0xFFFF
         session = self._session
         if session is not None and session.signer is not None and not isinstance(body, (Hello, Auth)):
             counter = session.next_counter()
             self._counters = {self._seq: counter}
-            self.transport.write(self._framing.pack(self._seq, body, counter=counter, sign=session.signer))
-        else:
-            self.transport.write(self._framing.pack(self._seq, body))
-        return self._seq
+            return self._seq, self._framing.pack(self._seq, body, counter=counter, sign=session.signer)
+        return self._seq, self._framing.pack(self._seq, body)
+
+    def send(self, body: Body) -> int:
+        """Write one request (see ``frame``); returns its sequence number."""
+        seq, wire = self.frame(body)
+        self.transport.write(wire)
+        return seq
 
     def receive(self, timeout: Optional[float] = None) -> Packet | FrameError:
         """The next packet or link error from the device."""
@@ -103,6 +107,9 @@ class BridgeClient:
                 if isinstance(event, Packet) and event.seq == seq and not isinstance(event.body, Error):
                     self._check_signed(event, seq)
                     return event.body
+                if isinstance(event, Packet) and isinstance(event.body, Error) and event.body.code in _CLOSING:
+                    raise BridgeError(f"device error {_code_name(event.body.code)}: {event.body.message}",
+                                      event.body.code)  # the device is closing this connection
                 if isinstance(event, Packet) and event.seq == seq:
                     if event.body.code == ErrorCode.AUTH_REQUIRED and self.authenticated and not renewed:
                         # The device lost this session (restarted behind a serial line): prove the key again.
@@ -199,6 +206,7 @@ class BridgeClient:
 
 
 _LINK_ERRORS = (ErrorCode.BAD_CRC, ErrorCode.MALFORMED, ErrorCode.OVERSIZED)
+_CLOSING = (ErrorCode.BUSY, ErrorCode.TIMEOUT)
 
 
 def _code_name(code: int) -> str:
