@@ -70,19 +70,35 @@ class ServerProcess:
         self.serving_after = 0.0
         self.listening = threading.Event()
         self.ended = threading.Event()
+        self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
             found = re.search(r"listening on (tcp://\S+)", line)
             if found and not self.listening.is_set():
                 self.serving_after = time.monotonic() - self.started
                 self.url = found.group(1)
                 self.listening.set()
-        self.ended.set()
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self.ended.set()
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, count: int = 1, timeout: float = 120.0) -> str:
+        """Block until ``count`` stderr lines contain ``text``; returns the last. RuntimeError if the process ends first."""
+        def seen() -> list[str]:
+            return [line for line in self.lines if text in line]
+
+        with self._changed:
+            self._changed.wait_for(lambda: len(seen()) >= count or self.ended.is_set(), timeout)
+            if len(seen()) < count:
+                raise RuntimeError(f"no line with {text!r} from edgert bridge serve:\n" + "\n".join(self.lines[-20:]))
+            return seen()[count - 1]
 
     def wait_listening(self, timeout: float = 120.0) -> str:
         """The server's URL once it serves; RuntimeError with its stderr if it exits or stalls first."""

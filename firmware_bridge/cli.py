@@ -145,6 +145,7 @@ def _load_device(args: argparse.Namespace) -> Any:
     if args.model is not None:
         from edge_runtime.backbones import load_backbone
 
+        _log(f"loading {args.model}")
         backbone = load_backbone(args.model, threads=args.threads)
         sha = backbone.card.sha256
     state = None

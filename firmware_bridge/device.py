@@ -332,12 +332,25 @@ def _forget_verbs(adapter: Adapter) -> dict[ForgetScope, Callable[[int], int]]:
     return {ForgetScope.ADAPTED: lambda _value: adapter.forget()}
 
 
+class Step(NamedTuple):
+    """One received frame's answer: given at once (``replies``) or by the device (request ``index``).
+
+    ``sign`` and ``counter`` sign the answer to a signed request; ``nonce`` goes into a HELLO reply.
+    """
+
+    replies: Optional[list[Reply]] = None
+    index: int = -1
+    sign: Optional[Callable[[bytes], bytes]] = None
+    counter: Optional[int] = None
+    nonce: bytes = b""
+
+
 class Link:
     """One connection: the framing and, on a keyed device, its authentication session.
 
     ``plan(data)`` decodes received bytes into the requests the device must serve and the
     answers known at once (link errors, HELLO nonces, AUTH, refused MACs), in arrival order;
-    ``render(plan, replies)`` turns them into bytes, signing replies to signed requests.
+    ``render(steps, replies)`` turns them into bytes, signing replies to signed requests.
     """
 
     def __init__(self, device: BridgeDevice, keys: Optional[KeyRing] = None) -> None:
@@ -345,13 +358,12 @@ class Link:
         self.framing = device.framing()
         self.session = DeviceSession(keys) if keys is not None else None
 
-    def plan(self, data: bytes) -> tuple[list[Packet], list[tuple]]:
+    def plan(self, data: bytes) -> tuple[list[Packet], list[Step]]:
         requests: list[Packet] = []
-        steps: list[tuple] = []  # ("now", replies) | ("device", index, signer, counter, nonce)
+        steps: list[Step] = []
         for event in self.framing.feed(data):
             if isinstance(event, FrameError):
-                self.device.count_error()
-                steps.append(("now", [Reply(event.seq or 0, Error(event.code, event.detail))]))
+                steps.append(self._refused(event))
                 continue
             if event.body.REPLY:
                 continue
@@ -359,16 +371,29 @@ class Link:
                 answer, nonce = self._screen(event)
             except AuthError as err:
                 self.device.count_error()
-                steps.append(("now", [Reply(event.seq, Error(err.code, str(err)))]))
+                steps.append(Step([Reply(event.seq, Error(err.code, str(err)))]))
                 continue
             if answer is not None:
-                steps.append(("now", [Reply(event.seq, answer)]))
+                steps.append(Step([Reply(event.seq, answer)]))
                 continue
-            signer = self.session.signer if self.session is not None and event.signed is not None else None
-            counter = event.signed.counter if event.signed is not None else None
-            steps.append(("device", len(requests), signer, counter, nonce))
+            signed = event.signed
+            steps.append(Step(None, len(requests), self.session.signer if self.session and signed else None,
+                              signed.counter if signed else None, nonce))
             requests.append(event)
         return requests, steps
+
+    def _refused(self, event: FrameError) -> Step:
+        """A frame the framing refused. A signed one on a keyed device is checked first: tampered is BAD_MAC."""
+        self.device.count_error()
+        signed = event.signed
+        if signed is None or self.session is None:
+            return Step([Reply(event.seq or 0, Error(event.code, event.detail))])
+        try:
+            self.session.admit(signed.counter, signed.mac, signed.message)
+        except AuthError as err:
+            return Step([Reply(event.seq or 0, Error(err.code, str(err)))])
+        return Step([Reply(event.seq or 0, Error(event.code, event.detail))], sign=self.session.signer,
+                    counter=signed.counter)
 
     def _screen(self, event: Packet) -> tuple[Optional[Body], bytes]:
         """(an answer given at once or None, a new HELLO nonce or b""); ``AuthError`` if refused.
@@ -390,16 +415,14 @@ class Link:
                            signed.message if signed else b"")
         return None, b""
 
-    def render(self, steps: list[tuple], replies: list[list[Reply]]) -> bytes:
+    def render(self, steps: list[Step], replies: list[list[Reply]]) -> bytes:
         out = []
         for step in steps:
-            if step[0] == "now":
-                out += [self.framing.pack(r.seq, r.body) for r in step[1]]
-                continue
-            _, index, signer, counter, nonce = step
-            for reply in replies[index]:
-                body = replace(reply.body, nonce=nonce) if nonce and isinstance(reply.body, HelloReply) else reply.body
-                out.append(self.framing.pack(reply.seq, body, counter=counter, sign=signer))
+            for reply in step.replies if step.replies is not None else replies[step.index]:
+                body = reply.body
+                if step.nonce and isinstance(body, HelloReply):  # a keyed device: AUTH required, over this nonce
+                    body = replace(body, nonce=step.nonce, capabilities=body.capabilities | Capability.AUTH)
+                out.append(self.framing.pack(reply.seq, body, counter=step.counter, sign=step.sign))
         wire = b"".join(out)
         self.device.tx_bytes += len(wire)
         return wire
@@ -430,4 +453,4 @@ def serve(transport: Transport, device: BridgeDevice, *, keys: Optional[KeyRing]
                 return
 
 
-__all__ = ["BridgeDevice", "Link", "MAX_FEATURE", "Reply", "serve"]
+__all__ = ["BridgeDevice", "Link", "MAX_FEATURE", "Reply", "Step", "serve"]

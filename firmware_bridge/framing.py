@@ -51,11 +51,16 @@ class Packet(NamedTuple):
 
 
 class FrameError(NamedTuple):
-    """A frame that arrived but could not be used. ``seq`` is None where the header is untrusted."""
+    """A frame that arrived but could not be used. ``seq`` is None where the header is untrusted.
+
+    ``signed`` is the trailer of a SIGNED frame whose type or payload was refused: a keyed device
+    checks its MAC first, so a tampered frame is reported as tampered, not as malformed.
+    """
 
     code: ErrorCode
     detail: str
     seq: Optional[int] = None
+    signed: Optional[Signed] = None
 
     def __repr__(self) -> str:  # the detail text is for people; keep doctests stable
         return f"FrameError(code={self.code!r}, detail='...', seq={self.seq})"
@@ -152,18 +157,19 @@ class Framing:
         if length != body_end - HEADER.size - trailer:
             return FrameError(ErrorCode.MALFORMED, f"length field {length}, payload holds "
                                                    f"{body_end - HEADER.size - trailer}", seq)
-        cls = BODIES.get((kind, bool(flags & FLAG_REPLY)))
-        if cls is None or flags & ~(FLAG_REPLY | FLAG_SIGNED):
-            return FrameError(ErrorCode.UNKNOWN_TYPE, f"message type {kind:#04x} flags {flags:#04x} unknown", seq)
         payload_end = HEADER.size + length
         signed = None
         if trailer:
             counter, mac = TRAILER.unpack_from(raw, payload_end)
             signed = Signed(counter, mac, raw[:payload_end + 8])
+        cls = BODIES.get((kind, bool(flags & FLAG_REPLY)))
+        if cls is None or flags & ~(FLAG_REPLY | FLAG_SIGNED):
+            return FrameError(ErrorCode.UNKNOWN_TYPE, f"message type {kind:#04x} flags {flags:#04x} unknown", seq,
+                              signed)
         try:
             return Packet(seq, cls.unpack(raw[HEADER.size:payload_end]), signed)
         except PayloadError as err:
-            return FrameError(ErrorCode.BAD_PAYLOAD, f"{cls.__name__}: {err}", seq)
+            return FrameError(ErrorCode.BAD_PAYLOAD, f"{cls.__name__}: {err}", seq, signed)
 
 
 class McuFraming(Framing):

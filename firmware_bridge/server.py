@@ -22,7 +22,7 @@ import time
 from typing import Callable, Optional
 
 from firmware_bridge.auth import KeyRing
-from firmware_bridge.device import BridgeDevice, Link, Reply
+from firmware_bridge.device import BridgeDevice, Link, Reply, Step
 from firmware_bridge.framing import Packet
 from firmware_bridge.messages import Error, ErrorCode
 
@@ -215,7 +215,7 @@ class BridgeServer:
 
     async def _close(self, writer: asyncio.StreamWriter, link: Link, error: Error) -> None:
         """Tell the peer why (best effort: it may not be reading) and close."""
-        wire = link.render([("now", [Reply(0, error)])], [])
+        wire = link.render([Step([Reply(0, error)])], [])
         writer.write(wire)
         try:
             await asyncio.wait_for(writer.drain(), 1.0)
