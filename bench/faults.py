@@ -664,7 +664,14 @@ def _interleaved(calls: list[Callable[[], Any]], n: int) -> list[list[float]]:
     return times
 
 
-def auth_overhead(work: Path, requests: int) -> dict[str, Any]:
+def auth_overhead(work: Path, requests: int, pairs: int = 2) -> dict[str, Any]:
+    """FEATURES round trips, keyed vs keyless, over ``pairs`` servers of each kind, interleaved.
+
+    Several processes of each kind, because on a shared machine one process can sit on a busier
+    core for a whole run: that would read as the key's cost.
+    """
+    from contextlib import ExitStack
+
     from edge_runtime.adapters.ncm import NCM
     from firmware_bridge.auth import write_key_file
 
@@ -673,18 +680,22 @@ def auth_overhead(work: Path, requests: int) -> dict[str, Any]:
     memory = _memory_file(work / "auth-memory.npz", NCM(), 1280)
     rows = np.random.default_rng(2).normal(size=(32, 1280)).astype(np.float32)
     base = ["--memory", str(memory), "--adapter", "ncm"]
-    with ServerProcess(*base) as plain, ServerProcess(*base, "--key-file", str(key_file)) as keyed:
-        a, b = connect(plain.wait_listening()), connect(keyed.wait_listening(), key)
-        a.hello()
-        b.hello()
+    with ExitStack() as stack:
+        servers = [stack.enter_context(ServerProcess(*base, *(["--key-file", str(key_file)] if keyed else [])))
+                   for _ in range(pairs) for keyed in (False, True)]
+        clients = [connect(server.wait_listening(), key if i % 2 else None) for i, server in enumerate(servers)]
+        for c in clients:
+            c.hello()
         i = iter(range(10**9))
-        calls = [lambda: a.classify(rows[next(i) % 32]), lambda: b.classify(rows[next(i) % 32])]
+        calls = [lambda c=c: c.classify(rows[next(i) % 32]) for c in clients]
         _interleaved(calls, 50)  # warm-up
-        t_plain, t_keyed = _interleaved(calls, requests)
-        for c in (a, b):
+        times = _interleaved(calls, requests)
+        for c in clients:
             c.transport.close()
-    p, k = _percentiles(t_plain), _percentiles(t_keyed)
-    return {"requests": requests, "keyless": p, "keyed": k, "p50_ratio": k["p50_ms"] / p["p50_ms"]}
+    p = _percentiles([t for k in range(0, len(times), 2) for t in times[k]])
+    k = _percentiles([t for k in range(1, len(times), 2) for t in times[k]])
+    return {"requests": requests * pairs, "processes_per_kind": pairs, "keyless": p, "keyed": k,
+            "p50_ratio": k["p50_ms"] / p["p50_ms"]}
 
 
 def journal_cost(work: Path, requests: int, teachers: int = 8) -> dict[str, Any]:
