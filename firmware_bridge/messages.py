@@ -121,7 +121,7 @@ class _Fixed:
 
     def pack(self) -> bytes:
         # Counters wrap at 32 bits rather than failing to pack on a device up for months.
-        return self._FIXED.pack(*(int(v) & 0xFFFFFFFF for v in astuple(self)))
+        return self._FIXED.pack(*(v if isinstance(v, bytes) else int(v) & 0xFFFFFFFF for v in astuple(self)))
 
     @classmethod
     def unpack(cls, payload: bytes):  # noqa: ANN206 - returns an instance of the subclass
@@ -192,7 +192,7 @@ class HelloReply(Hello):
 
 
 @dataclass(frozen=True)
-class Auth:
+class Auth(_Fixed):
     """The host's proof of the key: its own nonce and HMAC-SHA256(key, "edgert host" | device nonce | host nonce)."""
 
     TYPE: ClassVar[MessageType] = MessageType.AUTH
@@ -202,18 +202,9 @@ class Auth:
     host_nonce: bytes
     proof: bytes
 
-    def pack(self) -> bytes:
-        return self._FIXED.pack(self.host_nonce, self.proof)
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "Auth":
-        if len(payload) != cls._FIXED.size:
-            raise PayloadError(f"AUTH payload must be {cls._FIXED.size} bytes, got {len(payload)}")
-        return cls(*cls._FIXED.unpack(payload))
-
 
 @dataclass(frozen=True)
-class AuthReply:
+class AuthReply(_Fixed):
     """The device's proof of the same key: HMAC-SHA256(key, "edgert device" | device nonce | host nonce)."""
 
     TYPE: ClassVar[MessageType] = MessageType.AUTH
@@ -221,15 +212,6 @@ class AuthReply:
     _FIXED: ClassVar[struct.Struct] = struct.Struct("<32s")
 
     proof: bytes
-
-    def pack(self) -> bytes:
-        return self._FIXED.pack(self.proof)
-
-    @classmethod
-    def unpack(cls, payload: bytes) -> "AuthReply":
-        if len(payload) != cls._FIXED.size:
-            raise PayloadError(f"AUTH reply payload must be {cls._FIXED.size} bytes, got {len(payload)}")
-        return cls(*cls._FIXED.unpack(payload))
 
 
 @dataclass(frozen=True)

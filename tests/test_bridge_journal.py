@@ -96,11 +96,16 @@ def test_replay_rebuilds_the_memory_a_kill_left_behind(tmp_path: Path) -> None:
     journal2.checkpoints.close()
 
 
-def test_segments_the_previous_checkpoint_needs_are_kept(tmp_path: Path) -> None:
-    device, journal, _ = _journaled(tmp_path, every=3)
-    for i, row in enumerate(_rows(10, 4)):
+def _teach_and_compact(device: BridgeDevice, rows: np.ndarray) -> None:
+    """One TEACH a batch, as one peer sends them, compacting whenever the journal is due."""
+    for i, row in enumerate(rows):
         device.handle_batch([Packet(i + 1, Teach(i % 3, Features.quantize(row)))])
         device.maintain()
+
+
+def test_segments_the_previous_checkpoint_needs_are_kept(tmp_path: Path) -> None:
+    device, journal, _ = _journaled(tmp_path, every=3)
+    _teach_and_compact(device, _rows(10, 4))
     expected = _entries(device)
     journal.checkpoints.close()
     newest = sorted(tmp_path.glob("checkpoint-*.npz"))[-1]
@@ -112,9 +117,7 @@ def test_segments_the_previous_checkpoint_needs_are_kept(tmp_path: Path) -> None
 
 def test_a_gap_in_the_journal_refuses_to_start(tmp_path: Path) -> None:
     device, journal, _ = _journaled(tmp_path, every=2)
-    for i, row in enumerate(_rows(7, 5)):
-        device.handle_batch([Packet(i + 1, Teach(i % 3, Features.quantize(row)))])
-        device.maintain()
+    _teach_and_compact(device, _rows(7, 5))
     journal.checkpoints.close()
     for checkpoint in tmp_path.glob("checkpoint-*.npz"):
         checkpoint.unlink()  # both checkpoints gone: the first records are too (pruned)
