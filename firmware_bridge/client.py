@@ -173,20 +173,29 @@ class BridgeClient:
     def stats(self) -> Stats:
         return self._expect(self.request(StatsRequest()), Stats)
 
-    def export_state(self, chunk: int = 16 * 1024) -> bytes:
-        """The device's adapter as a state file (``edge_runtime.state`` format), checked by CRC-32."""
-        first = self._expect(self.request(StateExportRequest(0, chunk)), StateChunk)
-        parts, got = [first.data], len(first.data)
-        while got < first.total:
-            part = self._expect(self.request(StateExportRequest(got, chunk)), StateChunk)
-            if part.offset != got or not part.data:
-                raise BridgeError(f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, expected {got}")
-            parts.append(part.data)
-            got += len(part.data)
-        blob = b"".join(parts)
-        if crc32(blob) != first.crc32:
-            raise BridgeError("exported state fails its CRC-32: the device changed it mid-transfer or the line is bad")
-        return blob
+    def export_state(self, chunk: int = 16 * 1024, attempts: int = 3) -> bytes:
+        """The device's adapter as a state file (``edge_runtime.state`` format), checked by CRC-32.
+
+        A device keeps one snapshot: when another host starts an export meanwhile, the chunks
+        stop matching the first one's CRC and the transfer starts again (``attempts`` times).
+        """
+        for _ in range(attempts):
+            first = self._expect(self.request(StateExportRequest(0, chunk)), StateChunk)
+            parts, got = [first.data], len(first.data)
+            while got < first.total:
+                part = self._expect(self.request(StateExportRequest(got, chunk)), StateChunk)
+                if part.offset != got or not part.data:
+                    raise BridgeError(f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, "
+                                      f"expected {got}")
+                if part.total != first.total or part.crc32 != first.crc32:
+                    break  # another export took a new snapshot
+                parts.append(part.data)
+                got += len(part.data)
+            blob = b"".join(parts)
+            if len(blob) == first.total and crc32(blob) == first.crc32:
+                return blob
+        raise BridgeError(f"exported state failed its CRC-32 {attempts} times: other hosts kept exporting, or the "
+                          f"line is bad")
 
     # -- helpers ------------------------------------------------------------------------------------
     @staticmethod

@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+import traceback
 from typing import Callable, Optional
 
 from firmware_bridge.auth import KeyRing
@@ -66,7 +67,8 @@ class Worker:
             flat = [request for requests, _ in batch for request in requests]
             try:
                 replies = self.device.handle_batch(flat)
-            except BaseException as err:  # handle_batch catches request errors; this is the disk or a defect
+            except Exception as err:  # handle_batch answers every bad request itself: this is a defect
+                traceback.print_exc(file=sys.stderr)
                 for _, future in batch:
                     future.set_exception(err)
             else:
@@ -74,7 +76,10 @@ class Worker:
                 for requests, future in batch:
                     future.set_result(replies[start:start + len(requests)])
                     start += len(requests)
-            self.device.maintain()
+            try:
+                self.device.maintain()
+            except Exception:  # the journal still holds every change; the thread must live on
+                traceback.print_exc(file=sys.stderr)
             if closing:
                 return
 
@@ -168,6 +173,8 @@ class BridgeServer:
             reason = "server stopping"
         except (ConnectionError, OSError) as err:
             reason = f"connection error: {err}"
+        except Exception as err:  # a defect behind this connection: the others keep being served
+            reason = f"closed after an internal error: {type(err).__name__}: {err}"
         finally:
             del self._connections[task]
             writer.close()
