@@ -550,7 +550,10 @@ class Fuzzer:
         wire = self.signed(Teach(0, self._features()) if rng.random() < 0.5 else StatsRequest())
         if kind == "tamper":  # one bit of header or payload changed, the CRC made right: only the MAC can tell
             raw = bytearray(cobs.decode(wire[:-1]))
-            raw[int(rng.integers(0, len(raw) - CRC.size - TRAILER.size))] ^= 1 << int(rng.integers(8))
+            # Not the seq (bytes 4-5): the MAC covers it too, but a flipped seq can equal the probe's,
+            # and the refusal would then read as the probe's own.
+            at = int(rng.choice([i for i in range(len(raw) - CRC.size - TRAILER.size) if i not in (4, 5)]))
+            raw[at] ^= 1 << int(rng.integers(8))
             body = bytes(raw[:-CRC.size])
             return kind, cobs.encode(body + CRC.pack(crc32(body))) + b"\x00"
         if kind == "truncate":
@@ -635,19 +638,18 @@ def fuzz(work: Path, frames: int, model: Optional[Path], seed: int, log: Callabl
                     hangs += "no reply" in str(err)
                     log(f"faults: fuzz: {err} after a {kind} case")
                     fuzzer.open()
-            if i == frames // 10 or i == frames - 1:
-                rss.append(server.rss_kb())
             if (i + 1) % max(1, frames // 10) == 0:
-                log(f"faults: fuzz {i + 1}/{frames}: {len(internal)} INTERNAL, {hangs} hangs, RSS {server.rss_kb()} kB")
+                rss.append(server.rss_kb())
+                log(f"faults: fuzz {i + 1}/{frames}: {len(internal)} INTERNAL, {hangs} hangs, RSS {rss[-1]} kB")
         fuzzer.client.transport.close()
         alive = server.proc.poll() is None
         server.send(signal.SIGTERM)
         code = server.wait()
-    growth = (rss[-1] - rss[0]) / rss[0] if len(rss) == 2 and rss[0] else 0.0
+    growth = (rss[-1] - rss[0]) / rss[0] if len(rss) >= 2 and rss[0] else 0.0
     return {"frames": frames, "with_backbone": bool(sha), "kinds": kinds, "replies": replies,
             "crashes": crashes + (0 if alive or crashes else 1), "hangs": hangs, "internal": len(internal),
             "internal_examples": internal[:5], "reconnects": fuzzer.reconnects, "rss_kb_after_tenth": rss[0] if rss else 0,
-            "rss_kb_end": rss[-1] if rss else 0, "rss_growth": growth, "exit_code": code,
+            "rss_kb_end": rss[-1] if rss else 0, "rss_kb_by_tenth": rss, "rss_growth": growth, "exit_code": code,
             "seconds": time.monotonic() - started}
 
 
@@ -789,7 +791,9 @@ def faults_markdown(r: dict[str, Any]) -> str:
               f"(Poisson); p99 alone {ld['alone']['p99_ms']:.2f} ms ({ld['alone']['n']} requests), working only "
               f"{ld['working_only']['p99_ms']:.2f} ms, beside the idle peers {ld['with_idle_peers']['p99_ms']:.2f} ms.",
               f"- Fuzz ({'with' if fz['with_backbone'] else 'without'} a backbone for FRAME, key required, journal on): "
-              f"replies {replies}.",
+              f"replies {replies}."
+              + (f" Server RSS after each tenth: {', '.join(f'{kb / 1024:.0f}' for kb in fz['rss_kb_by_tenth'])} MB."
+                 if fz.get("rss_kb_by_tenth") else ""),
               f"- Keyed vs keyless and journal vs none: {au['requests']} and {jr['requests']} interleaved round trips."]
     return "\n".join(lines) + "\n"
 
@@ -800,6 +804,8 @@ def write_section(report: Path, section: str) -> Path:
     pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.M | re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _m: section + "\n", text)
+    elif "\n## Other benchmarks" in text:  # where `edgert bench all` puts it
+        text = text.replace("\n## Other benchmarks", "\n" + section + "\n## Other benchmarks", 1)
     else:
         text = text.rstrip("\n") + "\n\n" + section
     report.write_text(text)
