@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "stream": ("edge_runtime.bench.stream", "end-to-end fps of the stream loop on a real video, adapting every frame"),
     "soak": ("edge_runtime.bench.soak", "100k-frame looped-video soak: resident memory growth and leaked file handles"),
     "bridge": ("edge_runtime.bench.bridge", "FEATURES round trip over a pty pair at 115200 baud; C export sizes"),
+    "faults": ("edge_runtime.bench.faults", "bridge under kill -9/SIGTERM, 64 peers, 100k fuzzed frames; HMAC and journal cost"),
 }
 
 

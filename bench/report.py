@@ -35,6 +35,7 @@ EXTERNAL = {
     "memflow": ([], ["--classes", "9", "--queries", "300", "--reference-queries", "60", "--rounds", "2"]),
     "knn": ([], ["--sizes", "2000", "--queries", "40", "--removes", "5"]),
     "stream": ([], ["--frames", "120"]),
+    "faults": ([], ["--quick"]),
 }
 
 
@@ -556,8 +557,15 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     else:
         out += [_absent(s, "numba_vs_reference"), ""]
 
+    if _ok(s, "faults"):
+        from edge_runtime.bench.faults import faults_markdown
+
+        out += [faults_markdown(s["faults"]["data"])]
+    else:
+        out += ["## Faults and load (bridge)", "", _absent(s, "faults"), ""]
+
     out += ["## Other benchmarks", ""]
-    for name in EXTERNAL:
+    for name in (n for n in EXTERNAL if n != "faults"):
         if _ok(s, name):
             out.append(f"- `edgert bench {name}`: ran; figures in `{name}.json` of the results folder"
                        f"{': ' + _highlights(name, s[name]['data']) if _highlights(name, s[name]['data']) else ''}")

@@ -10,7 +10,10 @@ Capture runs ahead of inference in its own thread and hands frames over through 
 - A frame that fails to decode is skipped and counted. A file that stops before the frame count
   in its header is reported as truncated after ``max_bad`` consecutive failures.
 - A live source that fails is reopened with exponential backoff, at most ``reconnects`` times in
-  a row; then the capture ends with ``ended == "lost"``.
+  a row; then the capture ends with ``ended == "lost"``. Live means a camera index, a URL or a
+  GStreamer pipeline (or a ``/dev`` device); a file path that does not exist fails at once.
+- FFmpeg's own log lines are silenced (``OPENCV_FFMPEG_LOGLEVEL``, unless already set): every
+  failure is reported once, by this module, naming the file and the frames read.
 """
 from __future__ import annotations
 
@@ -21,10 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
+# Before the first capture in the process (OpenCV reads it once): a truncated MP4 would otherwise
+# print "[mov,mp4,...] moov atom not found" on its own, beside our one-line message.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from edge_runtime.errors import InputError
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edge_runtime.errors import InputError  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,13 @@ def parse_source(source: str | int) -> str | int:
     return int(source) if source.strip().isdigit() else source
 
 
-def is_file_source(source: str | int) -> bool:
-    return isinstance(source, str) and Path(source).is_file()
+def is_live_source(source: str | int) -> bool:
+    """A camera index, a URL, a GStreamer pipeline or a device node: worth retrying while it is absent.
+
+    >>> [is_live_source(s) for s in (0, "rtsp://cam/1", "v4l2src ! appsink", "/dev/video0", "clip.avi")]
+    [True, True, True, True, False]
+    """
+    return not isinstance(source, str) or "://" in source or "!" in source or source.startswith("/dev/")
 
 
 class Capture:
@@ -88,7 +100,7 @@ class Capture:
     # -- opening ------------------------------------------------------------------------------
     @property
     def is_live(self) -> bool:
-        return self.live if self.live is not None else not is_file_source(self.source)
+        return self.live if self.live is not None else is_live_source(self.source)
 
     def _open_once(self) -> cv2.VideoCapture | None:
         cap = cv2.VideoCapture(self.source)
@@ -98,22 +110,32 @@ class Capture:
         return None
 
     def open(self) -> "Capture":
-        """Open the source (retrying a live one with backoff); raises InputError if it never opens."""
-        if isinstance(self.source, str) and not self.is_live and not os.access(self.source, os.R_OK):
-            raise InputError(f"video file not readable: {self.source}")
+        """Open the source (retrying a live one with backoff); raises InputError if it never opens.
+
+        After ``request_stop()`` it gives up quietly: ``ended`` is "stopped" and nothing is open.
+        """
+        if isinstance(self.source, str) and not self.is_live:
+            if not Path(self.source).exists() and "%" not in self.source:  # "%04d.png": an image sequence
+                raise InputError(f"cannot open video source {self.source!r}: no such file (a camera is an index "
+                                 f"such as 0, a stream a URL)")
+            if not os.access(self.source, os.R_OK):
+                raise InputError(f"video file not readable: {self.source}")
         if self.every < 1:
             raise InputError(f"--every must be >= 1, got {self.every}")
-        cap = self._open_once()
+        cap = None if self._stop.is_set() else self._open_once()
         attempts = 0
         while cap is None and self.is_live and attempts < self.reconnects and not self._stop.is_set():
             self._stop.wait(self.backoff * 2 ** attempts)
             attempts += 1
             cap = self._open_once()
+        if cap is None and self._stop.is_set():
+            self.ended = "stopped"
+            return self
         if cap is None:
             what = "video file" if not self.is_live else "video source"
             tried = f" after {attempts} retries" if attempts else ""
-            why = ("not a video OpenCV can read (unknown format, or truncated)" if not self.is_live
-                   else "the camera or stream is not there")
+            why = ("not a video OpenCV can read (unknown format, or truncated before its first frame; 0 frames "
+                   "read)" if not self.is_live else "the camera or stream is not there")
             raise InputError(f"cannot open {what} {self.source!r}{tried}: {why}")
         self._cap = cap
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -121,10 +143,12 @@ class Capture:
         return self
 
     def start(self) -> "Capture":
-        if self._cap is None:
+        """Start the reader thread (opening the source first if needed; not at all once stopped)."""
+        if self._cap is None and not self._stop.is_set():
             self.open()
-        self._thread = threading.Thread(target=self._run, name="edgert-capture", daemon=True)
-        self._thread.start()
+        if self._cap is not None:
+            self._thread = threading.Thread(target=self._run, name="edgert-capture", daemon=True)
+            self._thread.start()
         return self
 
     def request_stop(self) -> None:

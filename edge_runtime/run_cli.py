@@ -3,13 +3,13 @@
 Start-up: the adapter state comes from the newest good checkpoint in ``--state`` (files skipped
 as corrupt or made for another model are named on stderr), else from the source memory
 ``--memory`` (``edgert memory build``). Checkpoints are written every ``--checkpoint-every``
-seconds and at exit. SIGINT/SIGTERM end the stream cleanly: final checkpoint, summary, exit 0.
+seconds and at exit. SIGINT/SIGTERM end the run cleanly at any moment after it starts (while
+the model loads or a camera is retried too): final checkpoint, summary, exit 0.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,13 @@ def load_adapter(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
 
 
 def main(args: argparse.Namespace) -> int:
+    from edge_runtime.shutdown import Shutdown
+
+    with Shutdown() as shutdown:
+        return _run(args, shutdown)
+
+
+def _run(args: argparse.Namespace, shutdown: Any) -> int:
     from edge_runtime.adapters import Adapter
     from edge_runtime.backbones import load_backbone
     from edge_runtime.capture import Capture
@@ -83,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.every < 1:
         raise InputError(f"--every must be >= 1, got {args.every}")
+    if not args.quiet:
+        print(f"edgert run: loading {args.model}", file=sys.stderr, flush=True)
     backbone = load_backbone(args.model, threads=args.threads)
     checkpoints = None
     baseline = None
@@ -100,28 +109,21 @@ def main(args: argparse.Namespace) -> int:
         labels = LabelSchedule.load(args.labels, classes) if args.labels else None
         if labels is not None and type(adapter).teach is Adapter.teach:
             raise InputError(f"adapter {args.adapter!r} does not learn from labels: drop --labels")
-        capture = Capture(args.source, realtime=args.realtime, every=args.every, reconnects=args.reconnects).open()
+        capture = Capture(args.source, realtime=args.realtime, every=args.every, reconnects=args.reconnects)
+        shutdown.on_request(capture.request_stop)  # also ends a wait for a camera that is not there yet
+        capture.open()
         sinks: list[Any] = []
         if args.out:
             sinks.append(JsonlSink(args.out))
         if args.video_out:
             sinks.append(VideoSink(args.video_out, capture.fps / args.every if capture.fps else 0.0))
-        if adapter is not None:
+        if adapter is not None and not shutdown.requested.is_set():
             adapter.prepare()
         stream = Stream(backbone, adapter, classes, sinks, adapt=not args.no_adapt, baseline=baseline,
                         labels=labels, checkpoints=checkpoints, checkpoint_every=args.checkpoint_every,
                         meta=meta, max_frames=args.max_frames, progress=None if args.quiet else Progress())
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            stream.stop.set()
-            capture.request_stop()  # also ends a wait for frames from a stalled camera
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            summary = stream.run(capture.start())
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+        shutdown.on_request(stream.stop.set)  # a signal before this point: the run ends at once, cleanly
+        summary = stream.run(capture.start())
     finally:
         if checkpoints is not None:
             checkpoints.close()
@@ -140,5 +142,8 @@ def main(args: argparse.Namespace) -> int:
     if summary.ended == "lost":
         raise EdgeRuntimeError(f"video source {args.source!r} lost: {summary.detail}")
     if summary.ended == "truncated":
-        print(f"edgert run: warning: {args.source} is truncated: {summary.detail}", file=sys.stderr)
+        print(f"edgert run: warning: video file {args.source} is truncated: {summary.detail} "
+              f"({summary.read} frames read)", file=sys.stderr)
+    if summary.ended == "stopped" and shutdown.signal_name:
+        print(f"edgert run: stopped by {shutdown.signal_name}", file=sys.stderr)
     return 0

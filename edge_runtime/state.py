@@ -79,13 +79,21 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"adapter parameter of type {type(value).__name__} cannot be stored as JSON")
 
 
+def _c_order(a: Any) -> np.ndarray:
+    """``a`` in C order with its shape kept: ``np.ascontiguousarray`` turns a 0-d array into shape (1,),
+    which adapters that store a scalar (kNN's class count) cannot read back. Files written that way
+    still verify: their arrays are stored, and hashed, as (1,)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.array(a, order="C")
+
+
 def checksum(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
     """sha256 over the header (without its checksum) and each array's name, dtype, shape, bytes."""
     digest = hashlib.sha256()
     body = {k: v for k, v in header.items() if k != "checksum"}
     digest.update(json.dumps(body, sort_keys=True, default=_json_default).encode())
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
+        a = _c_order(arrays[name])
         digest.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
         digest.update(a.tobytes())
     return digest.hexdigest()
@@ -136,7 +144,7 @@ def encode_state(adapter: Adapter, *, kind: str, model_sha256: str, classes: lis
     state = adapter.state_dict()
     if len(classes) != adapter.n_classes:
         raise InputError(f"{len(classes)} class names for an adapter with {adapter.n_classes} classes")
-    arrays = {key: np.ascontiguousarray(a) for key, a in state["arrays"].items()}
+    arrays = {key: _c_order(a) for key, a in state["arrays"].items()}
     for key, a in arrays.items():
         if a.dtype.kind not in "biuf":
             raise InputError(f"adapter array {key!r} has dtype {a.dtype}: state files hold numeric arrays only")

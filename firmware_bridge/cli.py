@@ -2,9 +2,14 @@
 
 - ``edgert bridge serve --port URL``: the device side. Backbone and adapter as for ``edgert run``
   (``--model``, ``--adapter``, ``--memory``, ``--state``, ``--no-adapt``); without ``--memory``
-  the adapter starts empty (``--classes``) and learns from TEACH.
+  the adapter starts empty (``--classes`` and ``--dim``) and learns from TEACH. With ``--state``
+  every change is journaled and TEACH/FORGET are acknowledged once durable. TCP serves many peers
+  at once; with ``--key-file`` every peer must authenticate, without one only loopback is served
+  (``--insecure`` overrides). SIGTERM/SIGINT: finish the requests in hand, checkpoint, summary,
+  exit 0. SIGHUP re-reads the key file.
 - ``edgert bridge send --port URL ACTION``: the host side (hello, stats, features, frame, teach,
-  forget, export-state).
+  forget, export-state), ``--key-file`` as the device's.
+- ``edgert bridge keygen FILE``: a new key file (mode 0600), optionally keeping the keys of another.
 - ``edgert bridge export-c --state FILE --out DIR``: the memory as a C header plus the C99 read-out.
 
 Progress and summaries go to stderr (with ``--port stdio://`` stdout is the link itself).
@@ -15,7 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from edge_runtime.errors import InputError
 
@@ -25,6 +30,8 @@ def _link_options(parser: argparse.ArgumentParser) -> None:
                         help="serial device (/dev/ttyUSB0), pyserial URL (loop://), tcp://HOST:PORT or stdio://")
     parser.add_argument("--baud", type=int, default=115200, help="serial baud rate (default: 115200)")
     parser.add_argument("--mcu", action="store_true", help="microcontroller framing: payloads up to 8 KiB")
+    parser.add_argument("--key-file", type=Path, metavar="FILE",
+                        help="pre-shared key(s), hex, one per line, mode 0600 (edgert bridge keygen)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,11 +42,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--model", type=Path, help="exported backbone (.onnx/.tflite with its card) for FRAME requests")
     serve.add_argument("--adapter", default="ncm", help="adapter name from the registry (default: ncm)")
     serve.add_argument("--memory", type=Path, help="source memory state file to start from (edgert memory build)")
-    serve.add_argument("--state", type=Path, help="checkpoint folder: resumed at start, written at exit")
+    serve.add_argument("--state", type=Path,
+                       help="checkpoint folder: resumed at start; every change is journaled there before it is "
+                            "acknowledged, and compacted into checkpoints")
     serve.add_argument("--classes", help="comma-separated class names, to start an empty adapter taught over the link")
+    serve.add_argument("--dim", type=int, help="feature width of an empty adapter (with --classes, without --model)")
     serve.add_argument("--no-adapt", action="store_true", help="predict only: never adapt on unlabelled samples")
     serve.add_argument("--once", action="store_true", help="with tcp://, serve one connection and exit")
     serve.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve a non-loopback TCP address without a key (anyone on the network may teach, "
+                            "forget and read the memory)")
+    serve.add_argument("--max-connections", type=int, default=64, help="TCP peers served at once (default: 64)")
+    serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="close a TCP peer that sends nothing for this long (default: 60)")
+    serve.add_argument("--frame-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="close a TCP peer whose frame has not completed this long after it started (default: 10)")
+    serve.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                       help="compact the journal into a checkpoint this often when it has records (default: 60)")
+    serve.add_argument("--compact-every", type=int, default=1000, metavar="RECORDS",
+                       help="... or once it holds this many records (default: 1000)")
 
     send = sub.add_parser("send", help="host side: send requests to a device and print its replies")
     _link_options(send)
@@ -64,6 +86,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     export = actions.add_parser("export-state", help="download the device's adapter as a state file")
     export.add_argument("out", type=Path)
 
+    keygen = sub.add_parser("keygen", help="write a new key file (mode 0600) for --key-file")
+    keygen.add_argument("out", type=Path, help="the new key file (refused if it exists)")
+    keygen.add_argument("--keep", type=Path, metavar="FILE",
+                        help="also keep the keys of FILE after the new one (key rotation: devices accept both)")
+
     cexp = sub.add_parser("export-c", help="write a memory as a C header with the C99 read-out beside it")
     cexp.add_argument("--state", type=Path, required=True, help="state file (edgert memory build, a checkpoint, "
                                                                 "or edgert bridge send export-state)")
@@ -75,7 +102,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"serve": main_serve, "send": main_send, "export-c": main_export_c}[args.bridge_command](args)
+    return {"serve": main_serve, "send": main_send, "keygen": main_keygen,
+            "export-c": main_export_c}[args.bridge_command](args)
+
+
+def _log(line: str) -> None:
+    print(f"edgert bridge: {line}", file=sys.stderr, flush=True)
 
 
 # -- serve ----------------------------------------------------------------------------------------------
@@ -85,79 +117,154 @@ def _framing(args: argparse.Namespace) -> Any:
     return McuFraming if args.mcu else Framing
 
 
-def _load_device(args: argparse.Namespace) -> tuple[Any, Any]:
+def _check_exposure(args: argparse.Namespace, keys: Any) -> None:
+    """Refuse a keyless server that anyone on a network could reach, unless told --insecure."""
+    from firmware_bridge.transport import is_loopback, parse_tcp
+
+    if not args.port.startswith("tcp://") or keys is not None:
+        return
+    host, port = parse_tcp(args.port)
+    if is_loopback(host):
+        return
+    if not args.insecure:
+        raise InputError(f"refusing to serve tcp://{host}:{port} without a key: any host that reaches it could "
+                         f"teach, erase and read this memory. Pass --key-file FILE (edgert bridge keygen FILE), "
+                         f"bind tcp://127.0.0.1:{port}, or add --insecure to accept that risk")
+    _log(f"WARNING: serving tcp://{host}:{port} without a key (--insecure): any peer on that network can "
+         f"change or read this memory")
+
+
+def _load_device(args: argparse.Namespace) -> Any:
     from edge_runtime.adapters import make_adapter
     from edge_runtime.state import Checkpoints, read_state
     from firmware_bridge.device import BridgeDevice
+    from firmware_bridge.journal import Journal
 
     backbone = None
     sha = None
     if args.model is not None:
         from edge_runtime.backbones import load_backbone
 
+        _log(f"loading {args.model}")
         backbone = load_backbone(args.model, threads=args.threads)
         sha = backbone.card.sha256
     state = None
     if args.memory is not None:
         state = read_state(args.memory, model_sha256=sha, adapter=args.adapter)
         sha = sha or state.header["model_sha256"]
-    checkpoints = None
+    if state is None and not args.classes:
+        raise InputError("no memory to serve: pass --memory FILE (edgert memory build) or --classes a,b,c "
+                         "with --dim D to start empty and TEACH over the link")
+    if state is None and args.dim is None and backbone is None:
+        raise InputError("--classes needs --dim D (the feature width) or --model, so that requests are checked "
+                         "from the first one")
+    journal = None
+    replay = None
     if args.state is not None:
-        if sha is None:
-            raise InputError("--state needs --model or --memory: checkpoints are tied to the model's sha256")
-        checkpoints = Checkpoints(args.state, sha, args.adapter)
-        state = checkpoints.load() or state
+        checkpoints = Checkpoints(args.state, sha or "", args.adapter)
+        loaded = checkpoints.load()
         for problem in checkpoints.problems:
-            print(f"edgert bridge: skipped state file: {problem}", file=sys.stderr)
+            _log(f"skipped state file: {problem}")
+        journal = Journal(checkpoints, every_records=args.compact_every, every_seconds=args.checkpoint_every)
+        try:
+            replay = journal.read(after=int(loaded.meta.get("journal_seq", 0)) if loaded else 0)
+        except BaseException:
+            checkpoints.close()
+            raise
+        for problem in replay.problems:
+            _log(f"journal: {problem}")
+        state = loaded or state
     if state is not None:
         adapter, classes = state.adapter, state.classes
-        print(f"edgert bridge: adapter {adapter.name} from {state.path} ({len(classes)} classes)", file=sys.stderr)
-    elif args.classes:
-        adapter, classes = make_adapter(args.adapter), [c.strip() for c in args.classes.split(",") if c.strip()]
-        print(f"edgert bridge: empty {args.adapter} adapter, {len(classes)} classes: teach it over the link",
-              file=sys.stderr)
+        _log(f"adapter {adapter.name} from {state.path} ({len(classes)} classes)")
     else:
-        raise InputError("no memory to serve: pass --memory FILE (edgert memory build) or --classes a,b,c "
-                         "to start empty and TEACH over the link")
-    if hasattr(adapter, "_n_classes"):
-        adapter.prepare()
+        adapter, classes = make_adapter(args.adapter), [c.strip() for c in args.classes.split(",") if c.strip()]
+        _log(f"empty {args.adapter} adapter, {len(classes)} classes: teach it over the link")
     device = BridgeDevice(adapter, classes=classes, backbone=backbone, adapt=not args.no_adapt,
-                          model_sha256=sha or "", framing=_framing(args))
-    return device, checkpoints
+                          model_sha256=sha or "", framing=_framing(args), dim=args.dim, journal=journal)
+    if replay is not None and replay.records:
+        device.replay([record.op for record in replay.records])
+        _log(f"replayed {len(replay.records)} journal records ({replay.records[0].seq}..{replay.records[-1].seq})")
+    if replay is not None and (replay.records or replay.problems):
+        path = device.checkpoint({"recovered": True})
+        if path is not None:
+            _log(f"checkpoint {path}")
+    if device.ready:
+        adapter.prepare()
+    return device
+
+
+def _serve_tcp(args: argparse.Namespace, device: Any, keys: Any, shutdown: Any) -> Any:
+    import asyncio
+
+    from firmware_bridge.server import BridgeServer
+    from firmware_bridge.transport import parse_tcp
+
+    host, port = parse_tcp(args.port)
+    server = BridgeServer(device, host, port, keys=keys, max_connections=args.max_connections,
+                          idle_timeout=args.idle_timeout, frame_timeout=args.frame_timeout, once=args.once, log=_log)
+    shutdown.on_request(server.stop)
+    asyncio.run(server.serve(started=lambda: _log(
+        f"listening on {server.url} ({'key required' if keys else 'no key'}; at most {args.max_connections} "
+        f"connections; {'journaled in ' + str(args.state) if args.state else 'not durable: no --state'})")))
+    return server
+
+
+def _reload_keys_on_sighup(keys: Any) -> Optional[Any]:
+    """SIGHUP re-reads the key file (rotation without a restart); returns the previous handler."""
+    import signal
+
+    if keys is None:
+        return None
+
+    def reload(_signum: int, _frame: Any) -> None:
+        try:
+            _log(f"SIGHUP: {keys.reload()} key(s) accepted from {keys.path}; open connections keep their session")
+        except InputError as err:  # a bad file must not take the keys in use away
+            _log(f"SIGHUP: key file not reloaded, the previous keys stay: {err}")
+
+    return signal.signal(signal.SIGHUP, reload)
 
 
 def main_serve(args: argparse.Namespace) -> int:
-    from firmware_bridge.device import serve
-    from firmware_bridge.transport import TcpListener, open_transport, parse_tcp
+    import signal
 
-    device, checkpoints = _load_device(args)
-    try:
-        if args.port.startswith("tcp://"):
-            listener = TcpListener(*parse_tcp(args.port))
-            print(f"edgert bridge: listening on {listener.url}", file=sys.stderr)
-            try:
-                while True:
-                    link = listener.accept()
-                    print(f"edgert bridge: connection from {link.url}", file=sys.stderr)
-                    with link:
-                        serve(link, device)
-                    if args.once:
-                        break
-            finally:
-                listener.close()
-        else:
-            with open_transport(args.port, baudrate=args.baud) as link:
-                print(f"edgert bridge: serving on {args.port}", file=sys.stderr)
-                serve(link, device)
-    finally:
-        if checkpoints is not None:
-            if hasattr(device.adapter, "_n_classes"):
-                path = checkpoints.save(device.adapter, device.classes, {"source": "bridge"})
-                print(f"edgert bridge: checkpoint {path}", file=sys.stderr)
-            checkpoints.close()
+    from edge_runtime.shutdown import Shutdown
+    from firmware_bridge.auth import KeyRing
+    from firmware_bridge.device import serve
+    from firmware_bridge.transport import open_transport
+
+    keys = KeyRing.from_file(args.key_file) if args.key_file else None
+    _check_exposure(args, keys)
+    with Shutdown() as shutdown:
+        device = _load_device(args)
+        previous_hup = _reload_keys_on_sighup(keys)
+        server = None
+        try:
+            if shutdown.requested.is_set():
+                _log(f"{shutdown.signal_name} before serving: not starting")
+            elif args.port.startswith("tcp://"):
+                server = _serve_tcp(args, device, keys, shutdown)
+            else:
+                with open_transport(args.port, baudrate=args.baud) as link:
+                    _log(f"serving on {args.port} ({'key required' if keys else 'no key'})")
+                    serve(link, device, keys=keys, should_stop=shutdown.requested.is_set)
+        finally:
+            if previous_hup is not None:
+                signal.signal(signal.SIGHUP, previous_hup)
+            if device.journal is not None:
+                path = device.checkpoint()
+                journal = device.journal
+                _log(f"checkpoint {path or 'unchanged'}; journal: {journal.records_written} records, "
+                     f"{journal.commits} fsyncs")
+                journal.close()
+                journal.checkpoints.close()
     stats = device.stats()
-    print(f"edgert bridge: done: {stats.features} features, {stats.frames} frames, {stats.teaches} teaches, "
-          f"{stats.errors} errors, mean compute {stats.mean_compute_us} us", file=sys.stderr)
+    why = f"stopped by {shutdown.signal_name}" if shutdown.signal_name else "done"
+    extra = (f", {server.served_connections} connections ({server.refused} refused at the cap, "
+             f"{server.timed_out} timed out)" if server is not None else "")
+    _log(f"{why}: {stats.features} features, {stats.frames} frames, {stats.teaches} teaches, {stats.forgets} forgets, "
+         f"{stats.errors} errors, mean compute {stats.mean_compute_us} us{extra}")
     return 0
 
 
@@ -193,8 +300,11 @@ def main_send(args: argparse.Namespace) -> int:
     from firmware_bridge.messages import FeatureDtype, ForgetScope
     from firmware_bridge.transport import open_transport
 
+    from firmware_bridge.auth import read_keys
+
+    key = read_keys(args.key_file)[0] if args.key_file else None
     with open_transport(args.port, baudrate=args.baud) as link:
-        client = BridgeClient(link, framing=_framing(args), timeout=args.timeout)
+        client = BridgeClient(link, framing=_framing(args), timeout=args.timeout, key=key)
         action = args.send_action
         if action == "hello":
             hello = client.hello()
@@ -231,6 +341,19 @@ def main_send(args: argparse.Namespace) -> int:
             blob = client.export_state()
             atomic_write(args.out, lambda f: f.write(blob))
             _show(args, {"out": str(args.out), "bytes": len(blob)}, f"wrote {args.out} ({len(blob)} bytes)")
+    return 0
+
+
+# -- keygen ---------------------------------------------------------------------------------------------
+def main_keygen(args: argparse.Namespace) -> int:
+    import os
+
+    from firmware_bridge.auth import read_keys, write_key_file
+
+    kept = read_keys(args.keep) if args.keep else []
+    write_key_file(args.out, [os.urandom(32), *kept])
+    print(f"wrote {args.out} (mode 0600): a new 32-byte key" + (f" first, then the {len(kept)} key(s) of {args.keep}"
+                                                                 if kept else ""))
     return 0
 
 

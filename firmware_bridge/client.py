@@ -1,5 +1,9 @@
 """The host side: one request at a time over any transport, replies matched by sequence number.
 
+With a key the client authenticates on its first request (HELLO, then AUTH answering the
+device's nonce), signs every later request with a rising counter, and accepts a reply only if
+it is signed for that request (an unsigned ERROR is still reported: it changes nothing).
+
 >>> import numpy as np
 >>> from firmware_bridge.transport import open_transport
 >>> link = open_transport("loop://")  # a loopback: the client reads its own request back
@@ -19,11 +23,12 @@ from typing import Optional
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
+from firmware_bridge.auth import AuthError, HostSession
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import FrameError, Framing, Packet
-from firmware_bridge.messages import (Ack, Body, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope, Frame,
-                                      HelloReply, Hello, OPTION_READ_ONLY, PixelFormat, Prediction, StateChunk,
-                                      StateExportRequest, Stats, StatsRequest, Teach)
+from firmware_bridge.messages import (Ack, Auth, AuthReply, Body, Error, ErrorCode, FeatureDtype, Features, Forget,
+                                      ForgetScope, Frame, HelloReply, Hello, OPTION_READ_ONLY, PixelFormat, Prediction,
+                                      StateChunk, StateExportRequest, Stats, StatsRequest, Teach)
 from firmware_bridge.transport import Transport
 
 
@@ -39,26 +44,43 @@ class BridgeClient:
     """Requests to a device on ``transport``; each call waits for the reply with the same seq.
 
     A reply that is an ERROR raises ``BridgeError`` (with ``.code``). Link-level errors the
-    device reports (bad CRC of our frame) make the call resend, up to ``retries`` times.
+    device reports (bad CRC of our frame) make the call resend, up to ``retries`` times. With
+    ``key`` (from ``firmware_bridge.auth.read_keys``) requests are authenticated and signed.
     """
 
     def __init__(self, transport: Transport, *, framing: type[Framing] = Framing, timeout: float = 5.0,
-                 retries: int = 2) -> None:
+                 retries: int = 2, key: Optional[bytes] = None) -> None:
         self.transport = transport
         self.timeout = timeout
         self.retries = retries
         self._framing = framing()
         self._seq = 0
         self._pending: deque[Packet | FrameError] = deque()
+        self._session = HostSession(key) if key is not None else None
+        self._counters: dict[int, int] = {}  # seq -> counter of the signed request sent with it
         # A leading delimiter ends whatever partial frame the device may hold from before we came.
         self.transport.write(b"\x00")
 
+    @property
+    def authenticated(self) -> bool:
+        return self._session is not None and self._session.signer is not None
+
     # -- raw requests -------------------------------------------------------------------------------
-    def send(self, body: Body) -> int:
-        """Write one message; returns its sequence number."""
+    def frame(self, body: Body) -> tuple[int, bytes]:
+        """(seq, bytes) of the next request, signed once authenticated (except HELLO and AUTH); not sent."""
         self._seq = (self._seq + 1) & 0xFFFF
-        self.transport.write(self._framing.pack(self._seq, body))
-        return self._seq
+        session = self._session
+        if session is not None and session.signer is not None and not isinstance(body, (Hello, Auth)):
+            counter = session.next_counter()
+            self._counters = {self._seq: counter}
+            return self._seq, self._framing.pack(self._seq, body, counter=counter, sign=session.signer)
+        return self._seq, self._framing.pack(self._seq, body)
+
+    def send(self, body: Body) -> int:
+        """Write one request (see ``frame``); returns its sequence number."""
+        seq, wire = self.frame(body)
+        self.transport.write(wire)
+        return seq
 
     def receive(self, timeout: Optional[float] = None) -> Packet | FrameError:
         """The next packet or link error from the device."""
@@ -75,13 +97,25 @@ class BridgeClient:
 
     def request(self, body: Body) -> Body:
         """Send ``body`` and return the device's reply body (raising on ERROR)."""
+        if self._session is not None and not self.authenticated and not isinstance(body, (Hello, Auth)):
+            self.hello()
+        renewed = False
         for _ in range(self.retries + 1):
             seq = self.send(body)
             while True:
                 event = self.receive()
                 if isinstance(event, Packet) and event.seq == seq and not isinstance(event.body, Error):
+                    self._check_signed(event, seq)
                     return event.body
+                if isinstance(event, Packet) and isinstance(event.body, Error) and event.body.code in _CLOSING:
+                    raise BridgeError(f"device error {_code_name(event.body.code)}: {event.body.message}",
+                                      event.body.code)  # the device is closing this connection
                 if isinstance(event, Packet) and event.seq == seq:
+                    if event.body.code == ErrorCode.AUTH_REQUIRED and self.authenticated and not renewed:
+                        # The device lost this session (restarted behind a serial line): prove the key again.
+                        renewed = True
+                        self.hello()
+                        break
                     raise BridgeError(f"device error {_code_name(event.body.code)}: {event.body.message}",
                                       event.body.code)
                 link_error = (isinstance(event, FrameError) or
@@ -92,9 +126,30 @@ class BridgeClient:
         raise BridgeError(f"{type(body).__name__} failed {self.retries + 1} times on {self.transport.url}: "
                           f"the line is too noisy")
 
+    def _check_signed(self, event: Packet, seq: int) -> None:
+        """In an authenticated session a reply must be signed for the request it answers."""
+        counter = self._counters.get(seq)
+        if counter is None or self._session is None:
+            return
+        signed = event.signed
+        if signed is None or not self._session.check_reply(signed.counter, signed.mac, signed.message, counter):
+            raise BridgeError(f"the reply to request {seq} is not signed for it: tampered on the way, or not "
+                              f"from the device", ErrorCode.BAD_MAC)
+
     # -- verbs --------------------------------------------------------------------------------------
     def hello(self) -> HelloReply:
-        return self._expect(self.request(Hello(self._framing.MAX_PAYLOAD)), HelloReply)
+        """The device's capabilities; with a key, also authenticate to it (the reply carries its nonce)."""
+        hello = self._expect(self.request(Hello(self._framing.MAX_PAYLOAD)), HelloReply)
+        if self._session is not None:
+            if not hello.nonce:
+                raise BridgeError(f"{self.transport.url} has no key (its HELLO carries no nonce): "
+                                  f"drop --key-file, or serve the device with one", ErrorCode.AUTH_FAILED)
+            try:
+                reply = self._expect(self.request(self._session.auth(hello.nonce)), AuthReply)
+                self._session.check_device(reply)
+            except AuthError as err:
+                raise BridgeError(str(err), err.code) from None
+        return hello
 
     def classify(self, features: np.ndarray, *, dtype: FeatureDtype = FeatureDtype.INT8, top_k: int = 1,
                  read_only: bool = False) -> Prediction:
@@ -118,20 +173,29 @@ class BridgeClient:
     def stats(self) -> Stats:
         return self._expect(self.request(StatsRequest()), Stats)
 
-    def export_state(self, chunk: int = 16 * 1024) -> bytes:
-        """The device's adapter as a state file (``edge_runtime.state`` format), checked by CRC-32."""
-        first = self._expect(self.request(StateExportRequest(0, chunk)), StateChunk)
-        parts, got = [first.data], len(first.data)
-        while got < first.total:
-            part = self._expect(self.request(StateExportRequest(got, chunk)), StateChunk)
-            if part.offset != got or not part.data:
-                raise BridgeError(f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, expected {got}")
-            parts.append(part.data)
-            got += len(part.data)
-        blob = b"".join(parts)
-        if crc32(blob) != first.crc32:
-            raise BridgeError("exported state fails its CRC-32: the device changed it mid-transfer or the line is bad")
-        return blob
+    def export_state(self, chunk: int = 16 * 1024, attempts: int = 3) -> bytes:
+        """The device's adapter as a state file (``edge_runtime.state`` format), checked by CRC-32.
+
+        A device keeps one snapshot: when another host starts an export meanwhile, the chunks
+        stop matching the first one's CRC and the transfer starts again (``attempts`` times).
+        """
+        for _ in range(attempts):
+            first = self._expect(self.request(StateExportRequest(0, chunk)), StateChunk)
+            parts, got = [first.data], len(first.data)
+            while got < first.total:
+                part = self._expect(self.request(StateExportRequest(got, chunk)), StateChunk)
+                if part.offset != got or not part.data:
+                    raise BridgeError(f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, "
+                                      f"expected {got}")
+                if part.total != first.total or part.crc32 != first.crc32:
+                    break  # another export took a new snapshot
+                parts.append(part.data)
+                got += len(part.data)
+            blob = b"".join(parts)
+            if len(blob) == first.total and crc32(blob) == first.crc32:
+                return blob
+        raise BridgeError(f"exported state failed its CRC-32 {attempts} times: other hosts kept exporting, or the "
+                          f"line is bad")
 
     # -- helpers ------------------------------------------------------------------------------------
     @staticmethod
@@ -151,6 +215,7 @@ class BridgeClient:
 
 
 _LINK_ERRORS = (ErrorCode.BAD_CRC, ErrorCode.MALFORMED, ErrorCode.OVERSIZED)
+_CLOSING = (ErrorCode.BUSY, ErrorCode.TIMEOUT)
 
 
 def _code_name(code: int) -> str:

@@ -1,9 +1,14 @@
 """The device side of the bridge: answers requests with an adapter (and a backbone for frames).
 
-``BridgeDevice.handle(event)`` turns one decoded packet, or one link error, into the replies to
-send; it never touches a transport. ``serve(transport, device)`` is the loop that reads bytes,
-feeds the framing, and writes the replies. Every failure becomes an ERROR reply: a bad frame or
-bad input never ends the link.
+``BridgeDevice.handle_batch(packets)`` turns decoded requests into replies, in order; it never
+touches a transport and is the only code that changes the adapter. Every request is checked in
+full before anything changes (width, finite values, range, label, image), so a bad request gets
+one BAD_INPUT line and leaves the memory as it was. With a ``Journal`` every change is recorded
+and the batch's TEACH/FORGET records are made durable with one fsync before any ACK is returned.
+
+``Link`` is one connection's view: the framing (bytes in, packets out) and, with a key, the
+authentication session. ``serve(transport, device)`` is the loop for one peer (serial, stdio);
+``firmware_bridge.server`` serves many TCP peers through the same ``Link`` and ``handle_batch``.
 
 >>> import numpy as np
 >>> from edge_runtime.adapters.ncm import NCM
@@ -14,26 +19,39 @@ bad input never ends the link.
 """
 from __future__ import annotations
 
-import tempfile
+import inspect
+import sys
 import time
-from pathlib import Path
+import traceback
+from dataclasses import replace
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.adapters.base import Adapter, as_features
+from edge_runtime.errors import EdgeRuntimeError, InputError
+from firmware_bridge.auth import AuthError, DeviceSession, KeyRing
 from firmware_bridge.crc import crc32
+from firmware_bridge.frames import decode_frame
 from firmware_bridge.framing import FrameError, Framing, Packet
-from firmware_bridge.messages import (Ack, Body, Capability, Error, ErrorCode, Features, Forget, ForgetScope, Frame,
-                                      Hello, HelloReply, OPTION_READ_ONLY, PixelFormat, Prediction, StateChunk,
+from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, Op, TeachOp
+from firmware_bridge.messages import (Ack, Auth, Body, Capability, Error, ErrorCode, Features, Forget, ForgetScope,
+                                      Frame, Hello, HelloReply, OPTION_READ_ONLY, Prediction, StateChunk,
                                       StateExportRequest, Stats, StatsRequest, Teach)
 from firmware_bridge.transport import Transport
+
+# Feature values beyond this are refused: their squares approach float32's range, and no backbone's
+# pooled features come near it (EfficientNet-Lite's are ReLU6 outputs, at most 6).
+MAX_FEATURE = 1e12
 
 
 class Reply(NamedTuple):
     seq: int
     body: Body
+
+
+class _Unsupported(EdgeRuntimeError):
+    """A valid request this device cannot serve (answered with ErrorCode.UNSUPPORTED)."""
 
 
 class BridgeDevice:
@@ -53,16 +71,30 @@ class BridgeDevice:
         Hex sha256 of the model whose features the adapter holds (from the backbone's card).
     framing
         The framing class; its MAX_PAYLOAD is announced in HELLO and bounds STATE_EXPORT chunks.
+    dim
+        Feature width requests must have. Taken from the adapter's memory or the backbone's card
+        when those exist; required for an empty adapter without a backbone.
+    journal
+        Where changes are recorded (``firmware_bridge.journal``); None keeps them in memory only.
     """
 
     def __init__(self, adapter: Adapter, *, classes: Sequence[str], backbone: Any = None, adapt: bool = True,
-                 model_sha256: str = "", framing: type[Framing] = Framing) -> None:
+                 model_sha256: str = "", framing: type[Framing] = Framing, dim: Optional[int] = None,
+                 journal: Optional[Journal] = None) -> None:
         self.adapter = adapter
         self.classes = list(classes)
         self.backbone = backbone
         self.adapt = adapt
         self.model_sha256 = model_sha256
         self.framing = framing
+        self.journal = journal
+        known = [int(w) for w in (adapter.dim if self.ready else None,
+                                  backbone.card.feature_dim if backbone is not None else None, dim) if w is not None]
+        if not known:
+            raise InputError("the feature width is unknown: an empty adapter needs --dim D (or --model)")
+        if len(set(known)) > 1:
+            raise InputError(f"feature widths disagree: memory, model card and --dim give {sorted(set(known))}")
+        self.dim = known[0]
         self._started = time.monotonic()
         self._counts = dict(frames=0, features=0, teaches=0, forgets=0, errors=0, adapted=0)
         self._compute_us_total = 0
@@ -71,61 +103,92 @@ class BridgeDevice:
         self.rx_bytes = 0
         self.tx_bytes = 0
 
+    @property
+    def _forget(self) -> dict[ForgetScope, Callable[[int], int]]:
+        return _forget_verbs(self.adapter)
+
+    @property
+    def ready(self) -> bool:
+        """True once the adapter holds a memory (fitted, restored, or built by a TEACH)."""
+        return hasattr(self.adapter, "_n_classes")
+
     # -- dispatch ---------------------------------------------------------------------------------
     def handle(self, event: Packet | FrameError) -> list[Reply]:
         """Replies to one decoded packet or link error (never raises for bad input)."""
         if isinstance(event, FrameError):
-            self._counts["errors"] += 1
+            self.count_error()
             return [Reply(event.seq or 0, Error(event.code, event.detail))]
-        if event.body.REPLY:
+        return self.handle_batch([event])[0]
+
+    def handle_batch(self, packets: Sequence[Packet]) -> list[list[Reply]]:
+        """Replies to each request, in order; the journal is committed once, before any reply is returned."""
+        replies = [self._handle(packet) for packet in packets]
+        if self.journal is not None:
+            try:
+                self.journal.commit()
+            except OSError as err:  # the disk failed: nothing in this batch may be acknowledged
+                print(f"edgert bridge: journal commit failed: {err}", file=sys.stderr)
+                replies = [[Reply(r.seq, Error(ErrorCode.INTERNAL, f"journal write failed ({err.strerror}): "
+                                                                   f"not acknowledged")) if isinstance(r.body, Ack)
+                            else r for r in rs] for rs in replies]
+        return replies
+
+    def _handle(self, packet: Packet) -> list[Reply]:
+        if packet.body.REPLY:
             # Never answer a reply (as ICMP never answers ICMP errors): two peers could otherwise
             # bounce ERRORs forever, e.g. a device on a loopback reading its own output.
             return []
-        handler = self._HANDLERS.get(type(event.body))
+        handler = self._HANDLERS.get(type(packet.body))
         if handler is None:
-            self._counts["errors"] += 1
-            return [Reply(event.seq, Error(ErrorCode.UNKNOWN_TYPE, f"a device does not accept {type(event.body).__name__}"))]
+            self.count_error()
+            return [Reply(packet.seq, Error(ErrorCode.UNKNOWN_TYPE,
+                                            f"a device does not accept {type(packet.body).__name__}"))]
         try:
-            return [Reply(event.seq, handler(self, event.body))]
+            return [Reply(packet.seq, handler(self, packet.body))]
+        except (_Unsupported, NotImplementedError) as err:
+            code, message = ErrorCode.UNSUPPORTED, str(err)
         except (EdgeRuntimeError, ValueError) as err:
-            code = ErrorCode.UNSUPPORTED if isinstance(err, _Unsupported) else ErrorCode.BAD_INPUT
-            self._counts["errors"] += 1
-            return [Reply(event.seq, Error(code, str(err)))]
-        except NotImplementedError as err:
-            self._counts["errors"] += 1
-            return [Reply(event.seq, Error(ErrorCode.UNSUPPORTED, str(err)))]
-        except Exception as err:  # a device serves months: one bad request must not end the loop
-            self._counts["errors"] += 1
-            return [Reply(event.seq, Error(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}"))]
+            code, message = ErrorCode.BAD_INPUT, str(err)
+        except Exception as err:  # a device serves months: one defect must not end the loop, but it is ours
+            traceback.print_exc(file=sys.stderr)
+            code, message = ErrorCode.INTERNAL, f"{type(err).__name__} serving {type(packet.body).__name__}: {err}"
+        self.count_error()
+        return [Reply(packet.seq, Error(code, message))]
+
+    def count_error(self) -> None:
+        self._counts["errors"] += 1
 
     # -- requests -----------------------------------------------------------------------------------
     def _hello(self, body: Hello) -> HelloReply:
         caps = Capability.FEATURES | Capability.TEACH | Capability.STATE_EXPORT
         if self.backbone is not None:
             caps |= Capability.FRAME
-        if type(self.adapter).forget is not Adapter.forget:
+        if self._forget:
             caps |= Capability.FORGET
         if self.adapt:
             caps |= Capability.ADAPTS
+        if self.journal is not None:
+            caps |= Capability.DURABLE
         sha = bytes.fromhex(self.model_sha256) if self.model_sha256 else bytes(32)
-        dim = self.adapter.dim if hasattr(self.adapter, "_dim") else 0
-        return HelloReply(self.framing.MAX_PAYLOAD, dim, len(self.classes), int(caps), sha, self.adapter.name,
+        return HelloReply(self.framing.MAX_PAYLOAD, self.dim, len(self.classes), int(caps), sha, self.adapter.name,
                           tuple(self.classes))
 
     def _features(self, body: Features) -> Prediction:
+        start = time.perf_counter()
+        x = self._checked(body.to_float32())
         self._counts["features"] += 1
-        return self._predict(body.to_float32(), body.options, body.top_k, time.perf_counter())
+        return self._predict(x, body.options, body.top_k, start)
 
     def _frame(self, body: Frame) -> Prediction:
-        self._counts["frames"] += 1
         start = time.perf_counter()
-        return self._predict(self._frame_features(body), body.options, body.top_k, start)
+        x = self._checked(self._frame_features(body))
+        self._counts["frames"] += 1
+        return self._predict(x, body.options, body.top_k, start)
 
-    def _predict(self, features: np.ndarray, options: int, top_k: int, start: float) -> Prediction:
+    def _predict(self, x: np.ndarray, options: int, top_k: int, start: float) -> Prediction:
         self._check_ready()
-        x = as_features(features, self.adapter.dim)
         if self.adapt and not options & OPTION_READ_ONLY:
-            probs = self.adapter.adapt(x)[0]
+            probs = self.apply(AdaptOp(x))
             self._counts["adapted"] += 1
         else:
             probs = self.adapter.predict_proba(x)[0]
@@ -137,23 +200,21 @@ class BridgeDevice:
         return Prediction(top[0][0], top[0][1], top, elapsed)
 
     def _teach(self, body: Teach) -> Ack:
+        if not 0 <= body.label < len(self.classes):
+            raise InputError(f"TEACH label {body.label} is outside this device's {len(self.classes)} classes "
+                             f"(0..{len(self.classes) - 1})")
         sample = body.sample
-        x = sample.to_float32() if isinstance(sample, Features) else self._frame_features(sample)
-        x = as_features(x)
-        label = as_labels([body.label], 1, len(self.classes))
-        if hasattr(self.adapter, "_n_classes"):
-            self.adapter.teach(x, label)
-        else:
-            self.adapter.fit(x, label, n_classes=len(self.classes))
+        x = self._checked(sample.to_float32() if isinstance(sample, Features) else self._frame_features(sample))
+        self.apply(TeachOp(body.label, x[0]))
         self._counts["teaches"] += 1
         return Ack(1)
 
-    def _forget(self, body: Forget) -> Ack:
+    def _forget_request(self, body: Forget) -> Ack:
         self._check_ready()
-        if body.scope == ForgetScope.ADAPTED:
-            removed = self.adapter.forget()
-        else:
-            removed = self.adapter.forget([body.value])
+        if body.scope not in self._forget:
+            raise _Unsupported(f"adapter {self.adapter.name} cannot forget {body.scope.name.lower()} "
+                               f"(it supports: {', '.join(s.name for s in self._forget) or 'nothing'})")
+        removed = self.apply(ForgetOp(int(body.scope), body.value))
         self._counts["forgets"] += 1
         return Ack(int(removed))
 
@@ -173,58 +234,207 @@ class BridgeDevice:
             self._state_blob = self.state_bytes()
         blob = self._state_blob
         if body.offset > len(blob):
-            raise ValueError(f"STATE_EXPORT offset {body.offset} is past the state's {len(blob)} bytes")
+            raise InputError(f"STATE_EXPORT offset {body.offset} is past the state's {len(blob)} bytes")
         room = self.framing.MAX_PAYLOAD - 12
         chunk = blob[body.offset:body.offset + min(body.max_len, room)]
         return StateChunk(body.offset, len(blob), crc32(blob), chunk)
 
+    # -- changes: the one path for live requests and journal replay -------------------------------
+    def apply(self, op: Op, *, record: bool = True) -> Any:
+        """Change the adapter by one checked operation and, with ``record``, journal it."""
+        if isinstance(op, TeachOp):
+            label = np.array([op.label])
+            if self.ready:
+                self.adapter.teach(op.x[None], label)
+            else:
+                self.adapter.fit(op.x[None], label, n_classes=len(self.classes))
+                self.adapter.prepare()  # compile now: the next frames are served at full speed
+            result: Any = 1
+        elif isinstance(op, ForgetOp):
+            result = self._forget[ForgetScope(op.scope)](op.value)
+        else:
+            result = self.adapter.adapt(op.x)[0]
+        if record and self.journal is not None:
+            self.journal.append(op)
+        return result
+
+    def replay(self, ops: Sequence[Op]) -> None:
+        """Apply journal records at start-up (they are already on disk: nothing is written)."""
+        for op in ops:
+            self.apply(op, record=False)
+
+    def checkpoint(self, meta: Optional[dict[str, Any]] = None) -> Any:
+        """Compact the journal into a new checkpoint now (None if there is nothing new to hold)."""
+        if self.journal is None or not self.ready:
+            return None
+        frames = self._counts["frames"] + self._counts["features"]
+        return self.journal.checkpoint(self.adapter, self.classes, {"source": "bridge", "frames": frames,
+                                                                   **(meta or {})})
+
+    def maintain(self) -> None:
+        """Between batches: compact the journal when it is due (a failed write is reported, not fatal)."""
+        if self.journal is not None and self.ready and self.journal.due():
+            try:
+                self.checkpoint()
+            except (OSError, EdgeRuntimeError) as err:
+                print(f"edgert bridge: checkpoint failed, the journal keeps every change: {err}", file=sys.stderr)
+
     # -- helpers ----------------------------------------------------------------------------------
+    def _checked(self, raw: np.ndarray) -> np.ndarray:
+        """Features as the adapter takes them, (1, d) float32 normalised, or ``InputError`` naming the fault."""
+        x = np.asarray(raw, np.float32).reshape(-1)
+        if x.shape[0] != self.dim:
+            raise InputError(f"features have width {x.shape[0]}, this device expects {self.dim}")
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise InputError(f"feature {int(np.flatnonzero(~finite)[0])} of {self.dim} is NaN or infinite")
+        peak = np.abs(x)
+        if peak.max() > MAX_FEATURE:
+            i = int(peak.argmax())
+            raise InputError(f"feature {i} is {x[i]:.3g}: values must lie within +-{MAX_FEATURE:.0e}")
+        return as_features(x, self.dim)
+
     def state_bytes(self) -> bytes:
         """The adapter as a state file (``edge_runtime.state`` format, kind "checkpoint"), as bytes."""
-        from edge_runtime.state import write_state
+        from edge_runtime.state import encode_state
 
         self._check_ready()
-        with tempfile.TemporaryDirectory(prefix="edgert-bridge-") as tmp:
-            path = Path(tmp) / "state.npz"
-            write_state(path, self.adapter, kind="checkpoint", model_sha256=self.model_sha256, classes=self.classes,
-                        meta={"frames": self._counts["frames"] + self._counts["features"], "source": "bridge"})
-            return path.read_bytes()
+        return encode_state(self.adapter, kind="checkpoint", model_sha256=self.model_sha256, classes=self.classes,
+                            meta={"frames": self._counts["frames"] + self._counts["features"], "source": "bridge"})
 
     def _check_ready(self) -> None:
-        if not hasattr(self.adapter, "_n_classes"):
-            raise ValueError("the adapter holds no memory yet: TEACH labelled samples first")
+        if not self.ready:
+            raise InputError("the adapter holds no memory yet: TEACH labelled samples first")
 
     def _frame_features(self, frame: Frame) -> np.ndarray:
-        import cv2
-
         if self.backbone is None:
             raise _Unsupported("this device has no backbone (serve with --model) and accepts FEATURES only")
-        if frame.format == PixelFormat.JPEG:
-            image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
-            if image is None:
-                raise ValueError(f"FRAME holds {len(frame.data)} bytes that OpenCV cannot decode as JPEG")
-        elif frame.format == PixelFormat.GRAY8:
-            gray = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width)
-            image = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-        else:
-            image = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, 3)
-            if frame.format == PixelFormat.RGB888:
-                image = image[:, :, ::-1]
-        return self.backbone.features(np.ascontiguousarray(image))
+        return self.backbone.features(decode_frame(frame))
 
     _HANDLERS: dict[type, Callable[["BridgeDevice", Any], Body]] = {
-        Hello: _hello, Features: _features, Frame: _frame, Teach: _teach, Forget: _forget, StatsRequest: _stats,
-        StateExportRequest: _state_export}
+        Hello: _hello, Features: _features, Frame: _frame, Teach: _teach, Forget: _forget_request,
+        StatsRequest: _stats, StateExportRequest: _state_export}
 
 
-class _Unsupported(EdgeRuntimeError):
-    """A valid request this device cannot serve (answered with ErrorCode.UNSUPPORTED)."""
+def _forget_verbs(adapter: Adapter) -> dict[ForgetScope, Callable[[int], int]]:
+    """The FORGET scopes an adapter supports, as calls. Adapters spell unlearning differently:
+    ``forget()`` drops what adaptation learned (DMN), ``forget(ids=..., origin=...)`` removes stored
+    items (kNN, whose adaptation adds items of origin "pseudo"); a wrapper (``shift+...``) forwards."""
+    inner = adapter
+    while hasattr(inner, "_inner"):  # a feature stage in front of the memory (set once fitted)
+        inner = inner._inner
+    if type(inner).forget is Adapter.forget:
+        return {}
+    params = inspect.signature(inner.forget).parameters
+    if "ids" in params:
+        return {ForgetScope.ADAPTED: lambda _value: adapter.forget(origin="pseudo"),
+                ForgetScope.ITEM: lambda value: adapter.forget(ids=[value])}
+    return {ForgetScope.ADAPTED: lambda _value: adapter.forget()}
 
 
-def serve(transport: Transport, device: BridgeDevice, *, framing: Optional[Framing] = None,
+class Step(NamedTuple):
+    """One received frame's answer: given at once (``replies``) or by the device (request ``index``).
+
+    ``sign`` and ``counter`` sign the answer to a signed request; ``nonce`` goes into a HELLO reply.
+    """
+
+    replies: Optional[list[Reply]] = None
+    index: int = -1
+    sign: Optional[Callable[[bytes], bytes]] = None
+    counter: Optional[int] = None
+    nonce: bytes = b""
+
+
+class Link:
+    """One connection: the framing and, on a keyed device, its authentication session.
+
+    ``plan(data)`` decodes received bytes into the requests the device must serve and the
+    answers known at once (link errors, HELLO nonces, AUTH, refused MACs), in arrival order;
+    ``render(steps, replies)`` turns them into bytes, signing replies to signed requests.
+    """
+
+    def __init__(self, device: BridgeDevice, keys: Optional[KeyRing] = None) -> None:
+        self.device = device
+        self.framing = device.framing()
+        self.session = DeviceSession(keys) if keys is not None else None
+
+    def plan(self, data: bytes) -> tuple[list[Packet], list[Step]]:
+        requests: list[Packet] = []
+        steps: list[Step] = []
+        for event in self.framing.feed(data):
+            if isinstance(event, FrameError):
+                steps.append(self._refused(event))
+                continue
+            if event.body.REPLY:
+                continue
+            try:
+                answer, nonce = self._screen(event)
+            except AuthError as err:
+                self.device.count_error()
+                steps.append(Step([Reply(event.seq, Error(err.code, str(err)))]))
+                continue
+            if answer is not None:
+                steps.append(Step([Reply(event.seq, answer)]))
+                continue
+            signed = event.signed
+            steps.append(Step(None, len(requests), self.session.signer if self.session and signed else None,
+                              signed.counter if signed else None, nonce))
+            requests.append(event)
+        return requests, steps
+
+    def _refused(self, event: FrameError) -> Step:
+        """A frame the framing refused. A signed one on a keyed device is checked first: tampered is BAD_MAC."""
+        self.device.count_error()
+        signed = event.signed
+        if signed is None or self.session is None:
+            return Step([Reply(event.seq or 0, Error(event.code, event.detail))])
+        try:
+            self.session.admit(signed.counter, signed.mac, signed.message)
+        except AuthError as err:
+            return Step([Reply(event.seq or 0, Error(err.code, str(err)))])
+        return Step([Reply(event.seq or 0, Error(event.code, event.detail))], sign=self.session.signer,
+                    counter=signed.counter)
+
+    def _screen(self, event: Packet) -> tuple[Optional[Body], bytes]:
+        """(an answer given at once or None, a new HELLO nonce or b""); ``AuthError`` if refused.
+
+        Session state changes here, in arrival order, so a HELLO and an AUTH that arrive in one
+        read are checked against the nonce that HELLO's reply will carry.
+        """
+        body = event.body
+        if self.session is None:
+            if event.signed is not None or isinstance(body, Auth):
+                raise AuthError(ErrorCode.UNSUPPORTED, "this device has no key: send unsigned requests, no AUTH")
+            return None, b""
+        if isinstance(body, Hello):
+            return None, self.session.new_nonce()
+        if isinstance(body, Auth):
+            return self.session.authenticate(body), b""
+        signed = event.signed
+        self.session.admit(signed.counter if signed else None, signed.mac if signed else b"",
+                           signed.message if signed else b"")
+        return None, b""
+
+    def render(self, steps: list[Step], replies: list[list[Reply]]) -> bytes:
+        out = []
+        for step in steps:
+            for reply in step.replies if step.replies is not None else replies[step.index]:
+                body = reply.body
+                if step.nonce and isinstance(body, HelloReply):  # a keyed device: AUTH required, over this nonce
+                    body = replace(body, nonce=step.nonce, capabilities=body.capabilities | Capability.AUTH)
+                out.append(self.framing.pack(reply.seq, body, counter=step.counter, sign=step.sign))
+        wire = b"".join(out)
+        self.device.tx_bytes += len(wire)
+        return wire
+
+
+def serve(transport: Transport, device: BridgeDevice, *, keys: Optional[KeyRing] = None,
           should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Answer requests on ``transport`` until the peer goes away (EOF) or ``should_stop()``."""
-    framing = framing or device.framing()
+    """Answer requests from one peer on ``transport`` until it goes away (EOF) or ``should_stop()``.
+
+    ``should_stop`` is checked between requests: a request that has arrived is always answered.
+    """
+    link = Link(device, keys)
     while not should_stop():
         try:
             data = transport.read(65536)
@@ -233,14 +443,14 @@ def serve(transport: Transport, device: BridgeDevice, *, framing: Optional[Frami
         if not data:
             continue
         device.rx_bytes += len(data)
-        for event in framing.feed(data):
-            for reply in device.handle(event):
-                wire = framing.pack(reply.seq, reply.body)
-                device.tx_bytes += len(wire)
-                try:
-                    transport.write(wire)
-                except EOFError:
-                    return
+        requests, steps = link.plan(data)
+        wire = link.render(steps, device.handle_batch(requests))
+        device.maintain()
+        if wire:
+            try:
+                transport.write(wire)
+            except EOFError:
+                return
 
 
-__all__ = ["BridgeDevice", "Reply", "serve"]
+__all__ = ["BridgeDevice", "Link", "MAX_FEATURE", "Reply", "Step", "serve"]

@@ -26,6 +26,7 @@ class MessageType(IntEnum):
     HELLO = 0x01
     ACK = 0x02
     ERROR = 0x03
+    AUTH = 0x04
     FRAME = 0x10
     FEATURES = 0x11
     PREDICTION = 0x12
@@ -45,6 +46,12 @@ class ErrorCode(IntEnum):
     UNSUPPORTED = 7  # a valid request the device cannot serve (no backbone, no unlearning)
     BAD_INPUT = 8  # valid layout, unusable content: wrong feature width, NaN, unknown label
     INTERNAL = 9  # the device failed while serving a valid request
+    AUTH_FAILED = 10  # AUTH proof does not match any key of the device (wrong key, or a stale nonce)
+    AUTH_REQUIRED = 11  # a keyed device got a request without an HMAC, or before AUTH succeeded
+    BAD_MAC = 12  # the request's HMAC does not match its bytes: tampered, or signed with another key
+    REPLAYED = 13  # the request's counter is not above the last one accepted on this connection
+    BUSY = 14  # the device serves its maximum number of connections (seq 0; the connection is closed)
+    TIMEOUT = 15  # idle too long, or a frame did not complete in time (seq 0; the connection is closed)
 
 
 class PixelFormat(IntEnum):
@@ -74,6 +81,8 @@ class Capability(IntEnum):
     FORGET = 1 << 3
     STATE_EXPORT = 1 << 4
     ADAPTS = 1 << 5
+    AUTH = 1 << 6  # requests must be authenticated (HELLO carries the nonce, then AUTH)
+    DURABLE = 1 << 7  # an ACK to TEACH/FORGET is sent only once the operation is on stable storage
 
 
 class ForgetScope(IntEnum):
@@ -112,7 +121,7 @@ class _Fixed:
 
     def pack(self) -> bytes:
         # Counters wrap at 32 bits rather than failing to pack on a device up for months.
-        return self._FIXED.pack(*(int(v) & 0xFFFFFFFF for v in astuple(self)))
+        return self._FIXED.pack(*(v if isinstance(v, bytes) else int(v) & 0xFFFFFFFF for v in astuple(self)))
 
     @classmethod
     def unpack(cls, payload: bytes):  # noqa: ANN206 - returns an instance of the subclass
@@ -123,7 +132,11 @@ class _Fixed:
 
 @dataclass(frozen=True)
 class Hello:
-    """Capabilities. The host sends one (its own limits), the device replies with its own."""
+    """Capabilities. The host sends one (its own limits), the device replies with its own.
+
+    A device with a key appends a fresh ``nonce`` to its reply (a field older hosts never see,
+    since a keyless device does not send it); the host proves the key over it with AUTH.
+    """
 
     TYPE: ClassVar[MessageType] = MessageType.HELLO
     REPLY: ClassVar[bool] = False
@@ -136,6 +149,7 @@ class Hello:
     model_sha256: bytes = bytes(32)
     adapter: str = ""
     classes: tuple[str, ...] = ()
+    nonce: bytes = b""
 
     def pack(self) -> bytes:
         adapter = self.adapter.encode()[:255]
@@ -144,6 +158,8 @@ class Hello:
         for name in self.classes:
             raw = name.encode()[:255]
             out += [bytes([len(raw)]), raw]
+        if self.nonce:
+            out += [bytes([len(self.nonce)]), bytes(self.nonce)]
         return b"".join(out)
 
     @classmethod
@@ -161,14 +177,41 @@ class Hello:
             n = payload[pos]
             names.append(_text(payload[pos + 1:pos + 1 + n]))
             pos += 1 + n
+        nonce = b""
+        if pos < len(payload):  # the optional nonce of a keyed device
+            nonce = bytes(payload[pos + 1:pos + 1 + payload[pos]])
+            pos += 1 + payload[pos]
         if pos != len(payload) or len(adapter.encode()) != n_adapter:
             raise PayloadError(f"HELLO payload is {len(payload)} bytes, its fields take {pos}")
-        return cls(max_payload, dim, n_classes, caps, sha, adapter, tuple(names))
+        return cls(max_payload, dim, n_classes, caps, sha, adapter, tuple(names), nonce)
 
 
 @dataclass(frozen=True)
 class HelloReply(Hello):
     REPLY: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Auth(_Fixed):
+    """The host's proof of the key: its own nonce and HMAC-SHA256(key, "edgert host" | device nonce | host nonce)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.AUTH
+    REPLY: ClassVar[bool] = False
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<16s32s")
+
+    host_nonce: bytes
+    proof: bytes
+
+
+@dataclass(frozen=True)
+class AuthReply(_Fixed):
+    """The device's proof of the same key: HMAC-SHA256(key, "edgert device" | device nonce | host nonce)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.AUTH
+    REPLY: ClassVar[bool] = True
+    _FIXED: ClassVar[struct.Struct] = struct.Struct("<32s")
+
+    proof: bytes
 
 
 @dataclass(frozen=True)
@@ -427,15 +470,15 @@ class StateChunk:
         return cls(offset, total, crc, data)
 
 
-Body = Union[Hello, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
+Body = Union[Hello, Auth, AuthReply, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
              StateExportRequest, StateChunk]
 
 # (type, reply flag) -> body class: the one place a decoder looks a message up.
 BODIES: dict[tuple[int, bool], type] = {(cls.TYPE, cls.REPLY): cls for cls in (
-    Hello, HelloReply, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
+    Hello, HelloReply, Auth, AuthReply, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
     StateExportRequest, StateChunk)}
 
-__all__ = ["BODIES", "Ack", "Body", "CHANNELS", "Capability", "Error", "ErrorCode", "FeatureDtype", "Features",
+__all__ = ["BODIES", "Ack", "Auth", "AuthReply", "Body", "CHANNELS", "Capability", "Error", "ErrorCode", "FeatureDtype", "Features",
            "Forget", "ForgetScope", "Frame", "Hello", "HelloReply", "MessageType", "NUMPY_DTYPES", "OPTION_READ_ONLY",
            "PayloadError", "PixelFormat", "Prediction", "Stats", "StatsRequest", "StateChunk", "StateExportRequest",
            "Teach"]

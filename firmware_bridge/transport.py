@@ -206,6 +206,25 @@ def parse_tcp(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", port
 
 
+def is_loopback(host: str) -> bool:
+    """True if ``host`` (an address or a name) reaches this machine only.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("0.0.0.0"), is_loopback("localhost")
+    (True, True, False, True)
+    """
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
 def open_transport(url: str, *, baudrate: int = 115200, timeout: float = 0.1) -> Transport:
     """A connected transport for ``url`` (see the module docstring). For a TCP server use ``TcpListener``."""
     if url == "stdio://":
@@ -216,4 +235,5 @@ def open_transport(url: str, *, baudrate: int = 115200, timeout: float = 0.1) ->
     return SerialTransport(url, baudrate=baudrate, timeout=timeout)
 
 
-__all__ = ["FdTransport", "SerialTransport", "TcpListener", "TcpTransport", "Transport", "open_transport", "parse_tcp"]
+__all__ = ["FdTransport", "SerialTransport", "TcpListener", "TcpTransport", "Transport", "is_loopback", "open_transport",
+           "parse_tcp"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 import struct
 
 import numpy as np
@@ -11,8 +12,8 @@ from hypothesis import strategies as st
 
 from firmware_bridge import cobs
 from firmware_bridge.crc import CHECK_VALUE, crc32
-from firmware_bridge.framing import HEADER, FrameError, Framing, McuFraming, Packet
-from firmware_bridge.messages import (BODIES, Ack, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope,
+from firmware_bridge.framing import CRC, HEADER, FrameError, Framing, McuFraming, Packet
+from firmware_bridge.messages import (BODIES, Ack, Auth, AuthReply, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope,
                                       Frame, Hello, HelloReply, PixelFormat, Prediction, StateChunk,
                                       StateExportRequest, Stats, StatsRequest, Teach)
 
@@ -69,6 +70,9 @@ def test_crc32_check_value() -> None:
 SAMPLE_BODIES = [
     Hello(8192),
     HelloReply(262144, 1280, 3, 0x3F, bytes(range(32)), "ncm", ("mammal", "bird", "fleur é")),
+    HelloReply(8192, 64, 1, 0x7F, bytes(32), "knn", ("a",), nonce=bytes(range(16))),
+    Auth(bytes(range(16)), bytes(range(100, 132))),
+    AuthReply(bytes(range(32))),
     Ack(12),
     Error(ErrorCode.BAD_INPUT, "features have width 12, this adapter expects 1280"),
     Frame(PixelFormat.RGB888, 4, 2, bytes(range(24)), 1, 3),
@@ -196,3 +200,98 @@ def test_fuzz_valid_frames_with_random_payloads(key: tuple[int, bool], payload: 
     raw = HEADER.pack(1, key[0], int(key[1]), 0, seq, len(payload)) + payload
     (event,) = Framing().feed(cobs.encode(raw + struct.pack("<I", crc32(raw))) + b"\x00")
     assert isinstance(event, Packet) or (event.code == ErrorCode.BAD_PAYLOAD and event.seq == seq)
+
+
+# -- revision 2: signed frames and the AUTH exchange -------------------------------------------------------
+def _doc_vectors() -> dict[str, bytes]:
+    """The hex test vectors of PROTOCOL.md section 5, by their row name."""
+    from pathlib import Path
+
+    import firmware_bridge
+
+    text = (Path(firmware_bridge.__file__).parent / "PROTOCOL.md").read_text()
+    rows = re.findall(r"^\| (proof_h|proof_d|STATS request[^|]*|ACK\(1\) reply[^|]*) \| `([0-9a-f ]+)` \|$", text, re.M)
+    return {name.split(",")[0].split(" ")[0]: bytes.fromhex(value) for name, value in rows}
+
+
+def test_protocol_md_auth_vectors_match_the_implementation() -> None:
+    from firmware_bridge.auth import DeviceSession, HostSession, KeyRing
+
+    vectors = _doc_vectors()
+    assert set(vectors) == {"proof_h", "proof_d", "STATS", "ACK(1)"}
+    key, nonce_d, nonce_h = bytes(range(32)), bytes(range(16)), bytes(range(16, 32))
+    device = DeviceSession(KeyRing([key]))
+    device.nonce = nonce_d
+    reply = device.authenticate(Auth(nonce_h, vectors["proof_h"]))
+    assert reply.proof == vectors["proof_d"]
+    host = HostSession(key)
+    host._device_nonce, host._host_nonce = nonce_d, nonce_h
+    host.check_device(reply)
+    link = Framing()
+    request = link.pack(1, StatsRequest(), counter=host.next_counter(), sign=host.signer)
+    assert cobs.decode(request[:-1]) == vectors["STATS"]
+    assert cobs.decode(link.pack(1, Ack(1), counter=1, sign=device.signer)[:-1]) == vectors["ACK(1)"]
+
+
+def test_signed_frames_round_trip_and_carry_what_the_mac_covers() -> None:
+    from firmware_bridge.auth import frame_signer
+    from firmware_bridge.framing import FLAG_SIGNED, TRAILER
+
+    sign = frame_signer(b"k" * 32, b"n" * 16)
+    link = Framing()
+    for i, body in enumerate(SAMPLE_BODIES):
+        wire = link.pack(i, body, counter=1000 + i, sign=sign)
+        (packet,) = link.feed(wire)
+        assert packet.body == body and packet.signed.counter == 1000 + i
+        raw = cobs.decode(wire[:-1])
+        assert raw[2] & FLAG_SIGNED and packet.signed.message == raw[:len(raw) - CRC.size - 32]
+        assert packet.signed.mac == sign(packet.signed.message)
+        assert len(raw) == HEADER.size + len(body.pack()) + TRAILER.size + CRC.size
+    assert len(link.pack(0, Hello(8192), counter=1, sign=sign)) <= Framing.max_frame_size()
+
+
+def test_device_session_refuses_missing_tampered_and_replayed_requests() -> None:
+    from firmware_bridge.auth import AuthError, DeviceSession, HostSession, KeyRing
+
+    key = bytes(range(32))
+    device, host = DeviceSession(KeyRing([b"old key, rotated" * 2, key])), HostSession(key)
+    with pytest.raises(AuthError) as err:
+        device.admit(1, b"", b"")
+    assert err.value.code == ErrorCode.AUTH_REQUIRED  # before AUTH
+    host.check_device(device.authenticate(host.auth(device.new_nonce())))  # the second key of the ring matches
+    wires = [Framing().pack(i, StatsRequest(), counter=host.next_counter(), sign=host.signer) for i in range(3)]
+    packets = [Framing().feed(w)[0] for w in wires]
+    device.admit(*packets[1].signed)  # counter 2: accepted (counters may skip, never go back)
+    for packet, code in [(packets[0], ErrorCode.REPLAYED), (packets[1], ErrorCode.REPLAYED)]:
+        with pytest.raises(AuthError) as err:
+            device.admit(*packet.signed)
+        assert err.value.code == code
+    counter, mac, message = packets[2].signed
+    with pytest.raises(AuthError) as err:
+        device.admit(counter, mac, message[:-1] + bytes([message[-1] ^ 1]))
+    assert err.value.code == ErrorCode.BAD_MAC
+    with pytest.raises(AuthError) as err:
+        device.admit(None, b"", b"")
+    assert err.value.code == ErrorCode.AUTH_REQUIRED
+    device.admit(counter, mac, message)
+    with pytest.raises(AuthError) as err:  # a wrong proof spends the nonce
+        device.authenticate(Auth(bytes(16), bytes(32)))
+    assert err.value.code == ErrorCode.AUTH_FAILED and not device.authenticated
+
+
+def test_key_files_must_be_private_and_hold_hex_keys(tmp_path) -> None:
+    from edge_runtime.errors import InputError
+    from firmware_bridge.auth import read_keys, write_key_file
+
+    path = write_key_file(tmp_path / "k", [bytes(range(32)), bytes(16)])
+    assert (path.stat().st_mode & 0o777) == 0o600 and read_keys(path) == [bytes(range(32)), bytes(16)]
+    with pytest.raises(InputError, match="exists"):
+        write_key_file(path, [bytes(32)])
+    path.chmod(0o640)
+    with pytest.raises(InputError, match="mode 0640"):
+        read_keys(path)
+    for text, message in [("zz\n", "hex digits"), ("00ff\n", "at least 16"), ("# only a comment\n", "holds no key")]:
+        path.write_text(text)
+        path.chmod(0o600)
+        with pytest.raises(InputError, match=message):
+            read_keys(path)

@@ -47,9 +47,12 @@ def as_features(features: Any, dim: int | None = None, *, normalize: bool = True
         raise InputError(f"features must have shape (n, d) with n >= 1, got {x.shape}")
     if dim is not None and x.shape[1] != dim:
         raise InputError(f"features have width {x.shape[1]}, this adapter expects {dim}")
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise InputError(f"features row {bad} holds NaN or inf")
+    if not np.abs(x).max() < 1e16:  # one pass finds NaN, inf, and values whose squares overflow float32
+        if not np.isfinite(x).all():
+            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+            raise InputError(f"features row {bad} holds NaN or inf")
+        if normalize:  # finite but huge (3e38): scaled per row first, so the norm below cannot overflow
+            x = x / np.abs(x).max(axis=1, keepdims=True)
     if not normalize:
         return np.ascontiguousarray(x)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
