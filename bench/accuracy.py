@@ -217,7 +217,7 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], methods: list[
     if not means or not kinds:
         return "\n".join(lines) + "\n"
     lines += ["", "By stream order (mean over shifted tasks; worst task; worst fall below `linear` over every task,"
-              " control included):", ""] + header[:1] + [header[1]]
+              " control included):", "", header[0].replace("| task |", "| order |", 1), header[1]]
     for kind in kinds:
         cells = [f"{100 * means[m]['orders'][kind]['mean_shifted_accuracy']:.1f}" if m in means else "" for m in methods]
         lines.append(f"| {kind}: mean | " + " | ".join(cells) + " |")

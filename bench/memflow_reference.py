@@ -146,26 +146,26 @@ class TorchMemFlow:
         """The filtered belief for posterior p (edge_runtime.kernels.temporal), its moments
         recomputed from the whole history with their EMA weights."""
         model, past = self.model, self.posteriors
-        g = self.temporal_decay
-        n = len(past)  # frames before this one; consecutive pairs (t, t-1) for t = 1..n-1
+        g, lag, n = self.temporal_decay, model.temporal_lag, len(self.posteriors)  # n frames before this one
+
+        def agreement(l: int) -> tuple[float, float]:  # EMA-weighted sum of p_t . p_{t-l}, t < n, and weight
+            ts = range(l, n)
+            weights = [g ** (n - 1 - t) for t in ts]
+            return sum(w * float(past[t] @ past[t - l]) for w, t in zip(weights, ts)), sum(weights)
+
+        s = 0.0
+        a_sum, n1 = agreement(1)
+        b_sum, n_lag = agreement(lag)
+        if n1 > 0 and n_lag > 0:
+            c = sum(g ** (n - 1 - t) * float(past[t] @ past[t]) for t in range(1, n)) / n1
+            a, b = a_sum / n1, b_sum / n_lag
+            if c - b > 1e-9:
+                s = (a - b) / (c - b)
+                a2_sum, n2 = agreement(2)
+                if n2 > 0 and a - b > 0:  # the lag-2 agreement undoes the bias, by at most 3x
+                    s = min((a2_sum / n2 - b) / (a - b), 3.0 * s)
+                s = min(max(s * n_lag / (n_lag + 10.0), 0.0), model.temporal_max)
         if n:
-            stack = torch.stack(past)
-            ages = torch.tensor([g ** (n - 1 - t) for t in range(n)], dtype=torch.float64)
-            m = (ages[:, None] * stack).sum(0) / ages.sum()
-            b = float(m @ m)
-            s = 0.0
-            if n > 1:
-                pairs = ages[1:]
-                a = float((pairs * (stack[1:] * stack[:-1]).sum(1)).sum() / pairs.sum())
-                c = float((pairs * (stack[1:] ** 2).sum(1)).sum() / pairs.sum())
-                if c - b > 1e-9:
-                    s = (a - b) / (c - b)
-                    if n > 2 and a - b > 0:  # the lag-2 agreement undoes the bias, by at most 3x
-                        lag2 = ages[2:]
-                        a2 = float((lag2 * (stack[2:] * stack[:-2]).sum(1)).sum() / lag2.sum())
-                        s = min((a2 - b) / (a - b), 3.0 * s)
-                    s = s * float(pairs.sum()) / (float(pairs.sum()) + 10.0)
-                    s = min(max(s, 0.0), model.temporal_max)
             belief = p / self.class_prior * (s * self.belief + (1.0 - s) * self.class_prior)
             self.belief = belief / belief.sum()
         else:
@@ -202,7 +202,7 @@ class TorchMemFlow:
                     self.recent = 0.8 * self.recent + 0.2 * z
                 else:
                     self.recent = z.clone()
-            g = model.shift_decay
+            g = model.shift_decay ** w  # a frame ages the sums by its weight
             self.shift_sum = g * self.shift_sum + w * z
             self.shift_sq = g * self.shift_sq + w * z ** 2
             self.shift_weight = g * self.shift_weight + w
@@ -221,7 +221,7 @@ class TorchMemFlow:
                 target_mean = (prior * self.trace_mean + self.trace_sum) / (prior + weight)
                 m = (raw + self.trace_mean - target_mean).to(torch.float32)
             if learn:
-                self.trace_sum = model.shift_decay * self.trace_sum + w * raw[0]
+                self.trace_sum = model.shift_decay ** w * self.trace_sum + w * raw[0]
         p = self.retrieve(m)[0]
         k_memory = k_prior = int(torch.argmax(p))
         if model.prior:
@@ -235,10 +235,10 @@ class TorchMemFlow:
             k = int(torch.argmax(p))
             if float(p[k]) >= model.gate and k == k_memory == k_prior:
                 m64 = m[0].to(torch.float64)
-                e = torch.full_like(m64, float(p[k]))
+                e = torch.full_like(m64, w * float(p[k]))  # the frame's novelty weight counts here too
                 if model.confidence_update:
                     e = e * torch.exp(-((m64 - self.mu[k]) ** 2) * self.hiv[k])
-                g = model.decay
+                g = model.decay ** w
                 self.target[0, k] = g * self.target[0, k] + e
                 self.target[1, k] = g * self.target[1, k] + e * m64
                 self.target[2, k] = g * self.target[2, k] + e * m64 ** 2

@@ -95,11 +95,17 @@ def energy_section(ctx: Context) -> dict[str, Any]:
 
 
 def accuracy_section(ctx: Context) -> dict[str, Any]:
+    """The accuracy bench on the features of fp32.onnx and, unless quick, of the device's own
+    int8.tflite (an absent model is skipped)."""
     from edge_runtime.bench import accuracy
+    from edge_runtime.bench.features import default_model
 
     parser = argparse.ArgumentParser()
     accuracy.configure(parser)
     argv = ["--json", str(ctx.path("accuracy.json")), "--png", str(ctx.path("accuracy_per_task.png"))]
+    models = [default_model()] + ([] if ctx.quick else [default_model().with_name("int8.tflite")])
+    for model in (m for m in models if m.is_file()):
+        argv += ["--model", str(model)]
     args = parser.parse_args(argv + (["--quick"] if ctx.quick else []))
     _quietly(lambda: args.main(args))
     return json.loads(ctx.path("accuracy.json").read_text())
@@ -522,16 +528,18 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     else:
         out += [_absent(s, "cost"), ""]
 
-    from edge_runtime.bench.features import default_model
-
-    out += [f"## Accuracy under domain shift (accuracy bench, cached features of {default_model().name})", ""]
+    out += ["## Accuracy under domain shift (accuracy bench, cached backbone features)", ""]
     if _ok(s, "accuracy"):
         from edge_runtime.bench.accuracy import markdown_table
 
         a = s["accuracy"]["data"]
         methods = list(dict.fromkeys(m for row in a["tasks"].values() for m in row))
-        out += [f"Protocol: {json.dumps(a.get('protocol', {}))}", "", markdown_table(a["tasks"], methods, a["summary"]),
-                img("accuracy", "accuracy per task per method")]
+        out += [f"Protocol: {json.dumps(a.get('protocol', {}))}", ""]
+        for run in a.get("models", [a]):
+            if "model" in run:
+                out += [f"### Features of {Path(run['model']).parent.name}/{Path(run['model']).name}", ""]
+            out += [markdown_table(run["tasks"], methods, run["summary"]), ""]
+        out += [img("accuracy", "accuracy per task per method")]
     else:
         out += [_absent(s, "accuracy"), ""]
 

@@ -209,7 +209,7 @@ MEMFLOW_PARAMS = frozenset({
     "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
     "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
     "shift_prior", "shift_decay", "shift_fade", "shift_spread", "shift_rank", "shift_every", "shift_novelty",
-    "standardise", "prior", "memory_weight", "prior_l2", "prior_unit", "temporal", "temporal_max"})
+    "standardise", "prior", "memory_weight", "prior_l2", "prior_unit", "temporal", "temporal_lag", "temporal_max"})
 
 
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:

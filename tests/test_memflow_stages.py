@@ -100,30 +100,29 @@ def test_apply_matches_numpy(rng) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def _numpy_filter(posteriors: np.ndarray, pi: np.ndarray, gamma: float, most: float) -> np.ndarray:
+def _numpy_filter(posteriors: np.ndarray, pi: np.ndarray, lag: int, gamma: float, most: float) -> np.ndarray:
     """The temporal filter written plainly: moments from the whole history, then the HMM step."""
     out, belief = [], None
     for t, p in enumerate(posteriors):
-        if t == 0:
-            belief = p.copy()
-        else:
-            ages = gamma ** np.arange(t - 1, -1, -1.0)  # frames 0..t-1
-            m = ages @ posteriors[:t] / ages.sum()
-            s = 0.0
-            if t > 1:
-                pairs = ages[1:]  # pairs (u, u-1), u = 1..t-1
-                a = pairs @ (posteriors[1:t] * posteriors[:t - 1]).sum(1) / pairs.sum()
-                c = pairs @ (posteriors[1:t] ** 2).sum(1) / pairs.sum()
-                b = m @ m
-                if c - b > 1e-9:
-                    s = (a - b) / (c - b)
-                    if t > 2 and a - b > 0:
-                        lag2 = ages[2:]  # pairs (u, u-2), u = 2..t-1
-                        a2 = lag2 @ (posteriors[2:t] * posteriors[:t - 2]).sum(1) / lag2.sum()
-                        s = min((a2 - b) / (a - b), 3 * s)
-                    s = float(np.clip(s * pairs.sum() / (pairs.sum() + 10.0), 0.0, most))
-            belief = p / pi * (s * belief + (1 - s) * pi)
-            belief /= belief.sum()
+        def agreement(l: int) -> tuple[float, float]:  # over frames u < t, pairs (u, u - l)
+            u = np.arange(l, t)
+            w = gamma ** (t - 1 - u.astype(np.float64))
+            return float(w @ (posteriors[u] * posteriors[u - l]).sum(1)), float(w.sum())
+
+        s = 0.0
+        (a, n1), (b, n_lag) = agreement(1), agreement(lag)
+        if n1 and n_lag:
+            u = np.arange(1, t)
+            c = float(gamma ** (t - 1 - u.astype(np.float64)) @ (posteriors[u] ** 2).sum(1)) / n1
+            a, b = a / n1, b / n_lag
+            if c - b > 1e-9:
+                s = (a - b) / (c - b)
+                a2, n2 = agreement(2)
+                if n2 and a - b > 0:
+                    s = min((a2 / n2 - b) / (a - b), 3 * s)
+                s = float(np.clip(s * n_lag / (n_lag + 10.0), 0.0, most))
+        belief = p.copy() if t == 0 else p / pi * (s * belief + (1 - s) * pi)
+        belief /= belief.sum()
         out.append(belief)
     return np.array(out)
 
@@ -137,47 +136,51 @@ def _stream(rng: np.random.Generator, labels: np.ndarray, k: int) -> np.ndarray:
     return p.astype(np.float32)
 
 
-@pytest.mark.parametrize("held", [1, 20, 200])
+@pytest.mark.parametrize("held", [1, 20, "drift"])
 def test_temporal_filter_matches_numpy_and_stands_aside_on_a_shuffled_stream(rng, held) -> None:
     k = 6
-    labels = np.repeat(rng.integers(0, k, 1200 // held), held)
+    if held == "drift":  # shuffled, but the class mix changes half way (a new scene, a new domain)
+        labels = np.concatenate([rng.choice(3, 600), 3 + rng.choice(3, 600)])
+    else:
+        labels = np.repeat(rng.integers(0, k, 1200 // held), held)
     posteriors = _stream(rng, labels, k)
     pi = np.full(k, 1.0 / k)
-    belief, last, last2, marginal = np.zeros(k), np.zeros(k), np.zeros(k), np.zeros(k)
-    moments = np.zeros(T.N_MOMENTS)
+    belief, history = np.zeros(k), np.zeros((16, k), np.float32)
+    moments, frames = np.zeros(T.N_MOMENTS), np.zeros(1, np.int64)
     got = []
     for p in posteriors:
         p = p.copy()
-        T.step(p, pi, belief, last, last2, marginal, moments, 0.999, 10.0, 0.95)
+        T.step(p, pi, belief, history, moments, frames, 0.999, 10.0, 0.95)
         got.append(p)
-    want = _numpy_filter(posteriors.astype(np.float64), pi, 0.999, 0.95)
+    want = _numpy_filter(posteriors.astype(np.float64), pi, 16, 0.999, 0.95)
     np.testing.assert_allclose(np.array(got), want, rtol=1e-4, atol=1e-6)
-    s = T.stay(moments, marginal, 10.0, 0.95)
+    s = T.stay(moments, 10.0, 0.95)
     accuracy = lambda q: float((np.asarray(q).argmax(1) == labels).mean())  # noqa: E731
-    if held == 1:  # shuffled: nothing to smooth, and the filter stands aside
+    if held != 20:  # shuffled: nothing to smooth, and the filter stands aside
         assert s < 0.05 and accuracy(got) == accuracy(posteriors)
-    else:  # an object held for 20 or 200 frames (stay probability 0.95, 0.995): smoothed
-        assert s > 0.85 and accuracy(got) > accuracy(posteriors) + 0.08
+    else:  # an object held for 20 frames (stay probability 0.95): smoothed
+        assert s > 0.8 and accuracy(got) > accuracy(posteriors) + 0.08
 
 
 @pytest.fixture(scope="module")
 def held_frames() -> tuple:
-    """40 photos of the control task's held-out half, each held in view for 30 frames with 1% jitter
+    """40 photos of the control task's held-out half, each held in view for 100 frames with 1% jitter
     (a camera looking at one object at a time), and the photo source."""
     from edge_runtime.bench.tasks import CONTROL, load_task
 
     fold = load_task(CONTROL).folds[0]
     rng = np.random.default_rng(0)
     shown = rng.permutation(len(fold.target_y))[:40]
-    frames = np.repeat(fold.target_x[shown], 30, axis=0)
+    frames = np.repeat(fold.target_x[shown], 100, axis=0)
     frames = (frames * (1 + 0.01 * rng.standard_normal(frames.shape))).astype(np.float32)
-    return fold.source_x, fold.source_y, frames, np.repeat(fold.target_y[shown], 30)
+    return fold.source_x, fold.source_y, frames, np.repeat(fold.target_y[shown], 100)
 
 
 def test_held_frames_do_not_become_the_statistics(held_frames, one_blas_thread) -> None:
     # No shift at all, but every object stays in view: a running mean of the frames becomes the
-    # object in view, and subtracting it erases its class. The novelty weights keep memflow
-    # level with the source head (here the temporal filter even gains); without them it drops.
+    # object in view, subtracting it erases its class, and reinforcement learns the object a
+    # hundred times over. The novelty weights keep memflow level with the source head (here it
+    # even gains); without them it drops.
     from edge_runtime.adapters.linear import Linear
 
     x, y, frames, labels = held_frames

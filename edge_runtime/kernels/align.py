@@ -4,11 +4,13 @@ the source, label-free (``edge_runtime.adapters.memflow.MemFlow`` owns the state
 A frame z (L2-normalised, d) is read through the statistics of the frames *before* it, then joins
 them (a frame centred partly on itself loses part of its own deviation from the stream mean):
 
-- Running sums, each an EMA of factor gamma over the frames' weights w_t: W = sum w, S1 = sum w z,
+- Running sums over the frames' weights w_t (see novelty, below): W = sum w, S1 = sum w z,
   S2 = sum w z^2 (per dimension), and in an r-dimensional source subspace (the source's top
   principal directions U, r x d, with source variances lambda) Y1 = sum w y, Y2 = sum w y y^T for
-  y = U (z - mu_s). P pseudo-frames of the source (``prior``: fixed, or fading as gamma^n) pull
-  every statistic to its source value, so the first frames move nothing much.
+  y = U (z - mu_s); a frame of weight w ages them by gamma^w, so the window, 1 / (1 - gamma)
+  frames, is counted in novel frames (the caller passes gamma^w to ``learn``). P pseudo-frames of
+  the source (``prior``: fixed, or fading as the window fills) pull every statistic to its source
+  value, so the first frames move nothing much.
 - Centre mu_t = (P mu_s + S1) / (P + W): the shift stage (FOA's activation shifting).
 - Spread (optional): per dimension factor_j = sqrt(v^s_j / v^t_j) within [1/4, 4] (AdaBN-like).
 - Subspace covariance (CORAL, Sun et al. 2016, kept low-rank and online): the target covariance
@@ -21,12 +23,13 @@ them (a frame centred partly on itself loses part of its own deviation from the 
 - Novelty weights: w_t = min(1, ||z_t - z_recent||^2 / (rho v_t)) with z_recent a short EMA of
   the frames before and v_t the target's total variance; rho = 0 gives every frame weight 1. A
   camera that looks at one object for a minute sends near-identical frames: they add almost no
-  weight, so the statistics do not become that object's (a plain running mean would, and
-  subtracting it would erase the object's class). Distinct images, even of one class, are far
-  apart (their distance is most of the total variance) and keep weight 1.
+  weight and age nothing, so the statistics neither become that object's (a plain running mean
+  would, and subtracting it would erase the object's class) nor forget the frames before it.
+  Distinct images, even of one class, are far apart (their distance is most of the total
+  variance) and keep weight 1.
 
-With a window of 1 / (1 - gamma) frames far longer than a class stays in view, and the novelty
-weights, a statistic follows the domain, not the class in view.
+With a window many times longer than a class stays in view, and the novelty weights, a statistic
+follows the domain, not the class in view.
 """
 from __future__ import annotations
 
@@ -119,8 +122,8 @@ def project(c: np.ndarray, basis: np.ndarray, out: np.ndarray) -> None:
 def learn(z: np.ndarray, w: float, gamma: float, centre_source: np.ndarray, basis: np.ndarray,
           sums: np.ndarray, squares: np.ndarray, weight: np.ndarray, proj_sum: np.ndarray,
           proj_sq: np.ndarray, y: np.ndarray) -> None:
-    """Fold frame z, of weight w, into the running sums (EMA factor gamma); y (r,) float64 is a
-    buffer (y = U (z - mu_s))."""
+    """Fold frame z, of weight w, into the running sums, aged by ``gamma`` (gamma^w of the window's
+    factor); y (r,) float64 is a buffer (y = U (z - mu_s))."""
     for j in range(z.shape[0]):
         v = float(z[j])
         sums[j] = gamma * sums[j] + w * v

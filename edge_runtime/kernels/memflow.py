@@ -631,10 +631,9 @@ class Temporal(NamedTuple):
     on: bool
     class_prior: np.ndarray  # (K,)
     belief: np.ndarray  # (K,)
-    last: np.ndarray  # (K,) the previous frame's own posterior
-    last2: np.ndarray  # (K,) and the one before it
-    marginal: np.ndarray  # (K,) EMA sum of the posteriors
-    moments: np.ndarray  # (6,)
+    history: np.ndarray  # (L, K) float32, the last L frames' own posteriors
+    moments: np.ndarray  # (7,)
+    frames: np.ndarray  # (1,) int64
     gamma: float
     trust: float
     most: float
@@ -682,7 +681,7 @@ def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memor
         if learning:
             frames = stage.frames[0]
             w = align.novelty(z, stage.recent, frames, stage.rho, variance)
-            align.learn(z, w, stage.gamma, stage.centre_source, stage.basis, stage.sums, stage.squares,
+            align.learn(z, w, stage.gamma ** w, stage.centre_source, stage.basis, stage.sums, stage.squares,
                         stage.weight, stage.proj_sum, stage.proj_sq, work.y64)
             stage.frames[0] = frames + 1
         align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
@@ -694,7 +693,7 @@ def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memor
                   net.rec_width, net.rec_src, net.rec_w, net.rounds, net.spiking, work.a, work.h, work.o,
                   work.o_prev, work.m)
         if stage.shift:
-            shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, stage.gamma, learn, w)
+            shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, stage.gamma ** w, learn, w)
         scores(work.m, memory.mu, memory.hiv, memory.lnorm, memory.per_class, memory.present, memory.alive,
                memory.product, memory.confidence, memory.tau, work.row, work.part, work.vote, out_r)
         k_memory = argmax(out_r)
@@ -707,13 +706,14 @@ def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memor
         if learn and memory.reinforce:
             k = argmax(out_r)
             if out_r[k] >= memory.gate and k == k_memory and k == k_prior:
-                reinforce(work.m, k, float(out_r[k]), memory.gamma, memory.confidence_update, memory.mu, memory.hiv,
-                          memory.target)
+                # a frame counts by its novelty weight here too: an object held in view is learnt once
+                reinforce(work.m, k, w * float(out_r[k]), memory.gamma ** w, memory.confidence_update, memory.mu,
+                          memory.hiv, memory.target)
                 refresh_class(k, memory.source, memory.target, memory.source_weight, memory.per_class, memory.tv,
                               memory.floor_v, memory.blur_v, memory.mu, memory.hiv, memory.lnorm, memory.present)
         if learn and temporal.on:
-            temporal_step(out_r, temporal.class_prior, temporal.belief, temporal.last, temporal.last2,
-                          temporal.marginal, temporal.moments, temporal.gamma, temporal.trust, temporal.most)
+            temporal_step(out_r, temporal.class_prior, temporal.belief, temporal.history, temporal.moments,
+                          temporal.frames, temporal.gamma, temporal.trust, temporal.most)
     return -1
 
 
