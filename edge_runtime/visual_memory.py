@@ -222,6 +222,8 @@ class VisualMemory:
             self._append_ram(feats, np.array([r[1] for r in group], dtype=np.int64),
                              np.array([r[0] for r in group], dtype=np.int64), origin,
                              np.array([r[3] for r in group], dtype=np.float64))
+        # Ids of removed entries are never handed out again, even if they were the largest.
+        self._next_id = max(self._next_id, int(meta.get("next_id", 0)))
 
     def _transaction(self, statements: list[tuple[str, Any]]) -> None:
         """Run (sql, rows) pairs as one committed transaction; on any error nothing is applied."""
@@ -257,6 +259,18 @@ class VisualMemory:
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- faiss-style verbs -----------------------------------------------------------------------
+    @property
+    def next_id(self) -> int:
+        """The id ``add`` gives next: one past the largest id ever used, removed ones included."""
+        return self._next_id
+
+    def reserve_ids(self, next_id: int) -> None:
+        """Never hand out an id below ``next_id`` (restoring a memory whose newest entries were
+        removed: a host may still hold their ids, and a FORGET by id must not hit a newcomer)."""
+        if next_id > self._next_id:
+            self._transaction([("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("next_id", str(int(next_id)))])])
+            self._next_id = int(next_id)
+
     @property
     def ntotal(self) -> int:
         """Number of entries held."""
@@ -295,7 +309,9 @@ class VisualMemory:
         if stamps.shape != (len(x),):
             raise InputError(f"timestamps must have shape ({len(x)},), got {stamps.shape}")
         evict = self._eviction_victims(len(x))
+        next_id = max(self._next_id, int(ids.max()) + 1) if len(ids) else self._next_id
         self._transaction([
+            ("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("next_id", str(next_id))]),
             ("DELETE FROM entries WHERE id = ?", [(int(i),) for i in evict]),
             ("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
              [(int(i), int(label), origin, float(t), row.astype("<f4").tobytes())

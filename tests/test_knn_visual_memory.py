@@ -262,3 +262,21 @@ def test_faiss_backend_same_interface_high_recall_and_removal():
     victim = int(approx[0, 0])
     ann.remove_ids([victim])
     assert victim not in ann.search(queries[:1], 10)[1]
+
+
+def test_an_id_once_used_is_never_handed_out_again(tmp_path):
+    # A host that kept the id of a taught entry may FORGET it after the device restarted: if the
+    # newest entries were removed, a restored memory must not give their ids to newcomers.
+    x, y = clustered(6, seed=11)
+    path = tmp_path / "memory.sqlite"
+    mem = VisualMemory(D, path=path)
+    ids = mem.add(x[:4], y[:4])
+    mem.remove_ids(ids[-2:])
+    mem.close()
+    reopened = VisualMemory(D, path=path)
+    assert reopened.next_id == 4 and reopened.add(x[4:5], y[4:5]).tolist() == [4]
+    knn = make_adapter("knn").fit(x[:4], y[:4], n_classes=4)
+    taught = knn.memory.add(x[4:6], y[4:6])
+    knn.forget(ids=taught)
+    restored = type(knn).from_state_dict(knn.state_dict())
+    assert restored.memory.add(x[:1], y[:1]).tolist() == [int(taught.max()) + 1]

@@ -202,7 +202,7 @@ class KNN(Adapter):
                 "origin_names": np.frombuffer(json.dumps(names).encode(), dtype=np.uint8).copy(),
                 "timestamps": entries["timestamps"],
                 "pseudo_confidence": np.array([pseudo.get(int(i), np.nan) for i in entries["ids"]]),
-                "n_classes": np.asarray(self._n_classes)}
+                "n_classes": np.asarray(self._n_classes), "next_id": np.asarray(self._memory.next_id)}
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self._n_classes = int(arrays["n_classes"])
@@ -216,6 +216,8 @@ class KNN(Adapter):
             self._memory.add_with_ids(features[rows], np.asarray(arrays["labels"])[rows],
                                       np.asarray(arrays["ids"])[rows], origin=name,
                                       timestamps=np.asarray(arrays["timestamps"])[rows])
+        if "next_id" in arrays:  # written since ids of removed entries are remembered
+            self._memory.reserve_ids(int(arrays["next_id"]))
         self._reset_pseudo()
         conf = np.asarray(arrays["pseudo_confidence"])
         for i, label, c in zip(arrays["ids"], arrays["labels"], conf):
