@@ -3,9 +3,12 @@
 Every method is fitted on the labelled source of a task, then meets the target stream strictly
 online: one feature row at a time, ``adapt(row)`` returns the prediction that is scored, and the
 adapter never receives a label (``run_stream`` is given the target features only; labels are
-compared afterwards). Each task runs over 3 seeded stream orders; a task's accuracy is the mean
-over orders (two-fold tasks: mean of the folds per order), its spread the max - min over orders.
-Times are the adapter's own ``adapt`` cost per sample (backbone excluded: features are cached).
+compared afterwards). Each task runs over 3 seeded streams of each order kind (``--order``:
+``iid`` shuffled, and the camera-like ``dirichlet`` and ``runs``, see
+``edge_runtime.bench.tasks``); a task's accuracy per kind is the mean over its streams (two-fold
+tasks: mean of the folds per stream), the headline the mean over the kinds, the spread the max -
+min over every stream. Times are the adapter's own ``adapt`` cost per sample (backbone excluded:
+features are cached).
 
 Methods are registry names (``edge_runtime.adapters.ADAPTERS``), optionally with parameters,
 ``name@key=value@key=value`` (values parsed as JSON), plus ``target-oracle``: a linear head
