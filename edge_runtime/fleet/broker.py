@@ -2,9 +2,10 @@
 
 ``Broker(folder, fleet, devices)`` writes into ``folder`` a password file (one random password per
 device and observer, hashed with ``mosquitto_passwd -U``), an ACL and a config, then runs Debian's
-``mosquitto -c CONF`` on a free loopback port. The ACL lets a logged-in user read the fleet's
+``mosquitto -c CONF`` on a free loopback port. The ACL lets a logged-in user read the fleets'
 topics and write only ``edgert/<fleet>/<model>/<kind>/<its own name>``, so a device cannot publish
-as another; anonymous clients are refused. Persistence is on (``mosquitto.db`` in the folder,
+as another; anonymous clients are refused. ``fleet`` names the default fleet of ``url``; other
+fleets on the same broker are reached with ``url_for``. Persistence is on (``mosquitto.db`` in the folder,
 saved every 30 s and at a clean stop), like a broker a team would run: a SIGKILL loses the
 retained messages and queues since the last save, which the fleet must survive.
 
@@ -72,7 +73,10 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}/{self.fleet}"
+        return self.url_for(self.fleet)
+
+    def url_for(self, fleet: str) -> str:
+        return f"mqtt://127.0.0.1:{self.port}/{check_name(fleet, 'fleet')}"
 
     def password_file(self, user: str) -> Path:
         """A 0600 file holding ``user``'s password (for ``--fleet-password-file``)."""
@@ -83,9 +87,8 @@ class Broker:
         passwd = write_private(self.folder / "passwd", "".join(f"{u}:{p}\n" for u, p in self.passwords.items()))
         subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
         acl = self.folder / "acl"
-        acl.write_text(f"# every user reads the fleet; each writes only under its own name\n"
-                       f"pattern read edgert/{self.fleet}/#\n"
-                       f"pattern write edgert/{self.fleet}/+/+/%u\n")
+        acl.write_text("# every user reads the fleets; each writes only under its own name\n"
+                       "pattern read edgert/#\npattern write edgert/+/+/+/%u\n")
         conf = self.folder / "mosquitto.conf"
         # `user` is the current one: as root Mosquitto would otherwise switch to user mosquitto,
         # which cannot read this folder.

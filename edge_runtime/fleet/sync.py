@@ -331,9 +331,12 @@ class FleetSync:
 
     def _prune(self) -> None:
         for number, info in list(self._inflight.items()):
-            if info.is_published():
+            try:
+                if info.is_published():
+                    del self._inflight[number]
+                    self._outbox.pop(number, None)
+            except RuntimeError:  # it left while disconnected: sent again once connected
                 del self._inflight[number]
-                self._outbox.pop(number, None)
 
     def _apply_inbox(self) -> int:
         applied = 0
@@ -383,7 +386,9 @@ class FleetSync:
 
     def _send(self, number: int) -> None:
         payload = self._outbox[number]
-        self._inflight[number] = self._client.publish(self.topic("delta", self.device), payload, qos=1)
+        info = self._client.publish(self.topic("delta", self.device), payload, qos=1)
+        if info.rc == 0:  # else not connected: ``_republish`` sends it once connected
+            self._inflight[number] = info
         self.bytes_sent += len(payload)
 
     def _publish_snapshot(self) -> None:
