@@ -280,3 +280,56 @@ def test_fault_bench_quick_converges_exactly(tmp_path):
         assert row["ok"] and row["converged"] and row["exact"] and row["counts_equal"]
         assert row["max_relative_error"] <= 1e-9 and row["rejected"] == 0 and row["taught_total"] > 0
     assert faults["device_killed"]["others_kept_running"] and faults["broker_killed"]["streams_kept_running"]
+
+
+def test_edgert_run_with_fleet_shares_what_it_is_taught(broker, tmp_path, exported):
+    """``edgert run --fleet`` on a real video with the real backbone: its taught frames reach a peer,
+    exactly, and its checkpoint holds its fleet state."""
+    import cv2
+
+    from edge_runtime.card import load_card
+    from edge_runtime.cli import main as edgert
+    from edge_runtime.state import read_state
+
+    data = Path("/usr/share/doc/opencv-doc/examples/data")
+    photos = {"orange": "orange.jpg", "baboon": "baboon.jpg", "butterfly": "butterfly.jpg"}
+    if not data.is_dir():
+        pytest.skip("needs Debian's opencv-doc")
+    frames = []
+    for name, file in photos.items():
+        image = cv2.imread(str(data / file))
+        (tmp_path / "source" / name).mkdir(parents=True)
+        for i, scale in enumerate((1.0, 0.8, 0.6)):
+            view = cv2.resize(image[: int(image.shape[0] * scale), : int(image.shape[1] * scale)], (224, 224))
+            cv2.imwrite(str(tmp_path / "source" / name / f"{i}.png"), view)
+            frames.append(cv2.flip(view, 1))
+    video = tmp_path / "shifted.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (224, 224))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    model, memory = exported["int8.onnx"], tmp_path / "memflow.npz"
+    assert edgert(["memory", "build", "--model", str(model), "--images", str(tmp_path / "source"), "--adapter",
+                   "memflow", "--out", str(memory)]) == 0
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"frame": i, "label": name}) + "\n"
+                              for i, name in ((0, "orange"), (4, "baboon"), (7, "butterfly"))))
+    key = write_private(tmp_path / "fleet.key", KEY.hex() + "\n")
+    sha = load_card(model).sha256
+    source = read_state(memory)
+    peer = FleetSync(source.adapter, broker.url_for("run"), "d3", [KEY], sha, password=broker.passwords["d3"]).start()
+    base = peer.adapter.statistics()["source"]
+    state = tmp_path / "state"
+    assert edgert(["run", "--source", str(video), "--model", str(model), "--adapter", "memflow", "--memory",
+                   str(memory), "--labels", str(labels), "--state", str(state), "--quiet", "--fleet",
+                   broker.url_for("run"), "--fleet-device", "d0", "--fleet-key", str(key), "--fleet-password-file",
+                   str(broker.password_file("d0"))]) == 0
+    assert wait_for(lambda: peer.step() >= 0 and "d0" in peer.ledger.peers)
+    checkpoint = read_state(sorted(state.glob("checkpoint-*.npz"))[-1])
+    fleet_meta = checkpoint.meta["fleet"]
+    assert fleet_meta["device"] == "d0" and fleet_meta["seq"] == peer.ledger.peers["d0"].seq >= 1
+    own = checkpoint.extra["fleet.own.source"]
+    assert own[0, :, 0].sum() == 3  # three taught frames, and only them
+    assert_same_statistics(peer.adapter.statistics()["source"], base + own, rtol=1e-9)
+    assert_same_statistics(checkpoint.adapter.statistics()["source"], base + own, rtol=1e-9)
+    peer.close(2.0)
