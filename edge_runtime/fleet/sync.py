@@ -50,6 +50,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.fleet.broker import check_name
 from edge_runtime.fleet.ledger import Ledger, Stats
 from edge_runtime.fleet.payload import PayloadError, decode, encode
+from edge_runtime.stream import Ring
 
 MAX_DELTA = 64 * 1024
 OUTCOMES = ("applied", "duplicate", "gap", "resynced", "stale", "adopted", "own")
@@ -91,21 +92,6 @@ def fingerprint(model_sha256: str, adapter: Any, stats: Stats) -> str:
     for name in sorted(stats):
         digest.update(name.encode() + np.ascontiguousarray(stats[name], np.float64).tobytes())
     return digest.hexdigest()
-
-
-class Ring:
-    """The last ``size`` values of a measurement (merge latencies), in a fixed array."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._values = np.zeros(size)
-        self.count = 0
-
-    def append(self, value: float) -> None:
-        self._values[self.count % len(self._values)] = value
-        self.count += 1
-
-    def values(self) -> np.ndarray:
-        return self._values[:min(self.count, len(self._values))].copy()
 
 
 def _stderr(line: str) -> None:
