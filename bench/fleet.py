@@ -1,7 +1,7 @@
 """``edgert bench fleet``: N devices as separate processes on one real Mosquitto, isolated vs fleet.
 
 Every device is a process of its own (``python -m edge_runtime.bench.fleet device ...``): it
-loads the source memory (MemFlow, default parameters, fitted on the task's source), streams its
+loads the source memory (MemFlow or NCM, default parameters, fitted on the task's source), streams its
 shard of the task's shifted target (features from the real backbone, cached; frame i of the
 stream goes to device i mod N), adapts on every frame and is taught the true label of one frame
 in ``--teach-every`` (a person labelling now and then). It checkpoints every second and before
@@ -44,6 +44,7 @@ import numpy as np
 SECTION_TITLE = "## Fleet memory (MQTT)"
 FLEET = "bench"
 PARTS = "gain,cost,throughput,faults"
+GAIN = "memflow:photo->clipart,memflow:mnist->uci-digits,ncm:photo->clipart,ncm:mnist->uci-digits"
 SHA = "f" * 64  # the features come from the cache: a fixed model id names the topics
 
 
@@ -76,7 +77,7 @@ def device_main(argv: list[str]) -> int:
         shard = np.load(args.shard, allow_pickle=False)
         x, y, teach = shard["x"], shard["y"], shard["teach"]
         total = args.frames or len(x)
-        checkpoints = Checkpoints(args.state, SHA, "memflow") if args.state else None
+        checkpoints = Checkpoints(args.state, SHA, memory.header["name"]) if args.state else None
         resumed = checkpoints.load() if checkpoints else None
         if resumed is not None:
             adapter, frame = resumed.adapter, int(resumed.meta["frames"])
@@ -304,24 +305,24 @@ def check_exact(base: dict[str, np.ndarray], finals: list[dict[str, np.ndarray]]
 
 
 # -- the figures ---------------------------------------------------------------------------------------------
-def prepare(work: Path, task: str, devices: int, teach_every: int, order: int, limit: int | None
+def prepare(work: Path, adapter: str, task: str, devices: int, teach_every: int, order: int, limit: int | None
             ) -> tuple[Path, list[Path], Any]:
-    """The source memory (fitted once per task) and the shards of one stream order."""
-    from edge_runtime.adapters.memflow import MemFlow
+    """The source memory (fitted once per adapter and task) and the shards of one stream order."""
+    from edge_runtime.adapters import make_adapter
     from edge_runtime.bench.tasks import load_task
     from edge_runtime.state import read_state, write_state
 
     t = load_task(task)
     fold = t.folds[0]
-    memory = work / f"memory-{re.sub(r'[^a-z0-9]+', '_', task)}.npz"
+    memory = work / f"memory-{adapter}-{re.sub(r'[^a-z0-9]+', '_', task)}.npz"
     if not memory.is_file():
-        adapter = MemFlow().fit(fold.source_x, fold.source_y, t.n_classes)
-        write_state(memory, adapter, kind="memory", model_sha256=SHA, classes=list(t.classes), name="memflow")
+        fitted = make_adapter(adapter).fit(fold.source_x, fold.source_y, t.n_classes)
+        write_state(memory, fitted, kind="memory", model_sha256=SHA, classes=list(t.classes), name=adapter)
     rows = fold.order(order, "iid")[:limit]
     shards = []
     for i in range(devices):
         mine = rows[i::devices]
-        path = work / f"shard-{order}-{i}.npz"
+        path = work / f"shard-{re.sub(r'[^a-z0-9]+', '_', task)}-{order}-{i}.npz"
         np.savez(path, x=fold.target_x[mine], y=fold.target_y[mine], teach=(np.arange(len(mine)) % teach_every) == 0)
         shards.append(path)
     return memory, shards, read_state(memory).adapter
@@ -334,15 +335,16 @@ def curve(accuracy: list[np.ndarray], bins: int = 10) -> list[float]:
     return [round(100 * float(part.mean()), 1) for part in np.array_split(hits, bins)]
 
 
-def gain(work: Path, broker: Any, key: Path, task: str, devices: int, teach_every: int, orders: int,
+def gain(work: Path, broker: Any, key: Path, adapter: str, task: str, devices: int, teach_every: int, orders: int,
          limit: int | None, fps: float, log: Callable[[str], None]) -> dict[str, Any]:
     runs = []
     for order in range(orders):
-        memory, shards, base = prepare(work, task, devices, teach_every, order, limit)
+        memory, shards, base = prepare(work, adapter, task, devices, teach_every, order, limit)
         row: dict[str, Any] = {"order": order}
         for mode in ("isolated", "fleet"):
-            log(f"fleet: gain, order {order}: {devices} {mode} devices")
-            arm = Arm(work / f"{mode}-{order}", memory, shards, broker=broker if mode == "fleet" else None,
+            log(f"fleet: gain, {adapter} on {task}, order {order}: {devices} {mode} devices")
+            run = f"{mode}-{adapter}-{re.sub(r'[^a-z0-9]+', '-', task)}-{order}"
+            arm = Arm(work / run, memory, shards, broker=broker if mode == "fleet" else None,
                       key_file=key, fps=fps, log=log)
             done = arm.finish()
             row[mode] = {"mean": round(100 * float(np.mean([a[:, 1].mean() for a in done["accuracy"]])), 2),
@@ -358,7 +360,7 @@ def gain(work: Path, broker: Any, key: Path, task: str, devices: int, teach_ever
     merge = np.concatenate([r["fleet"]["merge_ms"] for r in runs]) if runs else np.zeros(0)
     for r in runs:
         r["fleet"].pop("merge_ms")
-    return {"task": task, "devices": devices, "teach_every": teach_every, "runs": runs,
+    return {"adapter": adapter, "task": task, "devices": devices, "teach_every": teach_every, "runs": runs,
             "isolated_mean": round(float(np.mean(iso)), 2), "fleet_mean": round(float(np.mean(fl)), 2),
             "isolated_curve": [round(float(v), 1) for v in np.mean([r["isolated"]["curve"] for r in runs], axis=0)],
             "fleet_curve": [round(float(v), 1) for v in np.mean([r["fleet"]["curve"] for r in runs], axis=0)],
@@ -475,7 +477,7 @@ def faults(work: Path, broker: Any, key: Path, task: str, devices: int, teach_ev
            fps: float, log: Callable[[str], None]) -> dict[str, Any]:
     from edge_runtime.fleet.broker import Broker
 
-    memory, shards, base = prepare(work, task, devices, teach_every, 0, None)
+    memory, shards, base = prepare(work, "memflow", task, devices, teach_every, 0, None)
     out: dict[str, Any] = {}
 
     def keep_running(arm: Arm, which: list[int], frames_more: int = 50) -> bool:
@@ -531,19 +533,25 @@ def faults(work: Path, broker: Any, key: Path, task: str, devices: int, teach_ev
 def markdown(r: dict[str, Any]) -> str:
     lines = [SECTION_TITLE, "", f"`edgert bench fleet{' --quick' if r['quick'] else ''}` on {r['host']}, {r['time_utc']}: "
              f"device processes on one Mosquitto ({r['mosquitto']}), MemFlow with its default parameters.", ""]
-    if "gain" in r:
-        g = r["gain"]
-        lines += [f"Gain: {g['devices']} devices, task {g['task']}, one frame in {g['teach_every']} taught its label, "
-                  f"{len(g['runs'])} stream order(s); online accuracy (%):", "",
-                  "| | mean | per tenth of the stream |", "|---|---|---|",
-                  f"| isolated | {g['isolated_mean']:.1f} | {' '.join(f'{v:.0f}' for v in g['isolated_curve'])} |",
-                  f"| fleet | {g['fleet_mean']:.1f} | {' '.join(f'{v:.0f}' for v in g['fleet_curve'])} |", "",
-                  f"- Fleet statistics exact after every run (source memory + every device's contribution; counts "
-                  f"equal, sums to rtol 1e-9): {'yes' if g['all_exact'] else 'NO'}."]
-        if g.get("merge_in_run_ms"):
-            m = g["merge_in_run_ms"]
-            lines.append(f"- Merge of a peer's update inside the running devices: p50 {m['p50']:.3f} ms, p99 "
-                         f"{m['p99']:.3f} ms over {m['n']} updates.")
+    if r.get("gain"):
+        g0 = r["gain"][0]
+        lines += [f"Gain: {g0['devices']} devices, each on its shard of the task's target stream, one frame in "
+                  f"{g0['teach_every']} taught its label; online accuracy (%), mean over {len(g0['runs'])} stream "
+                  f"order(s), and per tenth of the stream:", "",
+                  "| adapter | task | isolated | fleet | per order (fleet - isolated) | isolated per tenth | "
+                  "fleet per tenth |", "|---|---|---|---|---|---|---|"]
+        for g in r["gain"]:
+            diffs = ", ".join(f"{x['fleet']['mean'] - x['isolated']['mean']:+.1f}" for x in g["runs"])
+            lines.append(f"| {g['adapter']} | {g['task']} | {g['isolated_mean']:.1f} | {g['fleet_mean']:.1f} | {diffs} | "
+                         f"{' '.join(f'{v:.0f}' for v in g['isolated_curve'])} | "
+                         f"{' '.join(f'{v:.0f}' for v in g['fleet_curve'])} |")
+        lines += ["", f"- Fleet statistics exact after every run (source memory + every device's contribution; counts "
+                  f"equal, sums to rtol 1e-9): {'yes' if all(g['all_exact'] for g in r['gain']) else 'NO'}."]
+        for g in r["gain"]:
+            if g.get("merge_in_run_ms"):
+                m = g["merge_in_run_ms"]
+                lines.append(f"- Merge of a peer's update inside the running {g['adapter']} devices ({g['task']}): p50 "
+                             f"{m['p50']:.3f} ms, p99 {m['p99']:.3f} ms over {m['n']} updates.")
     if "cost" in r:
         c = r["cost"]
         lines += [f"- Delta of one taught frame: {c['delta_one_frame_bytes'][0]:,} bytes; all {c['classes']} classes at "
@@ -581,7 +589,9 @@ def write_section(report: Path, section: str) -> Path:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run for CI")
     parser.add_argument("--devices", type=int, default=4)
-    parser.add_argument("--task", default="photo->clipart", help="shifted task (default: photo->clipart)")
+    parser.add_argument("--gain", default=GAIN, metavar="ADAPTER:TASK,...",
+                        help=f"isolated-vs-fleet runs (default: {GAIN}; quick: the first, shortened)")
+    parser.add_argument("--task", default="photo->clipart", help="task of the fault runs (default: photo->clipart)")
     parser.add_argument("--teach-every", type=int, default=5, help="one frame in N is taught its label (default: 5)")
     parser.add_argument("--orders", type=int, help="stream orders (default: 3; quick: 1)")
     parser.add_argument("--fps", type=float, default=100.0, help="device frame rate (default: 100, like a fast camera)")
@@ -607,8 +617,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         parts = set(args.parts.split(","))
         with Broker(work / "broker", FLEET, names) as broker:
             if "gain" in parts:
-                results["gain"] = gain(work, broker, key_file, args.task, args.devices, args.teach_every,
-                                       args.orders or (1 if quick else 3), 120 if quick else None, args.fps, log)
+                combos = [spec.split(":", 1) for spec in args.gain.split(",")][:1 if quick else None]
+                results["gain"] = [gain(work, broker, key_file, adapter, task, args.devices, args.teach_every,
+                                        args.orders or (1 if quick else 3), 120 if quick else None, args.fps, log)
+                                   for adapter, task in combos]
             if "cost" in parts:
                 log("fleet: cost of payloads and merges")
                 results["cost"] = cost(9, 300 if quick else 2000)
@@ -629,7 +641,7 @@ def main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
     if args.report is not None:
         write_section(args.report, section)
-    ok = results.get("gain", {}).get("all_exact", True) and all(row["ok"] for row in results.get("faults", {}).values())
+    ok = all(g["all_exact"] for g in results.get("gain", [])) and all(row["ok"] for row in results.get("faults", {}).values())
     return 0 if ok else 1
 
 

@@ -1,8 +1,9 @@
 """Who added what to a memory's mergeable statistics: the bookkeeping that makes sharing exactly-once.
 
-A fleet member's statistics (``adapter.statistics()``, e.g. MemFlow's labelled (count, sum, sum
-of squares) per class and neuron, shape (3, K, N)) are the sum of the memory every member started
-from and one *contribution* per member. The ledger holds each contribution apart:
+A fleet member's statistics (``adapter.statistics()``: arrays (R, K, N) whose row 0 is a weighted
+count per class, e.g. MemFlow's labelled (count, sum, sum of squares) per class and neuron, or
+NCM's (count, sum) per class and feature) are the sum of the memory every member started from and
+one *contribution* per member. The ledger holds each contribution apart:
 
 - its own: ``own`` (published, up to update ``seq``), ``pending`` (taught or forgotten since);
 - each peer's: the contribution applied so far and the sequence number of the last update
@@ -57,8 +58,8 @@ def _copy(stats: Stats) -> Stats:
 
 
 def pack(stats: Stats, classes: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Payload arrays of statistics (3, K, N), only the classes (axis 1) that are non-zero (or
-    ``classes``); a class whose count row is one value for every unit sends that value once.
+    """Payload arrays of statistics (R, K, N), only the classes (axis 1) that are non-zero (or
+    ``classes``); a class whose count row (row 0) is one value for every unit sends it once.
 
     >>> s = np.zeros((3, 4, 5)); s[:, 2] = 1.0
     >>> {k: v.shape for k, v in pack({"source": s}).items()}
@@ -87,7 +88,7 @@ def unpack(arrays: dict[str, np.ndarray], zeros: Stats) -> Stats:
     for name, template in zeros.items():
         rows, values = arrays[f"{name}.classes"], arrays[f"{name}.values"]
         counts = arrays.get(f"{name}.counts")
-        n_rows = 3 if counts is None else 2
+        n_rows = template.shape[0] - (counts is not None)
         k = len(rows)
         if (rows.dtype.kind != "i" or rows.ndim != 1 or len(np.unique(rows)) != k
                 or (k and (rows.min() < 0 or rows.max() >= template.shape[1]))
@@ -95,7 +96,7 @@ def unpack(arrays: dict[str, np.ndarray], zeros: Stats) -> Stats:
                 or (counts is not None and (counts.dtype != np.float64 or counts.shape != (k,)))):
             raise PayloadError("malformed", f"statistics {name!r} do not fit a memory of shape {template.shape}")
         dense = np.zeros_like(template)
-        dense[3 - n_rows:, rows] = values
+        dense[template.shape[0] - n_rows:, rows] = values
         if counts is not None:
             dense[0, rows] = counts[:, None]
         if not np.isfinite(dense).all():
@@ -163,8 +164,8 @@ class Ledger:
         ``max_bytes`` (a class per unit of statistics is never split): they join ``own``."""
         touched = sorted(set().union(*(np.flatnonzero(np.any(v != 0, axis=(0, 2))).tolist()
                                        for v in self.pending.values())))
-        # bytes per class: (count, sum, square) per unit, or one count when the counts agree (``pack``)
-        per_class = sum(8 * v.shape[2] * (2 if np.all(v[0, touched] == v[0, touched, :1]) else 3) + 16
+        # bytes per class: every row per unit, or one count when the counts agree (``pack``)
+        per_class = sum(8 * v.shape[2] * (v.shape[0] - np.all(v[0, touched] == v[0, touched, :1])) + 16
                         for v in self.pending.values())
         room = max(1, (max_bytes - _HEADROOM) // per_class)
         out = []

@@ -12,8 +12,10 @@ Topics, all under ``edgert/<fleet>/<model sha256[:12]>/``:
   header; published at the first frame boundary ``publish_every`` frames or ``publish_seconds``
   after the last update, when there is something to publish (teach, forget), and by ``flush()``;
 - ``snapshot/<device>``: its whole contribution as of ``seq``, QoS 1, retained: what a device that
-  joins late, was offline or missed a delta catches up from; republished after every
-  (re)connection, so a broker that lost its retained messages gets them back;
+  joins late, was offline or missed a delta catches up from; published at most every
+  ``snapshot_seconds`` while updates go out (a snapshot holds every class: a delta is a tenth of
+  it), by ``flush()``, and after every (re)connection, so a broker that lost its retained messages
+  gets them back;
 - ``presence/<device>``: retained JSON (online, seq, bytes sent), with an LWT saying offline;
 - ``sync/<device>``: a token a device sends itself after subscribing: when it comes back, every
   retained snapshot has arrived (``ready``), and only then does the device publish.
@@ -25,7 +27,7 @@ restart it never reuses a sequence number, and it sends the outbox again (duplic
 ignored). A peer update applied after the last checkpoint is lost by a crash, and comes back
 from the peer's retained snapshot (its sequence number is newer than the checkpoint's). A device
 whose checkpoint is older than what it had published (its newest checkpoint was unreadable)
-takes its own retained snapshot back (``adopted``).
+takes its own retained snapshot back (``adopted``), as far as that snapshot goes.
 
 Payloads are signed (``edge_runtime.fleet.payload``); every rejected one is counted by kind and
 logged in one line, and never reaches the ledger or the memory.
@@ -105,28 +107,29 @@ class FleetSync:
     ----------
     adapter
         A fitted adapter with ``statistics()``, ``add_statistics(delta)`` and
-        ``taught_statistics(features, labels)`` (MemFlow).
+        ``taught_statistics(features, labels)`` (MemFlow, NCM).
     url, device, keys, model_sha256
         ``mqtt://HOST:PORT/FLEET``; this device's name (also its broker user name); the fleet
         keys (the first signs, all verify); the backbone's sha256.
     password, tls
         Broker login (user ``device``) and TLS options passed to paho's ``tls_set`` (``ca_certs``,
         ``certfile``, ``keyfile``) for ``mqtts://``.
-    publish_every, publish_seconds, max_delta, forgettable
-        Update cadence (frames, seconds), the size limit of one delta payload, and how many taught
-        batches ``forget`` can take back.
+    publish_every, publish_seconds, snapshot_seconds, max_delta, forgettable
+        Update cadence (frames, seconds), the least time between two snapshots, the size limit of
+        one delta payload, and how many taught batches ``forget`` can take back.
     persist
         Called before an update is published (write the checkpoint); None: no durability.
     """
 
     def __init__(self, adapter: Any, url: str, device: str, keys: list[bytes], model_sha256: str, *,
                  password: str | None = None, tls: dict[str, str] | None = None, publish_every: int = 30,
-                 publish_seconds: float = 1.0, max_delta: int = MAX_DELTA, forgettable: int = 64,
+                 publish_seconds: float = 1.0, snapshot_seconds: float = 5.0, max_delta: int = MAX_DELTA,
+                 forgettable: int = 64,
                  persist: Callable[[], None] | None = None, log: Callable[[str], None] = _stderr) -> None:
         for verb in ("statistics", "add_statistics", "taught_statistics"):
             if not callable(getattr(adapter, verb, None)):
                 raise InputError(f"adapter {adapter.name!r} cannot join a fleet: it has no {verb}() "
-                                 f"(memflow has; see edge_runtime.fleet)")
+                                 f"(memflow and ncm have; see edge_runtime.fleet)")
         if not keys:
             raise InputError("a fleet needs a key (--fleet-key FILE or $EDGERT_FLEET_KEY)")
         self.adapter = adapter
@@ -138,6 +141,7 @@ class FleetSync:
         self.tls = tls
         self.publish_every = publish_every
         self.publish_seconds = publish_seconds
+        self.snapshot_seconds = snapshot_seconds
         self.max_delta = max_delta
         self.persist = persist
         self.log = log
@@ -145,11 +149,11 @@ class FleetSync:
         self.fingerprint = fingerprint(model_sha256, adapter, base)
         self.ledger = Ledger(device, {k: np.zeros_like(v) for k, v in base.items()}, forgettable=forgettable)
         # One class of statistics must fit a delta whatever the network's size.
-        need = sum(24 * v.shape[2] for v in base.values()) + 4096
+        need = sum(8 * v.shape[0] * v.shape[2] for v in base.values()) + 4096
         if need > max_delta:
             raise InputError(f"max_delta {max_delta} bytes cannot hold one class of this memory ({need} bytes)")
         # A snapshot holds every class: its limit follows the memory's size.
-        self.max_snapshot = max(1 << 20, 2 * sum(24 * v.shape[1] * v.shape[2] for v in base.values()) + 8192)
+        self.max_snapshot = max(1 << 20, 2 * sum(v.nbytes for v in base.values()) + 8192)
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.bytes_sent = 0
@@ -168,6 +172,7 @@ class FleetSync:
         self._token = b""
         self._frames_since = 0
         self._last_publish = time.monotonic()
+        self._snapshot = (0, -np.inf)  # (seq, time) of the last snapshot published
         self._client: Any = None
 
     # -- topics ---------------------------------------------------------------------------------
@@ -292,6 +297,8 @@ class FleetSync:
                    or time.monotonic() - self._last_publish >= self.publish_seconds)
             if due and self.ledger.has_pending:
                 self._publish_pending()
+            if self.ledger.seq > self._snapshot[0] and time.monotonic() - self._snapshot[1] >= self.snapshot_seconds:
+                self._publish_snapshot()
         return applied
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -307,6 +314,8 @@ class FleetSync:
             self._republish()
         if self.ledger.has_pending:
             self._publish_pending()
+        if self.ledger.seq > self._snapshot[0]:
+            self._publish_snapshot()
         for info in list(self._inflight.values()):
             try:
                 info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
@@ -366,7 +375,8 @@ class FleetSync:
             self.persist()  # the checkpoint knows these updates before anyone else does
         for number in numbers:
             self._send(number)
-        self._publish_snapshot()
+        if time.monotonic() - self._snapshot[1] >= self.snapshot_seconds:
+            self._publish_snapshot()
         self._frames_since = 0
         self._last_publish = time.monotonic()
 
@@ -383,6 +393,7 @@ class FleetSync:
             return
         payload = encode(self._header("snapshot", seq), arrays, self.keys[0])
         self._client.publish(self.topic("snapshot", self.device), payload, qos=1, retain=True)
+        self._snapshot = (seq, time.monotonic())
         self._client.publish(self.topic("presence", self.device), self._presence(True), qos=1, retain=True)
         self.bytes_sent += len(payload)
 
