@@ -95,7 +95,8 @@ class NCM(Adapter):
         return {"sums": self._sums, "counts": self._counts}
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self._sums = np.asarray(arrays["sums"], dtype=np.float64)
-        self._counts = np.asarray(arrays["counts"], dtype=np.int64)
+        # copies: the state's arrays may back another adapter, and teach adds in place
+        self._sums = np.array(arrays["sums"], dtype=np.float64)
+        self._counts = np.array(arrays["counts"], dtype=np.int64)
         self._n_classes, self._dim = self._sums.shape
         self._refresh()
