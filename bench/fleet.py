@@ -578,14 +578,6 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(report: Path, section: str) -> Path:
-    text = report.read_text() if report.is_file() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.M | re.S)
-    text = pattern.sub(lambda _m: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    report.write_text(text)
-    return report
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run for CI")
     parser.add_argument("--devices", type=int, default=4)
@@ -640,7 +632,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
     if args.report is not None:
-        write_section(args.report, section)
+        from edge_runtime.bench.faults import write_section
+
+        write_section(args.report, section, SECTION_TITLE)
     ok = all(g["all_exact"] for g in results.get("gain", [])) and all(row["ok"] for row in results.get("faults", {}).values())
     return 0 if ok else 1
 

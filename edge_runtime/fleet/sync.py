@@ -204,6 +204,7 @@ class FleetSync:
         session = Properties(PacketTypes.CONNECT)
         session.SessionExpiryInterval = 7 * 24 * 3600
         client.connect_async(self.url.host, self.url.port, keepalive=10, clean_start=False, properties=session)
+        self._inflight = {}  # a previous connection's unacknowledged updates are sent again by this one
         self._client = client
         client.loop_start()
         return self
@@ -265,6 +266,7 @@ class FleetSync:
                            retain=True).wait_for_publish(min(timeout, 2.0))
         client.disconnect()
         client.loop_stop()
+        self.ready.clear()
 
     # -- the stream's side --------------------------------------------------------------------------
     def teach(self, features: np.ndarray, labels: np.ndarray) -> int:
