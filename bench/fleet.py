@@ -548,6 +548,10 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", f"- Fleet statistics exact after every run (source memory + every device's contribution; counts "
                   f"equal, sums to rtol 1e-9): {'yes' if all(g['all_exact'] for g in r['gain']) else 'NO'}."]
         for g in r["gain"]:
+            sent = sum(x["fleet"]["bytes_sent"] for x in g["runs"])
+            updates = sum(x["fleet"]["updates"] for x in g["runs"])
+            lines.append(f"- {g['adapter']} on {g['task']}: {updates} updates published, {sent / max(updates, 1):,.0f} "
+                         f"bytes sent per update (deltas, and the snapshots at most every 5 s).")
             if g.get("merge_in_run_ms"):
                 m = g["merge_in_run_ms"]
                 lines.append(f"- Merge of a peer's update inside the running {g['adapter']} devices ({g['task']}): p50 "
