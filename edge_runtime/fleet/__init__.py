@@ -4,7 +4,7 @@
 - ``ledger``: per-device contributions and sequence numbers (exactly-once, any order, resync);
 - ``sync``: ``FleetSync``, what a running stream attaches to (paho-mqtt, the ``fleet`` extra);
 - ``broker``: a Mosquitto of one's own on loopback, with passwords and an ACL (tests, bench);
-- ``cli``: ``edgert fleet status`` and ``edgert fleet broker``.
+- ``cli``: ``edgert fleet status`` and the ``--fleet`` options of ``edgert run``.
 """
 from edge_runtime.fleet.ledger import Ledger
 from edge_runtime.fleet.payload import PayloadError, decode, encode, fleet_keys
