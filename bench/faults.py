@@ -798,10 +798,11 @@ def faults_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(report: Path, section: str) -> Path:
-    """Put ``section`` into ``report`` in place of its previous "Faults and load (bridge)" section."""
+def write_section(report: Path, section: str, title: str = SECTION_TITLE) -> Path:
+    """Put ``section`` into ``report`` in place of its previous section ``title`` (by default
+    "Faults and load (bridge)")."""
     text = report.read_text() if report.is_file() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _m: section + "\n", text)
     elif "\n## Other benchmarks" in text:  # where `edgert bench all` puts it

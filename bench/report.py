@@ -36,6 +36,7 @@ EXTERNAL = {
     "knn": ([], ["--sizes", "2000", "--queries", "40", "--removes", "5"]),
     "stream": ([], ["--frames", "120"]),
     "faults": ([], ["--quick"]),
+    "fleet": ([], ["--quick"]),
 }
 
 
@@ -572,8 +573,15 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     else:
         out += ["## Faults and load (bridge)", "", _absent(s, "faults"), ""]
 
+    if _ok(s, "fleet"):
+        from edge_runtime.bench.fleet import markdown as fleet_markdown
+
+        out += [fleet_markdown(s["fleet"]["data"])]
+    else:
+        out += ["## Fleet memory (MQTT)", "", _absent(s, "fleet"), ""]
+
     out += ["## Other benchmarks", ""]
-    for name in (n for n in EXTERNAL if n != "faults"):
+    for name in (n for n in EXTERNAL if n not in ("faults", "fleet")):
         if _ok(s, name):
             out.append(f"- `edgert bench {name}`: ran; figures in `{name}.json` of the results folder"
                        f"{': ' + _highlights(name, s[name]['data']) if _highlights(name, s[name]['data']) else ''}")

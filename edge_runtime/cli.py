@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "memory": ("edge_runtime.memory_cli", "build a source memory from labelled images, or show a state file"),
     "demo": ("edge_runtime.demo", "the main job: export, memorise photos, stream a shifted video: adapted vs source-only"),
     "bridge": ("firmware_bridge.cli", "serve or talk over a serial/TCP link to cameras and MCUs; export memories to C"),
+    "fleet": ("edge_runtime.fleet.cli", "devices sharing memory over an MQTT broker: who is online, last update"),
 }
 
 

@@ -46,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--json", type=Path, help="write the run summary as JSON to this file")
+    from edge_runtime.fleet.cli import add_run_options
+
+    add_run_options(parser)
     parser.set_defaults(main=main)
 
 
@@ -71,6 +74,8 @@ def load_adapter(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
         where = f"no usable checkpoint in {args.state} and " if args.state else ""
         raise InputError(f"{where}no --memory FILE: build one with `edgert memory build --adapter {args.adapter}`")
     meta = {k: v for k, v in state.meta.items() if k == "frames"}
+    if "fleet" in state.meta:  # popped by _run: (the ledger's meta, its arrays)
+        meta["fleet"] = (state.meta["fleet"], state.extra)
     return state.adapter, state.classes, checkpoints, meta
 
 
@@ -105,6 +110,9 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
             if args.memory is None:
                 raise InputError("--compare needs --memory FILE: the source-only memory to compare with")
             baseline = read_state(args.memory, model_sha256=backbone.card.sha256).adapter
+    if args.fleet and adapter is None:
+        raise InputError("--fleet shares what an adapter learns: pass --adapter memflow and --memory")
+    resume, fleet = meta.pop("fleet", None), None
     try:
         labels = LabelSchedule.load(args.labels, classes) if args.labels else None
         if labels is not None and type(adapter).teach is Adapter.teach:
@@ -119,16 +127,29 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
             sinks.append(VideoSink(args.video_out, capture.fps / args.every if capture.fps else 0.0))
         if adapter is not None and not shutdown.requested.is_set():
             adapter.prepare()
+        if args.fleet:
+            from edge_runtime.fleet.cli import attach
+
+            fleet = attach(args, adapter, backbone.card.sha256, resume)
         stream = Stream(backbone, adapter, classes, sinks, adapt=not args.no_adapt, baseline=baseline,
                         labels=labels, checkpoints=checkpoints, checkpoint_every=args.checkpoint_every,
-                        meta=meta, max_frames=args.max_frames, progress=None if args.quiet else Progress())
+                        meta=meta, max_frames=args.max_frames, progress=None if args.quiet else Progress(),
+                        fleet=fleet)
         shutdown.on_request(stream.stop.set)  # a signal before this point: the run ends at once, cleanly
         summary = stream.run(capture.start())
+        if fleet is not None:
+            fleet.close()
     finally:
         if checkpoints is not None:
             checkpoints.close()
     report = summary.to_dict()
     report.update(source=str(args.source), model=str(args.model), adapter=args.adapter)
+    if fleet is not None:
+        report["fleet"] = status = fleet.status()
+        print(f"  fleet {status['fleet']} as {status['device']}: published up to update {status['seq']} "
+              f"({status['bytes_sent']:,} bytes), applied {status['updates'].get('applied', 0)} update(s) and "
+              f"{status['updates'].get('resynced', 0)} snapshot(s) from {len(status['peers'])} peer(s), "
+              f"rejected {sum(status['rejected'].values())}")
     p50 = "  ".join(f"{k} {v:.2f}" for k, v in summary.p50().items())
     print(f"edgert run: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), adapter "
           f"{args.adapter}; read {summary.read}, dropped {summary.dropped}, undecodable {summary.undecodable}, "

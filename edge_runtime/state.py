@@ -7,6 +7,12 @@ A state file is an ``.npz`` (``np.savez``, uncompressed) holding the adapter's a
 ``meta`` (frames seen, ...), and a sha256 ``checksum`` over the header and every array's name,
 dtype, shape and bytes. Files are read with ``allow_pickle=False``.
 
+A checkpoint may also carry ``extra`` arrays that belong with the adapter's state but not to it
+(a fleet member's per-peer statistics, ``edge_runtime.fleet``), under ``x/<name>``: they are
+written in the same atomic file, so the two can never disagree after a crash. Their own sha256,
+``extra_checksum``, sits in the header (which ``checksum`` covers); readers without this field
+ignore them.
+
 Every write is atomic: a temp file in the same folder, ``fsync`` of the file, ``rename`` over the
 target, ``fsync`` of the folder. A power cut or ``kill -9`` at any point leaves either the old file
 or the new one, never a torn one. A checkpoint folder holds numbered files
@@ -46,6 +52,7 @@ READABLE_FORMATS = (1,)
 KINDS = ("memory", "checkpoint")
 HEADER_KEY = "header"
 ARRAY_PREFIX = "a/"
+EXTRA_PREFIX = "x/"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{8})\.npz$")
 
 
@@ -60,6 +67,7 @@ class State:
     adapter: Adapter
     header: dict[str, Any]
     path: Path
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
@@ -127,17 +135,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
 
 
 def write_state(path: str | Path, adapter: Adapter, *, kind: str, model_sha256: str, classes: list[str],
-                name: str | None = None, meta: dict[str, Any] | None = None) -> Path:
+                name: str | None = None, meta: dict[str, Any] | None = None,
+                extra: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``adapter.state_dict()`` atomically as a state file; returns the path.
 
-    ``name`` is the registry name the adapter was made with (default: its class's ``name``).
+    ``name`` is the registry name the adapter was made with (default: its class's ``name``);
+    ``extra`` are arrays stored beside the adapter's (see the module docstring).
     """
-    blob = encode_state(adapter, kind=kind, model_sha256=model_sha256, classes=classes, name=name, meta=meta)
+    blob = encode_state(adapter, kind=kind, model_sha256=model_sha256, classes=classes, name=name, meta=meta,
+                        extra=extra)
     return atomic_write(Path(path), lambda f: f.write(blob))
 
 
 def encode_state(adapter: Adapter, *, kind: str, model_sha256: str, classes: list[str], name: str | None = None,
-                 meta: dict[str, Any] | None = None) -> bytes:
+                 meta: dict[str, Any] | None = None, extra: dict[str, np.ndarray] | None = None) -> bytes:
     """The bytes of a state file (see ``write_state``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -145,24 +156,28 @@ def encode_state(adapter: Adapter, *, kind: str, model_sha256: str, classes: lis
     if len(classes) != adapter.n_classes:
         raise InputError(f"{len(classes)} class names for an adapter with {adapter.n_classes} classes")
     arrays = {key: _c_order(a) for key, a in state["arrays"].items()}
-    for key, a in arrays.items():
+    extra = {key: _c_order(a) for key, a in (extra or {}).items()}
+    for key, a in {**arrays, **extra}.items():
         if a.dtype.kind not in "biuf":
             raise InputError(f"adapter array {key!r} has dtype {a.dtype}: state files hold numeric arrays only")
     header = {"format": FILE_FORMAT, "kind": kind, "name": name or state["adapter"], "adapter": state["adapter"],
               "state_format": state["format"],
               "params": state["params"], "classes": list(classes), "model_sha256": model_sha256,
               "created": time.time(), "meta": meta or {}}
+    if extra:
+        header["extra_checksum"] = checksum({}, extra)
     # Round-trip the header through JSON first, so the checksum covers exactly what is stored.
     header = json.loads(json.dumps(header, default=_json_default))
     header["checksum"] = checksum(header, arrays)
     blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
-    payload = {HEADER_KEY: blob, **{ARRAY_PREFIX + k: v for k, v in arrays.items()}}
+    payload = {HEADER_KEY: blob, **{ARRAY_PREFIX + k: v for k, v in arrays.items()},
+               **{EXTRA_PREFIX + k: v for k, v in extra.items()}}
     buffer = io.BytesIO()
     np.savez(buffer, **payload)
     return buffer.getvalue()
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     if not path.is_file():
         raise StateError(f"state file not found: {path}")
     try:
@@ -171,6 +186,7 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                 raise StateError(f"{path} is not a state file (no header): write it with edgert memory build or edgert run")
             header = json.loads(npz[HEADER_KEY].tobytes().decode())
             arrays = {k[len(ARRAY_PREFIX):]: npz[k] for k in npz.files if k.startswith(ARRAY_PREFIX)}
+            extra = {k[len(EXTRA_PREFIX):]: npz[k] for k in npz.files if k.startswith(EXTRA_PREFIX)}
     except StateError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
@@ -178,9 +194,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not isinstance(header, dict) or header.get("format") not in READABLE_FORMATS:
         fmt = header.get("format") if isinstance(header, dict) else None
         raise StateError(f"{path} has format {fmt!r}; this runtime reads {READABLE_FORMATS}")
-    if header.get("checksum") != checksum(header, arrays):
+    if header.get("checksum") != checksum(header, arrays) or \
+            header.get("extra_checksum", checksum({}, {})) != checksum({}, extra):
         raise StateError(f"{path} fails its checksum: the file is corrupt")
-    return header, arrays
+    return header, arrays, extra
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -191,7 +208,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
 def read_state(path: str | Path, *, model_sha256: str | None = None, adapter: str | None = None) -> State:
     """Load and verify a state file; with ``model_sha256`` / ``adapter`` it must match them."""
     path = Path(path)
-    header, arrays = _read(path)
+    header, arrays, extra = _read(path)
     if model_sha256 is not None and header["model_sha256"] != model_sha256:
         raise StateError(f"{path} was made for model sha256 {header['model_sha256'][:12]}..., not this model's "
                          f"{model_sha256[:12]}...: rebuild it with this model")
@@ -206,7 +223,7 @@ def read_state(path: str | Path, *, model_sha256: str | None = None, adapter: st
         raise StateError(f"{path}: cannot restore adapter {header['name']!r}: {err}") from None
     if len(header["classes"]) != restored.n_classes:
         raise StateError(f"{path}: {len(header['classes'])} class names for {restored.n_classes} classes")
-    return State(restored, header, path)
+    return State(restored, header, path, extra)
 
 
 @dataclass
@@ -266,11 +283,13 @@ class Checkpoints:
             return state
         return None
 
-    def save(self, adapter: Adapter, classes: list[str], meta: dict[str, Any] | None = None) -> Path:
+    def save(self, adapter: Adapter, classes: list[str], meta: dict[str, Any] | None = None,
+             extra: dict[str, np.ndarray] | None = None) -> Path:
         files = self.files()
         number = int(CHECKPOINT_RE.match(files[0].name).group(1)) + 1 if files else 1  # type: ignore[union-attr]
         path = write_state(self.folder / f"checkpoint-{number:08d}.npz", adapter, kind="checkpoint",
-                           model_sha256=self.model_sha256, classes=classes, name=self.adapter, meta=meta)
+                           model_sha256=self.model_sha256, classes=classes, name=self.adapter, meta=meta,
+                           extra=extra)
         keep = {path, self._good}
         for old in files:
             if old not in keep:

@@ -281,13 +281,20 @@ class Stream:
     max_frames: int | None = None
     progress: Progress | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    fleet: Any = None  # edge_runtime.fleet.FleetSync: teaching goes through it; it runs between frames
+
+    def _teach(self, features: np.ndarray, labels: np.ndarray) -> None:
+        (self.fleet.teach if self.fleet is not None else self.adapter.teach)(features, labels)  # type: ignore[union-attr]
 
     def checkpoint(self, summary: Summary) -> None:
         if self.checkpoints is None or self.adapter is None:
             return
         meta = dict(self.meta)
         meta["frames"] = int(meta.get("frames", 0)) + summary.frames
-        self.checkpoints.save(self.adapter, self.classes, meta)
+        extra = None
+        if self.fleet is not None:
+            meta["fleet"], extra = self.fleet.state()
+        self.checkpoints.save(self.adapter, self.classes, meta, extra=extra)
         summary.checkpoints += 1
 
     def _predict(self, features: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
@@ -305,6 +312,8 @@ class Stream:
         sinks_ms = 0.0
         start = time.perf_counter()
         last_checkpoint = time.monotonic()
+        if self.fleet is not None and self.checkpoints is not None:
+            self.fleet.persist = lambda: self.checkpoint(summary)  # an update leaves only once checkpointed
         try:
             for frame in capture:
                 t0 = time.perf_counter()
@@ -317,7 +326,7 @@ class Stream:
                 taught = None
                 if self.labels is not None and self.adapter is not None:
                     for label in self.labels.due(frame):
-                        self.adapter.teach(features, np.array([label]))
+                        self._teach(features, np.array([label]))
                         taught = self.classes[label]
                         summary.taught += 1
                 t3 = time.perf_counter()
@@ -330,6 +339,8 @@ class Stream:
                     prediction.source_label, prediction.source_confidence = self.classes[k0], float(p0[0, k0])
                 for sink in self.sinks:
                     sink.write(prediction, frame.image)
+                if self.fleet is not None:
+                    self.fleet.step()
                 sinks_ms = 1000 * (time.perf_counter() - t3)
                 for stage, value in ms.items():
                     stages[stage].append(value)

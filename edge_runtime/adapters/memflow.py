@@ -667,3 +667,35 @@ class MemFlow(Adapter):
     def state_bytes(self) -> int:
         """Bytes of learned state (statistics grow with neurons x classes only)."""
         return sum(a.nbytes for a in self._arrays().values())
+
+    # -- statistics shared by a fleet (edge_runtime.fleet) ----------------------------------
+    def statistics(self) -> dict[str, np.ndarray]:
+        """Copies of the statistics that merge across devices exactly, by addition:
+        ``{"source": (3, K, N) float64}``, the labelled set (weighted count, sum, sum of squares
+        per class and neuron) that ``fit`` and ``teach`` write. Not in here, because they do not
+        merge exactly: the reinforcement set (an EMA per class), the alignment sums (EMAs of one
+        stream) and the temporal filter (one stream's)."""
+        self._check_fitted()
+        return {"source": self._source.copy()}
+
+    def taught_statistics(self, features: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """What ``teach(features, labels)`` would add to ``statistics()``, without adding it."""
+        self._check_fitted()
+        x = as_features(features, self._dim)
+        y = as_labels(labels, x.shape[0], self._n_classes)
+        m = self._traces(self.input_stage().apply(x)) + self.trace_shift()
+        delta = np.zeros_like(self._source)
+        self._memorise(m, y, delta)
+        return {"source": delta}
+
+    def add_statistics(self, delta: dict[str, np.ndarray]) -> None:
+        """Add a delta of ``statistics()`` (a peer's taught examples, or minus a forgotten batch)
+        and refresh the Gaussians; checked before anything changes."""
+        self._check_fitted()
+        source = delta.get("source")
+        if set(delta) != {"source"} or not isinstance(source, np.ndarray) or source.dtype != np.float64 \
+                or source.shape != self._source.shape or not np.isfinite(source).all():
+            raise InputError(f"a statistics delta is {{'source': finite float64 array {self._source.shape}}}, "
+                             f"got {sorted(delta)}")
+        self._source += source
+        self._refresh()

@@ -5,6 +5,7 @@ import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
 from edge_runtime.adapters.linear import softmax
+from edge_runtime.errors import InputError
 
 
 class NCM(Adapter):
@@ -57,11 +58,45 @@ class NCM(Adapter):
         x = as_features(features, self.dim)
         return softmax((x @ self._prototypes.T) / np.float32(self.temperature))
 
+    # -- statistics shared by a fleet (edge_runtime.fleet) ----------------------------------
+    def statistics(self) -> dict[str, np.ndarray]:
+        """Copies of the class statistics, which merge across devices exactly by addition:
+        ``{"source": (2, K, d) float64}``, row 0 the class counts (repeated over d), row 1 the sums."""
+        self._check_fitted()
+        counts = np.broadcast_to(self._counts.astype(np.float64)[:, None], self._sums.shape)
+        return {"source": np.stack([counts, self._sums])}
+
+    def taught_statistics(self, features: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """What ``teach(features, labels)`` would add to ``statistics()``, without adding it."""
+        self._check_fitted()
+        x = as_features(features, self.dim)
+        y = as_labels(labels, len(x), self.n_classes)
+        delta = np.zeros((2,) + self._sums.shape)
+        np.add.at(delta[0], y, 1.0)
+        np.add.at(delta[1], y, x)
+        return {"source": delta}
+
+    def add_statistics(self, delta: dict[str, np.ndarray]) -> None:
+        """Add a delta of ``statistics()`` (a peer's taught examples, or minus a forgotten batch);
+        checked before anything changes."""
+        self._check_fitted()
+        source = delta.get("source")
+        shape = (2,) + self._sums.shape
+        if set(delta) != {"source"} or not isinstance(source, np.ndarray) or source.dtype != np.float64 \
+                or source.shape != shape or not np.isfinite(source).all() \
+                or not np.all(source[0] == source[0, :, :1]) or not np.all(source[0] == np.round(source[0])):
+            raise InputError(f"a statistics delta is {{'source': finite float64 array {shape}}} with whole counts "
+                             f"equal along d, got {sorted(delta)}")
+        self._counts += source[0, :, 0].astype(np.int64)
+        self._sums += source[1]
+        self._refresh()
+
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"sums": self._sums, "counts": self._counts}
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self._sums = np.asarray(arrays["sums"], dtype=np.float64)
-        self._counts = np.asarray(arrays["counts"], dtype=np.int64)
+        # copies: the state's arrays may back another adapter, and teach adds in place
+        self._sums = np.array(arrays["sums"], dtype=np.float64)
+        self._counts = np.array(arrays["counts"], dtype=np.int64)
         self._n_classes, self._dim = self._sums.shape
         self._refresh()

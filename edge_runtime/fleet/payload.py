@@ -1,0 +1,152 @@
+"""The fleet's wire format: a JSON header and plain arrays, HMAC-SHA256 signed, size-limited.
+
+One payload is one MQTT message::
+
+    offset 0   4s   magic b"EGFL"
+           4   u8   format (1)
+           5   u8   flags: bit 0 = signed
+           6   u16  0
+           8   u32  length H of the header
+          12   H    JSON header (UTF-8): {"kind", "device", "seq", "model", "memory", ...,
+                    "arrays": [[name, dtype, shape], ...]}
+        12+H   ...  each array's bytes, C order, in the header's order (little-endian numbers)
+         end   32   HMAC-SHA256(key, every byte before it), when signed
+
+No pickle: the reader accepts only the dtypes in ``DTYPES`` and checks that the arrays fill the
+bytes exactly. ``decode`` checks, in this order and before anything is parsed that the MAC does
+not cover: the size limit (``oversized``), the prefix (``malformed``), the signature
+(``unsigned``, ``bad_signature``; compared with ``hmac.compare_digest`` against every key of the
+ring, for rotation), then the header and arrays (``malformed``). ``wrong_model`` is the
+receiver's check of the header against its own model and memory (``edge_runtime.fleet.sync``).
+
+Compatibility policy: readers accept ``format`` 1; a header field old readers may ignore does
+not bump it.
+
+>>> key = bytes(range(32))
+>>> blob = encode({"kind": "delta", "seq": 1}, {"counts": np.array([1.0, 2.0])}, key)
+>>> header, arrays = decode(blob, [key], max_bytes=1024)
+>>> header["seq"], arrays["counts"]
+(1, array([1., 2.]))
+>>> decode(blob[:-1] + bytes([blob[-1] ^ 1]), [key], max_bytes=1024)
+Traceback (most recent call last):
+...
+edge_runtime.fleet.payload.PayloadError: bad_signature: HMAC does not match any fleet key (tampered, or another key)
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.errors import InputError
+
+MAGIC = b"EGFL"
+FORMAT = 1
+FLAG_SIGNED = 1
+PREFIX = struct.Struct("<4sBBHI")
+MAC_SIZE = 32
+DTYPES = ("<f8", "<i8", "<i4", "<i2", "|u1")
+KINDS = ("unsigned", "bad_signature", "oversized", "wrong_model", "malformed")
+KEY_ENV = "EDGERT_FLEET_KEY"
+
+
+class PayloadError(Exception):
+    """A payload that must not touch the memory; ``kind`` is one of ``KINDS``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray], key: bytes | None) -> bytes:
+    """The bytes of one payload; ``key`` None writes it unsigned (which every receiver drops)."""
+    parts, described = [], []
+    for name, value in arrays.items():
+        a = np.ascontiguousarray(value)
+        dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        if dtype.str not in DTYPES:
+            raise ValueError(f"array {name!r} has dtype {a.dtype}; payloads carry {', '.join(DTYPES)}")
+        described.append([name, dtype.str, list(a.shape)])
+        parts.append(a.astype(dtype, copy=False).tobytes())
+    text = json.dumps({**header, "arrays": described}, separators=(",", ":")).encode()
+    body = PREFIX.pack(MAGIC, FORMAT, FLAG_SIGNED if key else 0, 0, len(text)) + text + b"".join(parts)
+    return body + hmac.new(key, body, hashlib.sha256).digest() if key else body
+
+
+def decode(blob: bytes, keys: list[bytes], max_bytes: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(header, arrays) of a payload, or ``PayloadError`` (see the module docstring for the order)."""
+    if len(blob) > max_bytes:
+        raise PayloadError("oversized", f"{len(blob)} bytes, the limit is {max_bytes}")
+    if len(blob) < PREFIX.size:
+        raise PayloadError("malformed", f"{len(blob)} bytes, shorter than the {PREFIX.size}-byte prefix")
+    magic, fmt, flags, _, size = PREFIX.unpack_from(blob)
+    if magic != MAGIC or fmt != FORMAT:
+        raise PayloadError("malformed", f"not a fleet payload of format {FORMAT} (magic {magic!r}, format {fmt})")
+    if not flags & FLAG_SIGNED:
+        raise PayloadError("unsigned", "no HMAC: the sender has no fleet key")
+    if len(blob) < PREFIX.size + MAC_SIZE:
+        raise PayloadError("malformed", "signed payload shorter than its HMAC")
+    body, mac = blob[:-MAC_SIZE], blob[-MAC_SIZE:]
+    if not any(hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac) for key in keys):
+        raise PayloadError("bad_signature", "HMAC does not match any fleet key (tampered, or another key)")
+    return _parse(body, size)
+
+
+def _parse(body: bytes, size: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    start = PREFIX.size + size
+    if start > len(body):
+        raise PayloadError("malformed", f"header of {size} bytes runs past the payload")
+    try:
+        header = json.loads(body[PREFIX.size:start].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PayloadError("malformed", f"header is not JSON ({err})") from None
+    described = header.get("arrays") if isinstance(header, dict) else None
+    if not isinstance(described, list):
+        raise PayloadError("malformed", "header is not an object with an 'arrays' list")
+    arrays, offset = {}, start
+    for entry in described:
+        try:
+            name, dtype, shape = entry
+            shape = tuple(int(n) for n in shape)
+            valid = isinstance(name, str) and dtype in DTYPES and all(n >= 0 for n in shape)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid or name in arrays:
+            raise PayloadError("malformed", f"bad array entry {entry!r}")
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if offset + n > len(body):
+            raise PayloadError("malformed", f"array {name!r} {shape} runs past the payload")
+        arrays[name] = np.frombuffer(body, dtype, count=n // np.dtype(dtype).itemsize, offset=offset).reshape(shape)
+        offset += n
+    if offset != len(body):
+        raise PayloadError("malformed", f"{len(body) - offset} bytes after the last array")
+    return header, arrays
+
+
+def fleet_keys(path: str | Path | None = None) -> list[bytes]:
+    """The fleet keys: from a key file (``edgert bridge keygen``; hex, one per line, mode 0600 or
+    stricter; the first signs, all verify) or, without one, from ``$EDGERT_FLEET_KEY`` (hex keys,
+    comma-separated)."""
+    from firmware_bridge.auth import MIN_KEY_SIZE, read_keys
+
+    if path is not None:
+        return read_keys(path)
+    text = os.environ.get(KEY_ENV, "")
+    try:
+        keys = [bytes.fromhex(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"${KEY_ENV} must hold hex keys, comma-separated (make one with `edgert bridge keygen`)") from None
+    if not keys:
+        raise InputError(f"a fleet needs a key: pass --fleet-key FILE or set ${KEY_ENV} (`edgert bridge keygen`)")
+    if any(len(key) < MIN_KEY_SIZE for key in keys):
+        raise InputError(f"${KEY_ENV}: every key needs at least {MIN_KEY_SIZE} bytes (`edgert bridge keygen` makes 32)")
+    return keys
+
+
+__all__ = ["DTYPES", "KINDS", "KEY_ENV", "MAC_SIZE", "PayloadError", "decode", "encode", "fleet_keys"]
