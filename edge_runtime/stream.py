@@ -280,6 +280,7 @@ class Stream:
     meta: dict[str, Any] = field(default_factory=dict)
     max_frames: int | None = None
     progress: Progress | None = None
+    metrics: Any = None  # edge_runtime.metrics.Metrics when --metrics serves them
     stop: threading.Event = field(default_factory=threading.Event)
 
     def checkpoint(self, summary: Summary) -> None:
@@ -289,6 +290,8 @@ class Stream:
         meta["frames"] = int(meta.get("frames", 0)) + summary.frames
         self.checkpoints.save(self.adapter, self.classes, meta)
         summary.checkpoints += 1
+        if self.metrics is not None:
+            self.metrics.checkpointed()
 
     def _predict(self, features: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
         if self.adapter is None:
@@ -334,6 +337,8 @@ class Stream:
                 for stage, value in ms.items():
                     stages[stage].append(value)
                 summary.frames += 1
+                if self.metrics is not None:
+                    self.metrics.record(ms, proba, capture, self.adapter)
                 if self.progress is not None:
                     self.progress.update(summary, capture, ms["adapt"])
                 if self.checkpoints is not None and time.monotonic() - last_checkpoint >= self.checkpoint_every:
