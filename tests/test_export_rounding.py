@@ -203,7 +203,7 @@ def test_simulated_layers_are_exact_against_float64_convolution(model):
             exact = F.conv2d(pad(x), levels.reshape(conv.weight.shape), None, conv.stride, conv.padding, groups=conv.groups)
             exact = exact.permute(0, 2, 3, 1).reshape(-1, exact.shape[1])
             assert torch.equal(layer.int8_output(codes, 9, levels).double(), exact), conv
-            f = F.conv2d(pad(x), conv.weight.double(), None, conv.stride, conv.padding, groups=conv.groups)
+            f = F.conv2d(pad(x), conv.weight.detach().double(), None, conv.stride, conv.padding, groups=conv.groups)
             f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
             np.testing.assert_allclose(layer.float_output((codes.float() - 9).contiguous()).numpy(), f.numpy(),
                                        rtol=1e-12, atol=1e-9)
