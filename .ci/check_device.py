@@ -19,26 +19,35 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 FORBIDDEN = ("torch", "litert_torch", "matplotlib", "sklearn")
 DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 PHOTOS = {"orange": "orange.jpg", "baboon": "baboon.jpg", "squirrel": "squirrel_cls.jpg", "butterfly": "butterfly.jpg"}
 ADAPTERS = ("memflow", "dmn", "knn")
 imported: set[str] = set()
+logs: dict[int, Any] = {}  # pid -> the file holding that process's stderr
 
 
 def edgert(*args: str, background: bool = False) -> subprocess.Popen | str:
-    """``edgert ARGS`` under ``-X importtime``; its imports are collected when it ends."""
+    """``edgert ARGS`` under ``-X importtime``; its imports are collected when it ends. stderr goes
+    to a file (importtime writes a line per module: a pipe could fill and stall the process)."""
+    log = tempfile.TemporaryFile(mode="w+")
     command = [sys.executable, "-X", "importtime", "-m", "edge_runtime.cli", *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    logs[proc.pid] = log
     return proc if background else finish(proc, args)
 
 
 def finish(proc: subprocess.Popen, args: tuple[str, ...], timeout: float = 300) -> str:
-    out, err = proc.communicate(timeout=timeout)
+    out, _ = proc.communicate(timeout=timeout)
+    log = logs.pop(proc.pid)
+    log.seek(0)
+    err = log.read()
     imported.update(m.group(1).split(".")[0] for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", err, re.M))
     if proc.returncode != 0:
         messages = "\n".join(line for line in err.splitlines() if not line.startswith("import time:"))
@@ -85,14 +94,17 @@ def main(models: Path, work: Path) -> None:
             counts = []
             for _ in range(100):
                 time.sleep(0.5)
+                if proc.poll() is not None:
+                    break
                 try:
                     counts.append(scrape(port))
                 except OSError:
                     continue
-                if len(counts) >= 2 and counts[-1] > counts[0] > 0:
+                counts = [c for c in counts if c > 0]  # scrapes before the first frame say nothing
+                if len(counts) >= 2 and counts[-1] > counts[0]:
                     break
             finish(proc, args)
-            if not (len(counts) >= 2 and counts[-1] > counts[0] > 0):
+            if not (len(counts) >= 2 and counts[-1] > counts[0]):
                 sys.exit(f"check-device: edgert_frames_total did not move while running: {counts}")
             print(f"check-device: metrics scraped during the run: edgert_frames_total {counts[0]:.0f} -> {counts[-1]:.0f}")
         else:
