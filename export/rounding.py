@@ -34,8 +34,9 @@ step gains. On the parity photos (all 266 calibration images) int8.onnx went fro
 
 Those figures came from a float32 simulation (torch convolutions, BLAS sums) whose roundings
 depended on the CPU and the thread count: on another 2-core machine (AVX-512) the same recipe
-exported int8.onnx / int8.tflite with top-1 agreement 0.935 / 0.948, and one thread instead of two
-changed 0.9 M of the 5 M weights. Top-1 agreement on 232 photos moves by a few images with any
+exported int8.onnx / int8.tflite with top-1 agreement 0.935 / 0.948, and with one thread and AVX2
+instead of two threads and AVX-512 0.87 M of the 4.7 M rounded weights and biases came out
+different (32 calibration images). Top-1 agreement on 232 photos moves by a few images with any
 such perturbation; what matters is that an export is the same everywhere. The simulation is now
 exact (``simulation.py``): the same rounded weights on any CPU and thread count, and on the parity
 photos int8.onnx 0.9971 (min 0.986) / 0.953, int8.tflite 0.9980 (min 0.990) / 0.970. The float
