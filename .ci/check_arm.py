@@ -22,7 +22,8 @@ from pathlib import Path
 PYTHONS = {"3.10": "Jetson Orin (JetPack 6)", "3.11": "Raspberry Pi 4/5 (Raspberry Pi OS Bookworm)"}
 GLIBC_MAX = 35  # JetPack 6's glibc; Bookworm's is 2.36
 FLEET_BY_NAME = ["paho-mqtt>=2,<3"]  # the fleet extra, while it is not yet in pyproject.toml
-WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<platform>.+)\.whl$")
+WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)"
+                   r"-(?P<platform>.+)\.whl$")
 
 
 def requirements(pyproject: Path) -> list[str]:

@@ -48,7 +48,8 @@ def finish(proc: subprocess.Popen, args: tuple[str, ...], timeout: float = 300) 
     log = logs.pop(proc.pid)
     log.seek(0)
     err = log.read()
-    imported.update(m.group(1).split(".")[0] for m in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", err, re.M))
+    modules = re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", err, re.M)
+    imported.update(m.group(1).split(".")[0] for m in modules)
     if proc.returncode != 0:
         messages = "\n".join(line for line in err.splitlines() if not line.startswith("import time:"))
         sys.exit(f"check-device: edgert {' '.join(args[:2])} failed ({proc.returncode}):\n{messages}")
@@ -106,7 +107,8 @@ def main(models: Path, work: Path) -> None:
             finish(proc, args)
             if not (len(counts) >= 2 and counts[-1] > counts[0]):
                 sys.exit(f"check-device: edgert_frames_total did not move while running: {counts}")
-            print(f"check-device: metrics scraped during the run: edgert_frames_total {counts[0]:.0f} -> {counts[-1]:.0f}")
+            print(f"check-device: metrics scraped during the run: edgert_frames_total {counts[0]:.0f} -> "
+                  f"{counts[-1]:.0f}")
         else:
             edgert(*args)
         report = json.loads(summary.read_text())

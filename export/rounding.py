@@ -151,10 +151,6 @@ class Moments:
         return hessian.numpy(), (product - step * self.cross).numpy()
 
 
-def _activation(x: torch.Tensor, relu6: bool) -> torch.Tensor:
-    return torch.clamp(x, 0.0, 6.0) if relu6 else x
-
-
 def layer_moments(layer: Layer, bias: torch.Tensor, relu6: bool, reference: torch.Tensor, quantised: list[Codes]
                   ) -> tuple[torch.Tensor, torch.Tensor, list[Moments]]:
     """One pass over a layer's inputs (NHWC): the float network's activated output (float32),
@@ -169,10 +165,11 @@ def layer_moments(layer: Layer, bias: torch.Tensor, relu6: bool, reference: torc
     for chunk in _chunks(n, layer.rows_per_chunk(height, width, channels)):
         f = layer.float_output(reference[chunk])
         total += f.sum(dim=0)
-        out[chunk] = _activation(f + bias, relu6).reshape(-1, out_h, out_w, rows).float()
         for m, codes in zip(moments, quantised):
             gram, cross = layer.moments(codes.codes[chunk], codes.zero, f)
             m.gram, m.cross = m.gram + gram, m.cross + cross
+        f.add_(bias)  # in place from here on: f is done with
+        out[chunk].view(-1, rows).copy_(f.clamp_(0.0, 6.0) if relu6 else f)
     return out, total, moments
 
 

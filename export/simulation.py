@@ -6,7 +6,9 @@ is a sum of products of integers: codes times codes for H = sum x^ x^', codes ti
 for a layer's int8 output. Those sums are taken in float64, where every partial sum is an integer
 below 2^53, so they are exact whatever order BLAS adds in: the same on any CPU, instruction set
 and number of threads. The float network is computed in float64 too; its rounding noise (1e-16)
-reaches the int8 network only through the bias correction, whose float32 rounding absorbs it.
+reaches the discrete choices only through continuous terms (the bias correction, stored in
+float32, and the objective's linear term), where it would have to land within 1e-16 of a
+threshold to change anything.
 
 Why it matters: the rounding is a cascade of discrete choices (a weight's level, an activation's
 code), and a choice that flips on float noise changes every layer after it. Computed in float32
@@ -28,6 +30,7 @@ from edge_runtime.export import int8_kernels as kernels
 
 LEVELS = 255  # 8-bit activations: onnxruntime's uint8 and pt2e's int8 both have 256 levels
 CHUNK_VALUES = 12 * 2**20  # float64 values of one chunk of images (96 MiB): bounds the temporaries
+EXACT_FLOAT32 = 2**24  # integers below this add exactly in float32, in any order
 
 
 @dataclass
@@ -56,15 +59,12 @@ class Codes:
         for rows in parts:
             part = chunk(rows)
             low, high = min(low, float(part.min())), max(high, float(part.max()))
-        step = (high - low) / LEVELS
-        if step == 0:
-            return cls(torch.zeros(shape, dtype=torch.uint8), 0, 1.0)
-        zero = round(-low / step)
-        codes = torch.empty(shape, dtype=torch.uint8)
-        for rows in parts:  # computed again rather than held: one chunk at a time
-            codes[rows] = torch.clamp(torch.round(chunk(rows) / step) + zero, 0, LEVELS).to(torch.uint8)
-        return cls(codes, zero, step)
-
+        zero, step = _grid(low, high)
+        codes = torch.zeros(shape, dtype=torch.uint8)
+        if step:
+            for rows in parts:  # computed again rather than held: one chunk at a time
+                codes[rows] = torch.clamp(torch.round(chunk(rows) / step) + zero, 0, LEVELS).to(torch.uint8)
+        return cls(codes, zero, step or 1.0)
 
     @classmethod
     def from_accumulator(cls, acc: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, relu6: bool) -> "Codes":
@@ -72,26 +72,28 @@ class Codes:
         grid spanning its min, max and zero; ``acc`` (N, H, W, C) int32, ``alpha`` and ``beta`` (C,)."""
         flat = acc.numpy().reshape(-1, acc.shape[-1])
         scale, shift = alpha.double().numpy(), beta.double().numpy()
-        low, high = kernels.value_range(flat, scale, shift, relu6)
-        low, high = min(low, 0.0), max(high, 0.0)
-        step = (high - low) / LEVELS
-        if step == 0:
-            return cls(torch.zeros(acc.shape, dtype=torch.uint8), 0, 1.0)
-        zero = round(-low / step)
-        codes = torch.empty(acc.shape, dtype=torch.uint8)
-        kernels.requantize(flat, scale, shift, relu6, step, zero, codes.numpy().reshape(flat.shape))
-        return cls(codes, zero, step)
+        zero, step = _grid(*kernels.value_range(flat, scale, shift, relu6))
+        codes = torch.zeros(acc.shape, dtype=torch.uint8)
+        if step:
+            kernels.requantize(flat, scale, shift, relu6, step, zero, codes.numpy().reshape(flat.shape))
+        return cls(codes, zero, step or 1.0)
+
+
+def _grid(low: float, high: float) -> tuple[int, float]:
+    """Zero point and step of the 8-bit grid spanning [low, high] and zero (step 0: all zero)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    step = (high - low) / LEVELS
+    return (round(-low / step), step) if step else (0, 0.0)
 
 
 def rows_per_chunk(values_per_row: int) -> int:
+    """Images per chunk when each holds ``values_per_row`` float64 values."""
     return max(1, CHUNK_VALUES // values_per_row)
 
 
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
-
-EXACT_FLOAT32 = 2**24  # integers below this add exactly in float32, in any order
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,9 @@ class Layer:
             gram, cross = np.zeros((channels, taps, taps)), np.zeros((channels, taps))
             out_h, out_w = self.geometry.output_size(codes.shape[1], codes.shape[2])
             left, _, top, _ = self.geometry.pad
-            source = codes.permute(3, 0, 1, 2).contiguous().numpy()  # channel-major: one channel's rows together
-            geometry = (self.geometry.kernel, self.geometry.stride, top, left, out_h, out_w, *kernels.block_shape(out_w))
+            source = codes.permute(3, 0, 1, 2).contiguous().numpy()  # channel-major: a channel's rows together
+            geometry = (self.geometry.kernel, self.geometry.stride, top, left, out_h, out_w,
+                        *kernels.block_shape(out_w))
             kernels.depthwise_gram(source, zero, *geometry, gram)
             kernels.depthwise_cross(source, zero, out.T.contiguous().numpy(), *geometry, cross)
             return torch.from_numpy(gram), torch.from_numpy(cross)

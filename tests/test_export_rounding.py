@@ -72,7 +72,8 @@ def layers(model, request):
     assert depthwise.groups > 1 and project.groups == 1  # block 0 has no expansion
     out = []
     for images in (_photos(0, 6), _photos(6, 6)):
-        x, xq = _float_layer(stem, True, images), _int8_layer(stem, True, _quantized(images), *_nearest_levels(stem, qmax))
+        x = _float_layer(stem, True, images)
+        xq = _int8_layer(stem, True, _quantized(images), *_nearest_levels(stem, qmax))
         y, yq = _float_layer(depthwise, True, x), _int8_layer(depthwise, True, xq, *_nearest_levels(depthwise, qmax))
         out.append({depthwise: (xq, x), project: (yq, y)})
     return qmax, [(conv, out[0][conv], out[1][conv]) for conv in (depthwise, project)]
@@ -198,9 +199,11 @@ def test_simulated_layers_are_exact_against_float64_convolution(model):
             layer = Layer(conv)
             codes = torch.randint(0, 256, (2, 13, 15, conv.in_channels), generator=rng, dtype=torch.uint8)
             levels = torch.randint(-127, 128, layer.weight.shape, generator=rng).double()
-            pad = conv.static_padding if isinstance(getattr(conv, "static_padding", None), nn.ZeroPad2d) else nn.Identity()
+            static = getattr(conv, "static_padding", None)
+            pad = static if isinstance(static, nn.ZeroPad2d) else nn.Identity()
             x = (codes.double() - 9).permute(0, 3, 1, 2)
-            exact = F.conv2d(pad(x), levels.reshape(conv.weight.shape), None, conv.stride, conv.padding, groups=conv.groups)
+            exact = F.conv2d(pad(x), levels.reshape(conv.weight.shape), None, conv.stride, conv.padding,
+                             groups=conv.groups)
             exact = exact.permute(0, 2, 3, 1).reshape(-1, exact.shape[1])
             assert torch.equal(layer.int8_output(codes, 9, levels).double(), exact), conv
             f = F.conv2d(pad(x), conv.weight.detach().double(), None, conv.stride, conv.padding, groups=conv.groups)
