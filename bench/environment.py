@@ -203,6 +203,29 @@ def describe_model(model_path: str | Path) -> dict[str, Any]:
     return info
 
 
+def execution_options() -> dict[str, Any]:
+    """Where backbones can run here: ONNX Runtime's providers in this build, the LiteRT delegates
+    whose libraries load (the interpreter's own XNNPACK CPU kernels always can)."""
+    import ctypes
+
+    from edge_runtime.backbones.providers import LITERT_DELEGATES
+
+    try:
+        import onnxruntime as ort
+
+        providers: list[str] | None = ort.get_available_providers()
+    except ImportError:
+        providers = None
+    delegates = ["cpu (XNNPACK)"]
+    for name, library in LITERT_DELEGATES.items():
+        try:
+            ctypes.CDLL(library)
+            delegates.append(name)
+        except OSError:
+            continue
+    return {"onnxruntime": providers, "litert": delegates}
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -230,6 +253,7 @@ def capture_environment(model_paths: list[str | Path] = (), *, threads: int | No
         "load_average": load_average(),
         "threads": threads,
         "packages": package_versions(),
+        "execution": execution_options(),
         "models": [describe_model(p) for p in model_paths if Path(p).exists()],
     }
 
@@ -248,6 +272,10 @@ def environment_markdown(env: dict[str, Any]) -> str:
         f"- platform: {env['platform']}, Python {env['python']}",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
     ]
+    if "execution" in env:  # reports from before execution providers were recorded lack it
+        execution = env["execution"]
+        lines.append(f"- execution: onnxruntime providers {', '.join(execution['onnxruntime'] or ['not installed'])}; "
+                     f"LiteRT {', '.join(execution['litert'])}")
     for model in env.get("models", []):
         macs = f"{model['macs'] / 1e6:.1f} M MACs/image ({model['macs_from']})" if model.get("macs") else model.get("macs_from")
         lines.append(f"- model `{model['path']}`: {model['bytes'] / 1e6:.2f} MB, sha256 `{model['sha256'][:16]}...`, {macs}")
@@ -262,4 +290,4 @@ def _mhz(values: dict[str, float] | None) -> str:
 
 
 __all__ = ["capture_environment", "count_macs", "cpu_clocks", "cpu_model", "describe_model",
-           "environment_markdown", "file_digest", "package_versions", "thermal_state"]
+           "environment_markdown", "execution_options", "file_digest", "package_versions", "thermal_state"]

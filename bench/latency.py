@@ -79,7 +79,8 @@ def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None
     if progress:
         print(file=sys.stderr)
     return [{"name": name, "model": str(paths[name]), "queries": len(times[name]),
-             "threads": backbones[name].threads, **percentiles(np.asarray(times[name])),
+             "threads": backbones[name].threads, "execution": backbones[name].execution.to_dict(),
+             **percentiles(np.asarray(times[name])),
              "samples_ms": times[name]} for name in names]
 
 

@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 import socket
 import time
 import traceback
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 DEFAULT_MODEL_DIR = REPO / "models" / "efficientnet-lite0"
 PUBLISHED = REPO / "bench" / "REPORT.md"
+PLOTS = "plots"  # folder beside the published report holding its PNGs
 STREAM_TASK = "photo->clipart"
 
 # other benchmarks included as they are, through their own CLI: name -> (args, quick args)
@@ -619,14 +621,20 @@ def default_out() -> Path:
 
 
 def publish(out: Path, target: Path = PUBLISHED) -> Path:
-    """Copy the report to ``bench/REPORT.md`` with image links pointing into the results folder."""
+    """Write the report to ``target`` (``bench/REPORT.md``) with its plots copied beside it into
+    ``plots/`` (committed with it: ``bench/results/`` is not), replacing a previous report's."""
     results = json.loads((out / "results.json").read_text())
     plots = {p.stem: p.name for p in out.glob("*.png")}
     keyed = {"latency": "latency_histograms", "accuracy": "accuracy_per_task", "accuracy_tent": "accuracy_per_task_tent",
              "stream_accuracy": "running_accuracy", "cost_vs_accuracy": "cost_vs_accuracy"}
     available = {k: plots[v] for k, v in keyed.items() if v in plots}
-    prefix = f"{out.resolve().relative_to(target.resolve().parent).as_posix()}/" if out.resolve().is_relative_to(target.resolve().parent) else f"{out}/"
-    target.write_text(render_markdown(results, available, image_prefix=prefix))
+    folder = target.parent / PLOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):
+        stale.unlink()
+    for name in available.values():
+        shutil.copyfile(out / name, folder / name)
+    target.write_text(render_markdown(results, available, image_prefix=f"{PLOTS}/"))
     return target
 
 

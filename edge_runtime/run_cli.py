@@ -44,6 +44,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reconnects", type=int, default=5,
                         help="reopen attempts (with backoff) when a live source fails (default: 5)")
     parser.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
+    parser.add_argument("--providers", metavar="NAMES",
+                        help="where the backbone runs, in order of preference: ONNX Runtime providers "
+                             "(tensorrt,cuda,cpu) or LiteRT delegates (gpu, edgetpu, a delegate .so); "
+                             "unavailable ones fall back to the CPU with a warning (default: cpu)")
+    parser.add_argument("--metrics", metavar="[HOST:]PORT",
+                        help="serve Prometheus metrics over HTTP while running (host defaults to 127.0.0.1)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--json", type=Path, help="write the run summary as JSON to this file")
     from edge_runtime.fleet.cli import add_run_options
@@ -79,6 +85,16 @@ def load_adapter(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
     return state.adapter, state.classes, checkpoints, meta
 
 
+def start_metrics(address: str, backbone: Any) -> Any:
+    """The Prometheus endpoint, serving before the first frame (``edge_runtime.metrics``)."""
+    from edge_runtime.metrics import Metrics, parse_address
+
+    host, port = parse_address(address)
+    metrics = Metrics(host, port, model=str(backbone.model_path.name), execution=backbone.execution)
+    print(f"edgert run: metrics on http://{metrics.address}/metrics", file=sys.stderr, flush=True)
+    return metrics
+
+
 def main(args: argparse.Namespace) -> int:
     from edge_runtime.shutdown import Shutdown
 
@@ -88,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, shutdown: Any) -> int:
     from edge_runtime.adapters import Adapter
-    from edge_runtime.backbones import load_backbone
+    from edge_runtime.backbones import load_backbone, parse_providers
     from edge_runtime.capture import Capture
     from edge_runtime.state import read_state
     from edge_runtime.stream import JsonlSink, LabelSchedule, Progress, Stream, VideoSink
@@ -97,7 +113,8 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
         raise InputError(f"--every must be >= 1, got {args.every}")
     if not args.quiet:
         print(f"edgert run: loading {args.model}", file=sys.stderr, flush=True)
-    backbone = load_backbone(args.model, threads=args.threads)
+    backbone = load_backbone(args.model, threads=args.threads, providers=parse_providers(args.providers))
+    metrics = start_metrics(args.metrics, backbone) if args.metrics else None
     checkpoints = None
     baseline = None
     if args.adapter == "none":
@@ -134,7 +151,7 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
         stream = Stream(backbone, adapter, classes, sinks, adapt=not args.no_adapt, baseline=baseline,
                         labels=labels, checkpoints=checkpoints, checkpoint_every=args.checkpoint_every,
                         meta=meta, max_frames=args.max_frames, progress=None if args.quiet else Progress(),
-                        fleet=fleet)
+                        fleet=fleet, metrics=metrics)
         shutdown.on_request(stream.stop.set)  # a signal before this point: the run ends at once, cleanly
         summary = stream.run(capture.start())
         if fleet is not None:
@@ -142,8 +159,11 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
     finally:
         if checkpoints is not None:
             checkpoints.close()
+        if metrics is not None:
+            metrics.close()
     report = summary.to_dict()
-    report.update(source=str(args.source), model=str(args.model), adapter=args.adapter)
+    report.update(source=str(args.source), model=str(args.model), adapter=args.adapter,
+                  execution=backbone.execution.to_dict())
     if fleet is not None:
         report["fleet"] = status = fleet.status()
         print(f"  fleet {status['fleet']} as {status['device']}: published up to update {status['seq']} "
@@ -156,6 +176,7 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
           f"reconnected {summary.reconnected}, taught {summary.taught}; ended: {summary.ended}"
           + (f" ({summary.detail})" if summary.detail else ""))
     print(f"  p50 ms per frame: {p50}")
+    print(f"  backbone on {', '.join(backbone.execution.active)} ({backbone.execution.runtime})")
     if checkpoints is not None:
         print(f"  state: {summary.checkpoints} checkpoint(s) written to {args.state}")
     if args.json:

@@ -280,6 +280,7 @@ class Stream:
     meta: dict[str, Any] = field(default_factory=dict)
     max_frames: int | None = None
     progress: Progress | None = None
+    metrics: Any = None  # edge_runtime.metrics.Metrics when --metrics serves them
     stop: threading.Event = field(default_factory=threading.Event)
     fleet: Any = None  # edge_runtime.fleet.FleetSync: teaching goes through it; it runs between frames
 
@@ -296,6 +297,8 @@ class Stream:
             meta["fleet"], extra = self.fleet.state()
         self.checkpoints.save(self.adapter, self.classes, meta, extra=extra)
         summary.checkpoints += 1
+        if self.metrics is not None:
+            self.metrics.checkpointed()
 
     def _predict(self, features: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
         if self.adapter is None:
@@ -345,6 +348,8 @@ class Stream:
                 for stage, value in ms.items():
                     stages[stage].append(value)
                 summary.frames += 1
+                if self.metrics is not None:
+                    self.metrics.record(ms, proba, capture, self.adapter)
                 if self.progress is not None:
                     self.progress.update(summary, capture, ms["adapt"])
                 if self.checkpoints is not None and time.monotonic() - last_checkpoint >= self.checkpoint_every:

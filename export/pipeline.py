@@ -137,7 +137,8 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
     cards = {"onnx_fp32": card_for(fp32, "onnxruntime", float_input, float_outputs, prep, None)}
 
     log(f"export {name}: rounding int8 weights layer by layer on the int8 network ({len(calibration)} images)")
-    for_onnx, for_tflite = round_weights(model, calib_rows, (onnx_export.WEIGHT_QMAX, tflite_export.WEIGHT_QMAX))
+    for_onnx, for_tflite = round_weights(model, calib_rows, (onnx_export.WEIGHT_QMAX, tflite_export.WEIGHT_QMAX),
+                                         log=lambda message: log(f"export {name}: rounding: {message}"))
 
     log(f"export {name}: int8.onnx (calibrating on {len(calibration)} images)")
     int8 = folder / ARTEFACTS["onnx_int8"]

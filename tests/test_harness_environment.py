@@ -124,3 +124,6 @@ def test_describe_model_and_environment(tmp_path):
     assert "numpy" in captured["packages"]
     text = env.environment_markdown(captured)
     assert captured["host"] in text and "M MACs/image" in text and "threads used: 2" in text
+    assert "CPUExecutionProvider" in captured["execution"]["onnxruntime"]
+    assert captured["execution"]["litert"][0] == "cpu (XNNPACK)"
+    assert "execution: onnxruntime providers" in text and "CPUExecutionProvider" in text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -71,8 +72,14 @@ def test_plots_are_written(quick_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_publish_rewrites_image_links(quick_run, tmp_path):
+def test_publish_puts_the_plots_beside_the_report(quick_run, tmp_path):
     out, _ = quick_run
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "old_plot.png").write_bytes(b"stale")
     published = report.publish(out, tmp_path / "REPORT.md")
     text = published.read_text()
-    assert "running_accuracy.png" in text and f"{out}/running_accuracy.png" in text
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert "plots/running_accuracy.png" in links and len(links) >= 2
+    for link in links:  # every image the report shows is a file beside it, not in bench/results/
+        assert (tmp_path / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "plots" / "old_plot.png").exists()

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+from edge_runtime.backbones.providers import Execution, warn_stderr
 from edge_runtime.card import ModelCard, TensorSpec, load_card
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.preprocess import Preprocessor
@@ -34,13 +35,19 @@ class Backbone(ABC):
 
     ``infer(frames)`` takes one BGR uint8 frame or a list of them; ``features(frames)`` returns
     only the pooled features. ``run(batch)`` takes an already preprocessed input batch.
+    ``providers`` names execution providers (ONNX Runtime) or delegates (LiteRT) in order of
+    preference (``providers.py``); ``execution`` records what runs.
     """
 
     runtime: str
+    execution: Execution
 
-    def __init__(self, model_path: str | Path, *, threads: int | None = None, verify: bool = True) -> None:
+    def __init__(self, model_path: str | Path, *, threads: int | None = None, verify: bool = True,
+                 providers: list[str] | None = None, warn: Callable[[str], None] = warn_stderr) -> None:
         self.model_path = Path(model_path)
         self.threads = threads or default_threads()
+        self.providers = providers
+        self.warn = warn
         self.card: ModelCard = load_card(self.model_path, verify=verify)
         if self.card.runtime != self.runtime:
             raise EdgeRuntimeError(f"{self.model_path}: card says runtime {self.card.runtime!r}, not {self.runtime!r}")

@@ -8,15 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 from edge_runtime.backbones.base import Backbone, Inference, dequantize
+from edge_runtime.backbones.providers import Execution, litert_delegates
 from edge_runtime.errors import EdgeRuntimeError
 
 try:
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, load_delegate
 except ImportError:  # pragma: no cover - only on boards with the legacy package
     try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        from tflite_runtime.interpreter import Interpreter, load_delegate  # type: ignore[no-redef]
     except ImportError:
-        Interpreter = None  # type: ignore[assignment,misc]
+        Interpreter = load_delegate = None  # type: ignore[assignment,misc]
 
 
 class LiteRTBackbone(Backbone):
@@ -25,11 +26,19 @@ class LiteRTBackbone(Backbone):
     def _open(self) -> None:
         if Interpreter is None:
             raise EdgeRuntimeError("no LiteRT interpreter installed: pip install ai-edge-litert")
+        delegates, active, dropped = litert_delegates(self.providers, load_delegate, self.warn)
         try:
-            self._interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads)
-            self._interpreter.allocate_tensors()
+            try:
+                self._interpreter = self._interpret(delegates)
+            except (ValueError, RuntimeError) as err:
+                if not delegates:
+                    raise
+                dropped[active[0]] = f"the delegate cannot run this model ({str(err).splitlines()[0]})"
+                self.warn(f"LiteRT delegate {active[0]}: {dropped[active[0]]}; running on cpu (XNNPACK)")
+                self._interpreter, active = self._interpret([]), ["cpu"]
         except (ValueError, RuntimeError) as err:
             raise EdgeRuntimeError(f"LiteRT cannot load {self.model_path}: {str(err).splitlines()[0]}") from None
+        self.execution = Execution("litert", self.providers or ["cpu"], active, dropped)
         inputs = self._interpreter.get_input_details()
         self._input_index = inputs[0]["index"]
         by_name = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
@@ -40,6 +49,12 @@ class LiteRTBackbone(Backbone):
                 if spec.name not in by_name:
                     raise EdgeRuntimeError(f"{self.model_path} has no output {spec.name!r} named in its card")
                 self._outputs.append((by_name[spec.name], spec))
+
+    def _interpret(self, delegates: list) -> "Interpreter":
+        interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads,
+                                  experimental_delegates=delegates or None)
+        interpreter.allocate_tensors()
+        return interpreter
 
     def run(self, batch: np.ndarray) -> Inference:
         # The exported graph has a fixed batch of one; a batch of N runs N times.
