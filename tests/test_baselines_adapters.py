@@ -9,13 +9,14 @@ from __future__ import annotations
 import io
 import json
 import operator
+import warnings
 
 import numpy as np
 import pytest
 
 from edge_runtime.adapters import ADAPTERS, make_adapter
 from edge_runtime.adapters.base import Adapter
-from edge_runtime.adapters.linear import Linear, entropy, lbfgs, softmax
+from edge_runtime.adapters.linear import Linear, choose_l2, entropy, lbfgs, softmax
 from edge_runtime.adapters.shift import FeatureShift, Shifted
 from edge_runtime.errors import InputError
 
@@ -142,6 +143,19 @@ def test_linear_cross_validation_picks_from_the_grid_on_source_only(domains):
         Linear(l2=-1.0).fit(photo.X, photo.y)
     with pytest.raises(InputError):
         Linear(cv_folds=1).fit(photo.X, photo.y)
+
+
+def test_linear_cross_validation_with_fewer_examples_than_folds(domains):
+    # A device taught a handful of frames: folds with nothing held out must not turn the
+    # choice into a NaN comparison (which silently took the first grid value).
+    photo, _ = domains
+    rows = np.concatenate([np.flatnonzero(photo.y == c)[:2] for c in range(3)])  # two per class
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chosen, losses = choose_l2(photo.X[rows], photo.y[rows], 3, Linear().l2_grid, 5, 0)
+    assert losses.shape == (len(Linear().l2_grid), 2) and np.isfinite(losses).all()
+    assert chosen == sorted(Linear().l2_grid, reverse=True)[int(np.argmin(losses.mean(axis=1)))]
+    assert choose_l2(photo.X[rows[:1]], photo.y[rows[:1]], 3, [0.1, 1.0], 5, 0)[0] == 1.0
 
 
 def test_lbfgs_solves_a_badly_scaled_quadratic():

@@ -168,13 +168,15 @@ def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float
     Each fold walks the grid from strong to weak regularisation, warm-starting every fit from
     the previous solution (the regularisation path), which is several times cheaper than cold
     starts. A class with fewer examples than folds is absent from some training splits; that
-    only makes its held-out loss pessimistic. Returns the chosen value and the (grid, fold)
-    held-out losses.
+    only makes its held-out loss pessimistic. With fewer examples than folds, the empty folds
+    are left out; with nothing to hold out, the strongest regularisation is taken. Returns the
+    chosen value and the (grid, fold) held-out losses.
     """
     fold = stratified_folds(y, folds, seed)
+    used = [f for f in range(folds) if (fold == f).any() and (fold != f).any()]
     order = sorted(grid, reverse=True)
-    losses = np.zeros((len(order), folds))
-    for f in range(folds):
+    losses = np.zeros((len(order), len(used)))
+    for column, f in enumerate(used):
         train, held = fold != f, fold == f
         start = None
         for g, l2 in enumerate(order):
@@ -183,8 +185,8 @@ def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float
             logits = x[held] @ w.T + b
             logits -= logits.max(axis=1, keepdims=True)
             log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            losses[g, f] = -log_p[np.arange(held.sum()), y[held]].mean()
-    best = int(np.argmin(losses.mean(axis=1)))
+            losses[g, column] = -log_p[np.arange(held.sum()), y[held]].mean()
+    best = int(np.argmin(losses.mean(axis=1))) if used else 0
     return float(order[best]), losses
 
 

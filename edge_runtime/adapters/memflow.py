@@ -28,7 +28,6 @@ seen on the source data or the held-out dev tasks:
   statistics and in reinforcement alike: held 100 frames per object, the unweighted memory fell
   8 points below the source head while the weighted one gained 5 (``tests/test_memflow_stages``).
 - Fan-in gains on the weights (see the PRNG spec), so propagation rounds keep one scale.
-- Fan-in gains on the weights (see the PRNG spec), so propagation rounds keep one scale.
 - Read-out: the paper's confidence-weighted vote of per-neuron posteriors ("mixture"), sharpened
   by a temperature tau calibrated on the source (two-fold held-out NLL) so that its flat vote
   becomes a usable confidence for the reinforcement gate. A product of experts ("product") is
