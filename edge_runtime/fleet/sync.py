@@ -273,7 +273,7 @@ class FleetSync:
         """Teach the adapter (as ``adapter.teach``) and share it; returns the batch number for
         ``forget``."""
         delta = self.adapter.taught_statistics(features, labels)
-        self.adapter.add_statistics(delta)
+        self.adapter.teach(features, labels)  # adds the same statistics, and whatever else teach learns locally
         return self.ledger.record(delta, batch=True)
 
     def forget(self, batch: int) -> bool:
