@@ -220,3 +220,23 @@ def test_simulated_layers_are_exact_against_float64_convolution(model):
             else:
                 assert torch.equal(gram, u @ u.T)
                 np.testing.assert_allclose(cross.numpy(), (f.T @ u.T).numpy(), rtol=1e-10)
+
+
+def test_calibration_ranges_round_outward_onto_a_grid_that_absorbs_another_cpus_last_bits():
+    # onnxruntime calibrates in float32 with this CPU's kernels; another CPU's ranges differ in
+    # their last bits. Rounded outward to RANGE_BITS significant bits, ranges a few ulps apart give
+    # the same scale (but for the rare pair a grid point falls between), and the rounding widens a
+    # range by at most 2^(1 - bits) of its end. Ends on the grid (ReLU6's 0 and 6) stay.
+    from edge_runtime.export.onnx import RANGE_BITS, _outward
+
+    rng = np.random.default_rng(0)
+    ends = (rng.uniform(0.01, 30.0, 2000) * rng.choice([-1.0, 1.0], 2000)).astype(np.float32)
+    same = 0
+    for v in ends:
+        low, high = _outward(v, v)
+        assert low <= v <= high
+        assert max(v - low, high - v) <= abs(float(v)) * 2.0 ** (1 - RANGE_BITS)
+        nudged = np.float32(v * np.float32(1 + 16 * 2.0 ** -23))
+        same += _outward(nudged, nudged) == (low, high)
+    assert same >= 0.99 * len(ends)
+    assert _outward(np.float32(0.0), np.float32(6.0)) == (0.0, 6.0)
