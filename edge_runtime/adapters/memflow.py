@@ -116,14 +116,9 @@ def _nll_grid(head: np.ndarray, memory: np.ndarray, truth: np.ndarray) -> np.nda
     """(len(_SCALES), len(_MEMORY_WEIGHTS)) summed NLL of softmax(scale head + weight memory) over
     labelled rows (logits (n, K) each): the product of two posteriors that share their evidence is
     overconfident, and the temporal filter needs a calibrated one."""
-    rows = np.arange(len(truth))
-    grid = np.empty((len(_SCALES), len(_MEMORY_WEIGHTS)))
-    for i, scale in enumerate(_SCALES):
-        for j, weight in enumerate(_MEMORY_WEIGHTS):
-            z = scale * head + weight * memory
-            z -= z.max(axis=1, keepdims=True)
-            grid[i, j] = np.sum(np.log(np.exp(z).sum(axis=1)) - z[rows, truth])
-    return grid
+    z = _SCALES[:, None, None, None] * head + _MEMORY_WEIGHTS[None, :, None, None] * memory
+    z -= z.max(axis=-1, keepdims=True)
+    return (np.log(np.exp(z).sum(axis=-1)) - z[..., np.arange(len(truth)), truth]).sum(axis=-1)
 
 
 def _best(grid: np.ndarray) -> tuple[float, float]:
@@ -556,10 +551,12 @@ class MemFlow(Adapter):
         (prequential), the source's held-out calibration counting as ``_SOURCE_FRAMES`` of them:
         taught target frames say how far the memory can be trusted on this domain, where the
         source alone may have given it no weight at all."""
-        f = z / stage.factor + self._centre_source
-        if self.prior_unit:
-            f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-        head = f.astype(np.float64) @ self._prior_w.T.astype(np.float64) + self._prior_b
+        head, out = np.empty((len(z), self._n_classes)), np.zeros(self._n_classes, np.float32)
+        w = self._work
+        for r in range(len(z)):  # the read-out's own head, which leaves its logits in w.logits
+            K.combine_prior(z[r], self._centre_source, stage.factor, self._prior_w, self._prior_b, 1.0, 0.0,
+                            bool(self.prior_unit), w.centre, w.logits, out)
+            head[r] = w.logits
         self._calibration[1] += _nll_grid(head, self._memory_logp(m) / self._tau[0], y)
         self._weights[:] = _best(_SOURCE_FRAMES * self._calibration[0] + self._calibration[1])
 
@@ -689,15 +686,10 @@ class MemFlow(Adapter):
         self._tau[:] = arrays["tau"]
         # written before the product was calibrated: the head as it is, the memory at its parameter
         self._weights[:] = arrays["weights"] if "weights" in arrays else (1.0, self.memory_weight)
-        if "calibration" in arrays:  # without it (older states) teaching leaves the weights as they are
-            calibration = np.asarray(arrays["calibration"], np.float64)
-            if calibration.shape != self._calibration.shape:
-                raise InputError(f"memory array 'calibration' has shape {calibration.shape}, "
-                                 f"expected {self._calibration.shape}")
-            self._calibration[...] = calibration
         # Arrays added after the first format are absent from older states, whose parameters
-        # (``LEGACY``) switch off the stages that read them.
-        for name in ("_basis",) + _SUMS + _STREAM:
+        # (``LEGACY``) switch off the stages that read them; without "calibration" teaching leaves
+        # the weights as they are.
+        for name in ("_basis", "_calibration") + _SUMS + _STREAM:
             if name[1:] in arrays:
                 target = getattr(self, name)
                 value = np.asarray(arrays[name[1:]])

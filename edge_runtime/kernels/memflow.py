@@ -676,12 +676,13 @@ def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memor
         prior = align.prior_weight(stage.prior, stage.fade, stage.gamma, weight)
         variance = align.stage(stage.centre_source, stage.scale, stage.input_var, stage.sums, stage.squares, weight,
                                prior, stage.shift, stage.spread, work.centre, work.factor)
-        w = 1.0
+        w, aged = 1.0, stage.gamma
         learning = learn and stage.shift
         if learning:
             frames = stage.frames[0]
             w = align.novelty(z, stage.recent, frames, stage.rho, variance)
-            align.learn(z, w, stage.gamma ** w, stage.centre_source, stage.basis, stage.sums, stage.squares,
+            aged = stage.gamma ** w  # a frame of weight w ages the running statistics by gamma^w
+            align.learn(z, w, aged, stage.centre_source, stage.basis, stage.sums, stage.squares,
                         stage.weight, stage.proj_sum, stage.proj_sq, work.y64)
             stage.frames[0] = frames + 1
         align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
@@ -693,7 +694,7 @@ def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memor
                   net.rec_width, net.rec_src, net.rec_w, net.rounds, net.spiking, work.a, work.h, work.o,
                   work.o_prev, work.m)
         if stage.shift:
-            shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, stage.gamma ** w, learn, w)
+            shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, aged, learn, w)
         scores(work.m, memory.mu, memory.hiv, memory.lnorm, memory.per_class, memory.present, memory.alive,
                memory.product, memory.confidence, memory.tau, work.row, work.part, work.vote, out_r)
         k_memory = argmax(out_r)
