@@ -13,13 +13,22 @@ NPM_DIR := .data/npm
 
 DEVICE_VENV := .venv-device
 
-.PHONY: demo test setup data bench clean check-device check-arm
+.PHONY: demo test test-unit lint setup data bench clean check-device check-arm
 
 demo: setup
 	$(BIN)/edgert demo
 
-test: setup
+test: setup lint
 	$(BIN)/pytest
+
+# The unit tier alone: no exported model, under two minutes.
+test-unit: setup lint
+	$(BIN)/pytest tests/unit edge_runtime firmware_bridge export bench
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/edgert bench all

@@ -320,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.bench.features import default_model
+    from edge_runtime.defaults import bench_model
     from edge_runtime.bench.tasks import ORDER_SEEDS, ORDERS
     from edge_runtime.errors import InputError
 
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--orders must be between 1 and 100, got {args.orders}")
     seeds = tuple(ORDER_SEEDS[:orders]) if orders <= len(ORDER_SEEDS) else tuple(range(orders))
     methods = [s.label for s in specs]
-    models = args.model or [default_model()]
+    models = args.model or [bench_model()]
     print(f"{len(specs)} methods x {len(task_names)} tasks x {len(kinds)} order kinds ({', '.join(kinds)}) x "
           f"{orders} seed(s) x {len(models)} model(s){' (quick: subsampled)' if args.quick else ''}", file=sys.stderr)
     runs, tables = [], []

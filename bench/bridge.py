@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.numerics import percentiles
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default="ncm", help="adapter the device serves (default: ncm)")
@@ -84,11 +86,6 @@ def _round_trips(client: Any, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.
     return np.array(times), np.array(compute), labels
 
 
-def _pct(values: np.ndarray) -> dict[str, float]:
-    return {"p50_ms": float(np.percentile(values, 50) * 1e3), "p90_ms": float(np.percentile(values, 90) * 1e3),
-            "p99_ms": float(np.percentile(values, 99) * 1e3)}
-
-
 def main(args: argparse.Namespace) -> int:
     from edge_runtime.adapters import make_adapter
     from edge_runtime.bench.features import load_features
@@ -139,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
             os.close(tty)
             os.close(controller)
         adapter_s = float(np.median(compute))
-        results[mode] = {**_pct(times), "adapter_cost_ms": adapter_s * 1e3,
+        results[mode] = {**percentiles(times, scale=1e3), "adapter_cost_ms": adapter_s * 1e3,
                          "ratio_vs_line_as_sent": float(np.median(times)) / (line_wire + adapter_s),
                          "ratio_vs_line_strict": float(np.median(times)) / (line_strict + adapter_s)}
         if mode == "unpaced":

@@ -208,7 +208,7 @@ def execution_options() -> dict[str, Any]:
     whose libraries load (the interpreter's own XNNPACK CPU kernels always can)."""
     import ctypes
 
-    from edge_runtime.backbones.providers import LITERT_DELEGATES
+    from edge_runtime.model.providers import LITERT_DELEGATES
 
     try:
         import onnxruntime as ort

@@ -13,7 +13,6 @@ Set ``EDGERT_MODEL`` to an int8 artefact to bench what a device sees end to end.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,10 @@ import numpy as np
 
 from edge_runtime.bench.datasets import domain_source
 from edge_runtime.bench.datasets.domain import atomic_savez, cache_root, fingerprint, safe_name
-from edge_runtime.card import load_card, sha256_file
+from edge_runtime.model.card import load_card, sha256_file
+from edge_runtime.defaults import bench_model
 from edge_runtime.errors import EdgeRuntimeError
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "efficientnet-lite0" / "fp32.onnx"
 BATCH = 32
 FORMAT = 1  # of the features file
 
@@ -38,13 +37,9 @@ class Features(NamedTuple):
     ids: tuple[str, ...]
 
 
-def default_model() -> Path:
-    return Path(os.environ.get("EDGERT_MODEL") or DEFAULT_MODEL)
-
-
 def features_path(domain: str, model_path: str | Path | None = None) -> Path:
     """Where the features of ``domain`` under the model are (or will be) cached."""
-    model_path = Path(model_path) if model_path else default_model()
+    model_path = Path(model_path) if model_path else bench_model()
     if not model_path.is_file():
         raise EdgeRuntimeError(f"model not found: {model_path} (export it first, or set EDGERT_MODEL)")
     card = load_card(model_path, verify=False)
@@ -63,10 +58,10 @@ def load_features(domain: str, model_path: str | Path | None = None, *, progress
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return Features(z["X"], z["y"].astype(np.int64), tuple(z["classes"].tolist()), tuple(z["ids"].tolist()))
-    from edge_runtime.backbones import load_backbone
+    from edge_runtime.model import load_backbone
 
     data = domain_source(domain).load()
-    backbone = load_backbone(model_path or default_model())
+    backbone = load_backbone(model_path or bench_model())
     started = time.monotonic()
     parts = []
     for start in range(0, len(data), BATCH):

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.numerics import percentiles
+
 D = 1280
 
 
@@ -46,12 +48,6 @@ def mixture(n: int, n_queries: int, seed: int, d: int = D) -> tuple[np.ndarray, 
         c = cluster[start:start + 8192]
         points[start:start + len(c)] = centres[c] + spread[c, None] * rng.standard_normal((len(c), d), dtype=np.float32)
     return points[:n], (cluster[:n] % 10).astype(np.int64), points[n:]
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = 1e3 * np.asarray(seconds)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99))}
 
 
 class Clock:
@@ -76,11 +72,11 @@ class Clock:
         self.cpu.append(time.process_time() - self._cpu)
 
     def summary(self) -> dict[str, Any]:
-        return {"wall": percentiles(self.wall), "cpu": percentiles(self.cpu)}
+        return {"wall": percentiles(self.wall, scale=1e3), "cpu": percentiles(self.cpu, scale=1e3)}
 
 
 def search_sizes(sizes: list[int], n_queries: int, k: int, nprobe: int, seed: int) -> dict[str, Any]:
-    from edge_runtime.visual_memory import VisualMemory
+    from edge_runtime.memory.visual_memory import VisualMemory
 
     out: dict[str, Any] = {}
     for n in sizes:
@@ -123,7 +119,7 @@ def search_sizes(sizes: list[int], n_queries: int, k: int, nprobe: int, seed: in
 
 
 def removal(n: int, removes: int, seed: int, workdir: Path) -> dict[str, Any]:
-    from edge_runtime.visual_memory import VisualMemory
+    from edge_runtime.memory.visual_memory import VisualMemory
 
     entries, labels, _ = mixture(n, 0, seed)
     path = workdir / "bench-knn.db"

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.numerics import percentiles
+
+from edge_runtime.defaults import model_dir
 from edge_runtime.errors import EdgeRuntimeError
 
 VARIANTS = {"onnx-fp32": "fp32.onnx", "onnx-int8": "int8.onnx", "tflite-int8": "int8.tflite"}
@@ -22,7 +25,7 @@ SAMPLE_PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", nargs="?", default="models/efficientnet-lite0",
+    parser.add_argument("model_dir", nargs="?", default=str(model_dir()),
                         help="folder holding fp32.onnx, int8.onnx, int8.tflite (default: the default export)")
     parser.add_argument("--queries", type=int, default=1024, help="timed queries per backbone (default 1024)")
     parser.add_argument("--seconds", type=float, default=None, help="stop early once this many seconds are spent")
@@ -43,15 +46,10 @@ def sample_inputs(backbone, count: int = 8) -> list[np.ndarray]:  # noqa: ANN001
     return [backbone.preprocessor(p) for p in photos]
 
 
-def percentiles(ms: np.ndarray) -> dict[str, float]:
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
-
-
 def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None = None, warmup: int = 20,
             threads: int | None = None, progress: bool = True) -> list[dict]:
     """Interleaved single-stream latency of every variant present in ``model_dir``."""
-    from edge_runtime.backbones import load_backbone
+    from edge_runtime.model import load_backbone
 
     model_dir = Path(model_dir)
     paths = {name: model_dir / filename for name, filename in VARIANTS.items() if (model_dir / filename).is_file()}
@@ -80,7 +78,7 @@ def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None
         print(file=sys.stderr)
     return [{"name": name, "model": str(paths[name]), "queries": len(times[name]),
              "threads": backbones[name].threads, "execution": backbones[name].execution.to_dict(),
-             **percentiles(np.asarray(times[name])),
+             **percentiles(times[name]), "mean_ms": float(np.mean(times[name])),
              "samples_ms": times[name]} for name in names]
 
 

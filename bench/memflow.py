@@ -30,7 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "efficientnet-lite0" / "int8.tflite"
+from edge_runtime.numerics import percentiles
+
+from edge_runtime.defaults import DEFAULT_MODEL
+
 _ROUND_CALLS = 1000
 _COLD = ("import time; t = time.perf_counter(); import numpy as np; "
          "from edge_runtime.adapters.memflow import MemFlow; "
@@ -50,12 +53,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(main=main)
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    us = 1e6 * np.asarray(seconds)
-    return {"p50_us": float(np.percentile(us, 50)), "p90_us": float(np.percentile(us, 90)),
-            "p99_us": float(np.percentile(us, 99))}
-
-
 def _start_time(cache_dir: str) -> float:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, NUMBA_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _COLD], env=env, capture_output=True, text=True, check=True)
@@ -72,7 +69,7 @@ def _synthetic(n_classes: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 def _backbone_p50(model: Path, queries: int = 40) -> float | None:
     if not model.exists():
         return None
-    from edge_runtime.backbones import load_backbone
+    from edge_runtime.model import load_backbone
 
     backbone = load_backbone(model, threads=1)
     frame = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
@@ -131,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
                 reference.step(xt)
                 slow.append(time.perf_counter() - t)
         fitted[n_classes] = model, stream[100:100 + _ROUND_CALLS], out
-        row = {"numba": _percentiles(fast), "torch_reference": _percentiles(slow),
+        row = {"numba": percentiles(fast, scale=1e6, unit="us"), "torch_reference": percentiles(slow, scale=1e6, unit="us"),
                "state_bytes": model.state_bytes(), "neurons": model.n_neurons}
         row["speedup_p50"] = row["torch_reference"]["p50_us"] / row["numba"]["p50_us"]
         if backbone is not None:

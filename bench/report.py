@@ -25,9 +25,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_runtime.bench.figures import write_plots
+from edge_runtime.bench.kernel_reference import dmn_vs_numpy, knn_vs_numpy, memflow_vs_torch
+from edge_runtime.defaults import model_dir
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-DEFAULT_MODEL_DIR = REPO / "models" / "efficientnet-lite0"
+DEFAULT_MODEL_DIR = model_dir()
 PUBLISHED = REPO / "bench" / "REPORT.md"
 PLOTS = "plots"  # folder beside the published report holding its PNGs
 STREAM_TASK = "photo->clipart"
@@ -73,7 +77,7 @@ def latency_section(ctx: Context) -> dict[str, Any]:
 
 
 def energy_section(ctx: Context) -> dict[str, Any]:
-    from edge_runtime.backbones import load_backbone
+    from edge_runtime.model import load_backbone
     from edge_runtime.bench.energy import detect_meter, measure_energy
     from edge_runtime.bench.latency import sample_inputs
 
@@ -101,12 +105,12 @@ def accuracy_section(ctx: Context) -> dict[str, Any]:
     """The accuracy bench on the features of fp32.onnx and, unless quick, of the device's own
     int8.tflite (an absent model is skipped)."""
     from edge_runtime.bench import accuracy
-    from edge_runtime.bench.features import default_model
+    from edge_runtime.defaults import bench_model
 
     parser = argparse.ArgumentParser()
     accuracy.configure(parser)
     argv = ["--json", str(ctx.path("accuracy.json")), "--png", str(ctx.path("accuracy_per_task.png"))]
-    models = [default_model()] + ([] if ctx.quick else [default_model().with_name("int8.tflite")])
+    models = [bench_model()] + ([] if ctx.quick else [bench_model().with_name("int8.tflite")])
     for model in (m for m in models if m.is_file()):
         argv += ["--model", str(model)]
     args = parser.parse_args(argv + (["--quick"] if ctx.quick else []))
@@ -161,9 +165,9 @@ def numba_section(ctx: Context) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     missing: dict[str, str] = {}
     with threadpool_limits(limits=1):
-        for name, bench in (("memflow adapt vs snntorch/torch reference", _memflow_vs_torch),
-                            ("dmn ring read-out vs plain numpy", _dmn_vs_numpy),
-                            ("knn predict vs plain numpy brute force", _knn_vs_numpy)):
+        for name, bench in (("memflow adapt vs snntorch/torch reference", memflow_vs_torch),
+                            ("dmn ring read-out vs plain numpy", dmn_vs_numpy),
+                            ("knn predict vs plain numpy brute force", knn_vs_numpy)):
             try:
                 rows[name] = bench(queries)
             except ImportError as err:
@@ -171,113 +175,6 @@ def numba_section(ctx: Context) -> dict[str, Any]:
     return {"rows": rows, "missing": missing, "queries": queries}
 
 
-def _features_for_reference(n_per_class: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Photo features (source) and clipart features (queries) when cached, else a seeded mixture."""
-    from edge_runtime.bench.features import features_path, load_features
-    from edge_runtime.errors import EdgeRuntimeError
-
-    try:
-        cached = all(features_path(d).is_file() for d in ("photo", "clipart"))
-    except EdgeRuntimeError:  # no exported model
-        cached = False
-    if cached:
-        src, tgt = load_features("photo", progress=False), load_features("clipart", progress=False)
-        x, y, q = src.X, src.y, tgt.X
-        data = "real features (photo source, clipart queries)"
-    else:  # not worth computing features for: the kernels' cost does not depend on the values
-        rng = np.random.default_rng(0)
-        centres = rng.normal(size=(9, 1280))
-        y = np.repeat(np.arange(9), n_per_class)
-        x = centres[y] + rng.normal(size=(len(y), 1280))
-        q = centres[rng.integers(0, 9, 1000)] + rng.normal(size=(1000, 1280))
-        data = "synthetic seeded Gaussian mixture (features not cached)"
-    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
-    return unit(np.asarray(x)), np.asarray(y, np.int64), unit(np.asarray(q)), data
-
-
-def _interleaved(fast: Callable[[np.ndarray], Any], slow: Callable[[np.ndarray], Any], queries: np.ndarray,
-                 compare: Callable[[Any, Any], float]) -> dict[str, Any]:
-    fast_s, slow_s, diff = [], [], 0.0
-    for row in queries[:5]:
-        fast(row), slow(row)  # warm-up
-    for row in queries:
-        t = time.perf_counter()
-        a = fast(row)
-        fast_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b = slow(row)
-        slow_s.append(time.perf_counter() - t)
-        diff = max(diff, compare(a, b))
-    fast_us, slow_us = 1e6 * float(np.median(fast_s)), 1e6 * float(np.median(slow_s))
-    return {"numba_p50_us": fast_us, "reference_p50_us": slow_us, "speedup": slow_us / fast_us,
-            "max_abs_diff": diff, "queries": len(queries)}
-
-
-def _memflow_vs_torch(queries: int) -> dict[str, Any]:
-    import torch
-
-    from edge_runtime.adapters.memflow import MemFlow
-    from edge_runtime.bench.memflow_reference import TorchMemFlow
-
-    torch.set_num_threads(1)
-    x, y, q, data = _features_for_reference()
-    model = MemFlow().fit(x, y)
-    model.prepare()
-    reference = TorchMemFlow(model)
-    # Both copies adapt on the same stream, so their states stay equal and outputs comparable.
-    row = _interleaved(lambda f: model.adapt(f[None]), lambda f: reference.step(torch.from_numpy(f)),
-                       q[:queries], lambda a, b: float(np.abs(np.asarray(a).ravel() - np.asarray(b).ravel()).max()))
-    return {**row, "data": data, "reference": "edge_runtime.bench.memflow_reference.TorchMemFlow (snntorch Leaky + torch)"}
-
-
-def _dmn_vs_numpy(queries: int) -> dict[str, Any]:
-    from edge_runtime.kernels.dmn import ring_logits
-
-    x, y, q, data = _features_for_reference()
-    classes, length = 9, 50
-    rng = np.random.default_rng(0)
-    ring = np.stack([x[rng.choice(np.flatnonzero(y == c), length)] for c in range(classes)]).astype(np.float32)
-    fill = np.full(classes, length, np.int32)
-    gram = np.einsum("cld,cmd->clm", ring, ring).astype(np.float32)
-    anchors = ring.mean(axis=1)
-    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
-    weights, out = np.empty(length, np.float32), np.empty(classes, np.float32)
-    beta, scale = np.float32(5.5), np.float32(100.0)
-
-    def numba_readout(f: np.ndarray) -> np.ndarray:
-        ring_logits(ring, fill, gram, anchors, f, beta, scale, -1, -1, weights, out)
-        return out.copy()
-
-    def numpy_readout(f: np.ndarray) -> np.ndarray:
-        s = ring @ f  # (C, L)
-        a = np.exp(-beta * (1.0 - s))
-        proto = np.einsum("cl,cld->cd", a, ring)
-        return scale * (proto @ f) / np.linalg.norm(proto, axis=1)
-
-    row = _interleaved(numba_readout, numpy_readout, q[:queries], lambda a, b: float(np.abs(a - b).max()))
-    return {**row, "data": data, "reference": "numpy: normalize(sum_l a_l M_cl) . f, vectorised (9 x 50 x 1280)"}
-
-
-def _knn_vs_numpy(queries: int) -> dict[str, Any]:
-    from edge_runtime.adapters.knn import KNN
-
-    x, y, q, data = _features_for_reference()
-    knn = KNN().fit(x, y, n_classes=9)
-    knn.prepare()
-    k = knn.k
-
-    def numpy_knn(f: np.ndarray) -> np.ndarray:
-        sims = x @ f
-        top = np.argpartition(-sims, k)[:k]
-        top = top[np.argsort(-sims[top], kind="stable")]
-        votes = np.zeros(9)
-        np.add.at(votes, y[top], 1.0 / (np.arange(k) + 2))  # RankVoting, rank from 0
-        return votes / votes.sum()
-
-    row = _interleaved(lambda f: knn.predict_proba(f[None])[0], numpy_knn, q[:queries],
-                       lambda a, b: float(np.abs(a - b).max()))
-    return {**row, "data": data, "entries": len(x),
-            "reference": "numpy: x @ f, argpartition top-k, rank voting 1/(rank+2)"}
 
 
 def external_section(name: str) -> Callable[[Context], dict[str, Any]]:
@@ -364,100 +261,6 @@ def _json_default(value: Any) -> Any:
         return value.tolist()
     return str(value)
 
-
-# -- plots ---------------------------------------------------------------------------------------
-def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
-    """PNG files for every section that has data; returns plot name -> file name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sections = {k: v["data"] for k, v in results["sections"].items() if v["status"] == "ok"}
-    plots: dict[str, str] = {}
-
-    if "latency" in sections:
-        runs = sections["latency"]["results"]
-        fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
-        for ax, run in zip(axes[0], runs):
-            if run.get("samples_ms"):
-                ax.hist(run["samples_ms"], bins=40, color="tab:blue")
-                ax.set_ylabel("queries")
-            else:  # the latency bench returned percentiles only
-                names = ["p50_ms", "p90_ms", "p99_ms", "mean_ms"]
-                ax.bar([n[:-3] for n in names], [run[n] for n in names], color="tab:blue")
-                ax.set_ylabel("ms (percentiles: raw latencies not returned)")
-            for p, style in (("p50_ms", "-"), ("p99_ms", ":")):
-                if run.get("samples_ms"):
-                    ax.axvline(run[p], color="k", linestyle=style, label=p[:-3])
-            ax.set_title(f"{run['name']} ({run['queries']} queries)", fontsize=9)
-            ax.set_xlabel("ms per query, batch 1" if run.get("samples_ms") else "")
-        fig.suptitle("Single-stream latency per backbone", fontsize=10)
-        fig.tight_layout()
-        plots["latency"] = _save(fig, out / "latency_histograms.png")
-
-    if "accuracy" in sections and (out / "accuracy_per_task.png").exists():
-        plots["accuracy"] = "accuracy_per_task.png"
-
-    accuracy = sections.get("cost", {}).get("accuracy")
-    if accuracy:
-        tasks, methods = list(accuracy["tasks"]), accuracy["methods"]
-        fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(tasks) * max(1, len(methods) / 4)), 4.5))
-        width = 0.8 / len(methods)
-        xs = np.arange(len(tasks))
-        for i, m in enumerate(methods):
-            ax.bar(xs + (i - (len(methods) - 1) / 2) * width, [100 * accuracy["tasks"][t][m]["accuracy"] for t in tasks],
-                   width, label=m)
-        ax.set_xticks(xs)
-        ax.set_xticklabels([t.replace("photo->photo-c/", "c/") for t in tasks], rotation=40, ha="right", fontsize=8)
-        ax.set_ylabel("online accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title("Tent vs. gradient-free adapters, same images and stream (torch fp32 features)", fontsize=10)
-        ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        plots["accuracy_tent"] = _save(fig, out / "accuracy_per_task_tent.png")
-
-    if "stream_accuracy" in sections:
-        data = sections["stream_accuracy"]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, curve in data["running_accuracy"].items():
-            ax.plot(np.arange(1, len(curve) + 1), 100 * np.asarray(curve), label=name,
-                    linestyle="--" if name.startswith("source-only") else "-")
-        ax.set_xlabel("target samples seen")
-        ax.set_ylabel("running accuracy (%)")
-        ax.set_title(f"Running accuracy over the {data['task']} stream (order seed {data['order_seed']})", fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        plots["stream_accuracy"] = _save(fig, out / "running_accuracy.png")
-
-    cost = sections.get("cost")
-    if cost and cost.get("accuracy"):
-        means = cost["accuracy"]["mean_shifted_accuracy"] or {
-            m: float(np.mean([r[m]["accuracy"] for r in cost["accuracy"]["tasks"].values()]))
-            for m in cost["accuracy"]["methods"]}
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for method, ms in cost["per_instance_ms"].items():
-            if method in means and ms > 0:
-                ax.scatter(ms, 100 * means[method], s=50)
-                ax.annotate(method, (ms, 100 * means[method]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        if "source-only" in means:
-            ax.axhline(100 * means["source-only"], color="grey", linestyle=":", label="source-only (no adaptation)")
-            ax.legend(fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("adaptation cost per instance (ms, log scale)")
-        ax.set_ylabel("mean online accuracy (%)")
-        ax.set_title("Cost vs. accuracy (same run, same images)", fontsize=10)
-        fig.tight_layout()
-        plots["cost_vs_accuracy"] = _save(fig, out / "cost_vs_accuracy.png")
-    return plots
-
-
-def _save(fig: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
 
 
 # -- Markdown ------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.defaults import DEFAULT_MODEL
+
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
-DEFAULT_MODEL = Path("models/efficientnet-lite0/int8.tflite")
 PREFERRED_ADAPTERS = ("memflow", "dmn", "knn", "ncm")
 
 
@@ -62,7 +63,7 @@ def source_state(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
     from edge_runtime.adapters import make_adapter
     from edge_runtime.bench.datasets import load_domain
     from edge_runtime.bench.datasets.domain import cache_root, fingerprint
-    from edge_runtime.memory_cli import image_features
+    from edge_runtime.runtime.source_memory import image_features
     from edge_runtime.state import StateError, read_state, write_state
 
     name = args.adapter or default_adapter()
@@ -125,7 +126,7 @@ class Sampler:
 
 
 def setup(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
-    from edge_runtime.backbones import load_backbone
+    from edge_runtime.model import load_backbone
     from edge_runtime.errors import InputError
 
     if not args.video.is_file():
@@ -141,8 +142,8 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
 
 
 def main_stream(args: argparse.Namespace) -> int:
-    from edge_runtime.capture import Capture
-    from edge_runtime.stream import Stream
+    from edge_runtime.source.capture import Capture
+    from edge_runtime.runtime.stream import Stream
 
     backbone, adapter, classes, name = setup(args)
     stream = Stream(backbone, adapter, classes, max_frames=args.frames)
@@ -166,9 +167,10 @@ def main_stream(args: argparse.Namespace) -> int:
 
 
 def main_soak(args: argparse.Namespace) -> int:
-    from edge_runtime.capture import Capture
+    from edge_runtime.source.capture import Capture
     from edge_runtime.state import Checkpoints
-    from edge_runtime.stream import Progress, Stream
+    from edge_runtime.runtime.stream import Stream
+    from edge_runtime.runtime.summary import Progress
 
     backbone, adapter, classes, name = setup(args)
     fds_before = open_fds()

@@ -40,12 +40,13 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 
 from edge_runtime.adapters import Adapter, make_adapter
 from edge_runtime.errors import InputError
+from edge_runtime.files import atomic_write
 
 FILE_FORMAT = 1
 READABLE_FORMATS = (1,)
@@ -105,33 +106,6 @@ def checksum(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"\n{name}|{a.dtype.str}|{a.shape}\n".encode())
         digest.update(a.tobytes())
     return digest.hexdigest()
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` through a temp file in its folder: fsync, rename, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
 
 
 def write_state(path: str | Path, adapter: Adapter, *, kind: str, model_sha256: str, classes: list[str],

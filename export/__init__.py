@@ -2,6 +2,7 @@
 
 Needs the ``export`` extra (torch, litert-torch, onnx); the device runtime never imports this.
 """
+
 from edge_runtime.export.pipeline import export_backbone
 
 __all__ = ["export_backbone"]

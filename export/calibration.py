@@ -6,6 +6,7 @@ space, town, sports, trees, ...; cartoons and letter symbols excluded: they are 
 opencv-doc's sample photographs. Parity uses the tuxpaint photos of the nine bench classes, which
 calibration never touches.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,15 @@ from edge_runtime.errors import EdgeRuntimeError
 TUXPAINT = Path("/usr/share/tuxpaint/stamps")
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 # Sub-trees holding the bench's nine classes.
-BENCH_TREES = ("animals", "food/fruit", "food/vegetables", "plants/flowers", "hobbies/music",
-               "vehicles", "military/vehicles")
+BENCH_TREES = (
+    "animals",
+    "food/fruit",
+    "food/vegetables",
+    "plants/flowers",
+    "hobbies/music",
+    "vehicles",
+    "military/vehicles",
+)
 DRAWINGS = ("cartoon", "symbols")  # folder names holding drawings, not photos
 
 
@@ -38,8 +46,11 @@ def calibration_images() -> list[tuple[str, np.ndarray]]:
     """(id, BGR image) pairs: non-bench tuxpaint photos, then opencv-doc's .jpg photographs."""
     import cv2
 
-    images = [(f"tuxpaint/{p.relative_to(TUXPAINT)}", composite(read_png(p)))
-              for p in _tuxpaint_photos() if not _in_bench_tree(p)]
+    images = [
+        (f"tuxpaint/{p.relative_to(TUXPAINT)}", composite(read_png(p)))
+        for p in _tuxpaint_photos()
+        if not _in_bench_tree(p)
+    ]
     for path in sorted(OPENCV_DATA.glob("*.jpg")):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is not None:
@@ -49,5 +60,6 @@ def calibration_images() -> list[tuple[str, np.ndarray]]:
 
 def parity_images() -> list[tuple[str, np.ndarray]]:
     """(id, BGR image) pairs: the tuxpaint photos of the bench classes (never calibrated on)."""
-    return [(f"tuxpaint/{p.relative_to(TUXPAINT)}", composite(read_png(p)))
-            for p in _tuxpaint_photos() if _in_bench_tree(p)]
+    return [
+        (f"tuxpaint/{p.relative_to(TUXPAINT)}", composite(read_png(p))) for p in _tuxpaint_photos() if _in_bench_tree(p)
+    ]

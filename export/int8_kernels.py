@@ -5,6 +5,7 @@ without it LLVM neither reassociates nor fuses a multiply and an add, so every f
 the same on any x86 or Arm CPU. Sums of integers (codes and weight levels) are exact in float64
 in any order; the one float sum (``depthwise_moments``' cross term) runs in a fixed order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,9 @@ def value_range(acc: np.ndarray, alpha: np.ndarray, beta: np.ndarray, relu6: boo
 
 
 @njit(cache=True, parallel=True)
-def requantize(acc: np.ndarray, alpha: np.ndarray, beta: np.ndarray, relu6: bool, step: float, zero: int,
-               codes: np.ndarray) -> None:
+def requantize(
+    acc: np.ndarray, alpha: np.ndarray, beta: np.ndarray, relu6: bool, step: float, zero: int, codes: np.ndarray
+) -> None:
     """codes = clip(rint(v / step) + zero, 0, 255), v = acc * alpha_c + beta_c (ReLU6-clipped when
     ``relu6``): the int8 layer's output on the 8-bit grid of ``step`` and ``zero``."""
     rows, channels = acc.shape
@@ -47,8 +49,9 @@ def requantize(acc: np.ndarray, alpha: np.ndarray, beta: np.ndarray, relu6: bool
 
 
 @njit(cache=True, parallel=True)
-def depthwise_conv(x: np.ndarray, weight: np.ndarray, kernel: int, stride: int, top: int, left: int,
-                   out: np.ndarray) -> None:
+def depthwise_conv(
+    x: np.ndarray, weight: np.ndarray, kernel: int, stride: int, top: int, left: int, out: np.ndarray
+) -> None:
     """out[n, i, j, c] = sum over taps (a, b) of weight[c, a*k + b] x[n, s*i + a - top, s*j + b - left, c],
     zero padding, float64; taps added in order."""
     images, height, width, channels = x.shape
@@ -72,8 +75,20 @@ def depthwise_conv(x: np.ndarray, weight: np.ndarray, kernel: int, stride: int, 
 
 
 @njit(cache=True)
-def _patches(codes: np.ndarray, c: int, zero: int, kernel: int, stride: int, top: int, left: int, out_h: int,
-             out_w: int, first: int, rows: int, patch: np.ndarray) -> int:
+def _patches(
+    codes: np.ndarray,
+    c: int,
+    zero: int,
+    kernel: int,
+    stride: int,
+    top: int,
+    left: int,
+    out_h: int,
+    out_w: int,
+    first: int,
+    rows: int,
+    patch: np.ndarray,
+) -> int:
     """patch[t, r * out_w + j] = centred code of channel c under tap t of output position (row
     ``first + r`` over images and rows, column j); zero where the tap reads padding, and up to
     the next multiple of LANES after the last position. Returns that padded length."""
@@ -102,8 +117,19 @@ def block_shape(out_w: int) -> tuple[int, int]:
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def depthwise_gram(codes: np.ndarray, zero: int, kernel: int, stride: int, top: int, left: int, out_h: int,
-                   out_w: int, rows_per_block: int, size: int, gram: np.ndarray) -> None:
+def depthwise_gram(
+    codes: np.ndarray,
+    zero: int,
+    kernel: int,
+    stride: int,
+    top: int,
+    left: int,
+    out_h: int,
+    out_w: int,
+    rows_per_block: int,
+    size: int,
+    gram: np.ndarray,
+) -> None:
     """Adds, for every channel c, sum over output positions of x x' to gram[c] (k*k, k*k), x the
     centred input patch (codes - zero, padding 0); ``codes`` is channel-major (C, N, H, W).
 
@@ -117,8 +143,20 @@ def depthwise_gram(codes: np.ndarray, zero: int, kernel: int, stride: int, top: 
         patch = np.zeros((taps, size))
         g = np.zeros((taps, taps))
         for first in range(0, all_rows, rows_per_block):
-            used = _patches(codes, c, zero, kernel, stride, top, left, out_h, out_w, first,
-                            min(rows_per_block, all_rows - first), patch)
+            used = _patches(
+                codes,
+                c,
+                zero,
+                kernel,
+                stride,
+                top,
+                left,
+                out_h,
+                out_w,
+                first,
+                min(rows_per_block, all_rows - first),
+                patch,
+            )
             for t in range(taps):
                 for u in range(t, taps):
                     total = 0.0
@@ -133,8 +171,20 @@ def depthwise_gram(codes: np.ndarray, zero: int, kernel: int, stride: int, top: 
 
 
 @njit(cache=True, parallel=True)
-def depthwise_cross(codes: np.ndarray, zero: int, f: np.ndarray, kernel: int, stride: int, top: int, left: int,
-                    out_h: int, out_w: int, rows_per_block: int, size: int, cross: np.ndarray) -> None:
+def depthwise_cross(
+    codes: np.ndarray,
+    zero: int,
+    f: np.ndarray,
+    kernel: int,
+    stride: int,
+    top: int,
+    left: int,
+    out_h: int,
+    out_w: int,
+    rows_per_block: int,
+    size: int,
+    cross: np.ndarray,
+) -> None:
     """Adds sum over output positions p of f[c, p] x_p to cross[c] (k*k) for every channel c, x_p
     the centred input patch; ``codes`` channel-major (C, N, H, W), ``f`` (C, P) float64.
 
@@ -151,7 +201,7 @@ def depthwise_cross(codes: np.ndarray, zero: int, f: np.ndarray, kernel: int, st
             rows = min(rows_per_block, all_rows - first)
             used = _patches(codes, c, zero, kernel, stride, top, left, out_h, out_w, first, rows, patch)
             weights[:used] = 0.0
-            weights[:rows * out_w] = f[c, first * out_w:(first + rows) * out_w]
+            weights[: rows * out_w] = f[c, first * out_w : (first + rows) * out_w]
             for t in range(taps):
                 for q0 in range(0, used, LANES):
                     for lane in range(LANES):
@@ -162,8 +212,16 @@ def depthwise_cross(codes: np.ndarray, zero: int, f: np.ndarray, kernel: int, st
 
 
 @njit(cache=True, parallel=True)
-def coordinate_descent(levels: np.ndarray, low: np.ndarray, movable: np.ndarray, scale: np.ndarray,
-                       grad: np.ndarray, hessian: np.ndarray, qmax: int, passes: int) -> None:
+def coordinate_descent(
+    levels: np.ndarray,
+    low: np.ndarray,
+    movable: np.ndarray,
+    scale: np.ndarray,
+    grad: np.ndarray,
+    hessian: np.ndarray,
+    qmax: int,
+    passes: int,
+) -> None:
     """Flips levels[r, j] between low and low + 1 while that lowers dW' H dW + 2 dW' l, in place.
 
     Row by row (rows are independent), inputs j in order, at most ``passes`` sweeps; a flip of

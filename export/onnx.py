@@ -1,4 +1,5 @@
 """torch -> ONNX fp32, and ONNX fp32 -> int8 (QDQ, per-channel, static calibration on real images)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -18,8 +19,16 @@ def export_fp32(model: torch.nn.Module, size: int, path: Path) -> None:
     """The TorchScript-based exporter (``dynamo=False``), opset 17, dynamic batch."""
     dummy = torch.zeros(1, 3, size, size)
     axes = {name: {0: "batch"} for name in (INPUT, *OUTPUTS)}
-    torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=17,
-                      input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
+        dynamic_axes=axes,
+    )
 
 
 class _Batches:
@@ -39,11 +48,13 @@ def _outward(low: np.ndarray, high: np.ndarray, bits: int = RANGE_BITS) -> tuple
     ulps apart, and a few ulps of the activation scales move top-1 agreement on the parity photos
     by up to 3 of 232. On a grid of 2^(24 - bits) ulps both land on the same value unless a grid
     point falls between them; the range widens by at most 2^(1 - bits)."""
+
     def out(v: float, up: bool) -> float:
         if v == 0.0 or not np.isfinite(v):
             return v
         step = 2.0 ** (np.floor(np.log2(abs(v))) - (bits - 1))
         return float((np.ceil if up else np.floor)(v / step) * step)
+
     return np.float32(out(np.asarray(low).item(), False)), np.float32(out(np.asarray(high).item(), True))
 
 
@@ -76,18 +87,38 @@ def quantize_int8(model: torch.nn.Module, size: int, calibration: np.ndarray, pa
         float_path, prepared = Path(tmp) / "rounded.onnx", Path(tmp) / "prepared.onnx"
         export_fp32(model, size, float_path)
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        calibrator = create_calibrator(prepared, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator = create_calibrator(
+            prepared,
+            None,
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         calibrator.collect_data(_Batches(calibration))
         ranges = calibrator.compute_data()
         cache = Path(tmp) / "ranges.json"
-        save_tensors_data(TensorsData(CalibrationMethod.MinMax, {name: _outward(*data.range_value)
-                                                                 for name, data in ranges.data.items()}), cache)
-        quantize_static(str(prepared), str(path), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
-                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache)
-    return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-            "weights": "int8 per-channel symmetric, 7-bit range (reduce_range), output-error-aware rounding, "
-                       "bias correction",
-            "activations": "uint8 per-tensor affine",
-            "calibration_method": f"MinMax, rounded outward to {RANGE_BITS} significant bits"}
+        save_tensors_data(
+            TensorsData(
+                CalibrationMethod.MinMax, {name: _outward(*data.range_value) for name, data in ranges.data.items()}
+            ),
+            cache,
+        )
+        quantize_static(
+            str(prepared),
+            str(path),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=cache,
+        )
+    return {
+        "method": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8 per-channel symmetric, 7-bit range (reduce_range), output-error-aware rounding, "
+        "bias correction",
+        "activations": "uint8 per-tensor affine",
+        "calibration_method": f"MinMax, rounded outward to {RANGE_BITS} significant bits",
+    }

@@ -1,4 +1,5 @@
 """How faithful each exported artefact is to the fp32 torch model, on real held-out photos."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,5 +16,8 @@ def compare(reference: tuple[np.ndarray, np.ndarray], candidate: tuple[np.ndarra
     """
     cosine = np.sum(_unit(reference[0]) * _unit(candidate[0]), axis=1)
     agree = reference[1].argmax(axis=1) == candidate[1].argmax(axis=1)
-    return {"feature_cosine_mean": float(cosine.mean()), "feature_cosine_min": float(cosine.min()),
-            "top1_agreement": float(agree.mean())}
+    return {
+        "feature_cosine_mean": float(cosine.mean()),
+        "feature_cosine_min": float(cosine.min()),
+        "top1_agreement": float(agree.mean()),
+    }

@@ -5,6 +5,7 @@ everything that determines the artefacts (weights sha256, calibration and parity
 bytes, tool versions, the export package's source); a re-run with the same key only re-checks
 the files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,17 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.card import (ModelCard, Preprocessing, Quantization, TensorSpec, load_card, sha256_file,
-                               write_card)
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.preprocess import Preprocessor
+from edge_runtime.model.card import (
+    ModelCard,
+    Preprocessing,
+    Quantization,
+    TensorSpec,
+    load_card,
+    sha256_file,
+    write_card,
+)
+from edge_runtime.source.preprocess import Preprocessor
 
 EXPORT_FORMAT = 1
 ARTEFACTS = {"onnx_fp32": "fp32.onnx", "onnx_int8": "int8.onnx", "tflite_int8": "int8.tflite"}
@@ -84,18 +92,31 @@ def _paths(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "models", *, force: bool = False,
-                    log: Callable[[str], None] = _log) -> dict[str, Path]:
+def export_backbone(
+    name: str = "efficientnet-lite0",
+    models_dir: str | Path = "models",
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = _log,
+) -> dict[str, Path]:
     """Export ``name`` into ``models_dir/name``; returns the artefact paths by file name."""
     import torch
 
-    from edge_runtime.backbones import load_backbone
     from edge_runtime.export import onnx as onnx_export
     from edge_runtime.export import tflite as tflite_export
     from edge_runtime.export.calibration import calibration_images, parity_images
-    from edge_runtime.export.models import CROP_FRACTION, LICENCE, MEAN_RGB, STD_RGB, build_torch_model, spec_for, weights_path
+    from edge_runtime.export.models import (
+        CROP_FRACTION,
+        LICENCE,
+        MEAN_RGB,
+        STD_RGB,
+        build_torch_model,
+        spec_for,
+        weights_path,
+    )
     from edge_runtime.export.parity import compare
     from edge_runtime.export.rounding import round_weights
+    from edge_runtime.model import load_backbone
 
     spec = spec_for(name)
     folder = Path(models_dir) / name
@@ -116,18 +137,44 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
     to_nchw = Preprocessor(prep, float_input)
     calib_rows = np.concatenate([to_nchw(image) for _, image in calibration])
     parity_rows = np.concatenate([to_nchw(image) for _, image in parity])
-    common = dict(name=name, feature_dim=1280, labels=imagenet_labels(), tools=tool_versions(),
-                  source={"weights": f"{spec.weights_package} {metadata.version(spec.weights_package)}",
-                          "weights_file": Path(weights).name, "weights_sha256": weights_sha, "licence": LICENCE,
-                          "architecture": f"efficientnet-lite-pytorch {metadata.version('efficientnet-lite-pytorch')}"})
-    calibration_info = {"images": len(calibration), "sources": sorted({i.split("/")[0] for i, _ in calibration}),
-                        "ids_sha256": hashlib.sha256("\n".join(i for i, _ in calibration).encode()).hexdigest()}
+    common = dict(
+        name=name,
+        feature_dim=1280,
+        labels=imagenet_labels(),
+        tools=tool_versions(),
+        source={
+            "weights": f"{spec.weights_package} {metadata.version(spec.weights_package)}",
+            "weights_file": Path(weights).name,
+            "weights_sha256": weights_sha,
+            "licence": LICENCE,
+            "architecture": f"efficientnet-lite-pytorch {metadata.version('efficientnet-lite-pytorch')}",
+        },
+    )
+    calibration_info = {
+        "images": len(calibration),
+        "sources": sorted({i.split("/")[0] for i, _ in calibration}),
+        "ids_sha256": hashlib.sha256("\n".join(i for i, _ in calibration).encode()).hexdigest(),
+    }
     float_outputs = {k: TensorSpec(k, [1, n], "float32") for k, n in (("features", 1280), ("logits", 1000))}
 
-    def card_for(path: Path, runtime: str, input_spec: TensorSpec, outputs: dict, preprocessing: Preprocessing,
-                 quantization: dict | None) -> ModelCard:
-        card = ModelCard(model_file=path.name, runtime=runtime, sha256=sha256_file(path), input=input_spec,
-                         outputs=outputs, preprocessing=preprocessing, quantization=quantization, **common)
+    def card_for(
+        path: Path,
+        runtime: str,
+        input_spec: TensorSpec,
+        outputs: dict,
+        preprocessing: Preprocessing,
+        quantization: dict | None,
+    ) -> ModelCard:
+        card = ModelCard(
+            model_file=path.name,
+            runtime=runtime,
+            sha256=sha256_file(path),
+            input=input_spec,
+            outputs=outputs,
+            preprocessing=preprocessing,
+            quantization=quantization,
+            **common,
+        )
         write_card(card, path)
         return card
 
@@ -137,21 +184,27 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
     cards = {"onnx_fp32": card_for(fp32, "onnxruntime", float_input, float_outputs, prep, None)}
 
     log(f"export {name}: rounding int8 weights layer by layer on the int8 network ({len(calibration)} images)")
-    for_onnx, for_tflite = round_weights(model, calib_rows, (onnx_export.WEIGHT_QMAX, tflite_export.WEIGHT_QMAX),
-                                         log=lambda message: log(f"export {name}: rounding: {message}"))
+    for_onnx, for_tflite = round_weights(
+        model,
+        calib_rows,
+        (onnx_export.WEIGHT_QMAX, tflite_export.WEIGHT_QMAX),
+        log=lambda message: log(f"export {name}: rounding: {message}"),
+    )
 
     log(f"export {name}: int8.onnx (calibrating on {len(calibration)} images)")
     int8 = folder / ARTEFACTS["onnx_int8"]
     method = onnx_export.quantize_int8(for_onnx, spec.size, calib_rows, int8)
-    cards["onnx_int8"] = card_for(int8, "onnxruntime", float_input, float_outputs, prep,
-                                  {**method, "calibration": calibration_info})
+    cards["onnx_int8"] = card_for(
+        int8, "onnxruntime", float_input, float_outputs, prep, {**method, "calibration": calibration_info}
+    )
 
     log(f"export {name}: int8.tflite (litert-torch pt2e)")
     tfl = folder / ARTEFACTS["tflite_int8"]
     method = tflite_export.export_int8(for_tflite, np.ascontiguousarray(calib_rows.transpose(0, 2, 3, 1)), tfl)
     tfl_input, tfl_outputs = _tflite_io(tfl)
-    cards["tflite_int8"] = card_for(tfl, "litert", tfl_input, tfl_outputs, replace(prep, layout="NHWC"),
-                                    {**method, "calibration": calibration_info})
+    cards["tflite_int8"] = card_for(
+        tfl, "litert", tfl_input, tfl_outputs, replace(prep, layout="NHWC"), {**method, "calibration": calibration_info}
+    )
 
     log(f"export {name}: parity on {len(parity)} held-out photos")
     with torch.no_grad():
@@ -163,8 +216,9 @@ def export_backbone(name: str = "efficientnet-lite0", models_dir: str | Path = "
         report[key_name] = compare(reference, (out.features, out.logits))
         write_card(replace(cards[key_name], parity=report[key_name]), folder / filename)
     (folder / "parity.json").write_text(json.dumps(report, indent=1))
-    (folder / "export.json").write_text(json.dumps({"key": key, "format": EXPORT_FORMAT,
-                                                    "seconds": round(time.perf_counter() - started, 1)}))
+    (folder / "export.json").write_text(
+        json.dumps({"key": key, "format": EXPORT_FORMAT, "seconds": round(time.perf_counter() - started, 1)})
+    )
     log(f"export {name}: done in {time.perf_counter() - started:.0f} s -> {folder}")
     return _paths(folder)
 

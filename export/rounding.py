@@ -48,6 +48,7 @@ weights and corrected biases are the ones that ship. Depthwise layers have one H
 (k*k inputs each); dense layers share one H across output rows. The classifier is left to the
 exporters' nearest rounding.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,10 +59,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from edge_runtime.export.models import FeaturesAndLogits
 from edge_runtime.export import int8_kernels as kernels
+from edge_runtime.export.models import FeaturesAndLogits
 from edge_runtime.export.simulation import Codes, Layer, _chunks
 
 _CONV_BN = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
@@ -91,8 +91,9 @@ def grid_scale(weight: np.ndarray, qmax: int) -> np.ndarray:
     return np.where(scale == 0, 1.0, scale)
 
 
-def round_to_grid(weight: np.ndarray, hessian: np.ndarray, qmax: int, linear: np.ndarray | None = None,
-                  passes: int = 4) -> np.ndarray:
+def round_to_grid(
+    weight: np.ndarray, hessian: np.ndarray, qmax: int, linear: np.ndarray | None = None, passes: int = 4
+) -> np.ndarray:
     """Integer levels (rows, n) for ``weight`` (rows, n) on the grid max|row| / qmax.
 
     Minimises dW' H dW + 2 dW' l per row, ``linear`` holding l for every row (rows, n), or no
@@ -116,8 +117,6 @@ def round_to_grid(weight: np.ndarray, hessian: np.ndarray, qmax: int, linear: np
         grad += linear
     kernels.coordinate_descent(levels, low, movable, scale, grad, hessian[None] if shared else hessian, qmax, passes)
     return levels
-
-
 
 
 def _stages(net: nn.Module) -> list[tuple[list[tuple[nn.Conv2d, bool]], bool]]:
@@ -151,8 +150,9 @@ class Moments:
         return hessian.numpy(), (product - step * self.cross).numpy()
 
 
-def layer_moments(layer: Layer, bias: torch.Tensor, relu6: bool, reference: torch.Tensor, quantised: list[Codes]
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[Moments]]:
+def layer_moments(
+    layer: Layer, bias: torch.Tensor, relu6: bool, reference: torch.Tensor, quantised: list[Codes]
+) -> tuple[torch.Tensor, torch.Tensor, list[Moments]]:
     """One pass over a layer's inputs (NHWC): the float network's activated output (float32),
     the sum over every position of its output before bias (float64, for the bias correction),
     and the moments of each int8 input in ``quantised``."""
@@ -178,13 +178,20 @@ def int8_output(layer: Layer, levels: torch.Tensor, quantised: Codes, out_h: int
     n, height, width, channels = quantised.codes.shape
     acc = torch.empty((n, out_h, out_w, len(levels)), dtype=torch.int32)
     for chunk in _chunks(n, layer.rows_per_chunk(height, width, channels)):
-        acc[chunk] = layer.int8_output(quantised.codes[chunk], quantised.zero, levels).reshape(-1, out_h, out_w,
-                                                                                                 len(levels))
+        acc[chunk] = layer.int8_output(quantised.codes[chunk], quantised.zero, levels).reshape(
+            -1, out_h, out_w, len(levels)
+        )
     return acc
 
 
-def _round_layer(conv: nn.Conv2d, relu6: bool, targets: list[nn.Conv2d], qmaxes: tuple[int, ...],
-                 reference: torch.Tensor, quantised: list[Codes]) -> tuple[torch.Tensor, list[Codes]]:
+def _round_layer(
+    conv: nn.Conv2d,
+    relu6: bool,
+    targets: list[nn.Conv2d],
+    qmaxes: tuple[int, ...],
+    reference: torch.Tensor,
+    quantised: list[Codes],
+) -> tuple[torch.Tensor, list[Codes]]:
     """Round ``conv`` onto each grid (written into its copy in ``targets``, bias corrected) and
     return the layer's float output and each int8 network's output codes."""
     layer = Layer(conv)
@@ -209,8 +216,9 @@ def _round_layer(conv: nn.Conv2d, relu6: bool, targets: list[nn.Conv2d], qmaxes:
     return out, outputs
 
 
-def _round_in_order(folded: FeaturesAndLogits, images: torch.Tensor, qmaxes: tuple[int, ...],
-                    log: Callable[[str], None]) -> list[FeaturesAndLogits]:
+def _round_in_order(
+    folded: FeaturesAndLogits, images: torch.Tensor, qmaxes: tuple[int, ...], log: Callable[[str], None]
+) -> list[FeaturesAndLogits]:
     """Copies of ``folded``, one per weight grid, rounded and bias-corrected layer by layer on the
     simulated int8 network; the float network's pass is shared by the grids."""
     rounded = [copy.deepcopy(folded) for _ in qmaxes]
@@ -229,13 +237,19 @@ def _round_in_order(folded: FeaturesAndLogits, images: torch.Tensor, qmaxes: tup
             reference, quantised = _round_layer(conv, relu6, targets, qmaxes, reference, quantised)
         if residual:
             reference = reference + block_in[0]
-            quantised = [Codes.quantize(lambda r, a=a, b=b: a.values(r) + b.values(r), a.codes.shape)
-                         for a, b in zip(quantised, block_in[1])]
+            quantised = [
+                Codes.quantize(lambda r, a=a, b=b: a.values(r) + b.values(r), a.codes.shape)
+                for a, b in zip(quantised, block_in[1])
+            ]
     return rounded
 
 
-def round_weights(model: FeaturesAndLogits, calibration: np.ndarray, qmaxes: tuple[int, ...],
-                  log: Callable[[str], None] = lambda message: None) -> list[FeaturesAndLogits]:
+def round_weights(
+    model: FeaturesAndLogits,
+    calibration: np.ndarray,
+    qmaxes: tuple[int, ...],
+    log: Callable[[str], None] = lambda message: None,
+) -> list[FeaturesAndLogits]:
     """Copies of ``model`` with batch norm folded, conv weights on each int8 grid in ``qmaxes``, biases corrected.
 
     ``calibration`` is NCHW float input. Every layer's activations are held for all images at

@@ -15,6 +15,7 @@ code), and a choice that flips on float noise changes every layer after it. Comp
 (oneDNN convolutions, MKL products summed in an order that depends on the CPU and the threads),
 the same recipe gave ImageNet top-1 agreement 0.957 on one machine and 0.935 on another.
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,6 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-
 @dataclass(frozen=True)
 class Geometry:
     """A convolution's shape: square kernel, stride, zero padding (left, right, top, bottom), and
@@ -127,8 +127,10 @@ class Geometry:
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         left, right, top, bottom = self.pad
-        return ((height + top + bottom - self.kernel) // self.stride + 1,
-                (width + left + right - self.kernel) // self.stride + 1)
+        return (
+            (height + top + bottom - self.kernel) // self.stride + 1,
+            (width + left + right - self.kernel) // self.stride + 1,
+        )
 
     def taps(self, height: int, width: int) -> list[tuple[int, slice, slice, slice, slice]]:
         """For each kernel tap t: the output rows and columns it reaches and the input rows and
@@ -141,9 +143,15 @@ class Geometry:
             i0, i1 = _valid(a - top, s, height, out_h)
             for b in range(k):
                 j0, j1 = _valid(b - left, s, width, out_w)
-                taps.append((a * k + b, slice(i0, i1), slice(j0, j1),
-                             slice(s * i0 + a - top, s * (i1 - 1) + a - top + 1, s),
-                             slice(s * j0 + b - left, s * (j1 - 1) + b - left + 1, s)))
+                taps.append(
+                    (
+                        a * k + b,
+                        slice(i0, i1),
+                        slice(j0, j1),
+                        slice(s * i0 + a - top, s * (i1 - 1) + a - top + 1, s),
+                        slice(s * j0 + b - left, s * (j1 - 1) + b - left + 1, s),
+                    )
+                )
         return taps
 
 
@@ -198,8 +206,9 @@ class Layer:
         n, height, width, channels = x.shape
         out = np.empty((n, *self.geometry.output_size(height, width), channels))
         left, _, top, _ = self.geometry.pad
-        kernels.depthwise_conv(x.numpy(), self.weight.numpy(), self.geometry.kernel, self.geometry.stride, top, left,
-                               out)
+        kernels.depthwise_conv(
+            x.numpy(), self.weight.numpy(), self.geometry.kernel, self.geometry.stride, top, left, out
+        )
         return torch.from_numpy(out.reshape(-1, channels))
 
     def int8_output(self, codes: torch.Tensor, zero: int, levels: torch.Tensor) -> torch.Tensor:
@@ -215,8 +224,9 @@ class Layer:
             x = codes.float().sub_(zero).permute(0, 3, 1, 2)  # NCHW view of channels-last memory
             left, right, top, bottom = self.geometry.pad
             kernel = levels.float().reshape(len(levels), 1, self.geometry.kernel, self.geometry.kernel)
-            out = F.conv2d(F.pad(x, (left, right, top, bottom)), kernel, stride=self.geometry.stride,
-                           groups=len(levels))
+            out = F.conv2d(
+                F.pad(x, (left, right, top, bottom)), kernel, stride=self.geometry.stride, groups=len(levels)
+            )
             return out.permute(0, 2, 3, 1).reshape(-1, len(levels)).to(torch.int32)
         if self.geometry.pointwise and bound < EXACT_FLOAT32:
             x = codes.reshape(-1, codes.shape[-1]).float().sub_(zero)
@@ -232,8 +242,15 @@ class Layer:
             out_h, out_w = self.geometry.output_size(codes.shape[1], codes.shape[2])
             left, _, top, _ = self.geometry.pad
             source = codes.permute(3, 0, 1, 2).contiguous().numpy()  # channel-major: a channel's rows together
-            geometry = (self.geometry.kernel, self.geometry.stride, top, left, out_h, out_w,
-                        *kernels.block_shape(out_w))
+            geometry = (
+                self.geometry.kernel,
+                self.geometry.stride,
+                top,
+                left,
+                out_h,
+                out_w,
+                *kernels.block_shape(out_w),
+            )
             kernels.depthwise_gram(source, zero, *geometry, gram)
             kernels.depthwise_cross(source, zero, out.T.contiguous().numpy(), *geometry, cross)
             return torch.from_numpy(gram), torch.from_numpy(cross)

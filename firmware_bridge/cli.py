@@ -143,7 +143,7 @@ def _load_device(args: argparse.Namespace) -> Any:
     backbone = None
     sha = None
     if args.model is not None:
-        from edge_runtime.backbones import load_backbone
+        from edge_runtime.model import load_backbone
 
         _log(f"loading {args.model}")
         backbone = load_backbone(args.model, threads=args.threads)
@@ -229,7 +229,7 @@ def _reload_keys_on_sighup(keys: Any) -> Optional[Any]:
 def main_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from edge_runtime.shutdown import Shutdown
+    from edge_runtime.runtime.shutdown import Shutdown
     from firmware_bridge.auth import KeyRing
     from firmware_bridge.device import serve
     from firmware_bridge.transport import open_transport

@@ -32,7 +32,7 @@ from edge_runtime.adapters.base import Adapter, as_features
 from edge_runtime.errors import EdgeRuntimeError, InputError
 from firmware_bridge.auth import AuthError, DeviceSession, KeyRing
 from firmware_bridge.crc import crc32
-from firmware_bridge.frames import decode_frame
+from firmware_bridge.pixels import decode_frame
 from firmware_bridge.framing import FrameError, Framing, Packet
 from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, Op, TeachOp
 from firmware_bridge.messages import (Ack, Auth, Body, Capability, Error, ErrorCode, Features, Forget, ForgetScope,
@@ -64,7 +64,7 @@ class BridgeDevice:
     classes
         Class names, announced in HELLO; their number is the adapter's class count.
     backbone
-        ``edge_runtime.backbones`` backbone for FRAME requests; without it FRAME is UNSUPPORTED.
+        ``edge_runtime.model`` backbone for FRAME requests; without it FRAME is UNSUPPORTED.
     adapt
         Adapt on every unlabelled FRAME/FEATURES unless the request sets OPTION_READ_ONLY.
     model_sha256

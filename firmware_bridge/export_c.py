@@ -165,7 +165,8 @@ def _c_string(text: str) -> str:
 
 # -- what each adapter's memory is, for the read-out ------------------------------------------------------
 def _ncm_prototypes(adapter: Any) -> tuple[np.ndarray, float]:
-    return np.asarray(adapter._prototypes, dtype=np.float32), 1.0 / float(adapter.temperature)
+    table = adapter.c_export()
+    return table["prototypes"], table["inv_temperature"]
 
 
 # adapter registry name -> (prototypes (classes, dim) with unit or zero rows, 1 / softmax temperature)
@@ -214,13 +215,14 @@ MEMFLOW_PARAMS = frozenset({
 
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     _refuse_unknown(adapter, MEMFLOW_PARAMS, "MEMFLOW_PARAMS")
-    n, k = adapter._mu.shape
-    hiv, lnorm = np.asarray(adapter._hiv, np.float32), np.asarray(adapter._lnorm, np.float32)
+    table = adapter.c_export()
+    n, k = table["mu"].shape
+    hiv, lnorm = np.asarray(table["hiv"], np.float32), np.asarray(table["lnorm"], np.float32)
     pooled = bool((hiv == hiv[:, :1]).all() and (lnorm == lnorm[:, :1]).all())
     var_cols = 1 if pooled else k
     # Neuron-major (N x K), as the adapter keeps them: an int8 scale per neuron fits neurons of
     # any trace scale.
-    mu_t = np.ascontiguousarray(adapter._mu, np.float32)
+    mu_t = np.ascontiguousarray(table["mu"], np.float32)
     hiv_t = np.ascontiguousarray(hiv[:, :1] if pooled else hiv)
     lnorm_t = np.ascontiguousarray(lnorm[:, :1] if pooled else lnorm)
     header = _Header()
@@ -231,7 +233,7 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
         f"#define EDGERT_N_NEURONS {n}\n#define EDGERT_VAR_COLS {var_cols}\n")
     # The input stage as it stands (the EMAs are frozen into the export): the C read-out computes
     # z = (x / ||x|| - centre) * scale and its head reads z / scale + centre_source, as the kernel.
-    stage = adapter.input_stage()
+    stage = table["stage"]
     centre = header.array("edgert_centre", stage.centre, "float", "EDGERT_DIM")
     scale = "NULL" if (stage.factor == 1.0).all() else header.array("edgert_scale", stage.factor, "float", "EDGERT_DIM")
     rank = stage.basis.shape[0] if stage.mix.any() else 0  # an identity map is left out
@@ -241,7 +243,7 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
         mix = header.array("edgert_mix", stage.mix, "float", "EDGERT_RANK * EDGERT_RANK")
     else:
         basis, mix = _NO_MATRIX, "NULL"
-    delta_values = adapter.trace_shift()
+    delta_values = table["trace_shift"]
     delta = ("NULL" if not delta_values.any() else
              header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS"))
     mu = header.matrix("edgert_mu", mu_t, dtype, "EDGERT_N_NEURONS", "EDGERT_N_CLASSES")
@@ -250,20 +252,20 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     var_dtype = "float32" if pooled or dtype == "float16" else dtype
     hiv_m = header.matrix("edgert_hiv", hiv_t, var_dtype, "EDGERT_N_NEURONS", "EDGERT_VAR_COLS")
     lnorm_m = header.matrix("edgert_lnorm", lnorm_t, var_dtype, "EDGERT_N_NEURONS", "EDGERT_VAR_COLS")
-    present = header.array("edgert_present", np.asarray(adapter._present, np.uint8), "uint8_t", "EDGERT_N_CLASSES")
-    alive = header.array("edgert_alive", (np.asarray(adapter._alive) > 0).astype(np.uint8), "uint8_t",
+    present = header.array("edgert_present", np.asarray(table["present"], np.uint8), "uint8_t", "EDGERT_N_CLASSES")
+    alive = header.array("edgert_alive", (np.asarray(table["alive"]) > 0).astype(np.uint8), "uint8_t",
                          "EDGERT_N_NEURONS")
     if adapter.prior:
-        prior_w = header.matrix("edgert_prior_w", np.asarray(adapter._prior_w, np.float32), dtype,
+        prior_w = header.matrix("edgert_prior_w", np.asarray(table["prior_w"], np.float32), dtype,
                                 "EDGERT_N_CLASSES", "EDGERT_DIM")
-        prior_b = header.array("edgert_prior_b", np.asarray(adapter._prior_b, np.float32), "float", "EDGERT_N_CLASSES")
-        centre_source = header.array("edgert_centre_source", np.asarray(adapter._centre_source, np.float32), "float",
+        prior_b = header.array("edgert_prior_b", np.asarray(table["prior_b"], np.float32), "float", "EDGERT_N_CLASSES")
+        centre_source = header.array("edgert_centre_source", np.asarray(table["centre_source"], np.float32), "float",
                                      "EDGERT_DIM")
-        head_scale, memory_weight = (float(v) for v in adapter._weights)
+        head_scale, memory_weight = table["head_scale"], table["memory_weight"]
         prior = f"1, {prior_w}, {prior_b}, {centre_source}, {head_scale!r}, {memory_weight!r}, {int(adapter.prior_unit)}"
     else:
         prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0, 1.0, 0"
-    tau = repr(float(adapter._tau[0]))
+    tau = repr(table["tau"])
     header.descriptor("edgert_memflow",
                       "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
                       f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
@@ -294,13 +296,8 @@ DMN_PARAMS = frozenset({
 
 def dmn_prior(adapter: Any) -> tuple[np.ndarray, np.ndarray | None, float]:
     """A DMN's prior as (P, b or None, s), its probabilities softmax(s * P x + b) of the shifted feature x."""
-    head = adapter._prior_head
-    if adapter.prior == "linear":
-        return np.asarray(head.weight, np.float32), np.asarray(head.bias, np.float32), 1.0
-    if adapter.prior == "prototypes":
-        prototypes, inv_temperature = PROTOTYPE_READERS[head.name](head)
-        return prototypes, None, inv_temperature
-    return np.asarray(adapter._text, np.float32), None, float(adapter.prior_scale)
+    weights, bias, scale = adapter.c_export()["prior"]
+    return weights, bias, scale
 
 
 def _dmn_memory(header: _Header, prefix: str, slots: np.ndarray, fill: np.ndarray, weight: float, dtype: str) -> str:
@@ -321,20 +318,18 @@ def _dmn_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     _refuse_unknown(adapter, DMN_PARAMS, "DMN_PARAMS")
     header = _Header()
     header.lines += preamble
-    stage = adapter._stage
+    table = adapter.c_export()
     # FeatureShift.transform adds (source mean - target mean), differenced in float32: the same vector here.
-    shift = ("NULL" if stage is None else
-             header.array("edgert_shift", stage.arrays()["source_mean"] - stage.arrays()["target_mean"], "float",
-                          "EDGERT_DIM"))
+    shift = "NULL" if table["shift"] is None else header.array("edgert_shift", table["shift"], "float", "EDGERT_DIM")
     weights, bias, prior_scale = dmn_prior(adapter)
     prior = header.matrix("edgert_prior", weights, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM")
     prior_bias = "NULL" if bias is None else header.array("edgert_prior_bias", bias, "float", "EDGERT_N_CLASSES")
-    memories = [("edgert_dynamic", adapter._ring, adapter._ring_fill, float(adapter.weight_dynamic)),
-                ("edgert_static", adapter._static, adapter._static_fill, float(adapter.weight_static))]
+    memories = [("edgert_dynamic", *table["dynamic"], float(adapter.weight_dynamic)),
+                ("edgert_static", *table["static"], float(adapter.weight_static))]
     read = [_dmn_memory(header, prefix, slots, fill, weight, dtype) for prefix, slots, fill, weight in memories]
     # An empty class reads its anchor: stored only if some memory that is read has an empty class.
     empty = any(weight != 0.0 and (np.asarray(fill) == 0).any() for _, _, fill, weight in memories)
-    anchors = (header.matrix("edgert_anchors", adapter._anchors, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM") if empty
+    anchors = (header.matrix("edgert_anchors", table["anchors"], dtype, "EDGERT_N_CLASSES", "EDGERT_DIM") if empty
                else _NO_MATRIX)
     header.descriptor("edgert_dmn", f"    {shift}, {prior}, {prior_bias}, {_float(prior_scale)},\n"
                                     f"    {read[0]},\n    {read[1]},\n"

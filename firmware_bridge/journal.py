@@ -49,7 +49,8 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 
 from edge_runtime.adapters import Adapter
-from edge_runtime.state import Checkpoints, StateError, fsync_dir
+from edge_runtime.files import fsync_dir
+from edge_runtime.state import Checkpoints, StateError
 from firmware_bridge.crc import crc32
 
 SEGMENT_MAGIC = b"EDGERTJ1"

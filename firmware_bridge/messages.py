@@ -17,9 +17,7 @@ from typing import ClassVar, Union
 
 import numpy as np
 
-
-class PayloadError(ValueError):
-    """A payload that does not match its message's layout (length, enum value, text)."""
+from edge_runtime.errors import PayloadError
 
 
 class MessageType(IntEnum):

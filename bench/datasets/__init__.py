@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
+
 from edge_runtime.bench.datasets.corruptions import CORRUPTIONS, DEV_CORRUPTIONS, corrupted_source
 from edge_runtime.bench.datasets.digits import DIGITS, mnist_source, uci_digits_source
 from edge_runtime.bench.datasets.domain import Domain, DomainSource
@@ -40,7 +42,14 @@ def load_domain(name: str) -> Domain:
     return domain_source(name).load()
 
 
+def labelled_images(name: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """(images, labels, class names) of a packaged domain: what ``edgert memory build --images NAME``
+    memorises (``edge_runtime.runtime.source_memory.build(..., domains=labelled_images)``)."""
+    domain = load_domain(name)
+    return domain.images, np.asarray(domain.labels, np.int64), list(domain.classes)
+
+
 DOMAINS: dict[str, Callable[[], Domain]] = {name: partial(load_domain, name) for name in SOURCES}
 
 __all__ = ["CLASSES", "CORRUPTIONS", "DEV_CORRUPTIONS", "DIGITS", "DOMAINS", "Domain", "DomainSource",
-           "domain_source", "load_domain"]
+           "domain_source", "labelled_images", "load_domain"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge_runtime.bench.datasets.images import GREY, composite
+from edge_runtime.files import atomic_write
 
 OBJECT_SIDE = 256
 OBJECT_FILL = 0.875
@@ -79,18 +79,8 @@ def safe_name(name: str) -> str:
 
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """``np.savez`` through ``edge_runtime.files.atomic_write`` (a cache a kill cannot half-write)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def frame_object(image: np.ndarray, side: int = OBJECT_SIDE, fill: float = OBJECT_FILL,

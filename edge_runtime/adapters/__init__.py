@@ -11,58 +11,37 @@ from edge_runtime.errors import InputError
 
 ADAPTERS: dict[str, Callable[..., Adapter]] = {}
 
-def _dmn(**params: Any) -> Adapter:
-    from edge_runtime.adapters.dmn import DMN
-    return DMN(**params)
 
-
-def _knn(**params: Any) -> Adapter:
-    from edge_runtime.adapters.knn import KNN
-    return KNN(**params)
-
-
-def _knn_self_train(**params: Any) -> Adapter:
-    from edge_runtime.adapters.knn import KNN
-    return KNN(**{"self_train": True, **params})
-
-
-ADAPTERS["dmn"] = _dmn
-ADAPTERS["knn"] = _knn
-ADAPTERS["knn-self-train"] = _knn_self_train
-
-
-def _baseline(module: str, cls: str, **fixed: Any) -> Callable[..., Adapter]:
-    """Lazy factory for the bench baselines (ncm, linear, t3a, tda, shift)."""
+def _lazy(module: str, cls: str, **fixed: Any) -> Callable[..., Adapter]:
+    """A factory that imports ``edge_runtime.adapters.<module>`` on first use (the registry names its
+    adapters by string, so importing it loads none of them, and an adapter that wraps another by
+    name, like ``shift``, can look it up here without an import cycle); ``fixed`` parameters are
+    overridable."""
     def factory(**params: Any) -> Adapter:
         import importlib
         return getattr(importlib.import_module(f"edge_runtime.adapters.{module}"), cls)(**{**fixed, **params})
     return factory
 
 
-ADAPTERS["ncm"] = _baseline("ncm", "NCM")
-ADAPTERS["linear"] = _baseline("linear", "Linear")
-ADAPTERS["t3a"] = _baseline("t3a", "T3A")
-ADAPTERS["tda"] = _baseline("tda", "TDA")
-ADAPTERS["shift"] = _baseline("shift", "Shifted")
-ADAPTERS["shift+t3a"] = _baseline("shift", "Shifted", inner="t3a")
-
-
-def _memflow(**fixed: Any) -> Callable[..., Adapter]:
-    """Lazy factory for MemFlow and its ablations (fixed switches, overridable)."""
-    def factory(**params: Any) -> Adapter:
-        from edge_runtime.adapters.memflow import MemFlow
-        return MemFlow(**{**fixed, **params})
-    return factory
-
-
-ADAPTERS["memflow"] = _memflow()
-ADAPTERS["memflow-no-blur"] = _memflow(blur=0.0)
-ADAPTERS["memflow-no-cu"] = _memflow(confidence_update=False)
-ADAPTERS["memflow-no-spike"] = _memflow(spiking=False)
-ADAPTERS["memflow-static"] = _memflow(reinforce=False)
-ADAPTERS["memflow-no-temporal"] = _memflow(temporal=False)
-ADAPTERS["memflow-no-subspace"] = _memflow(shift_rank=0)
-ADAPTERS["memflow-no-novelty"] = _memflow(shift_novelty=0.0)
+ADAPTERS["dmn"] = _lazy("dmn", "DMN")
+ADAPTERS["knn"] = _lazy("knn", "KNN")
+ADAPTERS["knn-self-train"] = _lazy("knn", "KNN", self_train=True)
+# the bench baselines
+ADAPTERS["ncm"] = _lazy("ncm", "NCM")
+ADAPTERS["linear"] = _lazy("linear", "Linear")
+ADAPTERS["t3a"] = _lazy("t3a", "T3A")
+ADAPTERS["tda"] = _lazy("tda", "TDA")
+ADAPTERS["shift"] = _lazy("shift", "Shifted")
+ADAPTERS["shift+t3a"] = _lazy("shift", "Shifted", inner="t3a")
+# MemFlow and its ablations (the switches fixed, overridable)
+ADAPTERS["memflow"] = _lazy("memflow", "MemFlow")
+ADAPTERS["memflow-no-blur"] = _lazy("memflow", "MemFlow", blur=0.0)
+ADAPTERS["memflow-no-cu"] = _lazy("memflow", "MemFlow", confidence_update=False)
+ADAPTERS["memflow-no-spike"] = _lazy("memflow", "MemFlow", spiking=False)
+ADAPTERS["memflow-static"] = _lazy("memflow", "MemFlow", reinforce=False)
+ADAPTERS["memflow-no-temporal"] = _lazy("memflow", "MemFlow", temporal=False)
+ADAPTERS["memflow-no-subspace"] = _lazy("memflow", "MemFlow", shift_rank=0)
+ADAPTERS["memflow-no-novelty"] = _lazy("memflow", "MemFlow", shift_novelty=0.0)
 
 
 def make_adapter(name: str, **params: Any) -> Adapter:

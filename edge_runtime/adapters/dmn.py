@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.adapters.linear import Linear, softmax
+from edge_runtime.adapters.linear import Linear
 from edge_runtime.adapters.ncm import NCM
 from edge_runtime.adapters.shift import MOMENTUM, FeatureShift
 from edge_runtime.errors import InputError
+from edge_runtime.numerics import softmax
 from edge_runtime.kernels import dmn as kernels
 
 PRIORS = ("linear", "prototypes", "text")
@@ -105,6 +108,8 @@ class DMN(Adapter):
     """
 
     name = "dmn"
+    can_teach = True
+    can_forget = True
 
     def __init__(self, prior: str = "linear", text_embeddings: str | None = None, memory_length: int = 50,
                  static_length: int = 16, beta: float = 5.5, scale: float = 10.0, prior_scale: float = 100.0,
@@ -230,6 +235,30 @@ class DMN(Adapter):
 
         The returned row i is the prediction made for sample i when it arrived (online)."""
         return self._run(features, write=True)
+
+    def c_export(self) -> dict[str, Any]:
+        """What the C read-out classifies with: the feature shift (source - target mean, or None),
+        the prior as (P, b or None, s) with probabilities softmax(s P x + b), both memories as
+        (slots, fill per class), and the class anchors."""
+        self._check_fitted()
+        shift = None
+        if self._stage is not None:  # FeatureShift.transform adds this float32 difference
+            means = self._stage.arrays()
+            shift = means["source_mean"] - means["target_mean"]
+        head = self._prior_head
+        if self.prior == "linear":
+            prior = (np.asarray(head.weight, np.float32), np.asarray(head.bias, np.float32), 1.0)
+        elif self.prior == "prototypes":
+            table = head.c_export()
+            prior = (table["prototypes"], None, table["inv_temperature"])
+        else:
+            prior = (np.asarray(self._text, np.float32), None, float(self.prior_scale))
+        return {"shift": shift, "prior": prior, "dynamic": (self._ring, self._ring_fill),
+                "static": (self._static, self._static_fill), "anchors": self._anchors}
+
+    def memory_usage(self) -> tuple[int, int | None] | None:
+        """(occupied dynamic slots, memory_length x classes)."""
+        return (int(self._ring_fill.sum()), int(self.memory_length) * self.n_classes) if self.fitted else None
 
     def teach(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Put labelled features in the static memory; a full class ring replaces its oldest slot."""

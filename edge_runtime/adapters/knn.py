@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.visual_memory import PSEUDO, VisualMemory
+from edge_runtime.memory.visual_memory import PSEUDO, VisualMemory
 
 
 class KNN(Adapter):
-    """Cosine kNN classifier over a :class:`~edge_runtime.visual_memory.VisualMemory`.
+    """Cosine kNN classifier over a :class:`~edge_runtime.memory.visual_memory.VisualMemory`.
 
     Parameters
     ----------
@@ -58,6 +58,8 @@ class KNN(Adapter):
     # One class for both registry names: "knn-self-train" is KNN(self_train=True), and its saved
     # state says so in its parameters.
     name = "knn"
+    can_teach = True
+    can_forget = True
 
     def __init__(self, k: int = 10, voting: str = "rank", temperature: float = 0.07, self_train: bool = False,
                  confidence: float = 0.8, pseudo_per_class: int = 100, balance_slack: int = 2,
@@ -114,7 +116,7 @@ class KNN(Adapter):
         return self._fuse(self._pool_vote(x, pseudo=False), self._pool_vote(x, pseudo=True)).astype(np.float32)
 
     def _pool_vote(self, x: np.ndarray, pseudo: bool) -> np.ndarray:
-        from edge_runtime.visual_memory import vote
+        from edge_runtime.memory.visual_memory import vote
 
         distances, ids = self._memory.search(x, self.k, pseudo=pseudo)
         proba, _ = vote(self._memory.labels_of(ids), distances, self._n_classes, self.voting, self.temperature)
@@ -161,6 +163,10 @@ class KNN(Adapter):
         new_id = int(self._memory.add(feature[None], [label], origin=PSEUDO)[0])
         self._pseudo_ids[label].append(new_id)
         self._pseudo_conf[label].append(conf)
+
+    def memory_usage(self) -> tuple[int, int | None] | None:
+        """(entries in the visual memory, its capacity or None)."""
+        return (int(self._memory.ntotal), self.capacity) if self.fitted else None
 
     def teach(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Add labelled entries (origin ``"taught"``)."""

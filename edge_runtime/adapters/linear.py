@@ -13,34 +13,12 @@ import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
 from edge_runtime.errors import InputError
+from edge_runtime.numerics import softmax
 
 # Regularisation strengths tried by cross-validation (objective: mean cross-entropy +
 # l2/2 |W|^2 over L2-normalised features). The range spans "almost a nearest class mean" to
 # "almost separable"; the source data picks the point.
 L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits; keeps the input dtype.
-
-    >>> softmax(np.array([[0.0, 0.0], [1000.0, 0.0]], dtype=np.float32))
-    array([[0.5, 0.5],
-           [1. , 0. ]], dtype=float32)
-    """
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def entropy(proba: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of each row of probabilities.
-
-    >>> float(entropy(np.array([[0.5, 0.5]]))[0]) == float(np.log(2))
-    True
-    """
-    p = np.clip(proba, 1e-12, 1.0)
-    return -(proba * np.log(p)).sum(axis=1)
 
 
 def _loss_and_grad(theta: np.ndarray, x: np.ndarray, onehot: np.ndarray, l2: float) -> tuple[float, np.ndarray]:

@@ -1,11 +1,13 @@
 """Nearest class mean over L2-normalised features: the simplest source-only baseline."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.adapters.linear import softmax
 from edge_runtime.errors import InputError
+from edge_runtime.numerics import softmax
 
 
 class NCM(Adapter):
@@ -23,6 +25,8 @@ class NCM(Adapter):
     """
 
     name = "ncm"
+    can_teach = True
+    can_merge = True
 
     def __init__(self, temperature: float = 0.05) -> None:
         self.temperature = temperature
@@ -52,6 +56,11 @@ class NCM(Adapter):
         norms = np.linalg.norm(self._sums, axis=1, keepdims=True)
         self._prototypes = np.divide(self._sums, norms, out=np.zeros_like(self._sums),
                                      where=norms > 0).astype(np.float32)
+
+    def c_export(self) -> dict[str, Any]:
+        """Unit (or zero) class prototypes (K, d) and 1 / temperature."""
+        self._check_fitted()
+        return {"prototypes": np.asarray(self._prototypes, np.float32), "inv_temperature": 1.0 / float(self.temperature)}
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         self._check_fitted()

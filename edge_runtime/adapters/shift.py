@@ -92,6 +92,21 @@ class Shifted(Adapter):
         self.inner_params = inner_params
         self.momentum = momentum
 
+    # What it can do is what the adapter behind the stage can (known from its name, before fitting).
+    @property
+    def can_teach(self) -> bool:  # type: ignore[override]
+        return self._inner_class().can_teach
+
+    @property
+    def can_forget(self) -> bool:  # type: ignore[override]
+        return self._inner_class().can_forget
+
+    def memory_usage(self) -> tuple[int, int | None] | None:
+        return self._inner.memory_usage() if self.fitted else None
+
+    def _inner_class(self) -> type[Adapter]:
+        return type(self._inner) if self.fitted else type(self._make_inner())
+
     def _make_inner(self) -> Adapter:
         from edge_runtime.adapters import make_adapter  # the registry imports this module
 

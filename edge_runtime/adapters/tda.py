@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.adapters.linear import L2_GRID, Linear, entropy, softmax
+from edge_runtime.adapters.linear import L2_GRID, Linear
+from edge_runtime.numerics import entropy, softmax
 from edge_runtime.errors import InputError
 
 

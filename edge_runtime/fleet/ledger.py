@@ -84,7 +84,7 @@ def unpack(arrays: dict[str, np.ndarray], zeros: Stats) -> Stats:
     out = {}
     expected = {f"{name}.{part}" for name in zeros for part in ("classes", "values")}
     if not expected <= set(arrays) or not set(arrays) <= expected | {f"{name}.counts" for name in zeros}:
-        raise PayloadError("malformed", f"arrays {sorted(arrays)} are not the statistics {sorted(zeros)}")
+        raise PayloadError(f"arrays {sorted(arrays)} are not the statistics {sorted(zeros)}", kind="malformed")
     for name, template in zeros.items():
         rows, values = arrays[f"{name}.classes"], arrays[f"{name}.values"]
         counts = arrays.get(f"{name}.counts")
@@ -94,13 +94,13 @@ def unpack(arrays: dict[str, np.ndarray], zeros: Stats) -> Stats:
                 or (k and (rows.min() < 0 or rows.max() >= template.shape[1]))
                 or values.dtype != np.float64 or values.shape != (n_rows, k, template.shape[2])
                 or (counts is not None and (counts.dtype != np.float64 or counts.shape != (k,)))):
-            raise PayloadError("malformed", f"statistics {name!r} do not fit a memory of shape {template.shape}")
+            raise PayloadError(f"statistics {name!r} do not fit a memory of shape {template.shape}", kind="malformed")
         dense = np.zeros_like(template)
         dense[template.shape[0] - n_rows:, rows] = values
         if counts is not None:
             dense[0, rows] = counts[:, None]
         if not np.isfinite(dense).all():
-            raise PayloadError("malformed", f"statistics {name!r} hold NaN or inf")
+            raise PayloadError(f"statistics {name!r} hold NaN or inf", kind="malformed")
         out[name] = dense
     return out
 
@@ -194,7 +194,7 @@ class Ledger:
         older checkpoint, and takes back what it had published), ``own``.
         """
         if kind not in ("delta", "snapshot"):
-            raise PayloadError("malformed", f"unknown update kind {kind!r}")
+            raise PayloadError(f"unknown update kind {kind!r}", kind="malformed")
         if device == self.device:
             if kind != "snapshot" or seq <= self.seq:
                 return "own", None

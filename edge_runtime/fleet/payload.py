@@ -30,12 +30,10 @@ not bump it.
 >>> decode(blob[:-1] + bytes([blob[-1] ^ 1]), [key], max_bytes=1024)
 Traceback (most recent call last):
 ...
-edge_runtime.fleet.payload.PayloadError: bad_signature: HMAC does not match any fleet key (tampered, or another key)
+edge_runtime.errors.PayloadError: bad_signature: HMAC does not match any fleet key (tampered, or another key)
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import struct
@@ -44,24 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.errors import InputError
+from edge_runtime.errors import InputError, PayloadError
+from edge_runtime.keys import MAC_SIZE, MIN_KEY_SIZE, mac, read_keys, signed_by_any
 
 MAGIC = b"EGFL"
 FORMAT = 1
 FLAG_SIGNED = 1
 PREFIX = struct.Struct("<4sBBHI")
-MAC_SIZE = 32
 DTYPES = ("<f8", "<i8", "<i4", "<i2", "|u1")
 KINDS = ("unsigned", "bad_signature", "oversized", "wrong_model", "malformed")
 KEY_ENV = "EDGERT_FLEET_KEY"
-
-
-class PayloadError(Exception):
-    """A payload that must not touch the memory; ``kind`` is one of ``KINDS``."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
 
 
 def encode(header: dict[str, Any], arrays: dict[str, np.ndarray], key: bytes | None) -> bytes:
@@ -76,39 +66,39 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray], key: bytes | N
         parts.append(a.astype(dtype, copy=False).tobytes())
     text = json.dumps({**header, "arrays": described}, separators=(",", ":")).encode()
     body = PREFIX.pack(MAGIC, FORMAT, FLAG_SIGNED if key else 0, 0, len(text)) + text + b"".join(parts)
-    return body + hmac.new(key, body, hashlib.sha256).digest() if key else body
+    return body + mac(key, body) if key else body
 
 
 def decode(blob: bytes, keys: list[bytes], max_bytes: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(header, arrays) of a payload, or ``PayloadError`` (see the module docstring for the order)."""
     if len(blob) > max_bytes:
-        raise PayloadError("oversized", f"{len(blob)} bytes, the limit is {max_bytes}")
+        raise PayloadError(f"{len(blob)} bytes, the limit is {max_bytes}", kind="oversized")
     if len(blob) < PREFIX.size:
-        raise PayloadError("malformed", f"{len(blob)} bytes, shorter than the {PREFIX.size}-byte prefix")
+        raise PayloadError(f"{len(blob)} bytes, shorter than the {PREFIX.size}-byte prefix", kind="malformed")
     magic, fmt, flags, _, size = PREFIX.unpack_from(blob)
     if magic != MAGIC or fmt != FORMAT:
-        raise PayloadError("malformed", f"not a fleet payload of format {FORMAT} (magic {magic!r}, format {fmt})")
+        raise PayloadError(f"not a fleet payload of format {FORMAT} (magic {magic!r}, format {fmt})", kind="malformed")
     if not flags & FLAG_SIGNED:
-        raise PayloadError("unsigned", "no HMAC: the sender has no fleet key")
+        raise PayloadError("no HMAC: the sender has no fleet key", kind="unsigned")
     if len(blob) < PREFIX.size + MAC_SIZE:
-        raise PayloadError("malformed", "signed payload shorter than its HMAC")
-    body, mac = blob[:-MAC_SIZE], blob[-MAC_SIZE:]
-    if not any(hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), mac) for key in keys):
-        raise PayloadError("bad_signature", "HMAC does not match any fleet key (tampered, or another key)")
+        raise PayloadError("signed payload shorter than its HMAC", kind="malformed")
+    body, tag = blob[:-MAC_SIZE], blob[-MAC_SIZE:]
+    if not signed_by_any(keys, tag, body):
+        raise PayloadError("HMAC does not match any fleet key (tampered, or another key)", kind="bad_signature")
     return _parse(body, size)
 
 
 def _parse(body: bytes, size: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     start = PREFIX.size + size
     if start > len(body):
-        raise PayloadError("malformed", f"header of {size} bytes runs past the payload")
+        raise PayloadError(f"header of {size} bytes runs past the payload", kind="malformed")
     try:
         header = json.loads(body[PREFIX.size:start].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PayloadError("malformed", f"header is not JSON ({err})") from None
+        raise PayloadError(f"header is not JSON ({err})", kind="malformed") from None
     described = header.get("arrays") if isinstance(header, dict) else None
     if not isinstance(described, list):
-        raise PayloadError("malformed", "header is not an object with an 'arrays' list")
+        raise PayloadError("header is not an object with an 'arrays' list", kind="malformed")
     arrays, offset = {}, start
     for entry in described:
         try:
@@ -118,14 +108,14 @@ def _parse(body: bytes, size: int) -> tuple[dict[str, Any], dict[str, np.ndarray
         except (TypeError, ValueError):
             valid = False
         if not valid or name in arrays:
-            raise PayloadError("malformed", f"bad array entry {entry!r}")
+            raise PayloadError(f"bad array entry {entry!r}", kind="malformed")
         n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if offset + n > len(body):
-            raise PayloadError("malformed", f"array {name!r} {shape} runs past the payload")
+            raise PayloadError(f"array {name!r} {shape} runs past the payload", kind="malformed")
         arrays[name] = np.frombuffer(body, dtype, count=n // np.dtype(dtype).itemsize, offset=offset).reshape(shape)
         offset += n
     if offset != len(body):
-        raise PayloadError("malformed", f"{len(body) - offset} bytes after the last array")
+        raise PayloadError(f"{len(body) - offset} bytes after the last array", kind="malformed")
     return header, arrays
 
 
@@ -133,8 +123,6 @@ def fleet_keys(path: str | Path | None = None) -> list[bytes]:
     """The fleet keys: from a key file (``edgert bridge keygen``; hex, one per line, mode 0600 or
     stricter; the first signs, all verify) or, without one, from ``$EDGERT_FLEET_KEY`` (hex keys,
     comma-separated)."""
-    from firmware_bridge.auth import MIN_KEY_SIZE, read_keys
-
     if path is not None:
         return read_keys(path)
     text = os.environ.get(KEY_ENV, "")

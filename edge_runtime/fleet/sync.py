@@ -52,7 +52,7 @@ from edge_runtime.errors import InputError
 from edge_runtime.fleet.broker import check_name
 from edge_runtime.fleet.ledger import Ledger, Stats
 from edge_runtime.fleet.payload import PayloadError, decode, encode
-from edge_runtime.stream import Ring
+from edge_runtime.runtime.summary import Ring
 
 MAX_DELTA = 64 * 1024
 OUTCOMES = ("applied", "duplicate", "gap", "resynced", "stale", "adopted", "own")
@@ -244,10 +244,10 @@ class FleetSync:
             header, arrays = decode(blob, self.keys, self.max_delta if kind == "delta" else self.max_snapshot)
             seq = header.get("seq")
             if header.get("kind") != kind or header.get("device") != device or not isinstance(seq, int) or seq < 1:
-                raise PayloadError("malformed", f"header {header.get('kind')!r}/{header.get('device')!r} seq {seq!r} "
-                                                f"does not match its topic")
+                raise PayloadError(f"header {header.get('kind')!r}/{header.get('device')!r} seq {seq!r} "
+                                   f"does not match its topic", kind="malformed")
             if header.get("model") != self.model_sha256 or header.get("memory") != self.fingerprint:
-                raise PayloadError("wrong_model", "made with another model or from another source memory")
+                raise PayloadError("made with another model or from another source memory", kind="wrong_model")
         except PayloadError as err:
             with self._lock:
                 self.rejected[err.kind] += 1

@@ -1,0 +1,38 @@
+"""MemFlow's input stage: the label-free map that brings a frame back to the source
+(``edge_runtime.kernels.align`` keeps its running statistics; ``docs/memflow.md``, "Alignment")."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class InputStage(NamedTuple):
+    """The map a frame enters the network through, as it stands (``edge_runtime.kernels.align``):
+    z = (c + c U^T mix U) * factor with c = x / ||x|| - centre; U = ``basis`` (r, d)."""
+
+    centre: np.ndarray  # (d,) float32
+    factor: np.ndarray  # (d,) float32
+    basis: np.ndarray  # (r, d) float32
+    mix: np.ndarray  # (r, r) float32
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Rows x (n, d), L2-normalised, through the map (float32)."""
+        c = np.asarray(x, np.float32) - self.centre
+        return ((c + (c @ self.basis.T) @ self.mix.T @ self.basis) * self.factor).astype(np.float32)
+
+
+def principal_directions(centred: np.ndarray, rank: int) -> np.ndarray:
+    """The top ``rank`` principal directions (rank, d) of centred rows, float32, signs fixed (each
+    row's largest entry positive) so that the same source gives the same basis."""
+    n, d = centred.shape
+    if n < d:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        top = vt[:rank]
+    else:  # the d x d scatter is cheaper to decompose than n rows
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        top = vectors[:, ::-1][:, :rank].T
+    top = top * np.sign(top[np.arange(len(top)), np.abs(top).argmax(axis=1)])[:, None]
+    out = np.zeros((rank, d), np.float32)
+    out[:len(top)] = top
+    return out

@@ -1,0 +1,162 @@
+"""MemFlow's alignment and temporal stages: each kernel against plain numpy, and on real features
+the guard that keeps a camera's held frames from becoming the statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_runtime.adapters.memflow import MemFlow
+from edge_runtime.kernels import align
+from edge_runtime.kernels import temporal as T
+
+D, R = 24, 5
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+def test_stage_centre_spread_and_variance_match_numpy(rng) -> None:
+    mu_s = rng.normal(size=D).astype(np.float32)
+    var_s = rng.uniform(0.5, 2.0, D)
+    frames = rng.normal(1.0, 0.5, (30, D))
+    weights = rng.uniform(0.2, 1.0, 30)
+    gamma, prior = 0.97, 20.0
+    ages = gamma ** np.arange(29, -1, -1) * weights
+    sums, squares, weight = ages @ frames, ages @ frames ** 2, ages.sum()
+    centre, factor = np.empty(D, np.float32), np.empty(D, np.float32)
+    variance = align.stage(mu_s, np.ones(D, np.float32), var_s, sums, squares, weight, prior, True, True,
+                           centre, factor)
+    mean = (prior * mu_s + sums) / (prior + weight)
+    var_t = np.maximum((prior * (var_s + mu_s.astype(np.float64) ** 2) + squares) / (prior + weight) - mean ** 2,
+                       var_s / 16)
+    np.testing.assert_allclose(centre, mean, rtol=1e-6)
+    np.testing.assert_allclose(factor, np.sqrt(np.clip(var_s / var_t, 1 / 16, None)), rtol=1e-5)
+    assert variance == pytest.approx(var_t.sum(), rel=1e-9)
+    # Off: the source centre and scale, and the source's variance.
+    variance = align.stage(mu_s, np.full(D, 2.0, np.float32), var_s, sums, squares, weight, prior, False, True,
+                           centre, factor)
+    np.testing.assert_array_equal(centre, mu_s)
+    assert (factor == 2.0).all() and variance == pytest.approx(var_s.sum())
+
+
+def test_novelty_weighs_a_repeated_frame_down_and_a_new_one_fully(rng) -> None:
+    z = rng.normal(size=D).astype(np.float32)
+    recent = np.zeros(D, np.float32)
+    assert align.novelty(z, recent, 0, 0.25, 10.0) == 1.0 and np.array_equal(recent, z)  # first frame
+    near = (z + 0.01).astype(np.float32)
+    gap = float(((near - recent) ** 2).sum())
+    w = align.novelty(near, recent, 1, 0.25, 10.0)
+    assert w == pytest.approx(gap / 2.5)
+    np.testing.assert_allclose(recent, 0.8 * z + 0.2 * near, rtol=1e-6)
+    assert align.novelty(-near, recent, 2, 0.25, 10.0) == 1.0  # far from the last frames
+    assert align.novelty(near, recent.copy(), 3, 0.0, 10.0) == 1.0  # rho 0: every frame counts
+
+
+def test_learn_folds_the_frame_into_every_sum(rng) -> None:
+    mu_s = rng.normal(size=D).astype(np.float32)
+    basis = np.linalg.qr(rng.normal(size=(D, R)))[0].T.astype(np.float32)
+    sums, squares, weight = rng.normal(size=D), rng.uniform(1, 2, D), np.array([3.0])
+    proj_sum, proj_sq = rng.normal(size=R), np.eye(R)
+    want = [a.copy() for a in (sums, squares, weight, proj_sum, proj_sq)]
+    z = rng.normal(size=D).astype(np.float32)
+    align.learn(z, 0.5, 0.9, mu_s, basis, sums, squares, weight, proj_sum, proj_sq, np.empty(R))
+    y = basis.astype(np.float64) @ (z.astype(np.float64) - mu_s)
+    np.testing.assert_allclose(sums, 0.9 * want[0] + 0.5 * z, rtol=1e-12)
+    np.testing.assert_allclose(squares, 0.9 * want[1] + 0.5 * z.astype(np.float64) ** 2, rtol=1e-12)
+    assert weight[0] == pytest.approx(0.9 * 3.0 + 0.5)
+    np.testing.assert_allclose(proj_sum, 0.9 * want[3] + 0.5 * y, rtol=1e-6)
+    np.testing.assert_allclose(proj_sq, 0.9 * want[4] + 0.5 * np.outer(y, y), rtol=1e-6)
+
+
+def test_the_subspace_map_gives_the_target_the_source_covariance(rng) -> None:
+    # Target frames with a covariance of their own in the subspace: once they outweigh the source
+    # pseudo-frames, A C_t A^T is the source's diag(lambda), and it is A - I that ``mix`` holds.
+    lam = np.array([4.0, 2.0, 1.0, 0.5, 0.25])
+    mixing = rng.normal(size=(R, R))
+    y = rng.normal(size=(4000, R)) @ mixing.T + 0.3
+    proj_sum, proj_sq = y.sum(axis=0), y.T @ y
+    mix = np.empty((R, R), np.float32)
+    align.refresh_mix(lam, proj_sum, proj_sq, float(len(y)), 20.0, mix)
+    total = 20.0 + len(y)
+    m = proj_sum / total
+    cov = (proj_sq + 20.0 * np.diag(lam)) / total - np.outer(m, m)
+    a = mix + np.eye(R)
+    np.testing.assert_allclose(a @ cov @ a.T, np.diag(lam), rtol=1e-4, atol=1e-5)
+    align.refresh_mix(lam, proj_sum, proj_sq, 0.0, 20.0, mix)  # nothing seen: the identity map
+    assert not mix.any()
+
+
+def test_apply_matches_numpy(rng) -> None:
+    basis = np.linalg.qr(rng.normal(size=(D, R)))[0].T.astype(np.float32)
+    mix = rng.normal(0, 0.2, (R, R)).astype(np.float32)
+    centre, factor = rng.normal(size=D).astype(np.float32), rng.uniform(0.5, 2, D).astype(np.float32)
+    z = rng.normal(size=D).astype(np.float32)
+    c = z.astype(np.float64) - centre
+    want = (c + basis.T @ (mix @ (basis @ c))) * factor
+    got = z.copy()
+    align.apply(got, centre, factor, basis, mix, np.empty(R, np.float32), np.empty(R, np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _numpy_filter(posteriors: np.ndarray, pi: np.ndarray, lag: int, gamma: float, most: float) -> np.ndarray:
+    """The temporal filter written plainly: moments from the whole history, then the HMM step."""
+    out, belief = [], None
+    for t, p in enumerate(posteriors):
+        def agreement(l: int) -> tuple[float, float]:  # over frames u < t, pairs (u, u - l)
+            u = np.arange(l, t)
+            w = gamma ** (t - 1 - u.astype(np.float64))
+            return float(w @ (posteriors[u] * posteriors[u - l]).sum(1)), float(w.sum())
+
+        s = 0.0
+        (a, n1), (b, n_lag) = agreement(1), agreement(lag)
+        if n1 and n_lag:
+            u = np.arange(1, t)
+            c = float(gamma ** (t - 1 - u.astype(np.float64)) @ (posteriors[u] ** 2).sum(1)) / n1
+            a, b = a / n1, b / n_lag
+            if c - b > 1e-9:
+                s = (a - b) / (c - b)
+                a2, n2 = agreement(2)
+                if n2 and a - b > 0:
+                    s = min((a2 / n2 - b) / (a - b), 3 * s)
+                s = float(np.clip(s * n_lag / (n_lag + 10.0), 0.0, most))
+        belief = p.copy() if t == 0 else p / pi * (s * belief + (1 - s) * pi)
+        belief /= belief.sum()
+        out.append(belief)
+    return np.array(out)
+
+
+def _stream(rng: np.random.Generator, labels: np.ndarray, k: int) -> np.ndarray:
+    """Posteriors of a classifier that shows a wrong class on a quarter of the frames."""
+    wrong = (labels + rng.integers(1, k, len(labels))) % k
+    shown = np.where(rng.random(len(labels)) < 0.25, wrong, labels)
+    p = np.full((len(labels), k), 0.5 / (k - 1))
+    p[np.arange(len(labels)), shown] = 0.5
+    return p.astype(np.float32)
+
+
+@pytest.mark.parametrize("held", [1, 20, "drift"])
+def test_temporal_filter_matches_numpy_and_stands_aside_on_a_shuffled_stream(rng, held) -> None:
+    k = 6
+    if held == "drift":  # shuffled, but the class mix changes half way (a new scene, a new domain)
+        labels = np.concatenate([rng.choice(3, 600), 3 + rng.choice(3, 600)])
+    else:
+        labels = np.repeat(rng.integers(0, k, 1200 // held), held)
+    posteriors = _stream(rng, labels, k)
+    pi = np.full(k, 1.0 / k)
+    belief, history = np.zeros(k), np.zeros((16, k), np.float32)
+    moments, frames = np.zeros(T.N_MOMENTS), np.zeros(1, np.int64)
+    got = []
+    for p in posteriors:
+        p = p.copy()
+        T.step(p, pi, belief, history, moments, frames, 0.999, 10.0, 0.95)
+        got.append(p)
+    want = _numpy_filter(posteriors.astype(np.float64), pi, 16, 0.999, 0.95)
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-4, atol=1e-6)
+    s = T.stay(moments, 10.0, 0.95)
+    accuracy = lambda q: float((np.asarray(q).argmax(1) == labels).mean())  # noqa: E731
+    if held != 20:  # shuffled: nothing to smooth, and the filter stands aside
+        assert s < 0.05 and accuracy(got) == accuracy(posteriors)
+    else:  # an object held for 20 frames (stay probability 0.95): smoothed
+        assert s > 0.8 and accuracy(got) > accuracy(posteriors) + 0.08
