@@ -147,7 +147,7 @@ def encode_state(adapter: Adapter, *, kind: str, model_sha256: str, classes: lis
     payload = {HEADER_KEY: blob, **{ARRAY_PREFIX + k: v for k, v in arrays.items()},
                **{EXTRA_PREFIX + k: v for k, v in extra.items()}}
     buffer = io.BytesIO()
-    np.savez(buffer, **payload)
+    np.savez(buffer, **payload)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

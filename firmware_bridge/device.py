@@ -339,7 +339,7 @@ class Step(NamedTuple):
     """
 
     replies: Optional[list[Reply]] = None
-    index: int = -1
+    index: int = -1  # type: ignore[assignment]
     sign: Optional[Callable[[bytes], bytes]] = None
     counter: Optional[int] = None
     nonce: bytes = b""

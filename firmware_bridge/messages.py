@@ -168,7 +168,7 @@ class Hello:
         pos += n_adapter
         (n_names,) = _take(struct.Struct("<H"), payload, pos)
         pos += 2
-        names = []
+        names: list[str] = []
         for _ in range(n_names):
             if pos >= len(payload):
                 raise PayloadError(f"HELLO announces {n_names} class names, payload ends after {len(names)}")

@@ -245,7 +245,8 @@ class DMN(Adapter):
         if self._stage is not None:  # FeatureShift.transform adds this float32 difference
             means = self._stage.arrays()
             shift = means["source_mean"] - means["target_mean"]
-        head = self._prior_head
+        head: Any = self._prior_head
+        prior: tuple[np.ndarray, np.ndarray | None, float]
         if self.prior == "linear":
             prior = (np.asarray(head.weight, np.float32), np.asarray(head.bias, np.float32), 1.0)
         elif self.prior == "prototypes":

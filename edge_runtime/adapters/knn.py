@@ -179,7 +179,7 @@ class KNN(Adapter):
         self._check_fitted()
         if (ids is None) == (origin is None):
             raise ValueError("forget takes ids= or origin=, exactly one")
-        removed = self._memory.remove_ids(ids) if ids is not None else self._memory.remove_origin(origin)
+        removed = self._memory.remove_ids(ids) if ids is not None else self._memory.remove_origin(str(origin))
         if removed:
             for c in range(self._n_classes):
                 keep = [j for j, i in enumerate(self._pseudo_ids[c]) if i in self._memory]
@@ -201,7 +201,7 @@ class KNN(Adapter):
     def _arrays(self) -> dict[str, np.ndarray]:
         entries = self._memory.entries()
         names = sorted(set(entries["origins"]))
-        pseudo = {i: c for c, (ids, confs) in enumerate(zip(self._pseudo_ids, self._pseudo_conf))
+        pseudo = {i: c for ids, confs in zip(self._pseudo_ids, self._pseudo_conf)
                   for i, c in zip(ids, confs)}
         return {"features": entries["features"], "labels": entries["labels"], "ids": entries["ids"],
                 "origins": np.array([names.index(o) for o in entries["origins"]], dtype=np.int32),

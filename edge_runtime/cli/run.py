@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
     checkpoints = None
     baseline = None
     if args.adapter == "none":
-        adapter, classes, meta = None, [name.split(",")[0] for name in backbone.card.labels], {}
+        adapter, classes, meta = None, [name.split(",")[0] for name in backbone.card.labels], {}  # type: ignore[var-annotated]
         if args.labels or args.state or args.compare:
             raise InputError("--labels, --state and --compare need an adapter: pass --adapter and --memory")
     else:

@@ -192,7 +192,7 @@ class FleetSync:
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(self.device, self.password)
         if self.url.tls:
-            client.tls_set(**(self.tls or {}))
+            client.tls_set(**(self.tls or {}))  # type: ignore[arg-type]
         client.will_set(self.topic("presence", self.device), self._presence(False), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=8)
         client.on_connect = self._on_connect

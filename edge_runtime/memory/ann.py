@@ -98,6 +98,6 @@ class FaissIVF:
 
     def candidates(self, queries: np.ndarray, k: int, row_of: dict[int, int]) -> np.ndarray:
         """Memory rows (n, k) of the approximate k nearest ids; -1 where fewer were found."""
-        _, ids = self._index.search(np.ascontiguousarray(queries), k)
+        _, ids = self._index.search(np.ascontiguousarray(queries), k)  # type: ignore[attr-defined]
         return np.array([row_of.get(int(i), -1) if i >= 0 else -1 for i in ids.ravel()],
                         dtype=np.int64).reshape(ids.shape)

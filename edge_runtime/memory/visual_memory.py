@@ -190,7 +190,7 @@ class VisualMemory:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = sqlite3.connect(self.path, isolation_level=None)  # type: ignore[arg-type]
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk (fsync of the log) when commit returns, power cut or not.
             db.execute("PRAGMA synchronous=FULL")

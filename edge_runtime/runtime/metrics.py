@@ -86,7 +86,7 @@ class Metrics:
     @property
     def address(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # type: ignore[str-bytes-safe]
 
     def record(self, ms: dict[str, float], proba: np.ndarray, capture: Any, adapter: Any) -> None:
         """One processed frame: its stage times (ms), the prediction, the capture's counters."""

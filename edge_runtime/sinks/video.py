@@ -42,7 +42,7 @@ class VideoSink:
     def write(self, prediction: Prediction, image: np.ndarray) -> None:
         size = (image.shape[1], image.shape[0])
         if self._writer is None:
-            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
+            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])  # type: ignore[attr-defined]
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
             if not self._writer.isOpened():
                 raise InputError(f"cannot write video {self.path} with codec {FOURCC[self.path.suffix.lower()]}")

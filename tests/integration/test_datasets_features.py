@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import edge_runtime.model
 from edge_runtime.bench.datasets import load_domain

@@ -82,7 +82,6 @@ def layers(model, request):
 def _conv64(conv, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``conv`` with ``weight``, no bias, in float64 on NHWC input."""
     from torch import nn
-    from torch.nn import functional as F
 
     pad = conv.static_padding if isinstance(getattr(conv, "static_padding", None), nn.ZeroPad2d) else nn.Identity()
     return F.conv2d(pad(x.double().permute(0, 3, 1, 2)), weight.reshape(conv.weight.shape), None, conv.stride,
@@ -191,7 +190,6 @@ def test_simulated_layers_are_exact_against_float64_convolution(model):
     # Integer codes and levels: every output of the simulation must equal torch's float64
     # convolution exactly (the float32 shortcuts included), for every layer shape of the network.
     from torch import nn
-    from torch.nn import functional as F
 
     rng = torch.Generator().manual_seed(0)
     for convs, _ in _stages(model.net):

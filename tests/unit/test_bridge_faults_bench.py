@@ -2,8 +2,6 @@
 report section is written (and rewritten in place, not appended twice)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -26,28 +24,3 @@ def test_ledger_counts_only_acknowledged_operations() -> None:
     assert ledger.reconcile({4: 40}) == (1, 0)
     assert ledger.acked == {1, 2, 3, 4} and ledger.forgotten == {2, 3}
     assert ledger.reconcile({1: 10, 3: 30, 4: 40, 7: 70}) == (1, 1)  # 3 came back; 7 was never taught
-
-
-def test_a_tiny_run_of_every_part_and_its_report(tmp_path: Path) -> None:
-    log = lambda line: None  # noqa: E731
-    results = {"quick": True, "host": os.uname().nodename, "time_utc": "now", "seconds": 1.0,
-               "kills": faults.kill_trials(tmp_path, 1, 0, log),
-               "load": faults.load_test(tmp_path, 6, 10, 20, 50.0, log),
-               "fuzz": faults.fuzz(tmp_path, 300, None, 0, log),
-               "auth": faults.auth_overhead(tmp_path, 20),
-               "journal": faults.journal_cost(tmp_path, 20, teachers=4)}
-    kills, load, fuzz = results["kills"], results["load"], results["fuzz"]
-    assert kills["trials"] == 3 and kills["acknowledged_ops"] > 0
-    assert kills["acknowledged_lost"] == 0 and kills["unloadable_states"] == 0 and kills["unclean_exits"] == 0
-    assert load["replies"] == load["requests_sent"] and load["refused_beyond_cap"]
-    assert fuzz["crashes"] == 0 and fuzz["hangs"] == 0 and fuzz["internal"] == 0, fuzz["internal_examples"]
-    assert sum(fuzz["replies"].values()) > 0 and "BAD_MAC" in fuzz["replies"]
-    assert results["journal"]["fsyncs_per_concurrent_teach"] is not None
-    report = tmp_path / "REPORT.md"
-    report.write_text("# report\n\n## Latency\n\nfigures\n\n## Faults and load (bridge)\n\nold\n\n## Other\n\nmore\n")
-    section = faults.faults_markdown(results)
-    faults.write_section(report, section)
-    faults.write_section(report, section)
-    text = report.read_text()
-    assert text.count("## Faults and load (bridge)") == 1 and "old" not in text
-    assert text.index("## Latency") < text.index("| acknowledged TEACH/FORGET lost") < text.index("## Other")

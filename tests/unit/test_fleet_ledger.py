@@ -147,19 +147,6 @@ def test_forget_takes_a_taught_batch_back_everywhere():
     assert np.array_equal(peer.statistics()["source"][0], base[0])
 
 
-def test_one_class_per_delta_fits_64_kib_for_the_default_memflow():
-    rng = np.random.default_rng(0)
-    x = (rng.normal(size=(90, 1280)) + 2).astype(np.float32)
-    model = MemFlow().fit(x, np.arange(90) % 9, 9)
-    ledger = Ledger("a", {"source": np.zeros_like(model.statistics()["source"])})
-    ledger.record(model.taught_statistics(x[:9], np.arange(9)))
-    chunks = ledger.take(64 * 1024)
-    header = {"kind": "delta", "device": "a", "seq": 1, "model": "f" * 64, "memory": "f" * 64, "t": 0.0}
-    sizes = [len(encode(header, arrays, KEY)) for _, arrays in chunks]
-    assert len(sizes) == 2 and max(sizes) <= 64 * 1024
-    assert sorted(np.concatenate([a["source.classes"] for _, a in chunks]).tolist()) == list(range(9))
-
-
 def test_add_statistics_checks_before_changing_anything():
     model, _, _ = small_memflow()
     before = model.statistics()["source"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.adapters.memflow import MemFlow
 from edge_runtime.kernels import align
 from edge_runtime.kernels import temporal as T
 

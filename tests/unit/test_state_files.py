@@ -17,7 +17,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from edge_runtime.adapters import make_adapter
-from edge_runtime.state import (Checkpoints, StateError, atomic_write, encode_state, read_header, read_state,
+from edge_runtime.state import (Checkpoints, StateError, read_header, read_state,
                                 write_state)
 
 SHA = "5" * 64

@@ -374,8 +374,8 @@ class MemFlow(Adapter):
         elif out.shape != (x.shape[0], self._n_classes) or out.dtype != np.float32:
             raise InputError(f"out must be float32 of shape {(x.shape[0], self._n_classes)}, got {out.dtype} {out.shape}")
         if self._state_args is None:
-            self._state_args = self._kernel_args()
-        bad = K.run_batch(x, learn, *self._state_args, out)
+            self._state_args = self._kernel_args()  # type: ignore[assignment]
+        bad = K.run_batch(x, learn, *self._state_args, out)  # type: ignore[call-arg, misc]
         if bad >= 0:
             what = "is all zero" if np.isfinite(x[bad]).all() else "holds NaN or inf"
             done = " (rows before it were processed)" if bad else ""
