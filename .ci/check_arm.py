@@ -10,20 +10,23 @@ Platform tags: manylinux2014_aarch64 (glibc 2.17) and every manylinux_2_X_aarch6
 2.36). manylinux2014 alone is not enough: onnxruntime has published no manylinux2014 aarch64
 wheel since 1.16, numba and llvmlite none since 0.59/0.42 (they are manylinux_2_27/2_28 now).
 """
+
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 PYTHONS = {"3.10": "Jetson Orin (JetPack 6)", "3.11": "Raspberry Pi 4/5 (Raspberry Pi OS Bookworm)"}
 GLIBC_MAX = 35  # JetPack 6's glibc; Bookworm's is 2.36
 FLEET_BY_NAME = ["paho-mqtt>=2,<3"]  # the fleet extra, while it is not yet in pyproject.toml
-WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)"
-                   r"-(?P<platform>.+)\.whl$")
+WHEEL = re.compile(
+    r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)" r"-(?P<platform>.+)\.whl$"
+)
 
 
 def requirements(pyproject: Path) -> list[str]:
@@ -34,8 +37,22 @@ def requirements(pyproject: Path) -> list[str]:
 def download(python: str, wanted: list[str], into: Path) -> list[dict[str, str]]:
     tag = python.replace(".", "")
     platforms = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in range(17, GLIBC_MAX + 1)]
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp",
-               "--python-version", python, "--abi", f"cp{tag}", "-d", str(into)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        "--abi",
+        f"cp{tag}",
+        "-d",
+        str(into),
+    ]
     for platform in platforms:
         command += ["--platform", platform]
     done = subprocess.run(command + wanted, capture_output=True, text=True)
@@ -47,8 +64,13 @@ def download(python: str, wanted: list[str], into: Path) -> list[dict[str, str]]
         match = WHEEL.match(wheel.name)
         if match is None:
             sys.exit(f"check-arm: Python {python}: {wheel.name} is not a wheel (a source build on the board)")
-        rows.append({"package": match["name"], "version": match["version"],
-                     "tag": f"{match['py']}-{match['abi']}-{match['platform']}"})
+        rows.append(
+            {
+                "package": match["name"],
+                "version": match["version"],
+                "tag": f"{match['py']}-{match['abi']}-{match['platform']}",
+            }
+        )
     return rows
 
 

@@ -11,6 +11,7 @@ then, with the device's own commands only:
   packages above may be imported.
 Exit status 0 only if all of it holds. Usage: python check_device.py MODELS WORKDIR
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -80,15 +81,40 @@ def main(models: Path, work: Path) -> None:
         (work / "source" / name).mkdir(parents=True, exist_ok=True)
         for i, (fx, fy) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)]):
             y, x = int(h * 0.2 * fy), int(w * 0.2 * fx)
-            cv2.imwrite(str(work / "source" / name / f"{i}.png"), photo[y:y + int(h * 0.8), x:x + int(w * 0.8)])
+            cv2.imwrite(str(work / "source" / name / f"{i}.png"), photo[y : y + int(h * 0.8), x : x + int(w * 0.8)])
     for adapter in ADAPTERS:
         memory = work / f"{adapter}.npz"
-        edgert("memory", "build", "--model", str(model), "--images", str(work / "source"), "--adapter", adapter,
-               "--out", str(memory))
+        edgert(
+            "memory",
+            "build",
+            "--model",
+            str(model),
+            "--images",
+            str(work / "source"),
+            "--adapter",
+            adapter,
+            "--out",
+            str(memory),
+        )
         summary = work / f"run-{adapter}.json"
-        args = ("run", "--source", str(DATA / "vtest.avi"), "--model", str(model), "--adapter", adapter,
-                "--memory", str(memory), "--max-frames", "60", "--state", str(work / f"state-{adapter}"),
-                "--json", str(summary), "--quiet")
+        args = (
+            "run",
+            "--source",
+            str(DATA / "vtest.avi"),
+            "--model",
+            str(model),
+            "--adapter",
+            adapter,
+            "--memory",
+            str(memory),
+            "--max-frames",
+            "60",
+            "--state",
+            str(work / f"state-{adapter}"),
+            "--json",
+            str(summary),
+            "--quiet",
+        )
         if adapter == "memflow":  # paced like a camera, so the endpoint is scraped mid-run
             port = free_port()
             proc = edgert(*args, "--realtime", "--metrics", f"127.0.0.1:{port}", background=True)
@@ -107,20 +133,37 @@ def main(models: Path, work: Path) -> None:
             finish(proc, args)
             if not (len(counts) >= 2 and counts[-1] > counts[0]):
                 sys.exit(f"check-device: edgert_frames_total did not move while running: {counts}")
-            print(f"check-device: metrics scraped during the run: edgert_frames_total {counts[0]:.0f} -> "
-                  f"{counts[-1]:.0f}")
+            print(
+                f"check-device: metrics scraped during the run: edgert_frames_total {counts[0]:.0f} -> "
+                f"{counts[-1]:.0f}"
+            )
         else:
             edgert(*args)
         report = json.loads(summary.read_text())
         if report["frames"] != 60 or report["checkpoints"] < 1:
-            sys.exit(f"check-device: edgert run with {adapter}: {report['frames']} frames, "
-                     f"{report['checkpoints']} checkpoints")
-        print(f"check-device: edgert run {adapter}: {report['frames']} frames of vtest.avi at {report['fps']} fps, "
-              f"adapt p50 {report['p50_ms']['adapt']:.2f} ms, on {','.join(report['execution']['active'])}")
+            sys.exit(
+                f"check-device: edgert run with {adapter}: {report['frames']} frames, "
+                f"{report['checkpoints']} checkpoints"
+            )
+        print(
+            f"check-device: edgert run {adapter}: {report['frames']} frames of vtest.avi at {report['fps']} fps, "
+            f"adapt p50 {report['p50_ms']['adapt']:.2f} ms, on {','.join(report['execution']['active'])}"
+        )
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
-    server = edgert("bridge", "serve", "--port", url, "--model", str(model), "--adapter", "memflow",
-                    "--memory", str(work / "memflow.npz"), background=True)
+    server = edgert(
+        "bridge",
+        "serve",
+        "--port",
+        url,
+        "--model",
+        str(model),
+        "--adapter",
+        "memflow",
+        "--memory",
+        str(work / "memflow.npz"),
+        background=True,
+    )
     for _ in range(200):  # listening once a connection is accepted (the server drops a silent peer)
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -134,8 +177,10 @@ def main(models: Path, work: Path) -> None:
     leaked = sorted(imported & set(FORBIDDEN))
     if leaked:
         sys.exit(f"check-device: host packages imported by device commands: {', '.join(leaked)}")
-    print(f"check-device: {len(imported)} top-level modules imported by the device commands; none of "
-          f"{', '.join(FORBIDDEN)} (neither installed nor imported)")
+    print(
+        f"check-device: {len(imported)} top-level modules imported by the device commands; none of "
+        f"{', '.join(FORBIDDEN)} (neither installed nor imported)"
+    )
 
 
 if __name__ == "__main__":

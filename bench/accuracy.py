@@ -28,6 +28,7 @@ How the baselines' defaults were chosen (never on a reported target):
 Reproduce the sweeps with ``edgert bench accuracy --tasks dev --methods
 linear,t3a@filter_k=1,t3a@filter_k=5,...,shift@momentum=0.8,...``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,9 @@ def parse_method(text: str) -> MethodSpec:
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             if value in _PYTHON_LITERALS:  # would pass as a (truthy) string
-                raise InputError(f"method parameter {item!r} in {text!r}: values are JSON, "
-                                 f"write {key}={_PYTHON_LITERALS[value]}") from None
+                raise InputError(
+                    f"method parameter {item!r} in {text!r}: values are JSON, " f"write {key}={_PYTHON_LITERALS[value]}"
+                ) from None
             params[key] = value
     return MethodSpec(text.strip(), name, params)
 
@@ -93,14 +95,15 @@ def run_stream(adapter: Any, stream: np.ndarray) -> tuple[np.ndarray, float]:
     predictions = np.empty(len(stream), np.int64)
     spent = 0.0
     for i in range(len(stream)):
-        row = stream[i:i + 1].copy()
+        row = stream[i : i + 1].copy()
         start = time.perf_counter()
         proba = adapter.adapt(row)
         spent += time.perf_counter() - start
         proba = np.asarray(proba)
         if proba.ndim != 2 or proba.shape[0] != 1:
-            raise EdgeRuntimeError(f"{type(adapter).__name__}.adapt returned shape {proba.shape} for one row; "
-                                   "expected (1, n_classes)")
+            raise EdgeRuntimeError(
+                f"{type(adapter).__name__}.adapt returned shape {proba.shape} for one row; " "expected (1, n_classes)"
+            )
         predictions[i] = int(np.argmax(proba[0]))
     return predictions, spent
 
@@ -145,11 +148,18 @@ class Runner:
                 spent += seconds
                 seen += len(order)
         accuracy = per_order.mean(axis=2)  # (kinds, seeds): two-fold tasks average their folds
-        return {"accuracy": float(accuracy.mean()), "accuracy_spread": float(accuracy.max() - accuracy.min()),
-                "adapt_us_per_sample": 1e6 * spent / max(seen, 1),
-                "orders": {kind: {"accuracy": float(accuracy[q].mean()),
-                                  "accuracy_spread": float(accuracy[q].max() - accuracy[q].min())}
-                           for q, kind in enumerate(self.kinds)}}
+        return {
+            "accuracy": float(accuracy.mean()),
+            "accuracy_spread": float(accuracy.max() - accuracy.min()),
+            "adapt_us_per_sample": 1e6 * spent / max(seen, 1),
+            "orders": {
+                kind: {
+                    "accuracy": float(accuracy[q].mean()),
+                    "accuracy_spread": float(accuracy[q].max() - accuracy[q].min()),
+                }
+                for q, kind in enumerate(self.kinds)
+            },
+        }
 
 
 def oracle_heads(fold: Any, n_classes: int) -> list[Any]:
@@ -175,8 +185,9 @@ def run_oracle(heads: list[Any], fold: Any, order: np.ndarray) -> tuple[np.ndarr
     return predictions, spent
 
 
-def summary(results: dict[str, dict[str, dict[str, Any]]], methods: list[str],
-            tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def summary(
+    results: dict[str, dict[str, dict[str, Any]]], methods: list[str], tasks: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per method, over ``tasks`` (default: the shifted tasks present, control and dev excluded):
     the mean accuracy (the headline: over every order kind), and per order kind the mean and the
     worst task."""
@@ -192,24 +203,35 @@ def summary(results: dict[str, dict[str, dict[str, Any]]], methods: list[str],
         for kind in next(iter(rows.values()))["orders"]:
             values = {t: r["orders"][kind]["accuracy"] for t, r in rows.items()}
             worst = min(values, key=values.get)
-            by_kind[kind] = {"mean_shifted_accuracy": float(np.mean(list(values.values()))),
-                             "worst_task": worst, "worst_accuracy": values[worst]}
-        out[m] = {"mean_shifted_accuracy": float(np.mean([r["accuracy"] for r in rows.values()])),
-                  "n_tasks": len(rows), "orders": by_kind}
+            by_kind[kind] = {
+                "mean_shifted_accuracy": float(np.mean(list(values.values()))),
+                "worst_task": worst,
+                "worst_accuracy": values[worst],
+            }
+        out[m] = {
+            "mean_shifted_accuracy": float(np.mean([r["accuracy"] for r in rows.values()])),
+            "n_tasks": len(rows),
+            "orders": by_kind,
+        }
     return out
 
 
-def markdown_table(results: dict[str, dict[str, dict[str, Any]]], methods: list[str],
-                   means: dict[str, dict[str, Any]]) -> str:
+def markdown_table(
+    results: dict[str, dict[str, dict[str, Any]]], methods: list[str], means: dict[str, dict[str, Any]]
+) -> str:
     """Accuracy (%) +- spread per task and method (mean over order kinds), the mean over shifted
     tasks, and per order kind: the mean, the worst task, and the worst fall below ``linear``."""
+
     def label(m: str) -> str:
         return f"{m} (not adaptation)" if m == ORACLE else m
 
     header = ["| task | " + " | ".join(label(m) for m in methods) + " |", "|---|" + "---:|" * len(methods)]
     lines = list(header)
     for task, row in results.items():
-        cells = [f"{100 * row[m]['accuracy']:.1f} ± {100 * row[m]['accuracy_spread']:.1f}" if m in row else "" for m in methods]
+        cells = [
+            f"{100 * row[m]['accuracy']:.1f} ± {100 * row[m]['accuracy_spread']:.1f}" if m in row else ""
+            for m in methods
+        ]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     if means:
         cells = [f"**{100 * means[m]['mean_shifted_accuracy']:.1f}**" if m in means else "" for m in methods]
@@ -219,20 +241,35 @@ def markdown_table(results: dict[str, dict[str, dict[str, Any]]], methods: list[
     kinds = list(next(iter(next(iter(results.values())).values()))["orders"]) if results else []
     if not means or not kinds:
         return "\n".join(lines) + "\n"
-    lines += ["", "By stream order (mean over shifted tasks; worst task; worst fall below `linear` over every task,"
-              " control included):", "", header[0].replace("| task |", "| order |", 1), header[1]]
+    lines += [
+        "",
+        "By stream order (mean over shifted tasks; worst task; worst fall below `linear` over every task,"
+        " control included):",
+        "",
+        header[0].replace("| task |", "| order |", 1),
+        header[1],
+    ]
     for kind in kinds:
-        cells = [f"{100 * means[m]['orders'][kind]['mean_shifted_accuracy']:.1f}" if m in means else "" for m in methods]
+        cells = [
+            f"{100 * means[m]['orders'][kind]['mean_shifted_accuracy']:.1f}" if m in means else "" for m in methods
+        ]
         lines.append(f"| {kind}: mean | " + " | ".join(cells) + " |")
-        cells = [f"{100 * means[m]['orders'][kind]['worst_accuracy']:.1f} "
-                 f"({means[m]['orders'][kind]['worst_task'].replace('photo->photo-c/', 'c/')})" if m in means else ""
-                 for m in methods]
+        cells = [
+            f"{100 * means[m]['orders'][kind]['worst_accuracy']:.1f} "
+            f"({means[m]['orders'][kind]['worst_task'].replace('photo->photo-c/', 'c/')})"
+            if m in means
+            else ""
+            for m in methods
+        ]
         lines.append(f"| {kind}: worst task | " + " | ".join(cells) + " |")
         if "linear" in methods:
             cells = []
             for m in methods:
-                gaps = [row[m]["orders"][kind]["accuracy"] - row["linear"]["orders"][kind]["accuracy"]
-                        for row in results.values() if m in row and "linear" in row]
+                gaps = [
+                    row[m]["orders"][kind]["accuracy"] - row["linear"]["orders"][kind]["accuracy"]
+                    for row in results.values()
+                    if m in row and "linear" in row
+                ]
                 cells.append(f"{100 * min(gaps):+.1f}" if gaps and m != "linear" else "")
             lines.append(f"| {kind}: worst vs linear | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -251,9 +288,15 @@ def plot(results: dict[str, dict[str, dict[str, float]]], methods: list[str], pa
     for i, m in enumerate(methods):
         acc = [100 * results[t][m]["accuracy"] if m in results[t] else np.nan for t in tasks]
         err = [100 * results[t][m]["accuracy_spread"] / 2 if m in results[t] else 0 for t in tasks]
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, acc, width, yerr=err,
-               label=f"{m} (labelled target: reference)" if m == ORACLE else m,
-               hatch="//" if m == ORACLE else None, capsize=1)
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width,
+            acc,
+            width,
+            yerr=err,
+            label=f"{m} (labelled target: reference)" if m == ORACLE else m,
+            hatch="//" if m == ORACLE else None,
+            capsize=1,
+        )
     ax.set_xticks(x)
     ax.set_xticklabels([t.replace("photo->photo-c/", "c/") for t in tasks], rotation=40, ha="right", fontsize=8)
     ax.set_ylabel("online accuracy (%)")
@@ -284,21 +327,34 @@ def resolve_tasks(text: str | None, quick: bool) -> list[str]:
 def configure(parser: argparse.ArgumentParser) -> None:
     from edge_runtime.bench.tasks import ORDERS
 
-    parser.add_argument("--methods", help="comma-separated registry names, optionally name@key=value "
-                        f"(default: {','.join(DEFAULT_BASELINES)},{ORACLE} and every other registered adapter)")
+    parser.add_argument(
+        "--methods",
+        help="comma-separated registry names, optionally name@key=value "
+        f"(default: {','.join(DEFAULT_BASELINES)},{ORACLE} and every other registered adapter)",
+    )
     parser.add_argument("--tasks", help="comma-separated task names or groups: bench (default), dev, all")
-    parser.add_argument("--model", type=Path, action="append",
-                        help="exported backbone whose cached features to use (default model); repeat it to bench "
-                             "several (e.g. fp32.onnx and the device's int8.tflite), each reported in full")
-    parser.add_argument("--order", default=",".join(ORDERS),
-                        help=f"comma-separated stream order kinds: {', '.join(ORDERS)} (default: all; the "
-                             "headline mean is over those given)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        help="exported backbone whose cached features to use (default model); repeat it to bench "
+        "several (e.g. fp32.onnx and the device's int8.tflite), each reported in full",
+    )
+    parser.add_argument(
+        "--order",
+        default=",".join(ORDERS),
+        help=f"comma-separated stream order kinds: {', '.join(ORDERS)} (default: all; the "
+        "headline mean is over those given)",
+    )
     parser.add_argument("--orders", type=int, default=3, help="seeded streams of each order kind per task (default 3)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the results as a Markdown table here")
     parser.add_argument("--png", type=Path, help="write a bar chart of accuracy per task per method here")
-    parser.add_argument("--quick", action="store_true",
-                        help="subsampled streams and sources, one seed per order kind, a few tasks (for tests)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="subsampled streams and sources, one seed per order kind, a few tasks (for tests)",
+    )
     parser.set_defaults(main=main)
 
 
@@ -320,8 +376,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.defaults import bench_model
     from edge_runtime.bench.tasks import ORDER_SEEDS, ORDERS
+    from edge_runtime.defaults import bench_model
     from edge_runtime.errors import InputError
 
     specs = [parse_method(m) for m in (args.methods.split(",") if args.methods else default_methods()) if m.strip()]
@@ -335,22 +391,33 @@ def run(args: argparse.Namespace) -> int:
     seeds = tuple(ORDER_SEEDS[:orders]) if orders <= len(ORDER_SEEDS) else tuple(range(orders))
     methods = [s.label for s in specs]
     models = args.model or [bench_model()]
-    print(f"{len(specs)} methods x {len(task_names)} tasks x {len(kinds)} order kinds ({', '.join(kinds)}) x "
-          f"{orders} seed(s) x {len(models)} model(s){' (quick: subsampled)' if args.quick else ''}", file=sys.stderr)
+    print(
+        f"{len(specs)} methods x {len(task_names)} tasks x {len(kinds)} order kinds ({', '.join(kinds)}) x "
+        f"{orders} seed(s) x {len(models)} model(s){' (quick: subsampled)' if args.quick else ''}",
+        file=sys.stderr,
+    )
     runs, tables = [], []
     for model in models:
         run_ = evaluate_model(Path(model), specs, task_names, Runner(seeds, kinds), args.quick)
         runs.append(run_)
         table = run_.pop("table")
-        tables.append(f"### Features of {Path(model).parent.name}/{Path(model).name}\n\n{table}"
-                      if len(models) > 1 else table)
+        tables.append(
+            f"### Features of {Path(model).parent.name}/{Path(model).name}\n\n{table}" if len(models) > 1 else table
+        )
     table = "\n".join(tables)
     print(table)
-    payload = {**{k: runs[0][k] for k in ("tasks", "summary", "dev_tasks")}, "models": runs,
-               "protocol": {"orders": orders, "order_kinds": list(kinds), "quick": bool(args.quick),
-                            "accuracy": "fraction correct, online, mean over the order kinds",
-                            "accuracy_spread": "max - min over every stream order",
-                            "not_adaptation": [ORACLE]}}
+    payload = {
+        **{k: runs[0][k] for k in ("tasks", "summary", "dev_tasks")},
+        "models": runs,
+        "protocol": {
+            "orders": orders,
+            "order_kinds": list(kinds),
+            "quick": bool(args.quick),
+            "accuracy": "fraction correct, online, mean over the order kinds",
+            "accuracy_spread": "max - min over every stream order",
+            "not_adaptation": [ORACLE],
+        },
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
@@ -362,8 +429,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_model(model: Path, specs: list[MethodSpec], task_names: list[str], runner: Runner,
-                   quick: bool) -> dict[str, Any]:
+def evaluate_model(
+    model: Path, specs: list[MethodSpec], task_names: list[str], runner: Runner, quick: bool
+) -> dict[str, Any]:
     """Every method on every task on the cached features of ``model``: {"model", "tasks",
     "summary", "dev_tasks", "table"} (the Markdown table, printed and written by ``run``)."""
     from edge_runtime.bench.tasks import group_of, load_task, subsample
@@ -378,9 +446,11 @@ def evaluate_model(model: Path, specs: list[MethodSpec], task_names: list[str], 
         for spec in specs:
             results[name][spec.label] = r = runner.evaluate(spec, task)
             by_kind = "  ".join(f"{k} {100 * v['accuracy']:5.1f}" for k, v in r["orders"].items())
-            print(f"  {model.name} {name:34s} {spec.label:22s} {100 * r['accuracy']:5.1f} ± "
-                  f"{100 * r['accuracy_spread']:4.1f}  ({by_kind})  {r['adapt_us_per_sample']:7.1f} µs/sample",
-                  file=sys.stderr)
+            print(
+                f"  {model.name} {name:34s} {spec.label:22s} {100 * r['accuracy']:5.1f} ± "
+                f"{100 * r['accuracy_spread']:4.1f}  ({by_kind})  {r['adapt_us_per_sample']:7.1f} µs/sample",
+                file=sys.stderr,
+            )
     bench = {t: r for t, r in results.items() if group_of(t) != "dev"}
     dev = {t: r for t, r in results.items() if group_of(t) == "dev"}
     means = summary(bench, methods)

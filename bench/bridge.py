@@ -17,6 +17,7 @@ device's own timing of each request (PREDICTION.compute_us).
 The bench also exports the adapter's memory to C and prints the header's size (and, where the
 MemFlow C read-out exists, a MemFlow memory with the default network for the domain's classes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ class PacedTransport:
     def write(self, data: bytes) -> None:
         start = max(time.perf_counter(), self._free_at)
         for i in range(0, len(data), self.CHUNK):
-            chunk = data[i:i + self.CHUNK]
+            chunk = data[i : i + self.CHUNK]
             due = start + (i + len(chunk)) * self._byte_time
             while (left := due - time.perf_counter()) > 0:
                 time.sleep(left if left > 0.0005 else 0)
@@ -99,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     feats = load_features(args.domain)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(feats.y))
-    fit, probe = order[: len(order) // 2], order[len(order) // 2:]
+    fit, probe = order[: len(order) // 2], order[len(order) // 2 :]
     adapter = make_adapter(args.adapter).fit(feats.X[fit], feats.y[fit], n_classes=len(feats.classes))
     adapter.prepare()
     device = BridgeDevice(adapter, classes=feats.classes)
@@ -111,10 +112,16 @@ def main(args: argparse.Namespace) -> int:
     line_wire = (request_wire + reply_wire) * 10.0 / args.baud
     line_strict = (1280 + 6) * 10.0 / args.baud
 
-    results: dict[str, Any] = {"baud": args.baud, "adapter": args.adapter, "domain": args.domain,
-                               "requests": args.requests, "request_wire_bytes": request_wire,
-                               "reply_wire_bytes": reply_wire, "line_ms_as_sent": line_wire * 1e3,
-                               "line_ms_strict": line_strict * 1e3}
+    results: dict[str, Any] = {
+        "baud": args.baud,
+        "adapter": args.adapter,
+        "domain": args.domain,
+        "requests": args.requests,
+        "request_wire_bytes": request_wire,
+        "reply_wire_bytes": reply_wire,
+        "line_ms_as_sent": line_wire * 1e3,
+        "line_ms_strict": line_strict * 1e3,
+    }
     for mode in ("unpaced", "paced"):
         controller, tty = os.openpty()
         port = SerialTransport(os.ttyname(tty), baudrate=args.baud)
@@ -122,8 +129,9 @@ def main(args: argparse.Namespace) -> int:
         device_link = PacedTransport(port, args.baud) if mode == "paced" else port
         host_link = PacedTransport(host, args.baud) if mode == "paced" else host
         stop = threading.Event()
-        thread = threading.Thread(target=serve, args=(device_link, device), kwargs={"should_stop": stop.is_set},
-                                  daemon=True)
+        thread = threading.Thread(
+            target=serve, args=(device_link, device), kwargs={"should_stop": stop.is_set}, daemon=True
+        )
         thread.start()
         try:
             client = BridgeClient(host_link, timeout=30)
@@ -136,39 +144,59 @@ def main(args: argparse.Namespace) -> int:
             os.close(tty)
             os.close(controller)
         adapter_s = float(np.median(compute))
-        results[mode] = {**percentiles(times, scale=1e3), "adapter_cost_ms": adapter_s * 1e3,
-                         "ratio_vs_line_as_sent": float(np.median(times)) / (line_wire + adapter_s),
-                         "ratio_vs_line_strict": float(np.median(times)) / (line_strict + adapter_s)}
+        results[mode] = {
+            **percentiles(times, scale=1e3),
+            "adapter_cost_ms": adapter_s * 1e3,
+            "ratio_vs_line_as_sent": float(np.median(times)) / (line_wire + adapter_s),
+            "ratio_vs_line_strict": float(np.median(times)) / (line_strict + adapter_s),
+        }
         if mode == "unpaced":
-            results["unpaced"]["modelled_ratio_as_sent"] = (line_wire + float(np.median(times))) / (line_wire + adapter_s)
+            results["unpaced"]["modelled_ratio_as_sent"] = (line_wire + float(np.median(times))) / (
+                line_wire + adapter_s
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.adapter in EXPORTERS:
             for dtype in ("int8", "float32"):
                 exp = export_c(adapter, Path(tmp) / dtype, classes=feats.classes, dtype=dtype)
-                results[f"c_export_{args.adapter}_{dtype}"] = {"header_bytes": exp.header_bytes,
-                                                               "data_bytes": exp.data_bytes}
+                results[f"c_export_{args.adapter}_{dtype}"] = {
+                    "header_bytes": exp.header_bytes,
+                    "data_bytes": exp.data_bytes,
+                }
         if "memflow" in EXPORTERS and args.adapter != "memflow":
             memflow = make_adapter("memflow").fit(feats.X[fit], feats.y[fit], n_classes=len(feats.classes))
             for dtype in ("int8", "float32"):
                 exp = export_c(memflow, Path(tmp) / f"memflow-{dtype}", classes=feats.classes, dtype=dtype)
-                results[f"c_export_memflow_{dtype}"] = {"header_bytes": exp.header_bytes, "data_bytes": exp.data_bytes,
-                                                         "classes": len(feats.classes)}
+                results[f"c_export_memflow_{dtype}"] = {
+                    "header_bytes": exp.header_bytes,
+                    "data_bytes": exp.data_bytes,
+                    "classes": len(feats.classes),
+                }
 
     paced, unpaced = results["paced"], results["unpaced"]
-    print(f"bridge round trip, FEATURES 1280 x int8 -> PREDICTION, adapter {args.adapter}, {args.requests} requests, "
-          f"pty pair, {args.baud} baud 8N1 (shared CPU: figures under contention)")
-    print(f"  wire: request {request_wire} B + reply {reply_wire} B; line time {line_wire * 1e3:.2f} ms as sent, "
-          f"{line_strict * 1e3:.2f} ms strict (1280 + 6 B)")
-    print(f"  paced:   p50 {paced['p50_ms']:.2f} ms  p90 {paced['p90_ms']:.2f} ms  adapter {paced['adapter_cost_ms']:.3f} ms"
-          f"  ratio {paced['ratio_vs_line_as_sent']:.3f} (as sent)  {paced['ratio_vs_line_strict']:.3f} (strict)"
-          f"  target <= 1.2")
-    print(f"  unpaced: p50 {unpaced['p50_ms']:.2f} ms  p90 {unpaced['p90_ms']:.2f} ms (software cost per round trip);"
-          f" line + software, no overlap: {unpaced['modelled_ratio_as_sent']:.3f}x")
+    print(
+        f"bridge round trip, FEATURES 1280 x int8 -> PREDICTION, adapter {args.adapter}, {args.requests} requests, "
+        f"pty pair, {args.baud} baud 8N1 (shared CPU: figures under contention)"
+    )
+    print(
+        f"  wire: request {request_wire} B + reply {reply_wire} B; line time {line_wire * 1e3:.2f} ms as sent, "
+        f"{line_strict * 1e3:.2f} ms strict (1280 + 6 B)"
+    )
+    print(
+        f"  paced:   p50 {paced['p50_ms']:.2f} ms  p90 {paced['p90_ms']:.2f} ms  adapter {paced['adapter_cost_ms']:.3f} ms"
+        f"  ratio {paced['ratio_vs_line_as_sent']:.3f} (as sent)  {paced['ratio_vs_line_strict']:.3f} (strict)"
+        f"  target <= 1.2"
+    )
+    print(
+        f"  unpaced: p50 {unpaced['p50_ms']:.2f} ms  p90 {unpaced['p90_ms']:.2f} ms (software cost per round trip);"
+        f" line + software, no overlap: {unpaced['modelled_ratio_as_sent']:.3f}x"
+    )
     for key, value in results.items():
         if key.startswith("c_export_"):
-            print(f"  {key[len('c_export_'):]}: header file {value['header_bytes']} B, const data {value['data_bytes']} B"
-                  + ("  (target <= 65536 B)" if key.startswith("c_export_memflow") else ""))
+            print(
+                f"  {key[len('c_export_'):]}: header file {value['header_bytes']} B, const data {value['data_bytes']} B"
+                + ("  (target <= 65536 B)" if key.startswith("c_export_memflow") else "")
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -1,4 +1,5 @@
 """A real ``edgert bridge serve`` process for the faults bench: start, wait until serving, kill; clients and memory files."""
+
 from __future__ import annotations
 
 import os
@@ -28,9 +29,13 @@ class ServerProcess:
 
     def __init__(self, *args: str, port: str = "tcp://127.0.0.1:0") -> None:
         self.started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "bridge", "serve", "--port", port,
-                                      *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_runtime.cli", "bridge", "serve", "--port", port, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self.url = ""
         self.serving_after = 0.0
@@ -57,6 +62,7 @@ class ServerProcess:
 
     def wait_for(self, text: str, count: int = 1, timeout: float = 120.0) -> str:
         """Block until ``count`` stderr lines contain ``text``; returns the last. RuntimeError if the process ends first."""
+
         def seen() -> list[str]:
             return [line for line in self.lines if text in line]
 
@@ -122,5 +128,6 @@ def memory_file(path: Path, adapter: Any, dim: int, seed: int = 0, model_sha256:
     centres = rng.normal(size=(len(CLASSES), dim)).astype(np.float32) * 3
     y = np.repeat(np.arange(len(CLASSES)), 10)
     x = (centres[y] + rng.normal(size=(len(y), dim))).astype(np.float32)
-    return write_state(path, adapter.fit(x, y, n_classes=len(CLASSES)), kind="memory", model_sha256=model_sha256,
-                       classes=CLASSES)
+    return write_state(
+        path, adapter.fit(x, y, n_classes=len(CLASSES)), kind="memory", model_sha256=model_sha256, classes=CLASSES
+    )

@@ -26,6 +26,7 @@ Tent's hyperparameters are the paper's ImageNet ones (SGD, momentum 0.9, lr 0.00
 BatchNorm normalises by the current batch's statistics; the rest of the network stays in eval
 mode (EfficientNet's drop-connect would otherwise drop residual branches at random).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,25 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.cost_data import domain_split, fit_adapter, forward_features, one_blas_thread, source_head, stratified_subset, unit_rows
-from edge_runtime.bench.tent import RETRAIN_LR, TENT_LR_AT_64, TENT_MOMENTUM, RetrainLastLayer, Tent, build_classifier, torch_preprocessor, torch_step_bytes
+from edge_runtime.bench.cost_data import (
+    domain_split,
+    fit_adapter,
+    forward_features,
+    one_blas_thread,
+    source_head,
+    stratified_subset,
+    unit_rows,
+)
+from edge_runtime.bench.tent import (
+    RETRAIN_LR,
+    TENT_LR_AT_64,
+    TENT_MOMENTUM,
+    RetrainLastLayer,
+    Tent,
+    build_classifier,
+    torch_preprocessor,
+    torch_step_bytes,
+)
 from edge_runtime.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported inside functions only: listing benchmarks stays cheap
@@ -50,7 +68,6 @@ GRADIENT_FREE = ("memflow", "dmn", "t3a")
 QUICK = (32, 2, 16)
 SOURCE_DOMAIN = "photo"
 TARGET_DOMAIN = "clipart"
-
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -68,8 +85,12 @@ class Timings:
 
     def summary(self, method: str) -> dict[str, float]:
         values = sorted(self.ms[method])
-        return {"median_ms": statistics.median(values), "mean_ms": statistics.fmean(values),
-                "p90_ms": values[min(len(values) - 1, int(0.9 * len(values)))], "measurements": len(values)}
+        return {
+            "median_ms": statistics.median(values),
+            "mean_ms": statistics.fmean(values),
+            "p90_ms": values[min(len(values) - 1, int(0.9 * len(values)))],
+            "measurements": len(values),
+        }
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -78,10 +99,19 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def run_cost(*, samples: int = 64, source_per_class: int = 20, rounds: int = 3, seed: int = 0,
-             threads: int | None = None, methods: tuple[str, ...] = GRADIENT_FREE,
-             backbone: str = "efficientnet-lite0", source: str = SOURCE_DOMAIN, target: str = TARGET_DOMAIN,
-             log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run_cost(
+    *,
+    samples: int = 64,
+    source_per_class: int = 20,
+    rounds: int = 3,
+    seed: int = 0,
+    threads: int | None = None,
+    methods: tuple[str, ...] = GRADIENT_FREE,
+    backbone: str = "efficientnet-lite0",
+    source: str = SOURCE_DOMAIN,
+    target: str = TARGET_DOMAIN,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Time every method on the same target stream; see the module docstring for the protocol."""
     import torch
 
@@ -111,23 +141,29 @@ def run_cost(*, samples: int = 64, source_per_class: int = 20, rounds: int = 3, 
             skipped[name] = why
         else:
             adapters[name] = adapter
-    log(f"cost: {len(tgt.rows)} target images, {len(src_data.rows)} source; adapters: "
-        f"{', '.join(adapters) or 'none'}{'; skipped ' + ', '.join(skipped) if skipped else ''}")
+    log(
+        f"cost: {len(tgt.rows)} target images, {len(src_data.rows)} source; adapters: "
+        f"{', '.join(adapters) or 'none'}{'; skipped ' + ', '.join(skipped) if skipped else ''}"
+    )
 
     tent1 = Tent(build_classifier(build_torch_model(backbone), weight, bias), batch_size=1)
     tent16 = Tent(build_classifier(build_torch_model(backbone), weight, bias), batch_size=16)
     retrain = RetrainLastLayer(weight, bias)
-    x1 = [torch.from_numpy(tgt.rows[i:i + 1]) for i in range(len(tgt.rows))]
-    x16 = [torch.from_numpy(tgt.rows[i:i + 16]) for i in range(0, len(tgt.rows), 16)]
-    f1 = [torch.from_numpy(tgt_features[i:i + 1]) for i in range(len(tgt_features))]
-    f1_unit = [unit_rows(tgt_features[i:i + 1]) for i in range(len(tgt_features))]
+    x1 = [torch.from_numpy(tgt.rows[i : i + 1]) for i in range(len(tgt.rows))]
+    x16 = [torch.from_numpy(tgt.rows[i : i + 16]) for i in range(0, len(tgt.rows), 16)]
+    f1 = [torch.from_numpy(tgt_features[i : i + 1]) for i in range(len(tgt_features))]
+    f1_unit = [unit_rows(tgt_features[i : i + 1]) for i in range(len(tgt_features))]
 
     def forward(x: torch.Tensor) -> None:
         with torch.inference_mode():
             model(x)
 
     # Warm-up: one call of each, so allocator growth and JIT compilation are not timed.
-    forward(x1[0]); forward(x16[0]); tent1.step(x1[0]); tent16.step(x16[0]); retrain.step(f1[0])
+    forward(x1[0])
+    forward(x16[0])
+    tent1.step(x1[0])
+    tent16.step(x16[0])
+    retrain.step(f1[0])
     with one_blas_thread():
         for adapter in adapters.values():
             adapter.adapt(f1_unit[0])
@@ -138,8 +174,11 @@ def run_cost(*, samples: int = 64, source_per_class: int = 20, rounds: int = 3, 
         "forward-b16": lambda: [timings.add("forward-b16", _timed(lambda x=x: forward(x)), 16) for x in x16],
         "tent-b1": lambda: [timings.add("tent-b1", _timed(lambda x=x: tent1.step(x))) for x in x1],
         "tent-b16": lambda: [timings.add("tent-b16", _timed(lambda x=x: tent16.step(x)), 16) for x in x16],
-        "retrain-last-layer": lambda: [timings.add("retrain-last-layer", _timed(lambda f=f: retrain.step(f))) for f in f1],
+        "retrain-last-layer": lambda: [
+            timings.add("retrain-last-layer", _timed(lambda f=f: retrain.step(f))) for f in f1
+        ],
     }
+
     def adapter_job(name: str, adapter: Any) -> None:
         with one_blas_thread():
             for f in f1_unit:
@@ -150,17 +189,37 @@ def run_cost(*, samples: int = 64, source_per_class: int = 20, rounds: int = 3, 
     order = list(jobs)
     for r in range(rounds):
         log(f"cost: round {r + 1}/{rounds}")
-        for name in order[r % len(order):] + order[:r % len(order)]:  # rotate who goes first
+        for name in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
             jobs[name]()
 
     memory = measure_memory(model, tent1, tent16, retrain, adapters, x1, x16, f1, f1_unit)
-    return summarise(timings, memory, adapters, skipped, l2=l2, samples=len(tgt.rows),
-                     source_samples=len(src_data.rows), rounds=rounds, source=source, target=target,
-                     threads=torch.get_num_threads(), backbone=backbone)
+    return summarise(
+        timings,
+        memory,
+        adapters,
+        skipped,
+        l2=l2,
+        samples=len(tgt.rows),
+        source_samples=len(src_data.rows),
+        rounds=rounds,
+        source=source,
+        target=target,
+        threads=torch.get_num_threads(),
+        backbone=backbone,
+    )
 
 
-def measure_memory(model, tent1: Tent, tent16: Tent, retrain: RetrainLastLayer, adapters: dict[str, Any],
-                   x1: list, x16: list, f1: list, f1_unit: list) -> dict[str, dict[str, Any]]:
+def measure_memory(
+    model,
+    tent1: Tent,
+    tent16: Tent,
+    retrain: RetrainLastLayer,
+    adapters: dict[str, Any],
+    x1: list,
+    x16: list,
+    f1: list,
+    f1_unit: list,
+) -> dict[str, dict[str, Any]]:
     """Peak memory of each method over a few instances, each figure stating how it was taken."""
     import torch
 
@@ -178,28 +237,39 @@ def measure_memory(model, tent1: Tent, tent16: Tent, retrain: RetrainLastLayer, 
 
     memory["forward-b1"] = {"rss": rss_peak(forward_few)}
     for name, tent, xs in (("tent-b1", tent1, x1[:few]), ("tent-b16", tent16, x16[:1])):
-        memory[name] = {"rss": rss_peak(lambda t=tent, xs=xs: [t.step(x) for x in xs]),
-                        "torch": torch_step_bytes(lambda t=tent, x=xs[0]: t.step(x), tent.params, tent.optimizer)}
+        memory[name] = {
+            "rss": rss_peak(lambda t=tent, xs=xs: [t.step(x) for x in xs]),
+            "torch": torch_step_bytes(lambda t=tent, x=xs[0]: t.step(x), tent.params, tent.optimizer),
+        }
     memory["retrain-last-layer"] = {
         "rss": rss_peak(lambda: [retrain.step(f) for f in f1[:many]]),
-        "torch": torch_step_bytes(lambda: retrain.step(f1[0]), retrain.params, retrain.optimizer)}
+        "torch": torch_step_bytes(lambda: retrain.step(f1[0]), retrain.params, retrain.optimizer),
+    }
     for name, adapter in adapters.items():
         state = sum(a.nbytes for a in adapter.state_dict()["arrays"].values())
-        memory[name] = {"rss": rss_peak(lambda a=adapter: [a.adapt(f) for f in f1_unit[:many]]),
-                        "traced": traced_peak(lambda a=adapter: [a.adapt(f) for f in f1_unit[:many]]),
-                        "state_bytes": state}
+        memory[name] = {
+            "rss": rss_peak(lambda a=adapter: [a.adapt(f) for f in f1_unit[:many]]),
+            "traced": traced_peak(lambda a=adapter: [a.adapt(f) for f in f1_unit[:many]]),
+            "state_bytes": state,
+        }
     return memory
 
 
-def summarise(timings: Timings, memory: dict[str, Any], adapters: dict[str, Any], skipped: dict[str, str],
-              **setup: Any) -> dict[str, Any]:
+def summarise(
+    timings: Timings, memory: dict[str, Any], adapters: dict[str, Any], skipped: dict[str, str], **setup: Any
+) -> dict[str, Any]:
     """Adaptation cost, total time and ratios to Tent from the raw timings."""
     fwd1, fwd16 = timings.median("forward-b1"), timings.median("forward-b16")
-    adaptation = {"tent-b1": timings.median("tent-b1") - fwd1,
-                  "tent-b16": timings.median("tent-b16") - fwd16,
-                  "retrain-last-layer": timings.median("retrain-last-layer")}
-    total = {"tent-b1": timings.median("tent-b1"), "tent-b16": timings.median("tent-b16"),
-             "retrain-last-layer": fwd1 + adaptation["retrain-last-layer"]}
+    adaptation = {
+        "tent-b1": timings.median("tent-b1") - fwd1,
+        "tent-b16": timings.median("tent-b16") - fwd16,
+        "retrain-last-layer": timings.median("retrain-last-layer"),
+    }
+    total = {
+        "tent-b1": timings.median("tent-b1"),
+        "tent-b16": timings.median("tent-b16"),
+        "retrain-last-layer": fwd1 + adaptation["retrain-last-layer"],
+    }
     for name in adapters:
         adaptation[name] = timings.median(name)
         total[name] = fwd1 + adaptation[name]
@@ -214,24 +284,32 @@ def summarise(timings: Timings, memory: dict[str, Any], adapters: dict[str, Any]
         "timings": {m: timings.summary(m) for m in timings.ms},
         "peak_memory": memory,
         "skipped": skipped,
-        "protocol": ("per-instance medians over all instances and rounds, methods interleaved round by round; "
-                     "adaptation = work beyond the shared eval forward at the same batch size; torch runs on "
-                     f"{setup.get('threads')} thread(s), the gradient-free adapters on one BLAS thread (as on a "
-                     "device), which can only favour Tent"),
+        "protocol": (
+            "per-instance medians over all instances and rounds, methods interleaved round by round; "
+            "adaptation = work beyond the shared eval forward at the same batch size; torch runs on "
+            f"{setup.get('threads')} thread(s), the gradient-free adapters on one BLAS thread (as on a "
+            "device), which can only favour Tent"
+        ),
     }
 
 
 def cost_markdown(result: dict[str, Any]) -> str:
     """The cost table: adaptation and total per instance, ratio to Tent, peak memory."""
-    lines = ["| method | adaptation ms/instance | total ms/instance | adaptation / Tent b1 | peak memory |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "| method | adaptation ms/instance | total ms/instance | adaptation / Tent b1 | peak memory |",
+        "|---|---:|---:|---:|---|",
+    ]
     for method, ms in result["per_instance_ms"].items():
-        lines.append(f"| {method} | {ms:.4f} | {result['total_per_instance_ms'][method]:.2f} | "
-                     f"{result['ratio_to_tent'][method]:.2e} | {memory_text(result['peak_memory'].get(method, {}))} |")
+        lines.append(
+            f"| {method} | {ms:.4f} | {result['total_per_instance_ms'][method]:.2f} | "
+            f"{result['ratio_to_tent'][method]:.2e} | {memory_text(result['peak_memory'].get(method, {}))} |"
+        )
     fwd = result["shared_forward_ms"]
     lines.append("")
-    lines.append(f"Shared forward pass (torch fp32, eval): {fwd['b1']:.2f} ms at batch 1, "
-                 f"{fwd['b16']:.2f} ms/instance at batch 16.")
+    lines.append(
+        f"Shared forward pass (torch fp32, eval): {fwd['b1']:.2f} ms at batch 1, "
+        f"{fwd['b16']:.2f} ms/instance at batch 16."
+    )
     for name, why in result["skipped"].items():
         lines.append(f"- {name}: not measured ({why})")
     return "\n".join(lines)
@@ -307,9 +385,18 @@ def _aligned_labels(domain: Any, classes: tuple[str, ...]) -> np.ndarray:
     return np.array([index[c] for c in domain.classes], np.int64)[np.asarray(domain.labels)]
 
 
-def tent_accuracy(tasks: list[str], *, batch_sizes: tuple[int, ...] = (1, 16), adapters: tuple[str, ...] = GRADIENT_FREE,
-                  target_limit: int | None = 64, source_per_class: int = 20, order_seed: int = 0, seed: int = 0,
-                  backbone: str = "efficientnet-lite0", log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def tent_accuracy(
+    tasks: list[str],
+    *,
+    batch_sizes: tuple[int, ...] = (1, 16),
+    adapters: tuple[str, ...] = GRADIENT_FREE,
+    target_limit: int | None = 64,
+    source_per_class: int = 20,
+    order_seed: int = 0,
+    seed: int = 0,
+    backbone: str = "efficientnet-lite0",
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Online accuracy of Tent on the accuracy bench's tasks, over real images, side by side with
     the source head alone, retrain-last-layer and the gradient-free adapters on the same stream.
 
@@ -340,8 +427,11 @@ def tent_accuracy(tasks: list[str], *, batch_sizes: tuple[int, ...] = (1, 16), a
         per_fold: dict[str, list[float]] = {m: [] for m in methods}
         seen = 0
         for fold in folds:
-            src = fold.source_rows[stratified_subset(np.asarray(fold.source.labels)[fold.source_rows], None, seed,
-                                                     per_class=source_per_class)]
+            src = fold.source_rows[
+                stratified_subset(
+                    np.asarray(fold.source.labels)[fold.source_rows], None, seed, per_class=source_per_class
+                )
+            ]
             src_x = np.concatenate([prep(fold.source.images[i]) for i in src])
             src_y = _aligned_labels(fold.source, classes)[src]
             src_features = forward_features(pristine, src_x)
@@ -355,12 +445,13 @@ def tent_accuracy(tasks: list[str], *, batch_sizes: tuple[int, ...] = (1, 16), a
             logits = unit_rows(features) @ weight.T + bias
             per_fold["source-only"].append(float((logits.argmax(axis=1) == y).mean()))
             retrain = RetrainLastLayer(weight, bias)
-            predicted = [int(retrain.step(torch.from_numpy(features[i:i + 1])).argmax()) for i in range(len(y))]
+            predicted = [int(retrain.step(torch.from_numpy(features[i : i + 1])).argmax()) for i in range(len(y))]
             per_fold["retrain-last-layer"].append(float((np.array(predicted) == y).mean()))
             for b in batch_sizes:
                 tent = Tent(build_classifier(copy.deepcopy(pristine), weight, bias), batch_size=b)
-                predicted = np.concatenate([tent.step(torch.from_numpy(x[i:i + b])).argmax(dim=1).numpy()
-                                            for i in range(0, len(y), b)])
+                predicted = np.concatenate(
+                    [tent.step(torch.from_numpy(x[i : i + b])).argmax(dim=1).numpy() for i in range(0, len(y), b)]
+                )
                 per_fold[f"tent-b{b}"].append(float((predicted == y).mean()))
             for name in present:
                 adapter, why = fit_adapter(name, src_features, src_y, len(classes))
@@ -375,28 +466,45 @@ def tent_accuracy(tasks: list[str], *, batch_sizes: tuple[int, ...] = (1, 16), a
         log(f"tent accuracy {task}: " + ", ".join(f"{m} {100 * results[task][m]['accuracy']:.1f}" for m in methods))
     shifted = [t for t in results if t in SHIFTED_TASKS]
     # A mean over shifted tasks only for methods that ran on every one of them (else it misleads).
-    summary = {m: float(np.mean([results[t][m]["accuracy"] for t in shifted]))
-               for m in methods if shifted and all(m in results[t] for t in shifted)}
-    return {"tasks": results, "methods": methods, "mean_shifted_accuracy": summary,
-            "skipped": {a: "not registered in edge_runtime.adapters.ADAPTERS" for a in adapters if a not in present},
-            "failed": failed,
-            "protocol": {"target_limit_per_fold": target_limit, "source_per_class": source_per_class,
-                         "order_seed": order_seed, "seed": seed,
-                         "tent": f"SGD momentum {TENT_MOMENTUM}, lr {TENT_LR_AT_64} x batch/64, BN affine only, "
-                                 "entropy loss, one step per batch, predictions before the step's update",
-                         "retrain-last-layer": f"SGD lr {RETRAIN_LR} on the head's argmax pseudo-labels, batch 1"}}
+    summary = {
+        m: float(np.mean([results[t][m]["accuracy"] for t in shifted]))
+        for m in methods
+        if shifted and all(m in results[t] for t in shifted)
+    }
+    return {
+        "tasks": results,
+        "methods": methods,
+        "mean_shifted_accuracy": summary,
+        "skipped": {a: "not registered in edge_runtime.adapters.ADAPTERS" for a in adapters if a not in present},
+        "failed": failed,
+        "protocol": {
+            "target_limit_per_fold": target_limit,
+            "source_per_class": source_per_class,
+            "order_seed": order_seed,
+            "seed": seed,
+            "tent": f"SGD momentum {TENT_MOMENTUM}, lr {TENT_LR_AT_64} x batch/64, BN affine only, "
+            "entropy loss, one step per batch, predictions before the step's update",
+            "retrain-last-layer": f"SGD lr {RETRAIN_LR} on the head's argmax pseudo-labels, batch 1",
+        },
+    }
 
 
 def tent_markdown(result: dict[str, Any]) -> str:
     methods = result["methods"]
     lines = ["| task | images | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
     for task, row in result["tasks"].items():
-        lines.append(f"| {task} | {row['n_target']} | " + " | ".join(
-            f"{100 * row[m]['accuracy']:.1f}" if m in row else "failed" for m in methods) + " |")
+        lines.append(
+            f"| {task} | {row['n_target']} | "
+            + " | ".join(f"{100 * row[m]['accuracy']:.1f}" if m in row else "failed" for m in methods)
+            + " |"
+        )
     if result["mean_shifted_accuracy"]:
         means = result["mean_shifted_accuracy"]
-        lines.append("| **mean over shifted tasks** | | " + " | ".join(
-            f"**{100 * means[m]:.1f}**" if m in means else "" for m in methods) + " |")
+        lines.append(
+            "| **mean over shifted tasks** | | "
+            + " | ".join(f"**{100 * means[m]:.1f}**" if m in means else "" for m in methods)
+            + " |"
+        )
     lines += [f"- {k}: {v}" for k, v in result.get("failed", {}).items()]
     return "\n".join(lines)
 
@@ -404,7 +512,10 @@ def tent_markdown(result: dict[str, Any]) -> str:
 def gain_and_cost_markdown(cost: dict[str, Any], accuracy: dict[str, Any] | None) -> str:
     """One table: per-instance adaptation cost, its ratio to Tent, and mean accuracy over shifted tasks."""
     means = (accuracy or {}).get("mean_shifted_accuracy", {})
-    lines = ["| method | adaptation ms/instance | x Tent b1 | mean accuracy, shifted tasks (%) |", "|---|---:|---:|---:|"]
+    lines = [
+        "| method | adaptation ms/instance | x Tent b1 | mean accuracy, shifted tasks (%) |",
+        "|---|---:|---:|---:|",
+    ]
     if "source-only" in means:
         lines.append(f"| source-only | 0 | 0 | {100 * means['source-only']:.1f} |")
     for method, ms in cost["per_instance_ms"].items():
@@ -430,15 +541,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-per-class", type=int, default=20, help="labelled source images per class")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--methods", default=",".join(GRADIENT_FREE), help="gradient-free adapters to compare")
-    parser.add_argument("--tasks", help="accuracy-bench tasks for Tent's accuracy: names or groups "
-                        "(bench, dev, all), or none (default: bench)")
-    parser.add_argument("--tent-limit", type=int, default=64,
-                        help="target images per task fold for the accuracy part (default 64; 0 = all)")
+    parser.add_argument(
+        "--tasks",
+        help="accuracy-bench tasks for Tent's accuracy: names or groups " "(bench, dev, all), or none (default: bench)",
+    )
+    parser.add_argument(
+        "--tent-limit",
+        type=int,
+        default=64,
+        help="target images per task fold for the accuracy part (default 64; 0 = all)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"every method still, side by side, on {QUICK[0]} samples in {QUICK[1]} interleaved "
-                             f"rounds and one accuracy task of {QUICK[2]} images per fold (about a minute on 2 cores)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"every method still, side by side, on {QUICK[0]} samples in {QUICK[1]} interleaved "
+        f"rounds and one accuracy task of {QUICK[2]} images per fold (about a minute on 2 cores)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(main=main)
 
@@ -447,13 +567,21 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """The cost bench and Tent's accuracy, as one JSON-able dict (``edgert bench all`` calls this)."""
     methods = tuple(m for m in args.methods.split(",") if m)
     samples, rounds, limit = QUICK if args.quick else (args.samples, args.rounds, args.tent_limit or None)
-    result = run_cost(samples=samples, source_per_class=args.source_per_class, rounds=rounds, seed=args.seed,
-                      threads=args.threads, methods=methods, log=log)
+    result = run_cost(
+        samples=samples,
+        source_per_class=args.source_per_class,
+        rounds=rounds,
+        seed=args.seed,
+        threads=args.threads,
+        methods=methods,
+        log=log,
+    )
     tasks = resolve_tasks(args.tasks, args.quick)
     if tasks:
         source_per_class = min(args.source_per_class, 10) if args.quick else args.source_per_class
-        result["accuracy"] = tent_accuracy(tasks, adapters=methods, target_limit=limit, seed=args.seed,
-                                           source_per_class=source_per_class, log=log)
+        result["accuracy"] = tent_accuracy(
+            tasks, adapters=methods, target_limit=limit, seed=args.seed, source_per_class=source_per_class, log=log
+        )
     return result
 
 

@@ -1,5 +1,6 @@
 """The cost bench's data: source and target splits of the packaged domains, the torch model's
 features, the source head and the gradient-free adapters fitted on them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ class Split:
     classes: tuple[str, ...]
 
 
-def domain_split(domain: str, limit: int | None, seed: int, backbone: str = "efficientnet-lite0",
-                 per_class: int | None = None) -> Split:
+def domain_split(
+    domain: str, limit: int | None, seed: int, backbone: str = "efficientnet-lite0", per_class: int | None = None
+) -> Split:
     """Up to ``limit`` images of ``domain`` (and ``per_class`` of each class; a seeded,
     class-stratified draw), as model input rows."""
     from edge_runtime.bench.datasets import load_domain
@@ -64,7 +66,7 @@ def forward_features(model: "torch.nn.Module", rows: np.ndarray, batch: int = 32
     out = []
     with torch.inference_mode():
         for start in range(0, len(rows), batch):
-            features, _ = model(torch.from_numpy(rows[start:start + batch]))
+            features, _ = model(torch.from_numpy(rows[start : start + batch]))
             out.append(features.numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 

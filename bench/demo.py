@@ -11,6 +11,7 @@
    source memory predicting beside it, then print source-only vs adapted accuracy, fps and the
    adapter's cost, and write the annotated video and a PNG plot of running accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,20 @@ from edge_runtime.numerics import softmax
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 # Real photos of ImageNet-like subjects from opencv-doc (Debian package opencv-doc).
-PHOTOS = ("orange.jpg", "apple.jpg", "butterfly.jpg", "squirrel_cls.jpg", "baboon.jpg", "fruits.jpg",
-          "chicky_512.png", "messi5.jpg", "licenseplate_motion.jpg", "board.jpg", "home.jpg", "leuvenA.jpg")
+PHOTOS = (
+    "orange.jpg",
+    "apple.jpg",
+    "butterfly.jpg",
+    "squirrel_cls.jpg",
+    "baboon.jpg",
+    "fruits.jpg",
+    "chicky_512.png",
+    "messi5.jpg",
+    "licenseplate_motion.jpg",
+    "board.jpg",
+    "home.jpg",
+    "leuvenA.jpg",
+)
 INT8_MODELS = (("onnx-int8", "int8.onnx"), ("tflite-int8", "int8.tflite"))
 EXPORTED_FILES = ("fp32.onnx", "int8.onnx", "int8.tflite")
 SOURCE_DOMAIN = "photo"
@@ -37,14 +50,23 @@ VIDEO_FPS = 25.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", type=Path, default=MODELS_DIR,
-                        help="models directory (default: models; the export goes to models/<name>/)")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=MODELS_DIR,
+        help="models directory (default: models; the export goes to models/<name>/)",
+    )
     parser.add_argument("--name", default=BACKBONE, help="backbone to export and run")
     parser.add_argument("--adapter", default="memflow", help="adapter to stream with (default: memflow)")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"),
-                        help="folder for the memory, videos, predictions and plot (default: demo-output)")
-    parser.add_argument("--photos", type=Path, default=OPENCV_DATA,
-                        help=f"folder holding the step-2 photos (default: {OPENCV_DATA})")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-output"),
+        help="folder for the memory, videos, predictions and plot (default: demo-output)",
+    )
+    parser.add_argument(
+        "--photos", type=Path, default=OPENCV_DATA, help=f"folder holding the step-2 photos (default: {OPENCV_DATA})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="order of the images in the shifted video")
     parser.set_defaults(main=main)
 
@@ -67,8 +89,8 @@ def ensure_exported(name: str, models: Path) -> dict[str, Path]:
 
 def classify_photos(paths: dict[str, Path], photo_dir: Path) -> None:
     """Top-1 ImageNet label and confidence of each photo from both int8 backbones."""
-    from edge_runtime.model import load_backbone
     from edge_runtime.errors import InputError
+    from edge_runtime.model import load_backbone
     from edge_runtime.source.preprocess import read_image
 
     photos = [photo_dir / p for p in PHOTOS if (photo_dir / p).is_file()]
@@ -95,8 +117,10 @@ def classify_photos(paths: dict[str, Path], photo_dir: Path) -> None:
     first, second = (label for label, _ in backbones)
     agree = sum(a == b for a, b in zip(top1[first], top1[second]))
     timing = ", ".join(f"{label} {1000 * seconds[label] / len(photos):.1f} ms" for label, _ in backbones)
-    print(f"    summary: {len(photos)} photos; {first} and {second} agree on top-1 for {agree}/{len(photos)}; "
-          f"mean time per photo (preprocess + inference): {timing}")
+    print(
+        f"    summary: {len(photos)} photos; {first} and {second} agree on top-1 for {agree}/{len(photos)}; "
+        f"mean time per photo (preprocess + inference): {timing}"
+    )
 
 
 def source_memory(model: Path, adapter: str, out: Path) -> Path:
@@ -104,8 +128,8 @@ def source_memory(model: Path, adapter: str, out: Path) -> Path:
     default parameters is already there (an older runtime's memory still loads, but would not show
     what this one does)."""
     from edge_runtime.adapters import make_adapter
-    from edge_runtime.model.card import load_card
     from edge_runtime.bench.datasets import labelled_images
+    from edge_runtime.model.card import load_card
     from edge_runtime.runtime.source_memory import build
     from edge_runtime.state import StateError, read_state
 
@@ -118,11 +142,15 @@ def source_memory(model: Path, adapter: str, out: Path) -> Path:
         print(f"[3] source memory: {path} was built with other parameters than this runtime's defaults")
     except StateError:
         pass
-    print(f"[3] source memory: edgert memory build --model {model} --images {SOURCE_DOMAIN} --adapter {adapter} "
-          f"--out {path}")
+    print(
+        f"[3] source memory: edgert memory build --model {model} --images {SOURCE_DOMAIN} --adapter {adapter} "
+        f"--out {path}"
+    )
     report = build(model, SOURCE_DOMAIN, adapter, path, domains=labelled_images)
-    print(f"    {report['examples']} labelled {SOURCE_DOMAIN} images of {len(report['classes'])} classes "
-          f"({', '.join(report['classes'])}) memorised in {report['seconds']:.1f} s")
+    print(
+        f"    {report['examples']} labelled {SOURCE_DOMAIN} images of {len(report['classes'])} classes "
+        f"({', '.join(report['classes'])}) memorised in {report['seconds']:.1f} s"
+    )
     return path
 
 
@@ -144,36 +172,54 @@ def shifted_video(out: Path, seed: int) -> tuple[Path, list[dict[str, Any]]]:
                 size = (image.shape[1], image.shape[0])
                 writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, size)
             writer.write(cv2.resize(image, size) if (image.shape[1], image.shape[0]) != size else image)
-            truth.append({"frame": len(truth), "label": domain.classes[domain.labels[i]], "domain": domain_name,
-                          "id": domain.ids[i]})
+            truth.append(
+                {
+                    "frame": len(truth),
+                    "label": domain.classes[domain.labels[i]],
+                    "domain": domain_name,
+                    "id": domain.ids[i],
+                }
+            )
     assert writer is not None
     writer.release()
     with open(out / "shifted-truth.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in truth)
     counts = {d: sum(r["domain"] == d for r in truth) for d in SHIFTED_DOMAINS}
-    print(f"[4] shifted video: {path} ({len(truth)} frames at {VIDEO_FPS:.0f} fps: "
-          + ", then ".join(f"{n} {d} images" for d, n in counts.items()) + "; labels in shifted-truth.jsonl)")
+    print(
+        f"[4] shifted video: {path} ({len(truth)} frames at {VIDEO_FPS:.0f} fps: "
+        + ", then ".join(f"{n} {d} images" for d, n in counts.items())
+        + "; labels in shifted-truth.jsonl)"
+    )
     return path, truth
 
 
-def plot_running_accuracy(path: Path, adapted: np.ndarray, source: np.ndarray, truth: list[dict[str, Any]],
-                          adapter: str) -> None:
+def plot_running_accuracy(
+    path: Path, adapted: np.ndarray, source: np.ndarray, truth: list[dict[str, Any]], adapter: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     # Running accuracy restarts where the domain changes, so each domain's curve stands on its own.
-    domains = [r["domain"] for r in truth[:len(adapted)]]
+    domains = [r["domain"] for r in truth[: len(adapted)]]
     starts = [0] + [i for i in range(1, len(domains)) if domains[i] != domains[i - 1]] + [len(domains)]
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     for j, (lo, hi) in enumerate(zip(starts[:-1], starts[1:])):
         n = np.arange(1, hi - lo + 1)
         frames = np.arange(lo, hi)
-        ax.plot(frames, np.cumsum(adapted[lo:hi]) / n, color="tab:blue",
-                label=f"adapted ({adapter}, from unlabelled frames)" if j == 0 else None)
-        ax.plot(frames, np.cumsum(source[lo:hi]) / n, color="tab:gray",
-                label="source-only (frozen photo memory)" if j == 0 else None)
+        ax.plot(
+            frames,
+            np.cumsum(adapted[lo:hi]) / n,
+            color="tab:blue",
+            label=f"adapted ({adapter}, from unlabelled frames)" if j == 0 else None,
+        )
+        ax.plot(
+            frames,
+            np.cumsum(source[lo:hi]) / n,
+            color="tab:gray",
+            label="source-only (frozen photo memory)" if j == 0 else None,
+        )
         ax.text(lo, 0.95, f"  {domains[lo]}", fontsize=9, va="top")
         if lo:
             ax.axvline(lo, color="k", linestyle=":", linewidth=1)
@@ -188,16 +234,34 @@ def plot_running_accuracy(path: Path, adapted: np.ndarray, source: np.ndarray, t
     plt.close(fig)
 
 
-def stream_and_report(model: Path, memory: Path, video: Path, truth: list[dict[str, Any]], adapter: str,
-                      out: Path) -> int:
+def stream_and_report(
+    model: Path, memory: Path, video: Path, truth: list[dict[str, Any]], adapter: str, out: Path
+) -> int:
     from edge_runtime.cli import main as edgert
 
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)  # each demo starts from the source memory
     predictions, annotated, summary_file = out / "predictions.jsonl", out / "annotated.mp4", out / "run.json"
-    args = ["run", "--source", str(video), "--model", str(model), "--adapter", adapter, "--memory", str(memory),
-            "--state", str(state), "--out", str(predictions), "--video-out", str(annotated), "--compare",
-            "--json", str(summary_file)]
+    args = [
+        "run",
+        "--source",
+        str(video),
+        "--model",
+        str(model),
+        "--adapter",
+        adapter,
+        "--memory",
+        str(memory),
+        "--state",
+        str(state),
+        "--out",
+        str(predictions),
+        "--video-out",
+        str(annotated),
+        "--compare",
+        "--json",
+        str(summary_file),
+    ]
     print("[5] stream: edgert " + " ".join(args))
     code = edgert(args)
     if code:
@@ -215,14 +279,20 @@ def stream_and_report(model: Path, memory: Path, video: Path, truth: list[dict[s
         if mask.any():
             a, s = adapted[mask].mean(), source[mask].mean()
             print(f"    {name:<10}{s:>12.1%}{a:>10.1%}{100 * (a - s):>+7.1f}pt")
-    print(f"    speed: {summary['fps']:.1f} fps end to end (decode, preprocess, backbone, adapter, source-only "
-          f"read-out, annotated video and JSONL writing)")
-    print(f"    adapt cost: p50 {p50['adapt']:.3f} ms per frame = {p50['adapt'] / p50['backbone']:.1%} of the "
-          f"backbone's {p50['backbone']:.1f} ms")
+    print(
+        f"    speed: {summary['fps']:.1f} fps end to end (decode, preprocess, backbone, adapter, source-only "
+        f"read-out, annotated video and JSONL writing)"
+    )
+    print(
+        f"    adapt cost: p50 {p50['adapt']:.3f} ms per frame = {p50['adapt'] / p50['backbone']:.1%} of the "
+        f"backbone's {p50['backbone']:.1f} ms"
+    )
     plot = out / "running-accuracy.png"
     plot_running_accuracy(plot, adapted, source, truth, adapter)
-    print(f"    wrote {annotated} (annotated video), {predictions}, {plot} (running accuracy), "
-          f"and checkpoints in {state}/")
+    print(
+        f"    wrote {annotated} (annotated video), {predictions}, {plot} (running accuracy), "
+        f"and checkpoints in {state}/"
+    )
     return 0
 
 

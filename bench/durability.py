@@ -1,4 +1,5 @@
 """The price of safety on the bridge: HMAC authentication and the journal's fsyncs, interleaved (``edgert bench faults``)."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.bridge_server import ServerProcess, memory_file, percentiles_ms, connect
+from edge_runtime.bench.bridge_server import ServerProcess, connect, memory_file, percentiles_ms
 
 
 def _interleaved(calls: list[Callable[[], Any]], n: int) -> list[list[float]]:
@@ -43,8 +44,11 @@ def auth_overhead(work: Path, requests: int, pairs: int = 2) -> dict[str, Any]:
     rows = np.random.default_rng(2).normal(size=(32, 1280)).astype(np.float32)
     base = ["--memory", str(memory), "--adapter", "ncm"]
     with ExitStack() as stack:
-        servers = [stack.enter_context(ServerProcess(*base, *(["--key-file", str(key_file)] if keyed else [])))
-                   for _ in range(pairs) for keyed in (False, True)]
+        servers = [
+            stack.enter_context(ServerProcess(*base, *(["--key-file", str(key_file)] if keyed else [])))
+            for _ in range(pairs)
+            for keyed in (False, True)
+        ]
         clients = [connect(server.wait_listening(), key if i % 2 else None) for i, server in enumerate(servers)]
         for c in clients:
             c.hello()
@@ -56,8 +60,13 @@ def auth_overhead(work: Path, requests: int, pairs: int = 2) -> dict[str, Any]:
             c.transport.close()
     p = percentiles_ms([t for k in range(0, len(times), 2) for t in times[k]])
     k = percentiles_ms([t for k in range(1, len(times), 2) for t in times[k]])
-    return {"requests": requests * pairs, "processes_per_kind": pairs, "keyless": p, "keyed": k,
-            "p50_ratio": k["p50_ms"] / p["p50_ms"]}
+    return {
+        "requests": requests * pairs,
+        "processes_per_kind": pairs,
+        "keyless": p,
+        "keyed": k,
+        "p50_ratio": k["p50_ms"] / p["p50_ms"],
+    }
 
 
 def journal_cost(work: Path, requests: int, teachers: int = 8) -> dict[str, Any]:
@@ -66,8 +75,10 @@ def journal_cost(work: Path, requests: int, teachers: int = 8) -> dict[str, Any]
     memory = memory_file(work / "journal-memory.npz", NCM(), 1280)
     rows = np.random.default_rng(3).normal(size=(32, 1280)).astype(np.float32)
     base = ["--memory", str(memory), "--adapter", "ncm"]
-    with ServerProcess(*base) as plain, ServerProcess(*base, "--state", str(work / "journal-state"),
-                                                      "--compact-every", "100000") as durable:
+    with (
+        ServerProcess(*base) as plain,
+        ServerProcess(*base, "--state", str(work / "journal-state"), "--compact-every", "100000") as durable,
+    ):
         a, b = connect(plain.wait_listening()), connect(durable.wait_listening())
         i = iter(range(10**9))
         calls = [lambda: a.teach(next(i) % 4, rows[next(i) % 32]), lambda: b.teach(next(i) % 4, rows[next(i) % 32])]
@@ -100,7 +111,14 @@ def journal_cost(work: Path, requests: int, teachers: int = 8) -> dict[str, Any]
     sequential = 10 + requests  # the interleaved TEACHes were one per batch: one fsync each
     p, j = percentiles_ms(t_plain), percentiles_ms(t_journal)
     concurrent = teachers * per
-    return {"requests": requests, "no_journal": p, "journal": j, "p50_ratio": j["p50_ms"] / p["p50_ms"],
-            "concurrent_teachers": teachers, "concurrent_teaches": concurrent,
-            "fsyncs_per_concurrent_teach": (fsyncs - sequential) / concurrent if found else None,
-            "concurrent_teaches_per_s": concurrent / concurrent_s, "journal_records": records}
+    return {
+        "requests": requests,
+        "no_journal": p,
+        "journal": j,
+        "p50_ratio": j["p50_ms"] / p["p50_ms"],
+        "concurrent_teachers": teachers,
+        "concurrent_teaches": concurrent,
+        "fsyncs_per_concurrent_teach": (fsyncs - sequential) / concurrent if found else None,
+        "concurrent_teaches_per_s": concurrent / concurrent_s,
+        "journal_records": records,
+    }

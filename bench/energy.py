@@ -14,6 +14,7 @@ be read the result says "not measured" and why: it never falls back to an estima
 The board-specific readers sit behind ``EnergyMeter`` (after ExecuTorch's platform layer), each
 taking its sysfs root or command as an argument, so they are tested against fake trees.
 """
+
 from __future__ import annotations
 
 import re
@@ -94,8 +95,9 @@ class RaplMeter(EnergyMeter):
                 values.append(int(_read_text(path)))
             except PermissionError:
                 # Since Linux 5.10 (CVE-2020-8694) energy_uj is readable by root only.
-                raise MeterUnavailable(f"{path} is readable by root only: run as root or "
-                                       f"chmod o+r {path}") from None
+                raise MeterUnavailable(
+                    f"{path} is readable by root only: run as root or " f"chmod o+r {path}"
+                ) from None
             except (OSError, ValueError) as err:
                 raise MeterUnavailable(f"{path} unreadable ({err})") from None
         return values
@@ -122,7 +124,9 @@ class HwmonPowerMeter(EnergyMeter):
     name = "ina219-hwmon"
     kind = "power"
 
-    def __init__(self, root: str | Path = "/sys/class/hwmon", chips: tuple[str, ...] = ("ina219", "ina226", "ina3221")) -> None:
+    def __init__(
+        self, root: str | Path = "/sys/class/hwmon", chips: tuple[str, ...] = ("ina219", "ina226", "ina3221")
+    ) -> None:
         self.root = Path(root)
         self.chips = chips
         for device in sorted(self.root.glob("hwmon*")):
@@ -269,7 +273,9 @@ class JetsonMeter(EnergyMeter):
         try:
             from jtop import jtop  # optional: jetson-stats exists only on Jetson boards
         except ImportError:
-            raise MeterUnavailable("jetson-stats is not installed (not a Jetson, or pip install jetson-stats)") from None
+            raise MeterUnavailable(
+                "jetson-stats is not installed (not a Jetson, or pip install jetson-stats)"
+            ) from None
         try:
             self._jtop = jtop()
             self._jtop.start()
@@ -334,8 +340,10 @@ class Trace:
             return 0.0
         if self.kind == "energy":
             return self.values[-1] - self.values[0]
-        return sum((t1 - t0) * (v0 + v1) / 2 for t0, t1, v0, v1 in
-                   zip(self.times, self.times[1:], self.values, self.values[1:]))
+        return sum(
+            (t1 - t0) * (v0 + v1) / 2
+            for t0, t1, v0, v1 in zip(self.times, self.times[1:], self.values, self.values[1:])
+        )
 
     def mean_watts(self) -> float:
         return self.joules() / self.seconds if self.seconds > 0 else 0.0
@@ -415,16 +423,24 @@ class EnergyResult:
     def summary(self) -> str:
         if self.status != "measured":
             return f"energy: {NOT_MEASURED} ({self.reason})"
-        return (f"energy: {self.joules_per_inference * 1e3:.3f} mJ/inference net of idle "
-                f"{self.idle_watts:.2f} W ({self.meter}, {self.sample_rate_hz:g} Hz, {self.samples} samples)")
+        return (
+            f"energy: {self.joules_per_inference * 1e3:.3f} mJ/inference net of idle "
+            f"{self.idle_watts:.2f} W ({self.meter}, {self.sample_rate_hz:g} Hz, {self.samples} samples)"
+        )
 
 
 def not_measured(reason: str) -> EnergyResult:
     return EnergyResult(status=NOT_MEASURED, reason=reason)
 
 
-def measure_energy(run: Callable[[], int], meter: EnergyMeter | None, *, idle_seconds: float = 2.0,
-                   rate_hz: float = DEFAULT_RATE_HZ, reasons: dict[str, str] | None = None) -> EnergyResult:
+def measure_energy(
+    run: Callable[[], int],
+    meter: EnergyMeter | None,
+    *,
+    idle_seconds: float = 2.0,
+    rate_hz: float = DEFAULT_RATE_HZ,
+    reasons: dict[str, str] | None = None,
+) -> EnergyResult:
     """Energy per inference of ``run()`` (which returns how many inferences it made).
 
     Idle power is sampled for ``idle_seconds`` first, with the same meter and rate; the run's
@@ -451,10 +467,20 @@ def measure_energy(run: Callable[[], int], meter: EnergyMeter | None, *, idle_se
         return not_measured("the run made no inferences")
     idle_watts = idle.mean_watts()
     net = active.joules() - idle_watts * active.seconds
-    return EnergyResult(status="measured", meter=meter.name, meter_detail=meter.describe(),
-                        sample_rate_hz=rate_hz, samples=len(active.times), idle_seconds=idle.seconds,
-                        idle_watts=idle_watts, run_seconds=active.seconds, run_joules=active.joules(),
-                        net_joules=net, inferences=inferences, joules_per_inference=net / inferences)
+    return EnergyResult(
+        status="measured",
+        meter=meter.name,
+        meter_detail=meter.describe(),
+        sample_rate_hz=rate_hz,
+        samples=len(active.times),
+        idle_seconds=idle.seconds,
+        idle_watts=idle_watts,
+        run_seconds=active.seconds,
+        run_joules=active.joules(),
+        net_joules=net,
+        inferences=inferences,
+        joules_per_inference=net / inferences,
+    )
 
 
 def _read_text(path: Path, default: str | None = None) -> str:
@@ -466,6 +492,21 @@ def _read_text(path: Path, default: str | None = None) -> str:
         return default
 
 
-__all__ = ["EnergyMeter", "EnergyResult", "HwmonPowerMeter", "Ina219I2CMeter", "JetsonMeter", "METERS",
-           "MeterUnavailable", "NOT_MEASURED", "Pi5PmicMeter", "RaplMeter", "Sampler", "Trace",
-           "detect_meter", "measure_energy", "not_measured", "parse_pmic_adc"]
+__all__ = [
+    "EnergyMeter",
+    "EnergyResult",
+    "HwmonPowerMeter",
+    "Ina219I2CMeter",
+    "JetsonMeter",
+    "METERS",
+    "MeterUnavailable",
+    "NOT_MEASURED",
+    "Pi5PmicMeter",
+    "RaplMeter",
+    "Sampler",
+    "Trace",
+    "detect_meter",
+    "measure_energy",
+    "not_measured",
+    "parse_pmic_adc",
+]

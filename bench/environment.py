@@ -7,6 +7,7 @@ absent or unreadable (containers often hide cpufreq and thermal zones): absent, 
 Backbone MACs are counted from the ONNX graph itself (Conv, Gemm, MatMul and their quantised
 forms, with shapes from ``onnx.shape_inference``), so no torch is needed at run time.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("edge-runtime", "numpy", "numba", "onnxruntime", "ai-edge-litert", "tflite-runtime",
-            "opencv-python-headless", "opencv-python", "onnx", "torch", "scikit-learn", "matplotlib",
-            "snntorch", "faiss-cpu", "jetson-stats", "smbus2")
+PACKAGES = (
+    "edge-runtime",
+    "numpy",
+    "numba",
+    "onnxruntime",
+    "ai-edge-litert",
+    "tflite-runtime",
+    "opencv-python-headless",
+    "opencv-python",
+    "onnx",
+    "torch",
+    "scikit-learn",
+    "matplotlib",
+    "snntorch",
+    "faiss-cpu",
+    "jetson-stats",
+    "smbus2",
+)
 
 # node type -> (index of the data input, index of the weight input) for MAC counting
 _CONV_OPS = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3)}
@@ -60,8 +76,7 @@ def cpu_clocks(root: str | Path = "/sys/devices/system/cpu") -> dict[str, Any]:
             value = _read(freq / name)
             if value is not None and value.isdigit():
                 target[cpu.name] = int(value) / 1000.0
-    return {"governor": sorted(set(governors.values())) or None,
-            "cur_mhz": current or None, "max_mhz": maximum or None}
+    return {"governor": sorted(set(governors.values())) or None, "cur_mhz": current or None, "max_mhz": maximum or None}
 
 
 def thermal_state(root: str | Path = "/sys/class/thermal") -> dict[str, float] | None:
@@ -274,11 +289,19 @@ def environment_markdown(env: dict[str, Any]) -> str:
     ]
     if "execution" in env:  # reports from before execution providers were recorded lack it
         execution = env["execution"]
-        lines.append(f"- execution: onnxruntime providers {', '.join(execution['onnxruntime'] or ['not installed'])}; "
-                     f"LiteRT {', '.join(execution['litert'])}")
+        lines.append(
+            f"- execution: onnxruntime providers {', '.join(execution['onnxruntime'] or ['not installed'])}; "
+            f"LiteRT {', '.join(execution['litert'])}"
+        )
     for model in env.get("models", []):
-        macs = f"{model['macs'] / 1e6:.1f} M MACs/image ({model['macs_from']})" if model.get("macs") else model.get("macs_from")
-        lines.append(f"- model `{model['path']}`: {model['bytes'] / 1e6:.2f} MB, sha256 `{model['sha256'][:16]}...`, {macs}")
+        macs = (
+            f"{model['macs'] / 1e6:.1f} M MACs/image ({model['macs_from']})"
+            if model.get("macs")
+            else model.get("macs_from")
+        )
+        lines.append(
+            f"- model `{model['path']}`: {model['bytes'] / 1e6:.2f} MB, sha256 `{model['sha256'][:16]}...`, {macs}"
+        )
     return "\n".join(lines)
 
 
@@ -289,5 +312,15 @@ def _mhz(values: dict[str, float] | None) -> str:
     return f"{low:.0f} MHz" if low == high else f"{low:.0f}-{high:.0f} MHz"
 
 
-__all__ = ["capture_environment", "count_macs", "cpu_clocks", "cpu_model", "describe_model",
-           "environment_markdown", "execution_options", "file_digest", "package_versions", "thermal_state"]
+__all__ = [
+    "capture_environment",
+    "count_macs",
+    "cpu_clocks",
+    "cpu_model",
+    "describe_model",
+    "environment_markdown",
+    "execution_options",
+    "file_digest",
+    "package_versions",
+    "thermal_state",
+]

@@ -27,6 +27,7 @@ Every figure comes from real processes on loopback TCP in one run:
 ``--quick`` shrinks every part (CI: under two minutes). ``--report FILE`` writes the section
 "Faults and load (bridge)" into a Markdown report (replacing the one there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.bridge_server import CLASSES, KILL_DIM, ServerProcess, memory_file, percentiles_ms, connect
+from edge_runtime.bench.bridge_server import CLASSES, KILL_DIM, ServerProcess, connect, memory_file, percentiles_ms
 from edge_runtime.bench.durability import auth_overhead, journal_cost
-from edge_runtime.bench.sections import publish, write_section
 from edge_runtime.bench.fuzz import Fuzzer, fuzz
+from edge_runtime.bench.sections import publish, write_section
 from edge_runtime.defaults import DEFAULT_MODEL
 
 SECTION_TITLE = "## Faults and load (bridge)"
-
 
 
 # -- kills ------------------------------------------------------------------------------------------------
@@ -153,8 +153,20 @@ def kill_trials(work: Path, per_signal: int, seed: int, log: Callable[[str], Non
     from edge_runtime.state import StateError, read_state
 
     state = work / "kill-state"
-    args = ["--adapter", "knn", "--classes", ",".join(CLASSES), "--dim", str(KILL_DIM), "--state", str(state),
-            "--compact-every", "40", "--checkpoint-every", "0.5"]
+    args = [
+        "--adapter",
+        "knn",
+        "--classes",
+        ",".join(CLASSES),
+        "--dim",
+        str(KILL_DIM),
+        "--state",
+        str(state),
+        "--compact-every",
+        "40",
+        "--checkpoint-every",
+        "0.5",
+    ]
     rng = random.Random(seed)
     plan = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT] * per_signal
     rng.shuffle(plan)
@@ -173,8 +185,9 @@ def kill_trials(work: Path, per_signal: int, seed: int, log: Callable[[str], Non
                 break
             if trial:
                 recovery.append(server.serving_after)
-            unloadable += sum(1 for line in server.lines if "skipped state file" in line or "skipped" in line
-                              and "journal:" in line)
+            unloadable += sum(
+                1 for line in server.lines if "skipped state file" in line or "skipped" in line and "journal:" in line
+            )
             present = _present(url)
             trial_lost, trial_unknown = ledger.reconcile(present)
             lost += trial_lost
@@ -188,8 +201,12 @@ def kill_trials(work: Path, per_signal: int, seed: int, log: Callable[[str], Non
             targets = [(t, i) for t, i in present.items() if t in ledger.acked and t not in ledger.forgotten]
             rng.shuffle(targets)
             stop = threading.Event()
-            clients = [threading.Thread(target=_stream, args=(url, ledger, targets[k::2], seed * 1000 + trial * 2 + k,
-                                                              stop), daemon=True) for k in range(2)]
+            clients = [
+                threading.Thread(
+                    target=_stream, args=(url, ledger, targets[k::2], seed * 1000 + trial * 2 + k, stop), daemon=True
+                )
+                for k in range(2)
+            ]
             for c in clients:
                 c.start()
             time.sleep(rng.uniform(0.02, 0.5))  # the random moment of the fault, while the clients stream
@@ -199,8 +216,9 @@ def kill_trials(work: Path, per_signal: int, seed: int, log: Callable[[str], Non
             for c in clients:
                 c.join(30)
             per[signum.name]["trials"] += 1
-            if signum != signal.SIGKILL and (code != 0 or not any(line.startswith("edgert bridge: stopped by")
-                                                                  for line in server.lines)):
+            if signum != signal.SIGKILL and (
+                code != 0 or not any(line.startswith("edgert bridge: stopped by") for line in server.lines)
+            ):
                 unclean += 1
                 per[signum.name]["unclean"] += 1
                 log(f"faults: trial {trial}: {signum.name} exit {code}: " + " | ".join(server.lines[-3:]))
@@ -212,15 +230,31 @@ def kill_trials(work: Path, per_signal: int, seed: int, log: Callable[[str], Non
                 log(f"faults: trial {trial}: {err}")
         if trial % 25 == 24:
             log(f"faults: kills {trial + 1}/{len(plan)}: {ledger.ops_acked} acknowledged ops, {lost} lost")
-    return {"trials": len(plan), "by_signal": per, "acknowledged_ops": ledger.ops_acked, "acknowledged_lost": lost,
-            "unexpected_items": unknown, "unloadable_states": unloadable, "unclean_exits": unclean,
-            "recovery_s_mean": float(np.mean(recovery)) if recovery else 0.0,
-            "recovery_s_max": float(np.max(recovery)) if recovery else 0.0, "seconds": time.monotonic() - started}
+    return {
+        "trials": len(plan),
+        "by_signal": per,
+        "acknowledged_ops": ledger.ops_acked,
+        "acknowledged_lost": lost,
+        "unexpected_items": unknown,
+        "unloadable_states": unloadable,
+        "unclean_exits": unclean,
+        "recovery_s_mean": float(np.mean(recovery)) if recovery else 0.0,
+        "recovery_s_max": float(np.max(recovery)) if recovery else 0.0,
+        "seconds": time.monotonic() - started,
+    }
 
 
 # -- load -------------------------------------------------------------------------------------------------
-def _paced(url: str, rows: np.ndarray, n: int, rate: float, seed: int, out: list[float], failures: list[str],
-           ready: threading.Barrier) -> None:
+def _paced(
+    url: str,
+    rows: np.ndarray,
+    n: int,
+    rate: float,
+    seed: int,
+    out: list[float],
+    failures: list[str],
+    ready: threading.Barrier,
+) -> None:
     from firmware_bridge.client import BridgeError
 
     rng = np.random.default_rng(seed)
@@ -245,8 +279,10 @@ def _working(url: str, clients: int, n: int, rate: float, rows: np.ndarray) -> t
     times: list[float] = []
     failures: list[str] = []
     ready = threading.Barrier(clients)
-    threads = [threading.Thread(target=_paced, args=(url, rows, n, rate, k, times, failures, ready), daemon=True)
-               for k in range(clients)]
+    threads = [
+        threading.Thread(target=_paced, args=(url, rows, n, rate, k, times, failures, ready), daemon=True)
+        for k in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -254,8 +290,9 @@ def _working(url: str, clients: int, n: int, rate: float, rows: np.ndarray) -> t
     return times, failures
 
 
-def load_test(work: Path, connections: int, per_client: int, alone: int, rate: float,
-              log: Callable[[str], None]) -> dict[str, Any]:
+def load_test(
+    work: Path, connections: int, per_client: int, alone: int, rate: float, log: Callable[[str], None]
+) -> dict[str, Any]:
     import socket
 
     from edge_runtime.adapters.ncm import NCM
@@ -265,21 +302,34 @@ def load_test(work: Path, connections: int, per_client: int, alone: int, rate: f
     memory = memory_file(work / "load-memory.npz", NCM(), 1280)
     rows = np.random.default_rng(1).normal(size=(64, 1280)).astype(np.float32)
     half = connections // 2
-    with ServerProcess("--memory", str(memory), "--adapter", "ncm", "--no-adapt", "--max-connections",
-                       str(connections), "--idle-timeout", "600", "--frame-timeout", "600") as server:
+    with ServerProcess(
+        "--memory",
+        str(memory),
+        "--adapter",
+        "ncm",
+        "--no-adapt",
+        "--max-connections",
+        str(connections),
+        "--idle-timeout",
+        "600",
+        "--frame-timeout",
+        "600",
+    ) as server:
         url = server.wait_listening()
         log(f"faults: load: one client alone, {alone} requests at {rate:g}/s")
         alone_times, failures = _working(url, 1, alone, rate, rows)
         log(f"faults: load: {half} working clients, no idle peers")
         busy_times, more = _working(url, half, per_client, rate, rows)
         failures += more
-        host, port = url[len("tcp://"):].rsplit(":", 1)
+        host, port = url[len("tcp://") :].rsplit(":", 1)
         idle = [socket.create_connection((host, int(port))) for _ in range(connections - half)]
         partial = Framing().pack(1, Features.quantize(rows[0]))
         for sock in idle[: len(idle) // 2]:
             sock.sendall(b"\x00" + partial[: len(partial) // 2])  # half a frame, then silence
-        log(f"faults: load: {half} working clients beside {len(idle)} idle peers "
-            f"({len(idle) // 2} stopped mid-frame)")
+        log(
+            f"faults: load: {half} working clients beside {len(idle)} idle peers "
+            f"({len(idle) // 2} stopped mid-frame)"
+        )
         loaded_times, more = _working(url, half, per_client, rate, rows)
         failures += more
         # Every slot is taken by the idle peers and one working client: one more is refused at once.
@@ -298,14 +348,22 @@ def load_test(work: Path, connections: int, per_client: int, alone: int, rate: f
         server.send(signal.SIGTERM)
         server.wait()
     a, b, c = percentiles_ms(alone_times), percentiles_ms(busy_times), percentiles_ms(loaded_times)
-    return {"connections": connections, "working_clients": half, "idle_peers": connections - half,
-            "rate_per_client": rate, "alone": a, "working_only": b, "with_idle_peers": c,
-            "requests_sent": alone + 2 * half * per_client, "replies": len(alone_times) + len(busy_times) + len(loaded_times),
-            "failures": failures[:5], "p99_ratio_vs_alone": c["p99_ms"] / a["p99_ms"],
-            "p99_ratio_vs_working_only": c["p99_ms"] / b["p99_ms"], "refused_beyond_cap": busy_refusal,
-            "refusal": refused}
-
-
+    return {
+        "connections": connections,
+        "working_clients": half,
+        "idle_peers": connections - half,
+        "rate_per_client": rate,
+        "alone": a,
+        "working_only": b,
+        "with_idle_peers": c,
+        "requests_sent": alone + 2 * half * per_client,
+        "replies": len(alone_times) + len(busy_times) + len(loaded_times),
+        "failures": failures[:5],
+        "p99_ratio_vs_alone": c["p99_ms"] / a["p99_ms"],
+        "p99_ratio_vs_working_only": c["p99_ms"] / b["p99_ms"],
+        "refused_beyond_cap": busy_refusal,
+        "refusal": refused,
+    }
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -318,45 +376,74 @@ def faults_markdown(r: dict[str, Any]) -> str:
         ("acknowledged TEACH/FORGET lost after a kill", f"{k['acknowledged_lost']} of {k['acknowledged_ops']}", "0"),
         ("restarts or checkpoints that fail to load", str(k["unloadable_states"]), "0"),
         ("SIGTERM/SIGINT exits that were not clean (exit 0, summary)", str(k["unclean_exits"]), "0"),
-        ("mean time from process start to serving (replay included)",
-         f"{k['recovery_s_mean']:.2f} s (max {k['recovery_s_max']:.2f} s)", "report"),
-        (f"replies to the working clients ({ld['working_clients']} working + {ld['idle_peers']} idle)",
-         f"{ld['replies']} of {ld['requests_sent']}", "all"),
-        ("working clients' p99 beside idle peers / same client alone",
-         f"{ld['p99_ratio_vs_alone']:.2f}x ({ld['with_idle_peers']['p99_ms']:.2f} / {ld['alone']['p99_ms']:.2f} ms)",
-         "<= 2x"),
+        (
+            "mean time from process start to serving (replay included)",
+            f"{k['recovery_s_mean']:.2f} s (max {k['recovery_s_max']:.2f} s)",
+            "report",
+        ),
+        (
+            f"replies to the working clients ({ld['working_clients']} working + {ld['idle_peers']} idle)",
+            f"{ld['replies']} of {ld['requests_sent']}",
+            "all",
+        ),
+        (
+            "working clients' p99 beside idle peers / same client alone",
+            f"{ld['p99_ratio_vs_alone']:.2f}x ({ld['with_idle_peers']['p99_ms']:.2f} / {ld['alone']['p99_ms']:.2f} ms)",
+            "<= 2x",
+        ),
         ("... / the working clients without the idle peers", f"{ld['p99_ratio_vs_working_only']:.2f}x", "report"),
         (f"connection {ld['connections'] + 1} refused with BUSY", "yes" if ld["refused_beyond_cap"] else "no", "yes"),
         ("fuzzed frames: crashes + hangs", f"{fz['crashes']} + {fz['hangs']} in {fz['frames']}", "0"),
         ("fuzzed frames answered INTERNAL", str(fz["internal"]), "0"),
-        ("server RSS growth, first tenth -> end of the fuzz",
-         f"{100 * fz['rss_growth']:+.1f}% ({fz['rss_kb_after_tenth'] / 1024:.0f} -> {fz['rss_kb_end'] / 1024:.0f} MB)",
-         "< 5%"),
-        ("FEATURES p50, keyed (HMAC) / keyless",
-         f"{au['p50_ratio']:.3f}x ({au['keyed']['p50_ms']:.3f} / {au['keyless']['p50_ms']:.3f} ms)", "<= 1.1x"),
-        ("TEACH p50, journal (fsync before ACK) / none",
-         f"{jr['p50_ratio']:.1f}x ({jr['journal']['p50_ms']:.2f} / {jr['no_journal']['p50_ms']:.2f} ms)", "report"),
-        (f"fsyncs per TEACH, {jr['concurrent_teachers']} teachers at once (group commit)",
-         f"{gc:.2f} ({jr['concurrent_teaches_per_s']:.0f} TEACH/s)" if gc is not None else "n/a", "report"),
+        (
+            "server RSS growth, first tenth -> end of the fuzz",
+            f"{100 * fz['rss_growth']:+.1f}% ({fz['rss_kb_after_tenth'] / 1024:.0f} -> {fz['rss_kb_end'] / 1024:.0f} MB)",
+            "< 5%",
+        ),
+        (
+            "FEATURES p50, keyed (HMAC) / keyless",
+            f"{au['p50_ratio']:.3f}x ({au['keyed']['p50_ms']:.3f} / {au['keyless']['p50_ms']:.3f} ms)",
+            "<= 1.1x",
+        ),
+        (
+            "TEACH p50, journal (fsync before ACK) / none",
+            f"{jr['p50_ratio']:.1f}x ({jr['journal']['p50_ms']:.2f} / {jr['no_journal']['p50_ms']:.2f} ms)",
+            "report",
+        ),
+        (
+            f"fsyncs per TEACH, {jr['concurrent_teachers']} teachers at once (group commit)",
+            f"{gc:.2f} ({jr['concurrent_teaches_per_s']:.0f} TEACH/s)" if gc is not None else "n/a",
+            "report",
+        ),
     ]
     replies = ", ".join(f"{name} {n}" for name, n in sorted(fz["replies"].items(), key=lambda kv: -kv[1]))
-    lines = [SECTION_TITLE, "",
-             f"`edgert bench faults{' --quick' if r.get('quick') else ''}` against real `edgert bridge serve` "
-             f"processes on loopback TCP ({r['host']}, {r['time_utc']}; {r['seconds']:.0f} s).", "",
-             "| what | measured | goal |", "|---|---:|---:|"]
+    lines = [
+        SECTION_TITLE,
+        "",
+        f"`edgert bench faults{' --quick' if r.get('quick') else ''}` against real `edgert bridge serve` "
+        f"processes on loopback TCP ({r['host']}, {r['time_utc']}; {r['seconds']:.0f} s).",
+        "",
+        "| what | measured | goal |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines += ["",
-              f"- Kills: {k['trials']} trials ({by}), at a uniform random moment 20-500 ms into two clients "
-              f"streaming TEACH and FORGET at a kNN device journaled with compaction every 40 records; after each "
-              f"restart the exported memory is checked against every acknowledgement.",
-              f"- Load: {ld['working_clients']} clients each sending FEATURES (1280 x int8) at {ld['rate_per_client']:g}/s "
-              f"(Poisson); p99 alone {ld['alone']['p99_ms']:.2f} ms ({ld['alone']['n']} requests), working only "
-              f"{ld['working_only']['p99_ms']:.2f} ms, beside the idle peers {ld['with_idle_peers']['p99_ms']:.2f} ms.",
-              f"- Fuzz ({'with' if fz['with_backbone'] else 'without'} a backbone for FRAME, key required, journal on): "
-              f"replies {replies}."
-              + (f" Server RSS after each tenth: {', '.join(f'{kb / 1024:.0f}' for kb in fz['rss_kb_by_tenth'])} MB."
-                 if fz.get("rss_kb_by_tenth") else ""),
-              f"- Keyed vs keyless and journal vs none: {au['requests']} and {jr['requests']} interleaved round trips."]
+    lines += [
+        "",
+        f"- Kills: {k['trials']} trials ({by}), at a uniform random moment 20-500 ms into two clients "
+        f"streaming TEACH and FORGET at a kNN device journaled with compaction every 40 records; after each "
+        f"restart the exported memory is checked against every acknowledgement.",
+        f"- Load: {ld['working_clients']} clients each sending FEATURES (1280 x int8) at {ld['rate_per_client']:g}/s "
+        f"(Poisson); p99 alone {ld['alone']['p99_ms']:.2f} ms ({ld['alone']['n']} requests), working only "
+        f"{ld['working_only']['p99_ms']:.2f} ms, beside the idle peers {ld['with_idle_peers']['p99_ms']:.2f} ms.",
+        f"- Fuzz ({'with' if fz['with_backbone'] else 'without'} a backbone for FRAME, key required, journal on): "
+        f"replies {replies}."
+        + (
+            f" Server RSS after each tenth: {', '.join(f'{kb / 1024:.0f}' for kb in fz['rss_kb_by_tenth'])} MB."
+            if fz.get("rss_kb_by_tenth")
+            else ""
+        ),
+        f"- Keyed vs keyless and journal vs none: {au['requests']} and {jr['requests']} interleaved round trips.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -366,12 +453,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, help="kill trials per signal (default: 100; quick: 5)")
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections in the load test")
     parser.add_argument("--fuzz", type=int, help="fuzzed frames (default: 100000; quick: 3000)")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"backbone for FRAME requests in the fuzz (default: {DEFAULT_MODEL}; skipped if absent)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"backbone for FRAME requests in the fuzz (default: {DEFAULT_MODEL}; skipped if absent)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
-    parser.add_argument("--report", type=Path, metavar="FILE",
-                        help="write the Markdown section into this report (e.g. bench/REPORT.md)")
+    parser.add_argument(
+        "--report", type=Path, metavar="FILE", help="write the Markdown section into this report (e.g. bench/REPORT.md)"
+    )
     parser.set_defaults(main=main)
 
 
@@ -380,8 +472,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     trials = args.trials or (5 if quick else 100)
     frames = args.fuzz or (3000 if quick else 100_000)
     started = time.monotonic()
-    results: dict[str, Any] = {"quick": quick, "host": os.uname().nodename,
-                               "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "host": os.uname().nodename,
+        "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     with tempfile.TemporaryDirectory(prefix="edgert-faults-") as tmp:
         work = Path(tmp)
         log(f"faults: kills: {3 * trials} trials")
@@ -403,5 +498,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Acknowledged", "Fuzzer", "ServerProcess", "configure", "connect", "faults_markdown", "main", "numbered",
-           "numbers_of", "run", "write_section"]
+__all__ = [
+    "Acknowledged",
+    "Fuzzer",
+    "ServerProcess",
+    "configure",
+    "connect",
+    "faults_markdown",
+    "main",
+    "numbered",
+    "numbers_of",
+    "run",
+    "write_section",
+]

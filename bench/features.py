@@ -10,6 +10,7 @@ bench judges adaptation, so it reads features free of quantisation error (which 
 measures on its own; on this x86 CPU int8 features drift most on the digit domains, cosine 0.965).
 Set ``EDGERT_MODEL`` to an int8 artefact to bench what a device sees end to end.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,9 @@ import numpy as np
 
 from edge_runtime.bench.datasets import domain_source
 from edge_runtime.bench.datasets.domain import atomic_savez, cache_root, fingerprint, safe_name
-from edge_runtime.model.card import load_card, sha256_file
 from edge_runtime.defaults import bench_model
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.model.card import load_card, sha256_file
 
 BATCH = 32
 FORMAT = 1  # of the features file
@@ -44,8 +45,13 @@ def features_path(domain: str, model_path: str | Path | None = None) -> Path:
         raise EdgeRuntimeError(f"model not found: {model_path} (export it first, or set EDGERT_MODEL)")
     card = load_card(model_path, verify=False)
     model_sha = sha256_file(model_path)
-    key = fingerprint(FORMAT, dataclasses.asdict(card.preprocessing), card.input.shape, card.input.dtype,
-                      domain_source(domain).version)
+    key = fingerprint(
+        FORMAT,
+        dataclasses.asdict(card.preprocessing),
+        card.input.shape,
+        card.input.dtype,
+        domain_source(domain).version,
+    )
     return cache_root() / "features" / model_sha[:16] / f"{safe_name(domain)}-{key[:16]}.npz"
 
 
@@ -65,12 +71,19 @@ def load_features(domain: str, model_path: str | Path | None = None, *, progress
     started = time.monotonic()
     parts = []
     for start in range(0, len(data), BATCH):
-        parts.append(backbone.features(data.images[start:start + BATCH]).astype(np.float32, copy=False))
+        parts.append(backbone.features(data.images[start : start + BATCH]).astype(np.float32, copy=False))
         done = start + len(parts[-1])
         if progress and (done == len(data) or len(parts) % 10 == 0):
             rate = done / max(time.monotonic() - started, 1e-9)
             print(f"features {domain}: {done}/{len(data)} images ({rate:.1f}/s)", file=sys.stderr, flush=True)
     features = Features(np.concatenate(parts), data.labels, data.classes, data.ids)
-    atomic_savez(path, X=features.X, y=features.y, classes=np.array(features.classes), ids=np.array(features.ids),
-                 domain_version=np.array(data.version), model_sha256=np.array(sha256_file(backbone.model_path)))
+    atomic_savez(
+        path,
+        X=features.X,
+        y=features.y,
+        classes=np.array(features.classes),
+        ids=np.array(features.ids),
+        domain_version=np.array(data.version),
+        model_sha256=np.array(sha256_file(backbone.model_path)),
+    )
     return features

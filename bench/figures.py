@@ -1,4 +1,5 @@
 """The report's figures (matplotlib, PNG): accuracy per task, cost vs accuracy, latency, running accuracy."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,12 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
         width = 0.8 / len(methods)
         xs = np.arange(len(tasks))
         for i, m in enumerate(methods):
-            ax.bar(xs + (i - (len(methods) - 1) / 2) * width, [100 * accuracy["tasks"][t][m]["accuracy"] for t in tasks],
-                   width, label=m)
+            ax.bar(
+                xs + (i - (len(methods) - 1) / 2) * width,
+                [100 * accuracy["tasks"][t][m]["accuracy"] for t in tasks],
+                width,
+                label=m,
+            )
         ax.set_xticks(xs)
         ax.set_xticklabels([t.replace("photo->photo-c/", "c/") for t in tasks], rotation=40, ha="right", fontsize=8)
         ax.set_ylabel("online accuracy (%)")
@@ -62,8 +67,12 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
         data = sections["stream_accuracy"]
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, curve in data["running_accuracy"].items():
-            ax.plot(np.arange(1, len(curve) + 1), 100 * np.asarray(curve), label=name,
-                    linestyle="--" if name.startswith("source-only") else "-")
+            ax.plot(
+                np.arange(1, len(curve) + 1),
+                100 * np.asarray(curve),
+                label=name,
+                linestyle="--" if name.startswith("source-only") else "-",
+            )
         ax.set_xlabel("target samples seen")
         ax.set_ylabel("running accuracy (%)")
         ax.set_title(f"Running accuracy over the {data['task']} stream (order seed {data['order_seed']})", fontsize=10)
@@ -75,7 +84,8 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
     if cost and cost.get("accuracy"):
         means = cost["accuracy"]["mean_shifted_accuracy"] or {
             m: float(np.mean([r[m]["accuracy"] for r in cost["accuracy"]["tasks"].values()]))
-            for m in cost["accuracy"]["methods"]}
+            for m in cost["accuracy"]["methods"]
+        }
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for method, ms in cost["per_instance_ms"].items():
             if method in means and ms > 0:

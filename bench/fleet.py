@@ -24,6 +24,7 @@ each update it publishes, like ``edgert run --state``. Measured, in one run:
 ``--quick`` runs a smaller version (CI). ``--report FILE`` writes the section into a Markdown
 report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.sections import publish
 from edge_runtime.bench.fleet_device import SHA, Arm, check_exact, device_main
+from edge_runtime.bench.sections import publish
 
 SECTION_TITLE = "## Fleet memory (MQTT)"
 FLEET = "bench"
@@ -48,10 +49,10 @@ PARTS = "gain,cost,throughput,faults"
 GAIN = "memflow:photo->clipart,memflow:mnist->uci-digits,ncm:photo->clipart,ncm:mnist->uci-digits"
 
 
-
 # -- the figures ---------------------------------------------------------------------------------------------
-def prepare(work: Path, adapter: str, task: str, devices: int, teach_every: int, order: int, limit: int | None
-            ) -> tuple[Path, list[Path], Any]:
+def prepare(
+    work: Path, adapter: str, task: str, devices: int, teach_every: int, order: int, limit: int | None
+) -> tuple[Path, list[Path], Any]:
     """The source memory (fitted once per adapter and task) and the shards of one stream order."""
     from edge_runtime.adapters import make_adapter
     from edge_runtime.bench.tasks import load_task
@@ -80,8 +81,19 @@ def curve(accuracy: list[np.ndarray], bins: int = 10) -> list[float]:
     return [round(100 * float(part.mean()), 1) for part in np.array_split(hits, bins)]
 
 
-def gain(work: Path, broker: Any, key: Path, adapter: str, task: str, devices: int, teach_every: int, orders: int,
-         limit: int | None, fps: float, log: Callable[[str], None]) -> dict[str, Any]:
+def gain(
+    work: Path,
+    broker: Any,
+    key: Path,
+    adapter: str,
+    task: str,
+    devices: int,
+    teach_every: int,
+    orders: int,
+    limit: int | None,
+    fps: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     runs = []
     for order in range(orders):
         memory, shards, base = prepare(work, adapter, task, devices, teach_every, order, limit)
@@ -89,11 +101,15 @@ def gain(work: Path, broker: Any, key: Path, adapter: str, task: str, devices: i
         for mode in ("isolated", "fleet"):
             log(f"fleet: gain, {adapter} on {task}, order {order}: {devices} {mode} devices")
             run = f"{mode}-{adapter}-{re.sub(r'[^a-z0-9]+', '-', task)}-{order}"
-            arm = Arm(work / run, memory, shards, broker=broker if mode == "fleet" else None,
-                      key_file=key, fps=fps, log=log)
+            arm = Arm(
+                work / run, memory, shards, broker=broker if mode == "fleet" else None, key_file=key, fps=fps, log=log
+            )
             done = arm.finish()
-            row[mode] = {"mean": round(100 * float(np.mean([a[:, 1].mean() for a in done["accuracy"]])), 2),
-                         "curve": curve(done["accuracy"]), "converged": done["converged"]}
+            row[mode] = {
+                "mean": round(100 * float(np.mean([a[:, 1].mean() for a in done["accuracy"]])), 2),
+                "curve": curve(done["accuracy"]),
+                "converged": done["converged"],
+            }
             if mode == "fleet":
                 row["fleet"]["exact"] = check_exact(base.statistics(), done["finals"])
                 row["fleet"]["merge_ms"] = np.concatenate([f["merge_ms"] for f in done["finals"]]).tolist()
@@ -105,13 +121,25 @@ def gain(work: Path, broker: Any, key: Path, adapter: str, task: str, devices: i
     merge = np.concatenate([r["fleet"]["merge_ms"] for r in runs]) if runs else np.zeros(0)
     for r in runs:
         r["fleet"].pop("merge_ms")
-    return {"adapter": adapter, "task": task, "devices": devices, "teach_every": teach_every, "runs": runs,
-            "isolated_mean": round(float(np.mean(iso)), 2), "fleet_mean": round(float(np.mean(fl)), 2),
-            "isolated_curve": [round(float(v), 1) for v in np.mean([r["isolated"]["curve"] for r in runs], axis=0)],
-            "fleet_curve": [round(float(v), 1) for v in np.mean([r["fleet"]["curve"] for r in runs], axis=0)],
-            "merge_in_run_ms": {"p50": float(np.percentile(merge, 50)), "p99": float(np.percentile(merge, 99)),
-                                "n": int(len(merge))} if len(merge) else None,
-            "all_exact": all(r["fleet"]["exact"]["exact"] and r["fleet"]["converged"] for r in runs)}
+    return {
+        "adapter": adapter,
+        "task": task,
+        "devices": devices,
+        "teach_every": teach_every,
+        "runs": runs,
+        "isolated_mean": round(float(np.mean(iso)), 2),
+        "fleet_mean": round(float(np.mean(fl)), 2),
+        "isolated_curve": [round(float(v), 1) for v in np.mean([r["isolated"]["curve"] for r in runs], axis=0)],
+        "fleet_curve": [round(float(v), 1) for v in np.mean([r["fleet"]["curve"] for r in runs], axis=0)],
+        "merge_in_run_ms": {
+            "p50": float(np.percentile(merge, 50)),
+            "p99": float(np.percentile(merge, 99)),
+            "n": int(len(merge)),
+        }
+        if len(merge)
+        else None,
+        "all_exact": all(r["fleet"]["exact"]["exact"] and r["fleet"]["converged"] for r in runs),
+    }
 
 
 def cost(n_classes: int, merges: int) -> dict[str, Any]:
@@ -130,7 +158,7 @@ def cost(n_classes: int, merges: int) -> dict[str, Any]:
 
     def sizes(labels: np.ndarray) -> list[int]:
         ledger = Ledger("cam0", zeros)
-        ledger.record(adapter.taught_statistics(x[:len(labels)], labels))
+        ledger.record(adapter.taught_statistics(x[: len(labels)], labels))
         return [len(encode(header, arrays, key)) for _, arrays in ledger.take(64 * 1024)]
 
     one, every = sizes(np.array([0])), sizes(np.arange(n_classes))
@@ -141,7 +169,7 @@ def cost(n_classes: int, merges: int) -> dict[str, Any]:
     receiver = Ledger("cam1", zeros)
     deltas = []
     for i in range(merges):
-        sender_delta = adapter.taught_statistics(x[i % len(x):i % len(x) + 1], y[i % len(x):i % len(x) + 1])
+        sender_delta = adapter.taught_statistics(x[i % len(x) : i % len(x) + 1], y[i % len(x) : i % len(x) + 1])
         sender = Ledger("cam0", zeros)
         sender.seq = i
         sender.record(sender_delta)
@@ -152,10 +180,15 @@ def cost(n_classes: int, merges: int) -> dict[str, Any]:
         outcome, change = receiver.receive("delta", "cam0", seq, arrays)
         adapter.add_statistics(change)
         times.append(1000 * (time.perf_counter() - t0))
-    t = np.array(times[min(50, len(times) // 10):])  # the first calls warm caches
-    return {"classes": n_classes, "neurons": adapter.n_neurons, "delta_one_frame_bytes": one,
-            "delta_all_classes_bytes": every, "snapshot_all_classes_bytes": snapshot,
-            "merge_ms": {"p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)), "n": int(len(t))}}
+    t = np.array(times[min(50, len(times) // 10) :])  # the first calls warm caches
+    return {
+        "classes": n_classes,
+        "neurons": adapter.n_neurons,
+        "delta_one_frame_bytes": one,
+        "delta_all_classes_bytes": every,
+        "snapshot_all_classes_bytes": snapshot,
+        "merge_ms": {"p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)), "n": int(len(t))},
+    }
 
 
 def throughput(broker: Any, key: bytes, messages: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -204,8 +237,11 @@ def throughput(broker: Any, key: bytes, messages: int, log: Callable[[str], None
         c = client(name, "pub")
         c.loop_start()
         publishers.append(c)
-    infos = [c.publish(topic(FLEET, SHA, "load", name), payload, qos=1)
-             for _ in range(messages) for c, name in zip(publishers, users)]
+    infos = [
+        c.publish(topic(FLEET, SHA, "load", name), payload, qos=1)
+        for _ in range(messages)
+        for c, name in zip(publishers, users)
+    ]
     for info in infos:
         info.wait_for_publish(60)
     published = time.monotonic() - started
@@ -214,12 +250,27 @@ def throughput(broker: Any, key: bytes, messages: int, log: Callable[[str], None
     for c in publishers + subscribers:
         c.loop_stop()
         c.disconnect()
-    return {"payload_bytes": len(payload), "published": expected, "publish_per_s": expected / published,
-            "delivered": sum(received), "expected": expected * len(users), "delivered_per_s": sum(received) / delivered}
+    return {
+        "payload_bytes": len(payload),
+        "published": expected,
+        "publish_per_s": expected / published,
+        "delivered": sum(received),
+        "expected": expected * len(users),
+        "delivered_per_s": sum(received) / delivered,
+    }
 
 
-def faults(work: Path, broker: Any, key: Path, task: str, devices: int, teach_every: int, frames: int,
-           fps: float, log: Callable[[str], None]) -> dict[str, Any]:
+def faults(
+    work: Path,
+    broker: Any,
+    key: Path,
+    task: str,
+    devices: int,
+    teach_every: int,
+    frames: int,
+    fps: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from edge_runtime.fleet.broker import Broker
 
     memory, shards, base = prepare(work, "memflow", task, devices, teach_every, 0, None)
@@ -237,16 +288,37 @@ def faults(work: Path, broker: Any, key: Path, task: str, devices: int, teach_ev
         for status in done["statuses"]:
             for outcome, n in status.get("updates", {}).items():
                 updates[outcome] = updates.get(outcome, 0) + n
-        return {"converged": done["converged"], **exact, **figures, "updates": updates,
-                "rejected": sum(sum(s.get("rejected", {}).values()) for s in done["statuses"]),
-                "ok": bool(done["converged"] and exact["exact"] and all(figures.values()))}
+        return {
+            "converged": done["converged"],
+            **exact,
+            **figures,
+            "updates": updates,
+            "rejected": sum(sum(s.get("rejected", {}).values()) for s in done["statuses"]),
+            "ok": bool(done["converged"] and exact["exact"] and all(figures.values())),
+        }
 
     # The broker is SIGKILLed while every device streams, and restarted 2 s later on the same port.
     log("fleet: faults: broker SIGKILL and restart")
     everyone = list(range(devices))
     own = Broker(work / "broker-kill", FLEET, broker.devices).start()
-    arm = Arm(work / "broker-kill-run", memory, shards, broker=own, key_file=key, state=True, frames=frames,
-              fps=fps, extra={i: ["--reteach"] for i in everyone}, log=log)
+
+    def checkpointed_run(name: str, on: Any, length: int, first: tuple[str, ...] = ()) -> Arm:
+        """Every device re-teaches after a restart and checkpoints; ``first`` are device 0's extra flags."""
+        extra = {i: ["--reteach", *(first if i == 0 else ())] for i in everyone}
+        return Arm(
+            work / name,
+            memory,
+            shards,
+            broker=on,
+            key_file=key,
+            state=True,
+            frames=length,
+            fps=fps,
+            extra=extra,
+            log=log,
+        )
+
+    arm = checkpointed_run("broker-kill-run", own, frames)
     arm.wait(lambda s: all(st.get("frame", 0) >= frames // 3 for st in s))
     own.kill()
     running = keep_running(arm, everyone)  # the broker stays down while every stream goes on
@@ -256,8 +328,7 @@ def faults(work: Path, broker: Any, key: Path, task: str, devices: int, teach_ev
 
     # A device is SIGKILLed mid-run and restarted from its checkpoint.
     log("fleet: faults: a device SIGKILLed and restarted from its checkpoint")
-    arm = Arm(work / "device-kill-run", memory, shards, broker=broker, key_file=key, state=True, frames=frames,
-              fps=fps, extra={i: ["--reteach"] for i in everyone}, log=log)
+    arm = checkpointed_run("device-kill-run", broker, frames)
     arm.wait(lambda s: s[0].get("frame", 0) >= frames // 2)
     arm.devices[0].kill()
     running = keep_running(arm, everyone[1:])  # the others go on while it is down
@@ -266,72 +337,103 @@ def faults(work: Path, broker: Any, key: Path, task: str, devices: int, teach_ev
 
     # A device goes offline for 1,000 frames (its stream goes on, teaching locally), then back.
     log("fleet: faults: a device offline for 1,000 frames")
-    arm = Arm(work / "offline-run", memory, shards, broker=broker, key_file=key, state=True,
-              frames=max(frames, 1400), fps=fps, log=log,
-              extra={i: ["--reteach"] + (["--offline-at", "200", "--offline-frames", "1000"] if i == 0 else [])
-                     for i in everyone})
+    arm = checkpointed_run(
+        "offline-run", broker, max(frames, 1400), ["--offline-at", "200", "--offline-frames", "1000"]
+    )
     out["device_offline"] = result(arm)
     return out
 
 
 # -- report ------------------------------------------------------------------------------------------------
 def markdown(r: dict[str, Any]) -> str:
-    lines = [SECTION_TITLE, "", f"`edgert bench fleet{' --quick' if r['quick'] else ''}` on {r['host']}, {r['time_utc']}: "
-             f"device processes on one Mosquitto ({r['mosquitto']}), MemFlow with its default parameters.", ""]
+    lines = [
+        SECTION_TITLE,
+        "",
+        f"`edgert bench fleet{' --quick' if r['quick'] else ''}` on {r['host']}, {r['time_utc']}: "
+        f"device processes on one Mosquitto ({r['mosquitto']}), MemFlow with its default parameters.",
+        "",
+    ]
     if r.get("gain"):
         g0 = r["gain"][0]
-        lines += [f"Gain: {g0['devices']} devices, each on its shard of the task's target stream, one frame in "
-                  f"{g0['teach_every']} taught its label; online accuracy (%), mean over {len(g0['runs'])} stream "
-                  f"order(s), and per tenth of the stream:", "",
-                  "| adapter | task | isolated | fleet | per order (fleet - isolated) | isolated per tenth | "
-                  "fleet per tenth |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Gain: {g0['devices']} devices, each on its shard of the task's target stream, one frame in "
+            f"{g0['teach_every']} taught its label; online accuracy (%), mean over {len(g0['runs'])} stream "
+            f"order(s), and per tenth of the stream:",
+            "",
+            "| adapter | task | isolated | fleet | per order (fleet - isolated) | isolated per tenth | "
+            "fleet per tenth |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for g in r["gain"]:
             diffs = ", ".join(f"{x['fleet']['mean'] - x['isolated']['mean']:+.1f}" for x in g["runs"])
-            lines.append(f"| {g['adapter']} | {g['task']} | {g['isolated_mean']:.1f} | {g['fleet_mean']:.1f} | {diffs} | "
-                         f"{' '.join(f'{v:.0f}' for v in g['isolated_curve'])} | "
-                         f"{' '.join(f'{v:.0f}' for v in g['fleet_curve'])} |")
-        lines += ["", f"- Fleet statistics exact after every run (source memory + every device's contribution; counts "
-                  f"equal, sums to rtol 1e-9): {'yes' if all(g['all_exact'] for g in r['gain']) else 'NO'}."]
+            lines.append(
+                f"| {g['adapter']} | {g['task']} | {g['isolated_mean']:.1f} | {g['fleet_mean']:.1f} | {diffs} | "
+                f"{' '.join(f'{v:.0f}' for v in g['isolated_curve'])} | "
+                f"{' '.join(f'{v:.0f}' for v in g['fleet_curve'])} |"
+            )
+        lines += [
+            "",
+            f"- Fleet statistics exact after every run (source memory + every device's contribution; counts "
+            f"equal, sums to rtol 1e-9): {'yes' if all(g['all_exact'] for g in r['gain']) else 'NO'}.",
+        ]
         for g in r["gain"]:
             sent = sum(x["fleet"]["bytes_sent"] for x in g["runs"])
             updates = sum(x["fleet"]["updates"] for x in g["runs"])
-            lines.append(f"- {g['adapter']} on {g['task']}: {updates} updates published, {sent / max(updates, 1):,.0f} "
-                         f"bytes sent per update (deltas, and the snapshots at most every 5 s).")
+            lines.append(
+                f"- {g['adapter']} on {g['task']}: {updates} updates published, {sent / max(updates, 1):,.0f} "
+                f"bytes sent per update (deltas, and the snapshots at most every 5 s)."
+            )
             if g.get("merge_in_run_ms"):
                 m = g["merge_in_run_ms"]
-                lines.append(f"- Merge of a peer's update inside the running {g['adapter']} devices ({g['task']}): p50 "
-                             f"{m['p50']:.3f} ms, p99 {m['p99']:.3f} ms over {m['n']} updates.")
+                lines.append(
+                    f"- Merge of a peer's update inside the running {g['adapter']} devices ({g['task']}): p50 "
+                    f"{m['p50']:.3f} ms, p99 {m['p99']:.3f} ms over {m['n']} updates."
+                )
     if "cost" in r:
         c = r["cost"]
-        lines += [f"- Delta of one taught frame: {c['delta_one_frame_bytes'][0]:,} bytes; all {c['classes']} classes at "
-                  f"once: {' + '.join(f'{b:,}' for b in c['delta_all_classes_bytes'])} bytes (split under 64 KiB); "
-                  f"retained snapshot of all classes {c['snapshot_all_classes_bytes']:,} bytes.",
-                  f"- Merge of one peer's delta at {c['classes']} classes ({c['neurons']} neurons, 1280-d): p50 "
-                  f"{c['merge_ms']['p50']:.3f} ms, p99 {c['merge_ms']['p99']:.3f} ms over {c['merge_ms']['n']} deltas."]
+        lines += [
+            f"- Delta of one taught frame: {c['delta_one_frame_bytes'][0]:,} bytes; all {c['classes']} classes at "
+            f"once: {' + '.join(f'{b:,}' for b in c['delta_all_classes_bytes'])} bytes (split under 64 KiB); "
+            f"retained snapshot of all classes {c['snapshot_all_classes_bytes']:,} bytes.",
+            f"- Merge of one peer's delta at {c['classes']} classes ({c['neurons']} neurons, 1280-d): p50 "
+            f"{c['merge_ms']['p50']:.3f} ms, p99 {c['merge_ms']['p99']:.3f} ms over {c['merge_ms']['n']} deltas.",
+        ]
     if "throughput" in r:
         t = r["throughput"]
-        lines.append(f"- Broker: {t['delivered_per_s']:,.0f} updates/s delivered to subscribers ({t['delivered']:,} of "
-                     f"{t['expected']:,}; {t['publish_per_s']:,.0f}/s accepted from publishers), QoS 1, "
-                     f"{t['payload_bytes']:,}-byte signed deltas, 4 publishers to 4 subscribers, Python clients on the "
-                     f"same 2 cores.")
+        lines.append(
+            f"- Broker: {t['delivered_per_s']:,.0f} updates/s delivered to subscribers ({t['delivered']:,} of "
+            f"{t['expected']:,}; {t['publish_per_s']:,.0f}/s accepted from publishers), QoS 1, "
+            f"{t['payload_bytes']:,}-byte signed deltas, 4 publishers to 4 subscribers, Python clients on the "
+            f"same 2 cores."
+        )
     if "faults" in r:
-        lines += ["", "| fault | converged | statistics exact | max rel. error | streams kept running | updates applied, "
-                  "duplicates ignored, gaps, resyncs | rejected |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| fault | converged | statistics exact | max rel. error | streams kept running | updates applied, "
+            "duplicates ignored, gaps, resyncs | rejected |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, row in r["faults"].items():
             running = row.get("streams_kept_running", row.get("others_kept_running", True))
-            lines.append(f"| {name.replace('_', ' ')} | {'yes' if row['converged'] else 'NO'} | "
-                         f"{'yes' if row['exact'] else 'NO'} | {row['max_relative_error']:.1e} | "
-                         f"{'yes' if running else 'NO'} | " + ", ".join(str(row["updates"].get(k, 0)) for k in
-                                                                         ("applied", "duplicate", "gap", "resynced"))
-                         + f" | {row['rejected']} |")
+            lines.append(
+                f"| {name.replace('_', ' ')} | {'yes' if row['converged'] else 'NO'} | "
+                f"{'yes' if row['exact'] else 'NO'} | {row['max_relative_error']:.1e} | "
+                f"{'yes' if running else 'NO'} | "
+                + ", ".join(str(row["updates"].get(k, 0)) for k in ("applied", "duplicate", "gap", "resynced"))
+                + f" | {row['rejected']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run for CI")
     parser.add_argument("--devices", type=int, default=4)
-    parser.add_argument("--gain", default=GAIN, metavar="ADAPTER:TASK,...",
-                        help=f"isolated-vs-fleet runs (default: {GAIN}; quick: the first, shortened)")
+    parser.add_argument(
+        "--gain",
+        default=GAIN,
+        metavar="ADAPTER:TASK,...",
+        help=f"isolated-vs-fleet runs (default: {GAIN}; quick: the first, shortened)",
+    )
     parser.add_argument("--task", default="photo->clipart", help="task of the fault runs (default: photo->clipart)")
     parser.add_argument("--teach-every", type=int, default=5, help="one frame in N is taught its label (default: 5)")
     parser.add_argument("--orders", type=int, help="stream orders (default: 3; quick: 1)")
@@ -348,8 +450,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     quick = args.quick
     started = time.monotonic()
     version = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True).stdout.split("\n")[0]
-    results: dict[str, Any] = {"quick": quick, "host": os.uname().nodename, "mosquitto": version.replace("mosquitto ", ""),
-                               "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "host": os.uname().nodename,
+        "mosquitto": version.replace("mosquitto ", ""),
+        "time_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     with tempfile.TemporaryDirectory(prefix="edgert-fleet-") as tmp:
         work = Path(tmp)
         key = os.urandom(32)
@@ -358,18 +464,40 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         parts = set(args.parts.split(","))
         with Broker(work / "broker", FLEET, names) as broker:
             if "gain" in parts:
-                combos = [spec.split(":", 1) for spec in args.gain.split(",")][:1 if quick else None]
-                results["gain"] = [gain(work, broker, key_file, adapter, task, args.devices, args.teach_every,
-                                        args.orders or (1 if quick else 3), 120 if quick else None, args.fps, log)
-                                   for adapter, task in combos]
+                combos = [spec.split(":", 1) for spec in args.gain.split(",")][: 1 if quick else None]
+                results["gain"] = [
+                    gain(
+                        work,
+                        broker,
+                        key_file,
+                        adapter,
+                        task,
+                        args.devices,
+                        args.teach_every,
+                        args.orders or (1 if quick else 3),
+                        120 if quick else None,
+                        args.fps,
+                        log,
+                    )
+                    for adapter, task in combos
+                ]
             if "cost" in parts:
                 log("fleet: cost of payloads and merges")
                 results["cost"] = cost(9, 300 if quick else 2000)
             if "throughput" in parts:
                 results["throughput"] = throughput(broker, key, 250 if quick else 1000, log)
             if "faults" in parts:
-                results["faults"] = faults(work, broker, key_file, args.task, args.devices, args.teach_every,
-                                           300 if quick else 1200, args.fps, log)
+                results["faults"] = faults(
+                    work,
+                    broker,
+                    key_file,
+                    args.task,
+                    args.devices,
+                    args.teach_every,
+                    300 if quick else 1200,
+                    args.fps,
+                    log,
+                )
     results["seconds"] = time.monotonic() - started
     return results
 
@@ -377,7 +505,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     results = run(args, lambda line: print(line, file=sys.stderr, flush=True))
     publish(args, results, markdown(results), SECTION_TITLE)
-    ok = all(g["all_exact"] for g in results.get("gain", [])) and all(row["ok"] for row in results.get("faults", {}).values())
+    ok = all(g["all_exact"] for g in results.get("gain", [])) and all(
+        row["ok"] for row in results.get("faults", {}).values()
+    )
     return 0 if ok else 1
 
 

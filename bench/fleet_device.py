@@ -1,6 +1,7 @@
 """One device of the fleet bench: a separate process (``python -m edge_runtime.bench.fleet device ...``)
 that streams its shard, adapts, is taught now and then, checkpoints and shares through the broker;
 ``DeviceProcess``, the parent's handle on it; ``Arm``, N of them in one run."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ def device_main(argv: list[str]) -> int:
     p.add_argument("--fps", type=float, default=0.0, help="pace like a camera (0: as fast as it goes)")
     p.add_argument("--offline-at", type=int, default=-1)
     p.add_argument("--offline-frames", type=int, default=1000)
-    p.add_argument("--reteach", action="store_true", help="teach the scheduled frames on every pass, not the first only")
+    p.add_argument(
+        "--reteach", action="store_true", help="teach the scheduled frames on every pass, not the first only"
+    )
     args = p.parse_args(argv)
     with Shutdown() as shutdown:
         memory = read_state(args.memory)
@@ -54,9 +57,15 @@ def device_main(argv: list[str]) -> int:
             adapter, frame = resumed.adapter, int(resumed.meta["frames"])
         fleet = None
         if args.url:
-            fleet = FleetSync(adapter, args.url, args.device, fleet_keys(args.key_file), SHA,
-                              password=args.password_file.read_text().strip() if args.password_file else None,
-                              log=lambda line: emit({"log": line}))
+            fleet = FleetSync(
+                adapter,
+                args.url,
+                args.device,
+                fleet_keys(args.key_file),
+                SHA,
+                password=args.password_file.read_text().strip() if args.password_file else None,
+                log=lambda line: emit({"log": line}),
+            )
             if resumed is not None and "fleet" in resumed.meta:
                 fleet.restore(resumed.meta["fleet"], resumed.extra)
 
@@ -87,9 +96,9 @@ def device_main(argv: list[str]) -> int:
                 fleet.start()
                 report.emit(event="online")
             r = frame % len(x)
-            predicted = int(adapter.adapt(x[r:r + 1]).argmax())
+            predicted = int(adapter.adapt(x[r : r + 1]).argmax())
             if teach[r] and (args.reteach or frame < len(x)):  # by default a label is given once
-                (fleet.teach if fleet is not None else adapter.teach)(x[r:r + 1], y[r:r + 1])
+                (fleet.teach if fleet is not None else adapter.teach)(x[r : r + 1], y[r : r + 1])
             if fleet is not None:
                 fleet.step()
             out.write(f"{frame} {int(predicted == y[r])}\n")
@@ -111,8 +120,12 @@ def device_main(argv: list[str]) -> int:
         save()
         stats = adapter.statistics()
         own = fleet.ledger.own if fleet is not None else {k: np.zeros_like(v) for k, v in stats.items()}
-        np.savez(f"{args.out}.npz", **{f"stats.{k}": v for k, v in stats.items()}, **{f"own.{k}": v for k, v in own.items()},
-                 merge_ms=fleet.merge_ms.values() if fleet is not None else np.zeros(0))
+        np.savez(
+            f"{args.out}.npz",
+            **{f"stats.{k}": v for k, v in stats.items()},
+            **{f"own.{k}": v for k, v in own.items()},
+            merge_ms=fleet.merge_ms.values() if fleet is not None else np.zeros(0),
+        )
         report.emit(event="end", done=True)
         if fleet is not None:
             fleet.close(2.0)
@@ -148,9 +161,15 @@ class Reporter:
         row: dict[str, Any] = {"device": self.device, "frame": self.frame(), **fields}
         if self.fleet is not None:
             status = self.fleet.status()
-            row.update(seq=status["seq"], peers=status["peers"], outbox=status["outbox"],
-                       pending=self.fleet.ledger.has_pending, rejected=status["rejected"],
-                       bytes_sent=status["bytes_sent"], updates=status["updates"])
+            row.update(
+                seq=status["seq"],
+                peers=status["peers"],
+                outbox=status["outbox"],
+                pending=self.fleet.ledger.has_pending,
+                rejected=status["rejected"],
+                bytes_sent=status["bytes_sent"],
+                updates=status["updates"],
+            )
         emit(row)
 
 
@@ -166,8 +185,9 @@ class DeviceProcess:
         self.start()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.stderr: list[str] = []
         self.killed = False
         threading.Thread(target=self._drain, daemon=True).start()
@@ -206,22 +226,53 @@ class DeviceProcess:
 class Arm:
     """N device processes over the shards, isolated (no broker) or as a fleet."""
 
-    def __init__(self, work: Path, memory: Path, shards: list[Path], *, broker: Any = None, key_file: Path | None = None,
-                 state: bool = False, frames: int | None = None, fps: float = 0.0,
-                 extra: dict[int, list[str]] | None = None, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        work: Path,
+        memory: Path,
+        shards: list[Path],
+        *,
+        broker: Any = None,
+        key_file: Path | None = None,
+        state: bool = False,
+        frames: int | None = None,
+        fps: float = 0.0,
+        extra: dict[int, list[str]] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.work = work
         self.devices: list[DeviceProcess] = []
         self.names = [f"cam{i}" for i in range(len(shards))]
         work.mkdir(parents=True, exist_ok=True)
         for i, (name, shard) in enumerate(zip(self.names, shards)):
-            command = [sys.executable, "-m", "edge_runtime.bench.fleet", "device", "--memory", str(memory),
-                       "--shard", str(shard), "--device", name, "--out", str(work / f"{name}.jsonl"), "--fps", str(fps)]
+            command = [
+                sys.executable,
+                "-m",
+                "edge_runtime.bench.fleet",
+                "device",
+                "--memory",
+                str(memory),
+                "--shard",
+                str(shard),
+                "--device",
+                name,
+                "--out",
+                str(work / f"{name}.jsonl"),
+                "--fps",
+                str(fps),
+            ]
             if frames:
                 command += ["--frames", str(frames)]
             if broker is not None:
                 # A fleet of its own per run: a run must not catch up from another's retained updates.
-                command += ["--url", broker.url_for(re.sub(r"[^A-Za-z0-9]+", "-", work.name)), "--key-file", str(key_file),
-                            "--password-file", str(broker.password_file(name))]
+                command += [
+                    "--url",
+                    broker.url_for(re.sub(r"[^A-Za-z0-9]+", "-", work.name)),
+                    "--key-file",
+                    str(key_file),
+                    "--password-file",
+                    str(broker.password_file(name)),
+                ]
             if state:
                 command += ["--state", str(work / f"{name}.state")]
             self.devices.append(DeviceProcess(command + (extra or {}).get(i, []), log))
@@ -244,9 +295,12 @@ class Arm:
         if not all(s.get("done") for s in statuses) or "seq" not in statuses[0]:
             return all(s.get("done") for s in statuses) and "seq" not in statuses[0]
         seqs = {s["device"]: s["seq"] for s in statuses}
-        return all(not s["pending"] and s["outbox"] == 0
-                   and all(s["peers"].get(p, 0) == q for p, q in seqs.items() if p != s["device"] and q)
-                   for s in statuses)
+        return all(
+            not s["pending"]
+            and s["outbox"] == 0
+            and all(s["peers"].get(p, 0) == q for p, q in seqs.items() if p != s["device"] and q)
+            for s in statuses
+        )
 
     def finish(self, timeout: float = 300.0) -> dict[str, Any]:
         converged = self.wait(self.converged, timeout)
@@ -254,8 +308,12 @@ class Arm:
             d.stop()
         finals = [dict(np.load(self.work / f"{name}.jsonl.npz", allow_pickle=False)) for name in self.names]
         accuracy = [np.loadtxt(self.work / f"{name}.jsonl", dtype=np.int64, ndmin=2) for name in self.names]
-        return {"converged": converged, "finals": finals, "accuracy": accuracy,
-                "statuses": [d.status for d in self.devices]}
+        return {
+            "converged": converged,
+            "finals": finals,
+            "accuracy": accuracy,
+            "statuses": [d.status for d in self.devices],
+        }
 
 
 def check_exact(base: dict[str, np.ndarray], finals: list[dict[str, np.ndarray]]) -> dict[str, Any]:
@@ -270,5 +328,9 @@ def check_exact(base: dict[str, np.ndarray], finals: list[dict[str, np.ndarray]]
             # relative to each entry, or to 1e-9 of the largest for sums that cancel to ~1e-17
             scale = np.maximum(np.abs(v[1:]), 1e-9 * np.abs(v[1:]).max())
             worst = max(worst, float(np.max(np.abs(got[1:] - v[1:]) / scale)))
-    return {"counts_equal": counts_equal, "max_relative_error": worst, "exact": counts_equal and worst <= 1e-9,
-            "taught_total": float(sum(f[f"own.{k}"][0, :, 0].sum() for f in finals for k in base))}
+    return {
+        "counts_equal": counts_equal,
+        "max_relative_error": worst,
+        "exact": counts_equal and worst <= 1e-9,
+        "taught_total": float(sum(f[f"own.{k}"][0, :, 0].sum() for f in finals for k in base)),
+    }

@@ -1,4 +1,5 @@
 """The faults bench's fuzz: frames of every kind of damage at a keyed, journaled device (``edgert bench faults``)."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edge_runtime.bench.bridge_server import ServerProcess, memory_file, connect
+from edge_runtime.bench.bridge_server import ServerProcess, connect, memory_file
 
 
 class RawBody:
@@ -93,7 +94,9 @@ class Fuzzer:
                 data[int(rng.integers(len(data)))] = int(rng.integers(256))
             return Frame(PixelFormat.JPEG, 0, 0, bytes(data[: int(rng.integers(2, len(data) + 1))]))
         if r < 0.55:
-            return Frame(PixelFormat.JPEG, 0, 0, bytes(rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8)))
+            return Frame(
+                PixelFormat.JPEG, 0, 0, bytes(rng.integers(0, 256, int(rng.integers(1, 3000)), dtype=np.uint8))
+            )
         if r < 0.6:
             return Frame(PixelFormat.JPEG, 0, 0, self.jpeg, options=1)
         fmt = PixelFormat(int(rng.integers(1, 4)))
@@ -101,9 +104,23 @@ class Fuzzer:
         channels = 1 if fmt == PixelFormat.GRAY8 else 3
         return Frame(fmt, w, h, bytes(rng.integers(0, 256, w * h * channels, dtype=np.uint8)), options=1)
 
-    KINDS = {"random": .08, "flip": .08, "truncate": .06, "oversize": .005, "random_payload": .15, "features": .18,
-             "frame": .08, "teach": .12, "forget": .04, "export": .03, "wrong_key": .03, "unsigned": .045,
-             "replay": .04, "tamper": .045, "hello": .01}
+    KINDS = {
+        "random": 0.08,
+        "flip": 0.08,
+        "truncate": 0.06,
+        "oversize": 0.005,
+        "random_payload": 0.15,
+        "features": 0.18,
+        "frame": 0.08,
+        "teach": 0.12,
+        "forget": 0.04,
+        "export": 0.03,
+        "wrong_key": 0.03,
+        "unsigned": 0.045,
+        "replay": 0.04,
+        "tamper": 0.045,
+        "hello": 0.01,
+    }
 
     def case(self) -> tuple[str, bytes]:
         """(kind, bytes to write) for one fuzzed frame."""
@@ -157,7 +174,7 @@ class Fuzzer:
             # and the refusal would then read as the probe's own.
             at = int(rng.choice([i for i in range(len(raw) - CRC.size - TRAILER.size) if i not in (4, 5)]))
             raw[at] ^= 1 << int(rng.integers(8))
-            body = bytes(raw[:-CRC.size])
+            body = bytes(raw[: -CRC.size])
             return kind, cobs.encode(body + CRC.pack(crc32(body))) + b"\x00"
         if kind == "truncate":
             return kind, wire[: int(rng.integers(1, len(wire)))] + b"\x00"
@@ -249,8 +266,20 @@ def fuzz(work: Path, frames: int, model: Optional[Path], seed: int, log: Callabl
         server.send(signal.SIGTERM)
         code = server.wait()
     growth = (rss[-1] - rss[0]) / rss[0] if len(rss) >= 2 and rss[0] else 0.0
-    return {"frames": frames, "with_backbone": bool(sha), "kinds": kinds, "replies": replies,
-            "crashes": crashes + (0 if alive or crashes else 1), "hangs": hangs, "internal": len(internal),
-            "internal_examples": internal[:5], "reconnects": fuzzer.reconnects, "rss_kb_after_tenth": rss[0] if rss else 0,
-            "rss_kb_end": rss[-1] if rss else 0, "rss_kb_by_tenth": rss, "rss_growth": growth, "exit_code": code,
-            "seconds": time.monotonic() - started}
+    return {
+        "frames": frames,
+        "with_backbone": bool(sha),
+        "kinds": kinds,
+        "replies": replies,
+        "crashes": crashes + (0 if alive or crashes else 1),
+        "hangs": hangs,
+        "internal": len(internal),
+        "internal_examples": internal[:5],
+        "reconnects": fuzzer.reconnects,
+        "rss_kb_after_tenth": rss[0] if rss else 0,
+        "rss_kb_end": rss[-1] if rss else 0,
+        "rss_kb_by_tenth": rss,
+        "rss_growth": growth,
+        "exit_code": code,
+        "seconds": time.monotonic() - started,
+    }

@@ -1,5 +1,6 @@
 """The report's kernel comparisons: each Numba read-out against a plain reference on the same inputs
 (MemFlow vs its torch transcription, DMN and the kNN vote vs numpy), interleaved."""
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,12 @@ def _features_for_reference(n_per_class: int = 40) -> tuple[np.ndarray, np.ndarr
     return unit(np.asarray(x)), np.asarray(y, np.int64), unit(np.asarray(q)), data
 
 
-def _interleaved(fast: Callable[[np.ndarray], Any], slow: Callable[[np.ndarray], Any], queries: np.ndarray,
-                 compare: Callable[[Any, Any], float]) -> dict[str, Any]:
+def _interleaved(
+    fast: Callable[[np.ndarray], Any],
+    slow: Callable[[np.ndarray], Any],
+    queries: np.ndarray,
+    compare: Callable[[Any, Any], float],
+) -> dict[str, Any]:
     fast_s, slow_s, diff = [], [], 0.0
     for row in queries[:5]:
         fast(row), slow(row)  # warm-up
@@ -46,8 +51,13 @@ def _interleaved(fast: Callable[[np.ndarray], Any], slow: Callable[[np.ndarray],
         slow_s.append(time.perf_counter() - t)
         diff = max(diff, compare(a, b))
     fast_us, slow_us = 1e6 * float(np.median(fast_s)), 1e6 * float(np.median(slow_s))
-    return {"numba_p50_us": fast_us, "reference_p50_us": slow_us, "speedup": slow_us / fast_us,
-            "max_abs_diff": diff, "queries": len(queries)}
+    return {
+        "numba_p50_us": fast_us,
+        "reference_p50_us": slow_us,
+        "speedup": slow_us / fast_us,
+        "max_abs_diff": diff,
+        "queries": len(queries),
+    }
 
 
 def memflow_vs_torch(queries: int) -> dict[str, Any]:
@@ -62,9 +72,17 @@ def memflow_vs_torch(queries: int) -> dict[str, Any]:
     model.prepare()
     reference = TorchMemFlow(model)
     # Both copies adapt on the same stream, so their states stay equal and outputs comparable.
-    row = _interleaved(lambda f: model.adapt(f[None]), lambda f: reference.step(torch.from_numpy(f)),
-                       q[:queries], lambda a, b: float(np.abs(np.asarray(a).ravel() - np.asarray(b).ravel()).max()))
-    return {**row, "data": data, "reference": "edge_runtime.bench.memflow_reference.TorchMemFlow (snntorch Leaky + torch)"}
+    row = _interleaved(
+        lambda f: model.adapt(f[None]),
+        lambda f: reference.step(torch.from_numpy(f)),
+        q[:queries],
+        lambda a, b: float(np.abs(np.asarray(a).ravel() - np.asarray(b).ravel()).max()),
+    )
+    return {
+        **row,
+        "data": data,
+        "reference": "edge_runtime.bench.memflow_reference.TorchMemFlow (snntorch Leaky + torch)",
+    }
 
 
 def dmn_vs_numpy(queries: int) -> dict[str, Any]:
@@ -111,7 +129,12 @@ def knn_vs_numpy(queries: int) -> dict[str, Any]:
         np.add.at(votes, y[top], 1.0 / (np.arange(k) + 2))  # RankVoting, rank from 0
         return votes / votes.sum()
 
-    row = _interleaved(lambda f: knn.predict_proba(f[None])[0], numpy_knn, q[:queries],
-                       lambda a, b: float(np.abs(a - b).max()))
-    return {**row, "data": data, "entries": len(x),
-            "reference": "numpy: x @ f, argpartition top-k, rank voting 1/(rank+2)"}
+    row = _interleaved(
+        lambda f: knn.predict_proba(f[None])[0], numpy_knn, q[:queries], lambda a, b: float(np.abs(a - b).max())
+    )
+    return {
+        **row,
+        "data": data,
+        "entries": len(x),
+        "reference": "numpy: x @ f, argpartition top-k, rank voting 1/(rank+2)",
+    }

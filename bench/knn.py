@@ -17,6 +17,7 @@ The entries are synthetic: a seeded mixture of Gaussian clusters (cluster sizes 
 plus a shared mean direction, as pooled CNN features have), because no real data set here has
 10^5 images; recall on real features may differ and the report says which data was used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def mixture(n: int, n_queries: int, seed: int, d: int = D) -> tuple[np.ndarray, 
     cluster = rng.choice(n_clusters, n + n_queries, p=popularity / popularity.sum())
     points = np.empty((n + n_queries, d), dtype=np.float32)
     for start in range(0, len(points), 8192):
-        c = cluster[start:start + 8192]
-        points[start:start + len(c)] = centres[c] + spread[c, None] * rng.standard_normal((len(c), d), dtype=np.float32)
+        c = cluster[start : start + 8192]
+        points[start : start + len(c)] = centres[c] + spread[c, None] * rng.standard_normal(
+            (len(c), d), dtype=np.float32
+        )
     return points[:n], (cluster[:n] % 10).astype(np.int64), points[n:]
 
 
@@ -102,18 +105,30 @@ def search_sizes(sizes: list[int], n_queries: int, k: int, nprobe: int, seed: in
         with batched:
             exact.search(queries, k)
         exact_p, ann_p = t_exact.summary(), t_ann.summary()
-        row = {"entries": n, "queries": len(queries), "k": k, "nprobe": nprobe,
-               "recall_at_k": hits / (k * len(queries)), "exact": exact_p, "ann": ann_p,
-               "speed_ratio_exact_over_ann_cpu_p50": exact_p["cpu"]["p50_ms"] / max(ann_p["cpu"]["p50_ms"], 1e-6),
-               "speed_ratio_exact_over_ann_wall_p50": exact_p["wall"]["p50_ms"] / ann_p["wall"]["p50_ms"],
-               "exact_batched_ms_per_query": {"wall": 1e3 * batched.wall[0] / len(queries),
-                                              "cpu": 1e3 * batched.cpu[0] / len(queries)},
-               "ann_build_s": build_s}
+        row = {
+            "entries": n,
+            "queries": len(queries),
+            "k": k,
+            "nprobe": nprobe,
+            "recall_at_k": hits / (k * len(queries)),
+            "exact": exact_p,
+            "ann": ann_p,
+            "speed_ratio_exact_over_ann_cpu_p50": exact_p["cpu"]["p50_ms"] / max(ann_p["cpu"]["p50_ms"], 1e-6),
+            "speed_ratio_exact_over_ann_wall_p50": exact_p["wall"]["p50_ms"] / ann_p["wall"]["p50_ms"],
+            "exact_batched_ms_per_query": {
+                "wall": 1e3 * batched.wall[0] / len(queries),
+                "cpu": 1e3 * batched.cpu[0] / len(queries),
+            },
+            "ann_build_s": build_s,
+        }
         out[str(n)] = row
-        print(f"  {n:>7} entries: recall@{k} {row['recall_at_k']:.3f}; p50 cpu/wall ms: exact "
-              f"{exact_p['cpu']['p50_ms']:.2f}/{exact_p['wall']['p50_ms']:.2f}, ann {ann_p['cpu']['p50_ms']:.3f}/"
-              f"{ann_p['wall']['p50_ms']:.3f} (x{row['speed_ratio_exact_over_ann_cpu_p50']:.0f} cpu); exact batched "
-              f"{row['exact_batched_ms_per_query']['cpu']:.2f} ms/query cpu; ann build {build_s:.1f} s", file=sys.stderr)
+        print(
+            f"  {n:>7} entries: recall@{k} {row['recall_at_k']:.3f}; p50 cpu/wall ms: exact "
+            f"{exact_p['cpu']['p50_ms']:.2f}/{exact_p['wall']['p50_ms']:.2f}, ann {ann_p['cpu']['p50_ms']:.3f}/"
+            f"{ann_p['wall']['p50_ms']:.3f} (x{row['speed_ratio_exact_over_ann_cpu_p50']:.0f} cpu); exact batched "
+            f"{row['exact_batched_ms_per_query']['cpu']:.2f} ms/query cpu; ann build {build_s:.1f} s",
+            file=sys.stderr,
+        )
         del exact, ann
     return out
 
@@ -126,7 +141,7 @@ def removal(n: int, removes: int, seed: int, workdir: Path) -> dict[str, Any]:
     memory = VisualMemory(D, path)
     start = time.perf_counter()
     for first in range(0, n, 10_000):  # one committed transaction per 10k entries
-        memory.add(entries[first:first + 10_000], labels[first:first + 10_000])
+        memory.add(entries[first : first + 10_000], labels[first : first + 10_000])
     fill_s = time.perf_counter() - start
     victims = np.random.default_rng(seed).choice(n, removes, replace=False)
     clock = Clock()
@@ -138,13 +153,22 @@ def removal(n: int, removes: int, seed: int, workdir: Path) -> dict[str, Any]:
     memory.compact()
     compact_s = time.perf_counter() - start
     memory.close()
-    result = {"entries": n, "removes": removes, "durable_remove": clock.summary(),
-              "fill_s": fill_s, "compact_s": compact_s, "database_bytes": size,
-              "how": "VisualMemory.remove_ids of one id: SQLite DELETE + COMMIT (WAL, synchronous=FULL, "
-                     "secure_delete) then the RAM swap-remove"}
-    print(f"  remove one of {n}: p50 {result['durable_remove']['wall']['p50_ms']:.2f} ms wall (durable: "
-          f"includes the fsync), {result['durable_remove']['cpu']['p50_ms']:.2f} ms cpu; "
-          f"compact {compact_s:.1f} s for {size / 1e6:.0f} MB", file=sys.stderr)
+    result = {
+        "entries": n,
+        "removes": removes,
+        "durable_remove": clock.summary(),
+        "fill_s": fill_s,
+        "compact_s": compact_s,
+        "database_bytes": size,
+        "how": "VisualMemory.remove_ids of one id: SQLite DELETE + COMMIT (WAL, synchronous=FULL, "
+        "secure_delete) then the RAM swap-remove",
+    }
+    print(
+        f"  remove one of {n}: p50 {result['durable_remove']['wall']['p50_ms']:.2f} ms wall (durable: "
+        f"includes the fsync), {result['durable_remove']['cpu']['p50_ms']:.2f} ms cpu; "
+        f"compact {compact_s:.1f} s for {size / 1e6:.0f} MB",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -167,12 +191,21 @@ def dmn_adapt(samples: int, seed: int) -> dict[str, Any]:
         one = row[None]
         with prior:
             dmn.prior_proba(one)
-    result = {"classes": 9, "memory_length": 50, "dim": D, "ring_fill": dmn.memory_fill.tolist(),
-              "adapt_us": {kind: {k.replace("_ms", "_us"): 1e3 * v for k, v in p.items()}
-                           for kind, p in adapt.summary().items()},
-              "prior_and_shift_only_us_p50": {kind: 1e3 * p["p50_ms"] for kind, p in prior.summary().items()}}
-    print(f"  dmn adapt p50 {result['adapt_us']['cpu']['p50_us']:.0f} us cpu, {result['adapt_us']['wall']['p50_us']:.0f} us "
-          f"wall (prior + shift alone {result['prior_and_shift_only_us_p50']['cpu']:.0f} us cpu)", file=sys.stderr)
+    result = {
+        "classes": 9,
+        "memory_length": 50,
+        "dim": D,
+        "ring_fill": dmn.memory_fill.tolist(),
+        "adapt_us": {
+            kind: {k.replace("_ms", "_us"): 1e3 * v for k, v in p.items()} for kind, p in adapt.summary().items()
+        },
+        "prior_and_shift_only_us_p50": {kind: 1e3 * p["p50_ms"] for kind, p in prior.summary().items()},
+    }
+    print(
+        f"  dmn adapt p50 {result['adapt_us']['cpu']['p50_us']:.0f} us cpu, {result['adapt_us']['wall']['p50_us']:.0f} us "
+        f"wall (prior + shift alone {result['prior_and_shift_only_us_p50']['cpu']:.0f} us cpu)",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -183,7 +216,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
     parser.add_argument("--removes", type=int, default=50, help="single-entry removals timed")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the durable memory is written (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the durable memory is written (default: a temp dir)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.set_defaults(main=main)
 
@@ -205,18 +240,27 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         report["remove"] = removal(max(sizes), args.removes, args.seed, Path(tmp))
     report["dmn"] = dmn_adapt(1000, args.seed)
-    lines = ["| entries | recall@%d | exact p50 ms (cpu / wall) | ANN p50 ms (cpu / wall) | exact/ANN (cpu) | "
-             "exact batched ms/query (cpu) |" % args.k, "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| entries | recall@%d | exact p50 ms (cpu / wall) | ANN p50 ms (cpu / wall) | exact/ANN (cpu) | "
+        "exact batched ms/query (cpu) |" % args.k,
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in report["search"].values():
         e, a = row["exact"], row["ann"]
-        lines.append(f"| {row['entries']} | {row['recall_at_k']:.3f} | {e['cpu']['p50_ms']:.2f} / {e['wall']['p50_ms']:.2f} | "
-                     f"{a['cpu']['p50_ms']:.3f} / {a['wall']['p50_ms']:.3f} | {row['speed_ratio_exact_over_ann_cpu_p50']:.1f} | "
-                     f"{row['exact_batched_ms_per_query']['cpu']:.2f} |")
+        lines.append(
+            f"| {row['entries']} | {row['recall_at_k']:.3f} | {e['cpu']['p50_ms']:.2f} / {e['wall']['p50_ms']:.2f} | "
+            f"{a['cpu']['p50_ms']:.3f} / {a['wall']['p50_ms']:.3f} | {row['speed_ratio_exact_over_ann_cpu_p50']:.1f} | "
+            f"{row['exact_batched_ms_per_query']['cpu']:.2f} |"
+        )
     r, m = report["remove"], report["dmn"]
-    lines.append(f"\nremove one entry of {r['entries']} (durable): p50 {r['durable_remove']['wall']['p50_ms']:.2f} ms wall, "
-                 f"p99 {r['durable_remove']['wall']['p99_ms']:.2f} ms wall; compact {r['compact_s']:.1f} s")
-    lines.append(f"dmn adapt (9 classes, L=50, d=1280): p50 {m['adapt_us']['cpu']['p50_us']:.0f} us cpu / "
-                 f"{m['adapt_us']['wall']['p50_us']:.0f} us wall (prior + shift alone {m['prior_and_shift_only_us_p50']['cpu']:.0f} us cpu)")
+    lines.append(
+        f"\nremove one entry of {r['entries']} (durable): p50 {r['durable_remove']['wall']['p50_ms']:.2f} ms wall, "
+        f"p99 {r['durable_remove']['wall']['p99_ms']:.2f} ms wall; compact {r['compact_s']:.1f} s"
+    )
+    lines.append(
+        f"dmn adapt (9 classes, L=50, d=1280): p50 {m['adapt_us']['cpu']['p50_us']:.0f} us cpu / "
+        f"{m['adapt_us']['wall']['p50_us']:.0f} us wall (prior + shift alone {m['prior_and_shift_only_us_p50']['cpu']:.0f} us cpu)"
+    )
     print("\n".join(lines))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2))

@@ -5,6 +5,7 @@ the same loop, one query each per round in rotating order, so thermal or frequen
 noisy neighbours hit them alike. Warm-up queries are discarded; then at least ``--queries`` per
 backbone (or until ``--seconds`` is spent), reported as p50/p90/p99/mean in milliseconds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.numerics import percentiles
-
 from edge_runtime.defaults import model_dir
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.numerics import percentiles
 
 VARIANTS = {"onnx-fp32": "fp32.onnx", "onnx-int8": "int8.onnx", "tflite-int8": "int8.tflite"}
 SAMPLE_PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", nargs="?", default=str(model_dir()),
-                        help="folder holding fp32.onnx, int8.onnx, int8.tflite (default: the default export)")
+    parser.add_argument(
+        "model_dir",
+        nargs="?",
+        default=str(model_dir()),
+        help="folder holding fp32.onnx, int8.onnx, int8.tflite (default: the default export)",
+    )
     parser.add_argument("--queries", type=int, default=1024, help="timed queries per backbone (default 1024)")
     parser.add_argument("--seconds", type=float, default=None, help="stop early once this many seconds are spent")
     parser.add_argument("--warmup", type=int, default=20, help="untimed queries per backbone first")
@@ -46,8 +50,15 @@ def sample_inputs(backbone, count: int = 8) -> list[np.ndarray]:  # noqa: ANN001
     return [backbone.preprocessor(p) for p in photos]
 
 
-def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None = None, warmup: int = 20,
-            threads: int | None = None, progress: bool = True) -> list[dict]:
+def measure(
+    model_dir: str | Path,
+    *,
+    queries: int = 1024,
+    seconds: float | None = None,
+    warmup: int = 20,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Interleaved single-stream latency of every variant present in ``model_dir``."""
     from edge_runtime.model import load_backbone
 
@@ -64,7 +75,7 @@ def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None
     times: dict[str, list[float]] = {name: [] for name in names}
     started = time.perf_counter()
     for i in range(queries):
-        for name in names[i % len(names):] + names[:i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             x = inputs[name][i % len(inputs[name])]
             t0 = time.perf_counter()
             backbones[name].run(x)
@@ -76,18 +87,30 @@ def measure(model_dir: str | Path, *, queries: int = 1024, seconds: float | None
             break
     if progress:
         print(file=sys.stderr)
-    return [{"name": name, "model": str(paths[name]), "queries": len(times[name]),
-             "threads": backbones[name].threads, "execution": backbones[name].execution.to_dict(),
-             **percentiles(times[name]), "mean_ms": float(np.mean(times[name])),
-             "samples_ms": times[name]} for name in names]
+    return [
+        {
+            "name": name,
+            "model": str(paths[name]),
+            "queries": len(times[name]),
+            "threads": backbones[name].threads,
+            "execution": backbones[name].execution.to_dict(),
+            **percentiles(times[name]),
+            "mean_ms": float(np.mean(times[name])),
+            "samples_ms": times[name],
+        }
+        for name in names
+    ]
 
 
 def main(args: argparse.Namespace) -> int:
-    results = measure(args.model_dir, queries=args.queries, seconds=args.seconds, warmup=args.warmup,
-                      threads=args.threads)
+    results = measure(
+        args.model_dir, queries=args.queries, seconds=args.seconds, warmup=args.warmup, threads=args.threads
+    )
     print(f"{'backbone':<13}{'queries':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
     for r in results:
-        print(f"{r['name']:<13}{r['queries']:>8}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['mean_ms']:>9.2f}")
+        print(
+            f"{r['name']:<13}{r['queries']:>8}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['mean_ms']:>9.2f}"
+        )
     by = {r["name"]: r for r in results}
     ratios = {}
     if "onnx-fp32" in by and "onnx-int8" in by:

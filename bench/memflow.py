@@ -17,6 +17,7 @@ what ``adapt`` costs when it has the core to itself (timeit's reasoning for its 
 repeats), the busiest round's shows what the neighbours added. Both are reported next to the p50
 over all calls.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,24 +31,30 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.defaults import DEFAULT_MODEL
 from edge_runtime.numerics import percentiles
 
-from edge_runtime.defaults import DEFAULT_MODEL
-
 _ROUND_CALLS = 1000
-_COLD = ("import time; t = time.perf_counter(); import numpy as np; "
-         "from edge_runtime.adapters.memflow import MemFlow; "
-         "x = np.random.default_rng(0).normal(size=(40, 1280)).astype(np.float32); "
-         "m = MemFlow().fit(x, np.arange(40) % 4); m.prepare(); print(time.perf_counter() - t)")
+_COLD = (
+    "import time; t = time.perf_counter(); import numpy as np; "
+    "from edge_runtime.adapters.memflow import MemFlow; "
+    "x = np.random.default_rng(0).normal(size=(40, 1280)).astype(np.float32); "
+    "m = MemFlow().fit(x, np.arange(40) % 4); m.prepare(); print(time.perf_counter() - t)"
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="9,100", help="comma-separated class counts (default 9,100)")
     parser.add_argument("--queries", type=int, default=2000, help="timed adapt calls per class count")
-    parser.add_argument("--reference-queries", type=int, default=300,
-                        help="timed torch reference calls, interleaved with the first ones")
-    parser.add_argument("--rounds", type=int, default=20,
-                        help=f"rounds of {_ROUND_CALLS} more calls per class count (default 20)")
+    parser.add_argument(
+        "--reference-queries",
+        type=int,
+        default=300,
+        help="timed torch reference calls, interleaved with the first ones",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=20, help=f"rounds of {_ROUND_CALLS} more calls per class count (default 20)"
+    )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="int8 backbone for the ratio")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.set_defaults(main=main)
@@ -127,16 +134,23 @@ def main(args: argparse.Namespace) -> int:
                 t = time.perf_counter()
                 reference.step(xt)
                 slow.append(time.perf_counter() - t)
-        fitted[n_classes] = model, stream[100:100 + _ROUND_CALLS], out
-        row = {"numba": percentiles(fast, scale=1e6, unit="us"), "torch_reference": percentiles(slow, scale=1e6, unit="us"),
-               "state_bytes": model.state_bytes(), "neurons": model.n_neurons}
+        fitted[n_classes] = model, stream[100 : 100 + _ROUND_CALLS], out
+        row = {
+            "numba": percentiles(fast, scale=1e6, unit="us"),
+            "torch_reference": percentiles(slow, scale=1e6, unit="us"),
+            "state_bytes": model.state_bytes(),
+            "neurons": model.n_neurons,
+        }
         row["speedup_p50"] = row["torch_reference"]["p50_us"] / row["numba"]["p50_us"]
         if backbone is not None:
             row["fraction_of_backbone_p50"] = row["numba"]["p50_us"] / (1e6 * backbone)
         results["per_classes"][str(n_classes)] = row
-        print(f"  K={n_classes:4d}  adapt p50 {row['numba']['p50_us']:7.1f} µs  p90 {row['numba']['p90_us']:7.1f} µs"
-              f"  torch ref p50 {row['torch_reference']['p50_us']:8.1f} µs  ({row['speedup_p50']:.0f}x)"
-              f"  state {row['state_bytes']} B", file=sys.stderr)
+        print(
+            f"  K={n_classes:4d}  adapt p50 {row['numba']['p50_us']:7.1f} µs  p90 {row['numba']['p90_us']:7.1f} µs"
+            f"  torch ref p50 {row['torch_reference']['p50_us']:8.1f} µs  ({row['speedup_p50']:.0f}x)"
+            f"  state {row['state_bytes']} B",
+            file=sys.stderr,
+        )
     rounds: dict[int, list[float]] = {n: [] for n in fitted}
     for b in range(args.rounds):
         print(f"  round {b + 1}/{args.rounds} ...", file=sys.stderr)
@@ -149,20 +163,29 @@ def main(args: argparse.Namespace) -> int:
             rounds[n_classes].append(1e6 * float(np.median(spent)))
     for n_classes, p50s in rounds.items():
         results["per_classes"][str(n_classes)]["numba_round_p50_us"] = {
-            "quietest": min(p50s), "busiest": max(p50s), "rounds": len(p50s),
-            "calls_per_round": len(fitted[n_classes][1])}
-    print(f"MemFlow adapt, batch 1, one thread (n_neurons={MemFlow().n_neurons}; load: "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+            "quietest": min(p50s),
+            "busiest": max(p50s),
+            "rounds": len(p50s),
+            "calls_per_round": len(fitted[n_classes][1]),
+        }
+    print(
+        f"MemFlow adapt, batch 1, one thread (n_neurons={MemFlow().n_neurons}; load: "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
     print(f"  cold-start compile {cold:.1f} s, start with cached kernels {cached:.1f} s")
     if backbone is not None:
         print(f"  int8 backbone p50 {1e3 * backbone:.2f} ms ({args.model})")
     for k, row in results["per_classes"].items():
-        share = f", {100 * row['fraction_of_backbone_p50']:.1f}% of backbone" if "fraction_of_backbone_p50" in row else ""
+        share = (
+            f", {100 * row['fraction_of_backbone_p50']:.1f}% of backbone" if "fraction_of_backbone_p50" in row else ""
+        )
         quiet = row["numba_round_p50_us"]
-        print(f"  {k:>4} classes: p50 {row['numba']['p50_us']:.1f} µs, p90 {row['numba']['p90_us']:.1f} µs "
-              f"(p50 of {quiet['rounds']} rounds: quietest {quiet['quietest']:.1f}, busiest {quiet['busiest']:.1f} µs); "
-              f"torch reference p50 {row['torch_reference']['p50_us']:.0f} µs -> {row['speedup_p50']:.0f}x; "
-              f"state {row['state_bytes']} bytes{share}")
+        print(
+            f"  {k:>4} classes: p50 {row['numba']['p50_us']:.1f} µs, p90 {row['numba']['p90_us']:.1f} µs "
+            f"(p50 of {quiet['rounds']} rounds: quietest {quiet['quietest']:.1f}, busiest {quiet['busiest']:.1f} µs); "
+            f"torch reference p50 {row['torch_reference']['p50_us']:.0f} µs -> {row['speedup_p50']:.0f}x; "
+            f"state {row['state_bytes']} bytes{share}"
+        )
     results["load_average"] = os.getloadavg()[0]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ the whole covariance, the temporal moments from a list of past posteriors), so t
 gives the same numbers. Host side only (``bench``/``dev`` extras): the device path never imports
 this module.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,7 @@ class TorchMemFlow:
             current = a.clone()
             if t > 0:
                 current[:, : self.n_hub] += out[:, : self.n_hub] @ self.w_hub_hub.T
-                current[:, self.n_hub:] += out @ self.bridge_rec.T
+                current[:, self.n_hub :] += out @ self.bridge_rec.T
             before = mem + current
             spike, mem = self.lif(current, mem)
             out = spike * before
@@ -95,7 +96,9 @@ class TorchMemFlow:
         ll = self.lnorm[None] - (m[:, None, :] - self.mu[None]) ** 2 * self.hiv[None]
         ll = torch.where(self.present[None, :, None], ll, torch.tensor(-math.inf, dtype=ll.dtype))
         best = ll.max(dim=1).values
-        top = torch.where(self.alive > 0, best, torch.tensor(-math.inf, dtype=best.dtype)).max(dim=1, keepdim=True).values
+        top = (
+            torch.where(self.alive > 0, best, torch.tensor(-math.inf, dtype=best.dtype)).max(dim=1, keepdim=True).values
+        )
         c = self.alive * torch.exp(best - top) if model.confidence else self.alive.expand_as(best)
         c = torch.nan_to_num(c)
         if model.readout == "product":
@@ -111,14 +114,15 @@ class TorchMemFlow:
     def _refresh_class(self, k: int) -> None:
         model = self.model
         s0 = self.source[0, k]
-        alpha = torch.where((s0 > 0) & (model.source_weight > 0), model.source_weight / s0.clamp_min(1e-300),
-                            torch.ones_like(s0))
+        alpha = torch.where(
+            (s0 > 0) & (model.source_weight > 0), model.source_weight / s0.clamp_min(1e-300), torch.ones_like(s0)
+        )
         n = alpha * s0 + self.target[0, k]
         safe = n.clamp_min(1e-300)
         mean = (alpha * self.source[1, k] + self.target[1, k]) / safe
         self.mu[k] = torch.where(n > 0, mean, torch.zeros_like(mean))
         if model.variance == "class":
-            var = torch.maximum((alpha * self.source[2, k] + self.target[2, k]) / safe - mean ** 2, self.floor_v)
+            var = torch.maximum((alpha * self.source[2, k] + self.target[2, k]) / safe - mean**2, self.floor_v)
             v = var + self.blur_v
             self.hiv[k] = torch.where(n > 0, 0.5 / v, self.hiv[k])
             self.lnorm[k] = torch.where(n > 0, -0.5 * (math.log(2 * math.pi) + torch.log(v / self.tv)), self.lnorm[k])
@@ -187,8 +191,8 @@ class TorchMemFlow:
         variance = float(self.input_var.sum())
         if shifting:
             centre = (prior * self.centre_source + self.shift_sum) / (prior + weight)
-            second = (prior * (self.input_var + self.centre_source ** 2) + self.shift_sq) / (prior + weight)
-            var_t = torch.maximum(second - centre ** 2, self.input_var / 16)
+            second = (prior * (self.input_var + self.centre_source**2) + self.shift_sq) / (prior + weight)
+            var_t = torch.maximum(second - centre**2, self.input_var / 16)
             variance = float(var_t.sum())
             if model.shift_spread:  # factors within [1/4, 4]
                 factor = self.scale * torch.sqrt(torch.clamp(self.input_var / var_t, 1 / 16, 16))
@@ -202,9 +206,9 @@ class TorchMemFlow:
                     self.recent = 0.8 * self.recent + 0.2 * z
                 else:
                     self.recent = z.clone()
-            g = model.shift_decay ** w  # a frame ages the sums by its weight
+            g = model.shift_decay**w  # a frame ages the sums by its weight
             self.shift_sum = g * self.shift_sum + w * z
-            self.shift_sq = g * self.shift_sq + w * z ** 2
+            self.shift_sq = g * self.shift_sq + w * z**2
             self.shift_weight = g * self.shift_weight + w
             y = self.basis @ (z - self.centre_source)
             self.proj_sum = g * self.proj_sum + w * y
@@ -221,7 +225,7 @@ class TorchMemFlow:
                 target_mean = (prior * self.trace_mean + self.trace_sum) / (prior + weight)
                 m = (raw + self.trace_mean - target_mean).to(torch.float32)
             if learn:
-                self.trace_sum = model.shift_decay ** w * self.trace_sum + w * raw[0]
+                self.trace_sum = model.shift_decay**w * self.trace_sum + w * raw[0]
         p = self.retrieve(m)[0]
         k_memory = k_prior = int(torch.argmax(p))
         if model.prior:
@@ -238,10 +242,10 @@ class TorchMemFlow:
                 e = torch.full_like(m64, w * float(p[k]))  # the frame's novelty weight counts here too
                 if model.confidence_update:
                     e = e * torch.exp(-((m64 - self.mu[k]) ** 2) * self.hiv[k])
-                g = model.decay ** w
+                g = model.decay**w
                 self.target[0, k] = g * self.target[0, k] + e
                 self.target[1, k] = g * self.target[1, k] + e * m64
-                self.target[2, k] = g * self.target[2, k] + e * m64 ** 2
+                self.target[2, k] = g * self.target[2, k] + e * m64**2
                 self._refresh_class(k)
         if learn and model.temporal:
             p = self._temporal(p)

@@ -11,6 +11,7 @@
 - ``torch_step_bytes`` (in ``cost``): exact bytes autograd keeps for backward, plus gradients
   and optimiser state: what backprop adaptation needs beyond inference.
 """
+
 from __future__ import annotations
 
 import resource
@@ -43,11 +44,15 @@ def rss_peak(work: Callable[[], Any]) -> dict[str, Any]:
         work()
         peak = _status_kib("VmHWM")
         if peak is not None:
-            return {"bytes": max(0, peak - before) * 1024,
-                    "how": "RSS high-water mark over the work minus RSS before (VmHWM reset by /proc/self/clear_refs)"}
+            return {
+                "bytes": max(0, peak - before) * 1024,
+                "how": "RSS high-water mark over the work minus RSS before (VmHWM reset by /proc/self/clear_refs)",
+            }
     work()
-    return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "how": "ru_maxrss: peak RSS of the whole process so far (not resettable here)"}
+    return {
+        "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "how": "ru_maxrss: peak RSS of the whole process so far (not resettable here)",
+    }
 
 
 def traced_peak(work: Callable[[], Any]) -> dict[str, Any]:
@@ -63,8 +68,10 @@ def traced_peak(work: Callable[[], Any]) -> dict[str, Any]:
     finally:
         if started:
             tracemalloc.stop()
-    return {"bytes": max(0, peak - base),
-            "how": "tracemalloc peak (Python and numpy allocations; not inside Numba kernels or torch)"}
+    return {
+        "bytes": max(0, peak - base),
+        "how": "tracemalloc peak (Python and numpy allocations; not inside Numba kernels or torch)",
+    }
 
 
 __all__ = ["rss_peak", "traced_peak"]

@@ -10,6 +10,7 @@ an optional dependency absent) or that fails is recorded as such and the report 
 other sections still run. ``--quick`` shrinks every section for tests (about a few minutes on
 a small machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ def latency_section(ctx: Context) -> dict[str, Any]:
     from edge_runtime.bench.latency import measure
 
     queries = 60 if ctx.quick else 1024
-    results = measure(ctx.model_dir, queries=queries, warmup=5 if ctx.quick else 20, threads=ctx.threads,
-                      progress=False)
+    results = measure(
+        ctx.model_dir, queries=queries, warmup=5 if ctx.quick else 20, threads=ctx.threads, progress=False
+    )
     by = {r["name"]: r for r in results}
     ratios = {}
     if "onnx-fp32" in by and "onnx-int8" in by:
@@ -77,9 +79,9 @@ def latency_section(ctx: Context) -> dict[str, Any]:
 
 
 def energy_section(ctx: Context) -> dict[str, Any]:
-    from edge_runtime.model import load_backbone
     from edge_runtime.bench.energy import detect_meter, measure_energy
     from edge_runtime.bench.latency import sample_inputs
+    from edge_runtime.model import load_backbone
 
     meter, reasons = detect_meter()
     model = ctx.model_dir / "int8.onnx"
@@ -153,7 +155,8 @@ def stream_accuracy_section(ctx: Context) -> dict[str, Any]:
             predicted, _ = run_stream(adapter, stream)
             correct = (predicted == labels).astype(np.float64)
             curves["source-only (linear)" if name == "linear" else name] = (
-                np.cumsum(correct) / np.arange(1, len(correct) + 1)).tolist()
+                np.cumsum(correct) / np.arange(1, len(correct) + 1)
+            ).tolist()
     return {"task": STREAM_TASK, "order_seed": ORDER_SEEDS[0], "n": len(labels), "running_accuracy": curves}
 
 
@@ -165,9 +168,11 @@ def numba_section(ctx: Context) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     missing: dict[str, str] = {}
     with threadpool_limits(limits=1):
-        for name, bench in (("memflow adapt vs snntorch/torch reference", memflow_vs_torch),
-                            ("dmn ring read-out vs plain numpy", dmn_vs_numpy),
-                            ("knn predict vs plain numpy brute force", knn_vs_numpy)):
+        for name, bench in (
+            ("memflow adapt vs snntorch/torch reference", memflow_vs_torch),
+            ("dmn ring read-out vs plain numpy", dmn_vs_numpy),
+            ("knn predict vs plain numpy brute force", knn_vs_numpy),
+        ):
             try:
                 rows[name] = bench(queries)
             except ImportError as err:
@@ -175,10 +180,9 @@ def numba_section(ctx: Context) -> dict[str, Any]:
     return {"rows": rows, "missing": missing, "queries": queries}
 
 
-
-
 def external_section(name: str) -> Callable[[Context], dict[str, Any]]:
     """Another ``edgert bench`` command, run through its own CLI with ``--json``."""
+
     def section(ctx: Context) -> dict[str, Any]:
         import importlib
 
@@ -194,6 +198,7 @@ def external_section(name: str) -> Callable[[Context], dict[str, Any]]:
         args = parser.parse_args((quick if ctx.quick else full) + ["--json", str(path)])
         _quietly(lambda: args.main(args))
         return json.loads(path.read_text())
+
     return section
 
 
@@ -214,16 +219,26 @@ SECTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 
 
-def run_all(out: Path, *, quick: bool = False, model_dir: Path = DEFAULT_MODEL_DIR, threads: int | None = None,
-            skip: tuple[str, ...] = (), log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_all(
+    out: Path,
+    *,
+    quick: bool = False,
+    model_dir: Path = DEFAULT_MODEL_DIR,
+    threads: int | None = None,
+    skip: tuple[str, ...] = (),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run every section into ``out``; returns the results dict that ``results.json`` holds."""
     from edge_runtime.bench.environment import capture_environment
 
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out, quick=quick, model_dir=Path(model_dir), threads=threads)
     models = [ctx.model_dir / f for f in ("fp32.onnx", "int8.onnx", "int8.tflite")]
-    results: dict[str, Any] = {"environment": capture_environment(models, threads=threads), "quick": quick,
-                               "sections": {}}
+    results: dict[str, Any] = {
+        "environment": capture_environment(models, threads=threads),
+        "quick": quick,
+        "sections": {},
+    }
     for name, section in SECTIONS.items():
         if name in skip:
             results["sections"][name] = {"status": "skipped", "reason": "--skip on the command line"}
@@ -236,8 +251,11 @@ def run_all(out: Path, *, quick: bool = False, model_dir: Path = DEFAULT_MODEL_D
         except ModuleNotFoundError as err:
             entry = {"status": "missing", "reason": str(err)}
         except Exception as err:  # a failing benchmark must not take the others down; the report shows it
-            entry = {"status": "failed", "reason": f"{type(err).__name__}: {err}",
-                     "traceback": traceback.format_exc(limit=4)}
+            entry = {
+                "status": "failed",
+                "reason": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(limit=4),
+            }
         entry["seconds"] = round(time.perf_counter() - started, 1)
         results["sections"][name] = entry
         log(f"bench all: {name}: {entry['status']} ({entry['seconds']} s)")
@@ -262,7 +280,6 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-
 # -- Markdown ------------------------------------------------------------------------------------
 def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix: str = "") -> str:
     """The report: machine first, then each section's table or why it is absent."""
@@ -271,19 +288,28 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     env = results["environment"]
     s = results["sections"]
     img = lambda key, alt: f"\n![{alt}]({image_prefix}{plots[key]})\n" if key in plots else ""  # noqa: E731
-    out = [f"# edge_runtime benchmark report: `{env['host']}`", "",
-           f"All figures below were measured on **{env['host']}** ({env['cpu_model']}, {env['cpu_count']} CPUs) "
-           f"on {env['time_utc']}{' in --quick mode (reduced sizes)' if results['quick'] else ''}. "
-           "Ratios are measured side by side in one run; absolute times are this machine's only.",
-           "Regenerate: `edgert bench all` (writes `bench/results/<host>-<date>/`).", "",
-           "## Machine", "", environment_markdown(env),
-           f"- load average after the run: {env.get('load_average_after')}", ""]
+    out = [
+        f"# edge_runtime benchmark report: `{env['host']}`",
+        "",
+        f"All figures below were measured on **{env['host']}** ({env['cpu_model']}, {env['cpu_count']} CPUs) "
+        f"on {env['time_utc']}{' in --quick mode (reduced sizes)' if results['quick'] else ''}. "
+        "Ratios are measured side by side in one run; absolute times are this machine's only.",
+        "Regenerate: `edgert bench all` (writes `bench/results/<host>-<date>/`).",
+        "",
+        "## Machine",
+        "",
+        environment_markdown(env),
+        f"- load average after the run: {env.get('load_average_after')}",
+        "",
+    ]
 
     out += ["## Latency (single-stream, batch 1)", ""]
     if _ok(s, "latency"):
         out += ["| backbone | queries | p50 ms | p90 ms | p99 ms | mean ms |", "|---|---:|---:|---:|---:|---:|"]
         for r in s["latency"]["data"]["results"]:
-            out.append(f"| {r['name']} | {r['queries']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} |")
+            out.append(
+                f"| {r['name']} | {r['queries']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['mean_ms']:.2f} |"
+            )
         for k, v in s["latency"]["data"]["ratios"].items():
             out.append(f"\n{k}: **{v:.2f}**")
         out.append(img("latency", "latency histograms"))
@@ -294,9 +320,12 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     if _ok(s, "energy"):
         e = s["energy"]["data"]
         if e["status"] == "measured":
-            out += [f"- {e['joules_per_inference'] * 1e3:.3f} mJ per inference ({e['model']}), net of an idle baseline of "
-                    f"{e['idle_watts']:.2f} W; {e['inferences']} inferences in {e['run_seconds']:.1f} s",
-                    f"- meter: {e['meter_detail']}, sampled at {e['sample_rate_hz']:g} Hz ({e['samples']} samples)", ""]
+            out += [
+                f"- {e['joules_per_inference'] * 1e3:.3f} mJ per inference ({e['model']}), net of an idle baseline of "
+                f"{e['idle_watts']:.2f} W; {e['inferences']} inferences in {e['run_seconds']:.1f} s",
+                f"- meter: {e['meter_detail']}, sampled at {e['sample_rate_hz']:g} Hz ({e['samples']} samples)",
+                "",
+            ]
         else:
             out += [f"**Not measured**: {e['reason']}", ""]
     else:
@@ -308,29 +337,50 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
 
         c = s["cost"]["data"]
         setup = c["setup"]
-        out += [f"Same EfficientNet-Lite0 (torch fp32), same run, {setup['samples']} target images of {setup['target']} "
-                f"x {setup['rounds']} interleaved rounds, source head fitted on {setup['source_samples']} {setup['source']} "
-                f"images; torch threads {setup['threads']}. {c['protocol']}.", "", cost_markdown(c), ""]
+        out += [
+            f"Same EfficientNet-Lite0 (torch fp32), same run, {setup['samples']} target images of {setup['target']} "
+            f"x {setup['rounds']} interleaved rounds, source head fitted on {setup['source_samples']} {setup['source']} "
+            f"images; torch threads {setup['threads']}. {c['protocol']}.",
+            "",
+            cost_markdown(c),
+            "",
+        ]
         tent = c["ratio_to_tent"]
         for m in ("memflow", "dmn", "t3a"):
             if m in tent:
-                out.append(f"- {m}: adaptation cost = **{100 * tent[m]:.3g}%** of Tent's at batch 1 "
-                           f"(target: at most 1% for MemFlow)" if m == "memflow" else
-                           f"- {m}: adaptation cost = **{100 * tent[m]:.3g}%** of Tent's at batch 1")
-        out += ["", "Peak memory: *torch* = bytes autograd saves for backward + gradients + optimiser state of one "
-                "step (exact); *traced* = tracemalloc peak of the adapter calls (numpy/Python; not inside Numba "
-                "kernels); *state* = the adapter's state arrays; *RSS* = process high-water-mark growth over the "
-                "work (VmHWM reset; allocator reuse can make it read low).", ""]
+                out.append(
+                    f"- {m}: adaptation cost = **{100 * tent[m]:.3g}%** of Tent's at batch 1 "
+                    f"(target: at most 1% for MemFlow)"
+                    if m == "memflow"
+                    else f"- {m}: adaptation cost = **{100 * tent[m]:.3g}%** of Tent's at batch 1"
+                )
+        out += [
+            "",
+            "Peak memory: *torch* = bytes autograd saves for backward + gradients + optimiser state of one "
+            "step (exact); *traced* = tracemalloc peak of the adapter calls (numpy/Python; not inside Numba "
+            "kernels); *state* = the adapter's state arrays; *RSS* = process high-water-mark growth over the "
+            "work (VmHWM reset; allocator reuse can make it read low).",
+            "",
+        ]
         if c.get("accuracy"):
             a = c["accuracy"]
             p = a["protocol"]
-            out += ["### Accuracy on the accuracy bench's tasks, same images for every method", "",
-                    f"Up to {p['target_limit_per_fold']} target images per task fold (stratified draw, seed {p['seed']}), "
-                    f"stream order seed {p['order_seed']}, source head on up to {p['source_per_class']} images per "
-                    f"class. Tent: {p['tent']}. Retrain-last-layer: {p['retrain-last-layer']}.", "",
-                    tent_markdown(a), "", img("accuracy_tent", "accuracy per task, Tent vs adapters"),
-                    "### Gain and cost together", "", gain_and_cost_markdown(c, a), "",
-                    img("cost_vs_accuracy", "cost vs accuracy")]
+            out += [
+                "### Accuracy on the accuracy bench's tasks, same images for every method",
+                "",
+                f"Up to {p['target_limit_per_fold']} target images per task fold (stratified draw, seed {p['seed']}), "
+                f"stream order seed {p['order_seed']}, source head on up to {p['source_per_class']} images per "
+                f"class. Tent: {p['tent']}. Retrain-last-layer: {p['retrain-last-layer']}.",
+                "",
+                tent_markdown(a),
+                "",
+                img("accuracy_tent", "accuracy per task, Tent vs adapters"),
+                "### Gain and cost together",
+                "",
+                gain_and_cost_markdown(c, a),
+                "",
+                img("cost_vs_accuracy", "cost vs accuracy"),
+            ]
     else:
         out += [_absent(s, "cost"), ""]
 
@@ -353,19 +403,25 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     if _ok(s, "stream_accuracy"):
         d = s["stream_accuracy"]["data"]
         finals = ", ".join(f"{k} {100 * v[-1]:.1f}%" for k, v in d["running_accuracy"].items())
-        out += [f"{d['task']}, fold 0, {d['n']} target samples, order seed {d['order_seed']}: final {finals}.",
-                img("stream_accuracy", "running accuracy")]
+        out += [
+            f"{d['task']}, fold 0, {d['n']} target samples, order seed {d['order_seed']}: final {finals}.",
+            img("stream_accuracy", "running accuracy"),
+        ]
     else:
         out += [_absent(s, "stream_accuracy"), ""]
 
     out += ["## Numba vs. reference implementations (batch 1, one thread, interleaved)", ""]
     if _ok(s, "numba_vs_reference"):
         d = s["numba_vs_reference"]["data"]
-        out += ["| kernel | Numba p50 µs | reference p50 µs | speed-up | max abs diff | reference | data |",
-                "|---|---:|---:|---:|---:|---|---|"]
+        out += [
+            "| kernel | Numba p50 µs | reference p50 µs | speed-up | max abs diff | reference | data |",
+            "|---|---:|---:|---:|---:|---|---|",
+        ]
         for name, r in d["rows"].items():
-            out.append(f"| {name} | {r['numba_p50_us']:.1f} | {r['reference_p50_us']:.1f} | {r['speedup']:.1f}x | "
-                       f"{r['max_abs_diff']:.2e} | {r['reference']} | {r['data']} |")
+            out.append(
+                f"| {name} | {r['numba_p50_us']:.1f} | {r['reference_p50_us']:.1f} | {r['speedup']:.1f}x | "
+                f"{r['max_abs_diff']:.2e} | {r['reference']} | {r['data']} |"
+            )
         out += [f"- {k}: {v}" for k, v in d["missing"].items()]
         out.append("")
     else:
@@ -388,8 +444,10 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str], image_prefix
     out += ["## Other benchmarks", ""]
     for name in (n for n in EXTERNAL if n not in ("faults", "fleet")):
         if _ok(s, name):
-            out.append(f"- `edgert bench {name}`: ran; figures in `{name}.json` of the results folder"
-                       f"{': ' + _highlights(name, s[name]['data']) if _highlights(name, s[name]['data']) else ''}")
+            out.append(
+                f"- `edgert bench {name}`: ran; figures in `{name}.json` of the results folder"
+                f"{': ' + _highlights(name, s[name]['data']) if _highlights(name, s[name]['data']) else ''}"
+            )
         else:
             out.append(f"- `edgert bench {name}`: {_absent(s, name)}")
     return "\n".join(out) + "\n"
@@ -399,12 +457,16 @@ def _highlights(name: str, data: dict[str, Any]) -> str:
     """A line of the figures that matter from another bench's JSON, where its shape is known."""
     try:
         if name == "memflow":
-            return "; ".join(f"{k} classes: adapt p50 {r['numba']['p50_us']:.1f} µs (quietest round "
-                             f"{r['numba_round_p50_us']['quietest']:.1f} µs), {r['speedup_p50']:.0f}x the torch reference"
-                             for k, r in data["per_classes"].items())
+            return "; ".join(
+                f"{k} classes: adapt p50 {r['numba']['p50_us']:.1f} µs (quietest round "
+                f"{r['numba_round_p50_us']['quietest']:.1f} µs), {r['speedup_p50']:.0f}x the torch reference"
+                for k, r in data["per_classes"].items()
+            )
         if name == "knn":
-            return "; ".join(f"{r['entries']} entries: recall@k {r['recall_at_k']:.3f}, exact/ANN {r['speed_ratio_exact_over_ann_p50']:.1f}x"
-                             for r in data["search"].values())
+            return "; ".join(
+                f"{r['entries']} entries: recall@k {r['recall_at_k']:.3f}, exact/ANN {r['speed_ratio_exact_over_ann_p50']:.1f}x"
+                for r in data["search"].values()
+            )
     except (KeyError, TypeError, AttributeError):
         return ""
     return ""
@@ -428,8 +490,13 @@ def publish(out: Path, target: Path = PUBLISHED) -> Path:
     ``plots/`` (committed with it: ``bench/results/`` is not), replacing a previous report's."""
     results = json.loads((out / "results.json").read_text())
     plots = {p.stem: p.name for p in out.glob("*.png")}
-    keyed = {"latency": "latency_histograms", "accuracy": "accuracy_per_task", "accuracy_tent": "accuracy_per_task_tent",
-             "stream_accuracy": "running_accuracy", "cost_vs_accuracy": "cost_vs_accuracy"}
+    keyed = {
+        "latency": "latency_histograms",
+        "accuracy": "accuracy_per_task",
+        "accuracy_tent": "accuracy_per_task_tent",
+        "stream_accuracy": "running_accuracy",
+        "cost_vs_accuracy": "cost_vs_accuracy",
+    }
     available = {k: plots[v] for k, v in keyed.items() if v in plots}
     folder = target.parent / PLOTS
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """A benchmark's Markdown section: printed, its results as JSON, and put in place in a report."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``edgert bench soak``: the stream loop over a looped video for >= 100k frames (see ``stream``)."""
+
 from __future__ import annotations
 
 import argparse

@@ -12,6 +12,7 @@ With no arguments both use opencv-doc's ``vtest.avi`` and the default export; th
 from a source memory of the packaged photo domain (built on first use and cached under
 ``.cache/memories``), or from ``--memory FILE``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,13 @@ def configure(parser: argparse.ArgumentParser, *, soak: bool = False) -> None:
     if soak:
         parser.add_argument("--frames", type=int, default=100_000, help="frames to stream (default: 100000)")
         parser.add_argument("--warmup", type=int, default=2_000, help="frames before the RSS baseline (default: 2000)")
-        parser.add_argument("--checkpoint-every", type=float, default=10.0, metavar="SECONDS",
-                            help="seconds between checkpoints during the soak (default: 10)")
+        parser.add_argument(
+            "--checkpoint-every",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="seconds between checkpoints during the soak (default: 10)",
+        )
         parser.set_defaults(main=main_soak)
     else:
         parser.add_argument("--frames", type=int, help="stop after this many frames (default: the whole video)")
@@ -79,10 +85,18 @@ def source_state(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
     except StateError:
         pass
     print(f"building the photo source memory for {name} (cached in {path})")
-    adapter = make_adapter(name).fit(image_features(backbone, domain.images), domain.labels,
-                                     n_classes=len(domain.classes))
-    write_state(path, adapter, kind="memory", model_sha256=sha, classes=list(domain.classes), name=name,
-                meta={"images": "photo", "examples": len(domain)})
+    adapter = make_adapter(name).fit(
+        image_features(backbone, domain.images), domain.labels, n_classes=len(domain.classes)
+    )
+    write_state(
+        path,
+        adapter,
+        kind="memory",
+        model_sha256=sha,
+        classes=list(domain.classes),
+        name=name,
+        meta={"images": "photo", "examples": len(domain)},
+    )
     return adapter, list(domain.classes)
 
 
@@ -118,16 +132,19 @@ class Sampler:
             self.n += 1
         if self.count % self.report_every == 0:
             rss = rss_bytes()
-            print(f"soak: {self.count} frames, RSS {rss / 2**20:.2f} MB "
-                  f"({(rss - self.baseline) / 2**20:+.3f} MB since warm-up), {open_fds()} open fds", flush=True)
+            print(
+                f"soak: {self.count} frames, RSS {rss / 2**20:.2f} MB "
+                f"({(rss - self.baseline) / 2**20:+.3f} MB since warm-up), {open_fds()} open fds",
+                flush=True,
+            )
 
     def close(self) -> None:
         pass
 
 
 def setup(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
-    from edge_runtime.model import load_backbone
     from edge_runtime.errors import InputError
+    from edge_runtime.model import load_backbone
 
     if not args.video.is_file():
         raise InputError(f"video not found: {args.video} (install Debian's opencv-doc or pass --video)")
@@ -142,24 +159,38 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
 
 
 def main_stream(args: argparse.Namespace) -> int:
-    from edge_runtime.source.capture import Capture
     from edge_runtime.runtime.stream import Stream
+    from edge_runtime.source.capture import Capture
 
     backbone, adapter, classes, name = setup(args)
     stream = Stream(backbone, adapter, classes, max_frames=args.frames)
     load = os.getloadavg()[0]
     summary = stream.run(Capture(str(args.video)).start())
     p50 = summary.p50()
-    result = {"fps": round(summary.fps, 2), "frames": summary.frames, "dropped": summary.dropped,
-              "undecodable": summary.undecodable, "seconds": round(summary.seconds, 2),
-              "p50_ms": {k: round(v, 3) for k, v in p50.items()},
-              "adapter_over_backbone": round(p50["adapt"] / p50["backbone"], 4) if p50["backbone"] else None,
-              "model": str(args.model), "video": str(args.video), "adapter": name,
-              "threads": backbone.threads, "cpus": len(os.sched_getaffinity(0)), "loadavg_1min_before": load}
-    print(f"bench stream: {summary.frames} frames of {args.video.name} through {args.model} + {name} "
-          f"(adapting every frame): {summary.fps:.1f} fps end to end, dropped {summary.dropped}")
-    print("  p50 ms: " + "  ".join(f"{k} {v:.2f}" for k, v in p50.items())
-          + f"; adapter / backbone = {result['adapter_over_backbone']}")
+    result = {
+        "fps": round(summary.fps, 2),
+        "frames": summary.frames,
+        "dropped": summary.dropped,
+        "undecodable": summary.undecodable,
+        "seconds": round(summary.seconds, 2),
+        "p50_ms": {k: round(v, 3) for k, v in p50.items()},
+        "adapter_over_backbone": round(p50["adapt"] / p50["backbone"], 4) if p50["backbone"] else None,
+        "model": str(args.model),
+        "video": str(args.video),
+        "adapter": name,
+        "threads": backbone.threads,
+        "cpus": len(os.sched_getaffinity(0)),
+        "loadavg_1min_before": load,
+    }
+    print(
+        f"bench stream: {summary.frames} frames of {args.video.name} through {args.model} + {name} "
+        f"(adapting every frame): {summary.fps:.1f} fps end to end, dropped {summary.dropped}"
+    )
+    print(
+        "  p50 ms: "
+        + "  ".join(f"{k} {v:.2f}" for k, v in p50.items())
+        + f"; adapter / backbone = {result['adapter_over_backbone']}"
+    )
     print(f"  {result['cpus']} CPUs, backbone threads {result['threads']}, load average before the run {load:.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
@@ -167,22 +198,33 @@ def main_stream(args: argparse.Namespace) -> int:
 
 
 def main_soak(args: argparse.Namespace) -> int:
-    from edge_runtime.source.capture import Capture
-    from edge_runtime.state import Checkpoints
     from edge_runtime.runtime.stream import Stream
     from edge_runtime.runtime.summary import Progress
+    from edge_runtime.source.capture import Capture
+    from edge_runtime.state import Checkpoints
 
     backbone, adapter, classes, name = setup(args)
     fds_before = open_fds()
     sampler = Sampler(args.frames, args.warmup)
     with tempfile.TemporaryDirectory(prefix="edgert-soak-") as folder:
         checkpoints = Checkpoints(Path(folder), backbone.card.sha256, name)
-        stream = Stream(backbone, adapter, classes, [sampler], checkpoints=checkpoints,
-                        checkpoint_every=args.checkpoint_every, max_frames=args.frames, progress=Progress())
+        stream = Stream(
+            backbone,
+            adapter,
+            classes,
+            [sampler],
+            checkpoints=checkpoints,
+            checkpoint_every=args.checkpoint_every,
+            max_frames=args.frames,
+            progress=Progress(),
+        )
         start = time.perf_counter()
         capture = Capture(str(args.video), loop=True)
         # Ctrl-C / SIGTERM end a long soak early with its figures so far, as `edgert run` does.
-        previous = {s: signal.signal(s, lambda *_: (stream.stop.set(), capture.request_stop())) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            s: signal.signal(s, lambda *_: (stream.stop.set(), capture.request_stop()))
+            for s in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             summary = stream.run(capture.start())
         finally:
@@ -191,24 +233,40 @@ def main_soak(args: argparse.Namespace) -> int:
         checkpoints.close()
         seconds = time.perf_counter() - start
         fds_after = open_fds()
-    rss = sampler.rss[:sampler.n]
-    at = sampler.at[:sampler.n]
+    rss = sampler.rss[: sampler.n]
+    at = sampler.at[: sampler.n]
     after = rss[at >= args.warmup]
     baseline = int(after[0]) if after.size else 0
     growth = int(after.max() - baseline) if after.size else 0
     final = int(after[-1] - baseline) if after.size else 0
-    result = {"frames": summary.frames, "seconds": round(seconds, 1), "fps": round(summary.fps, 2),
-              "video_loops": capture.loops, "dropped": summary.dropped,
-              "checkpoints": summary.checkpoints, "warmup_frames": args.warmup,
-              "rss_mb_at_warmup": round(baseline / 2**20, 2), "rss_mb_final": round(int(rss[-1]) / 2**20, 2) if rss.size else 0,
-              "rss_growth_mb_max": round(growth / 2**20, 3), "rss_growth_mb_final": round(final / 2**20, 3),
-              "fds_before": fds_before, "fds_after": fds_after, "fds_leaked": fds_after - fds_before,
-              "rss_samples": {"frame": at.tolist(), "mb": [round(v / 2**20, 2) for v in rss.tolist()]},
-              "adapter": name, "model": str(args.model), "video": str(args.video)}
-    print(f"bench soak: {summary.frames} frames ({summary.fps:.1f} fps, {summary.checkpoints} checkpoints, "
-          f"ended: {summary.ended}) through {args.model} + {name}")
-    print(f"  RSS after {args.warmup} warm-up frames {result['rss_mb_at_warmup']} MB; growth since then: "
-          f"max {result['rss_growth_mb_max']} MB, at the end {result['rss_growth_mb_final']} MB (target < 5 MB)")
+    result = {
+        "frames": summary.frames,
+        "seconds": round(seconds, 1),
+        "fps": round(summary.fps, 2),
+        "video_loops": capture.loops,
+        "dropped": summary.dropped,
+        "checkpoints": summary.checkpoints,
+        "warmup_frames": args.warmup,
+        "rss_mb_at_warmup": round(baseline / 2**20, 2),
+        "rss_mb_final": round(int(rss[-1]) / 2**20, 2) if rss.size else 0,
+        "rss_growth_mb_max": round(growth / 2**20, 3),
+        "rss_growth_mb_final": round(final / 2**20, 3),
+        "fds_before": fds_before,
+        "fds_after": fds_after,
+        "fds_leaked": fds_after - fds_before,
+        "rss_samples": {"frame": at.tolist(), "mb": [round(v / 2**20, 2) for v in rss.tolist()]},
+        "adapter": name,
+        "model": str(args.model),
+        "video": str(args.video),
+    }
+    print(
+        f"bench soak: {summary.frames} frames ({summary.fps:.1f} fps, {summary.checkpoints} checkpoints, "
+        f"ended: {summary.ended}) through {args.model} + {name}"
+    )
+    print(
+        f"  RSS after {args.warmup} warm-up frames {result['rss_mb_at_warmup']} MB; growth since then: "
+        f"max {result['rss_growth_mb_max']} MB, at the end {result['rss_growth_mb_final']} MB (target < 5 MB)"
+    )
     print(f"  open file descriptors: {fds_before} before, {fds_after} after: {fds_after - fds_before} leaked")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -33,6 +33,7 @@ Target labels travel with a fold only for scoring and for ordering the stream; t
 runner hands an adapter one feature row at a time and nothing else (see
 ``edge_runtime.bench.accuracy.run_stream``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,12 +41,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.adapters.linear import stratified_folds
-from edge_runtime.errors import InputError
 
 # The reported corruptions and the held-out dev ones (ImageNet-C's validation four plus zoom blur
 # and elastic transform) are defined with the corrupted datasets.
 from edge_runtime.bench.datasets.corruptions import CORRUPTIONS as BENCH_CORRUPTIONS
 from edge_runtime.bench.datasets.corruptions import DEV_CORRUPTIONS
+from edge_runtime.errors import InputError
 
 CROSS_DOMAIN = (("photo", "clipart"), ("photo", "emoji"), ("clipart", "photo"), ("mnist", "uci-digits"))
 
@@ -111,7 +112,7 @@ def runs_order(labels: np.ndarray, seed: int, mean_run: float = MEAN_RUN) -> np.
             weight[previous] = 0.0
         k = int(rng.choice(len(queues), p=weight / weight.sum()))
         n = min(int(rng.geometric(1.0 / mean_run)), int(left[k]))
-        out.append(queues[k][taken[k]:taken[k] + n])
+        out.append(queues[k][taken[k] : taken[k] + n])
         taken[k] += n
         left[k] -= n
         previous = k
@@ -199,8 +200,15 @@ def load_task(name: str, model_path=None) -> Task:
     sx, sy, sid = np.asarray(source.X, np.float32), np.asarray(source.y, np.int64), tuple(source.ids)
     if source_name != "photo" or not target_name.startswith("photo"):
         target = load_features(target_name, model_path=model_path)
-        fold = Fold(source_name, sx, sy, sid, np.asarray(target.X, np.float32),
-                    _align(target, classes, target_name), tuple(target.ids))
+        fold = Fold(
+            source_name,
+            sx,
+            sy,
+            sid,
+            np.asarray(target.X, np.float32),
+            _align(target, classes, target_name),
+            tuple(target.ids),
+        )
         return Task(name, group, classes, (fold,))
     # Two-fold photo protocol: clean half A -> (corrupted) half B, and B -> A.
     if target_name == "photo":
@@ -210,8 +218,9 @@ def load_task(name: str, model_path=None) -> Task:
         position = {image_id: i for i, image_id in enumerate(corrupted.ids)}
         missing = [i for i in source.ids if i not in position]
         if missing:
-            raise InputError(f"{target_name} lacks {len(missing)} photo ids (e.g. {missing[0]!r}); "
-                             "rebuild its features cache")
+            raise InputError(
+                f"{target_name} lacks {len(missing)} photo ids (e.g. {missing[0]!r}); " "rebuild its features cache"
+            )
         rows = np.array([position[i] for i in source.ids])  # corrupted row of each clean photo
         tx = np.asarray(corrupted.X, np.float32)[rows]
         ty = _align(corrupted, classes, target_name)[rows]
@@ -219,8 +228,17 @@ def load_task(name: str, model_path=None) -> Task:
             raise InputError(f"{target_name} labels disagree with the clean photos for the same ids")
     folds = []
     for k, (src, tgt) in enumerate((photo_halves(sy), photo_halves(sy)[::-1])):
-        folds.append(Fold(f"photo[half {k} of 2, seed {SPLIT_SEED}]", sx[src], sy[src], pick(sid, src),
-                          tx[tgt], ty[tgt], pick(sid, tgt)))
+        folds.append(
+            Fold(
+                f"photo[half {k} of 2, seed {SPLIT_SEED}]",
+                sx[src],
+                sy[src],
+                pick(sid, src),
+                tx[tgt],
+                ty[tgt],
+                pick(sid, tgt),
+            )
+        )
     return Task(name, group, classes, tuple(folds))
 
 
@@ -235,6 +253,7 @@ def subsample(task: Task, max_target: int, max_source_per_class: int | None = No
     The source rows drawn depend only on the source rows and ``seed``, so folds that share a
     ``source_key`` still share their (subsampled) source.
     """
+
     def keep(y: np.ndarray, fraction: float | None, per_class: int | None, rng: np.random.Generator) -> np.ndarray:
         rows = []
         for label in np.unique(y):
@@ -247,7 +266,15 @@ def subsample(task: Task, max_target: int, max_source_per_class: int | None = No
     for fold in task.folds:
         s = keep(fold.source_y, None, max_source_per_class, np.random.default_rng([seed, 0]))
         t = keep(fold.target_y, min(1.0, max_target / len(fold.target_y)), None, np.random.default_rng([seed, 1]))
-        folds.append(Fold(f"{fold.source_key}[sub {max_source_per_class}, seed {seed}]",
-                          fold.source_x[s], fold.source_y[s], pick(fold.source_ids, s),
-                          fold.target_x[t], fold.target_y[t], pick(fold.target_ids, t)))
+        folds.append(
+            Fold(
+                f"{fold.source_key}[sub {max_source_per_class}, seed {seed}]",
+                fold.source_x[s],
+                fold.source_y[s],
+                pick(fold.source_ids, s),
+                fold.target_x[t],
+                fold.target_y[t],
+                pick(fold.target_ids, t),
+            )
+        )
     return Task(task.name, task.group, task.classes, tuple(folds))

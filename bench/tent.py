@@ -1,5 +1,6 @@
 """The backprop side of the cost bench, in torch: Tent (BN affine, entropy loss, one SGD step per
 batch) and retraining the last layer, on the same EfficientNet-Lite0 the device runs int8."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,8 +18,8 @@ RETRAIN_LR = 0.01  # SGD on the last layer; the paper's retrain-last-layer basel
 
 def torch_preprocessor(backbone: str = "efficientnet-lite0"):
     """BGR frames -> float32 NCHW rows exactly as the exporter feeds the torch model."""
-    from edge_runtime.model.card import Preprocessing, TensorSpec
     from edge_runtime.export.models import CROP_FRACTION, MEAN_RGB, STD_RGB, spec_for
+    from edge_runtime.model.card import Preprocessing, TensorSpec
     from edge_runtime.source.preprocess import Preprocessor
 
     size = spec_for(backbone).size
@@ -124,8 +125,10 @@ def torch_step_bytes(step: Callable[[], Any], params: list, optimizer: Any) -> d
         return tensor
 
     grads = {"bytes": 0}
-    hooks = [p.register_post_accumulate_grad_hook(lambda p: grads.__setitem__("bytes", grads["bytes"] + p.grad.nbytes))
-             for p in params]
+    hooks = [
+        p.register_post_accumulate_grad_hook(lambda p: grads.__setitem__("bytes", grads["bytes"] + p.grad.nbytes))
+        for p in params
+    ]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             step()
@@ -134,6 +137,10 @@ def torch_step_bytes(step: Callable[[], Any], params: list, optimizer: Any) -> d
             hook.remove()
     state = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
     total = sum(seen.values()) + grads["bytes"] + state
-    return {"bytes": total, "saved_activations": sum(seen.values()), "gradients": grads["bytes"],
-            "optimizer_state": state,
-            "how": "torch: autograd saved tensors + gradients + optimiser state of one step (exact bytes)"}
+    return {
+        "bytes": total,
+        "saved_activations": sum(seen.values()),
+        "gradients": grads["bytes"],
+        "optimizer_state": state,
+        "how": "torch: autograd saved tensors + gradients + optimiser state of one step (exact bytes)",
+    }

@@ -14,6 +14,7 @@ The names most users need are importable from here; they load on first use, so
 >>> make_adapter("ncm")
 NCM(temperature=0.05)
 """
+
 from __future__ import annotations
 
 import importlib

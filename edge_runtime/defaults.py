@@ -8,6 +8,7 @@ bench extracts features with.
 >>> str(model_path())
 'models/efficientnet-lite0/int8.tflite'
 """
+
 from __future__ import annotations
 
 import os
@@ -38,5 +39,14 @@ def bench_model() -> Path:
     return Path(os.environ.get(MODEL_ENV) or model_path(BENCH_ARTEFACT))
 
 
-__all__ = ["BACKBONE", "BENCH_ARTEFACT", "DEFAULT_MODEL", "DEVICE_ARTEFACT", "MODELS_DIR", "MODEL_ENV",
-           "bench_model", "model_dir", "model_path"]
+__all__ = [
+    "BACKBONE",
+    "BENCH_ARTEFACT",
+    "DEFAULT_MODEL",
+    "DEVICE_ARTEFACT",
+    "MODELS_DIR",
+    "MODEL_ENV",
+    "bench_model",
+    "model_dir",
+    "model_path",
+]

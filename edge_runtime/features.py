@@ -3,6 +3,7 @@
 Every adapter and every memory store checks its input here, so the checks and their messages are
 the same wherever a batch enters.
 """
+
 from __future__ import annotations
 
 from typing import Any

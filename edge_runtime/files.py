@@ -5,6 +5,7 @@ target and fsyncs the folder, so a power cut or ``kill -9`` at any point leaves 
 file or the new one, never a mix, and the rename itself survives. Temp files are named
 ``.<name>.tmp-<pid>-<random>`` so a cleaner can find stale ones (``Checkpoints`` does).
 """
+
 from __future__ import annotations
 
 import os

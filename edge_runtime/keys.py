@@ -11,6 +11,7 @@ True
 >>> signed_by_any([bytes(32), key], mac(key, b"abc"), b"abc")
 True
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,8 +62,9 @@ def read_keys(path: str | Path) -> list[bytes]:
     except OSError as err:
         raise InputError(f"cannot read key file {path}: {err.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(f"key file {path} has mode {stat.S_IMODE(mode):04o}: other users could read it; "
-                         f"run `chmod 600 {path}`")
+        raise InputError(
+            f"key file {path} has mode {stat.S_IMODE(mode):04o}: other users could read it; " f"run `chmod 600 {path}`"
+        )
     keys = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         text = line.split("#", 1)[0].strip()
@@ -73,8 +75,10 @@ def read_keys(path: str | Path) -> list[bytes]:
         except ValueError:
             raise InputError(f"{path}:{n}: a key is hex digits (make one with `edgert bridge keygen`)") from None
         if len(key) < MIN_KEY_SIZE:
-            raise InputError(f"{path}:{n}: key of {len(key)} bytes; use at least {MIN_KEY_SIZE} "
-                             f"(`edgert bridge keygen` makes 32)")
+            raise InputError(
+                f"{path}:{n}: key of {len(key)} bytes; use at least {MIN_KEY_SIZE} "
+                f"(`edgert bridge keygen` makes 32)"
+            )
         keys.append(key)
     if not keys:
         raise InputError(f"key file {path} holds no key (make one with `edgert bridge keygen`)")

@@ -8,6 +8,7 @@ True
 >>> percentiles([0.001, 0.002, 0.003], scale=1e3)
 {'p50_ms': 2.0, 'p90_ms': 2.8, 'p99_ms': 2.98}
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -31,8 +32,13 @@ def entropy(proba: np.ndarray) -> np.ndarray:
     return -(proba * np.log(p)).sum(axis=1)
 
 
-def percentiles(values: Iterable[float] | np.ndarray, *, scale: float = 1.0, unit: str = "ms",
-                quantiles: tuple[int, ...] = QUANTILES) -> dict[str, float]:
+def percentiles(
+    values: Iterable[float] | np.ndarray,
+    *,
+    scale: float = 1.0,
+    unit: str = "ms",
+    quantiles: tuple[int, ...] = QUANTILES,
+) -> dict[str, float]:
     """``{"p50_<unit>": ..., "p90_<unit>": ..., "p99_<unit>": ...}`` of ``values * scale`` (MLPerf's
     single-stream percentiles)."""
     v = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, np.float64) * scale

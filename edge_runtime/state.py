@@ -28,6 +28,7 @@ Traceback (most recent call last):
 ...
 edge_runtime.state.StateError: state file not found: /nonexistent/checkpoint-00000001.npz
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -108,21 +109,38 @@ def checksum(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_state(path: str | Path, adapter: Adapter, *, kind: str, model_sha256: str, classes: list[str],
-                name: str | None = None, meta: dict[str, Any] | None = None,
-                extra: dict[str, np.ndarray] | None = None) -> Path:
+def write_state(
+    path: str | Path,
+    adapter: Adapter,
+    *,
+    kind: str,
+    model_sha256: str,
+    classes: list[str],
+    name: str | None = None,
+    meta: dict[str, Any] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write ``adapter.state_dict()`` atomically as a state file; returns the path.
 
     ``name`` is the registry name the adapter was made with (default: its class's ``name``);
     ``extra`` are arrays stored beside the adapter's (see the module docstring).
     """
-    blob = encode_state(adapter, kind=kind, model_sha256=model_sha256, classes=classes, name=name, meta=meta,
-                        extra=extra)
+    blob = encode_state(
+        adapter, kind=kind, model_sha256=model_sha256, classes=classes, name=name, meta=meta, extra=extra
+    )
     return atomic_write(Path(path), lambda f: f.write(blob))
 
 
-def encode_state(adapter: Adapter, *, kind: str, model_sha256: str, classes: list[str], name: str | None = None,
-                 meta: dict[str, Any] | None = None, extra: dict[str, np.ndarray] | None = None) -> bytes:
+def encode_state(
+    adapter: Adapter,
+    *,
+    kind: str,
+    model_sha256: str,
+    classes: list[str],
+    name: str | None = None,
+    meta: dict[str, Any] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> bytes:
     """The bytes of a state file (see ``write_state``)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -134,18 +152,29 @@ def encode_state(adapter: Adapter, *, kind: str, model_sha256: str, classes: lis
     for key, a in {**arrays, **extra}.items():
         if a.dtype.kind not in "biuf":
             raise InputError(f"adapter array {key!r} has dtype {a.dtype}: state files hold numeric arrays only")
-    header = {"format": FILE_FORMAT, "kind": kind, "name": name or state["adapter"], "adapter": state["adapter"],
-              "state_format": state["format"],
-              "params": state["params"], "classes": list(classes), "model_sha256": model_sha256,
-              "created": time.time(), "meta": meta or {}}
+    header = {
+        "format": FILE_FORMAT,
+        "kind": kind,
+        "name": name or state["adapter"],
+        "adapter": state["adapter"],
+        "state_format": state["format"],
+        "params": state["params"],
+        "classes": list(classes),
+        "model_sha256": model_sha256,
+        "created": time.time(),
+        "meta": meta or {},
+    }
     if extra:
         header["extra_checksum"] = checksum({}, extra)
     # Round-trip the header through JSON first, so the checksum covers exactly what is stored.
     header = json.loads(json.dumps(header, default=_json_default))
     header["checksum"] = checksum(header, arrays)
     blob = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
-    payload = {HEADER_KEY: blob, **{ARRAY_PREFIX + k: v for k, v in arrays.items()},
-               **{EXTRA_PREFIX + k: v for k, v in extra.items()}}
+    payload = {
+        HEADER_KEY: blob,
+        **{ARRAY_PREFIX + k: v for k, v in arrays.items()},
+        **{EXTRA_PREFIX + k: v for k, v in extra.items()},
+    }
     buffer = io.BytesIO()
     np.savez(buffer, **payload)  # type: ignore[arg-type]
     return buffer.getvalue()
@@ -157,10 +186,12 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, 
     try:
         with np.load(path, allow_pickle=False) as npz:
             if HEADER_KEY not in npz.files:
-                raise StateError(f"{path} is not a state file (no header): write it with edgert memory build or edgert run")
+                raise StateError(
+                    f"{path} is not a state file (no header): write it with edgert memory build or edgert run"
+                )
             header = json.loads(npz[HEADER_KEY].tobytes().decode())
-            arrays = {k[len(ARRAY_PREFIX):]: npz[k] for k in npz.files if k.startswith(ARRAY_PREFIX)}
-            extra = {k[len(EXTRA_PREFIX):]: npz[k] for k in npz.files if k.startswith(EXTRA_PREFIX)}
+            arrays = {k[len(ARRAY_PREFIX) :]: npz[k] for k in npz.files if k.startswith(ARRAY_PREFIX)}
+            extra = {k[len(EXTRA_PREFIX) :]: npz[k] for k in npz.files if k.startswith(EXTRA_PREFIX)}
     except StateError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
@@ -168,8 +199,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, 
     if not isinstance(header, dict) or header.get("format") not in READABLE_FORMATS:
         fmt = header.get("format") if isinstance(header, dict) else None
         raise StateError(f"{path} has format {fmt!r}; this runtime reads {READABLE_FORMATS}")
-    if header.get("checksum") != checksum(header, arrays) or \
-            header.get("extra_checksum", checksum({}, {})) != checksum({}, extra):
+    if header.get("checksum") != checksum(header, arrays) or header.get("extra_checksum", checksum({}, {})) != checksum(
+        {}, extra
+    ):
         raise StateError(f"{path} fails its checksum: the file is corrupt")
     return header, arrays, extra
 
@@ -184,12 +216,18 @@ def read_state(path: str | Path, *, model_sha256: str | None = None, adapter: st
     path = Path(path)
     header, arrays, extra = _read(path)
     if model_sha256 is not None and header["model_sha256"] != model_sha256:
-        raise StateError(f"{path} was made for model sha256 {header['model_sha256'][:12]}..., not this model's "
-                         f"{model_sha256[:12]}...: rebuild it with this model")
+        raise StateError(
+            f"{path} was made for model sha256 {header['model_sha256'][:12]}..., not this model's "
+            f"{model_sha256[:12]}...: rebuild it with this model"
+        )
     if adapter is not None and header["name"] != adapter:
         raise StateError(f"{path} holds adapter {header['name']!r}, not {adapter!r}")
-    state = {"adapter": header["adapter"], "format": header["state_format"], "params": header["params"],
-             "arrays": arrays}
+    state = {
+        "adapter": header["adapter"],
+        "format": header["state_format"],
+        "params": header["params"],
+        "arrays": arrays,
+    }
     try:
         cls = type(make_adapter(header["name"], **header["params"]))
         restored = cls.from_state_dict(state)
@@ -257,13 +295,25 @@ class Checkpoints:
             return state
         return None
 
-    def save(self, adapter: Adapter, classes: list[str], meta: dict[str, Any] | None = None,
-             extra: dict[str, np.ndarray] | None = None) -> Path:
+    def save(
+        self,
+        adapter: Adapter,
+        classes: list[str],
+        meta: dict[str, Any] | None = None,
+        extra: dict[str, np.ndarray] | None = None,
+    ) -> Path:
         files = self.files()
         number = int(CHECKPOINT_RE.match(files[0].name).group(1)) + 1 if files else 1  # type: ignore[union-attr]
-        path = write_state(self.folder / f"checkpoint-{number:08d}.npz", adapter, kind="checkpoint",
-                           model_sha256=self.model_sha256, classes=classes, name=self.adapter, meta=meta,
-                           extra=extra)
+        path = write_state(
+            self.folder / f"checkpoint-{number:08d}.npz",
+            adapter,
+            kind="checkpoint",
+            model_sha256=self.model_sha256,
+            classes=classes,
+            name=self.adapter,
+            meta=meta,
+            extra=extra,
+        )
         keep = {path, self._good}
         for old in files:
             if old not in keep:

@@ -6,9 +6,10 @@ Data flow, by module: ``cobs`` and ``crc`` (byte-level codecs) -> ``messages`` (
 ``client`` (the host side). ``export_c`` writes an adapter's memory as a C header for the C99
 read-out in ``c/``. The wire format is specified in ``PROTOCOL.md`` for firmware authors.
 """
+
+from edge_runtime.keys import read_keys
 from firmware_bridge.client import BridgeClient
 from firmware_bridge.transport import open_transport
-from edge_runtime.keys import read_keys
 
 # What a host script needs: ``BridgeClient(open_transport(url), key=read_keys("host.key")[0])``.
 __all__ = ["BridgeClient", "open_transport", "read_keys"]

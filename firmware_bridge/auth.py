@@ -21,6 +21,7 @@ Sessions hold state and compare MACs; they never touch a transport. Comparisons 
 >>> device.authenticated
 True
 """
+
 from __future__ import annotations
 
 import hmac
@@ -100,13 +101,17 @@ class DeviceSession:
         if not self.authenticated or self._sign is None:
             raise AuthError(ErrorCode.AUTH_REQUIRED, "this device needs a key: HELLO, then AUTH, then signed requests")
         if counter is None:
-            raise AuthError(ErrorCode.AUTH_REQUIRED, "request without HMAC: this connection is authenticated, "
-                                                     "every request must be signed")
+            raise AuthError(
+                ErrorCode.AUTH_REQUIRED,
+                "request without HMAC: this connection is authenticated, " "every request must be signed",
+            )
         if not hmac.compare_digest(self._sign(message), mac):
             raise AuthError(ErrorCode.BAD_MAC, "request HMAC does not match its bytes (tampered, or another key)")
         if counter <= self.last_counter:
-            raise AuthError(ErrorCode.REPLAYED, f"counter {counter} is not above the last accepted "
-                                                f"{self.last_counter}: a replayed request")
+            raise AuthError(
+                ErrorCode.REPLAYED,
+                f"counter {counter} is not above the last accepted " f"{self.last_counter}: a replayed request",
+            )
         self.last_counter = counter
 
     @property
@@ -128,8 +133,9 @@ class HostSession:
     def auth(self, device_nonce: bytes) -> Auth:
         """The AUTH request answering a HELLO reply's nonce."""
         if len(device_nonce) != NONCE_SIZE:
-            raise AuthError(ErrorCode.AUTH_FAILED, f"the device sent a {len(device_nonce)}-byte nonce, "
-                                                   f"expected {NONCE_SIZE}")
+            raise AuthError(
+                ErrorCode.AUTH_FAILED, f"the device sent a {len(device_nonce)}-byte nonce, " f"expected {NONCE_SIZE}"
+            )
         self._device_nonce = device_nonce
         self._host_nonce = os.urandom(NONCE_SIZE)
         self._sign = None
@@ -153,9 +159,18 @@ class HostSession:
 
     def check_reply(self, counter: Optional[int], mac: bytes, message: bytes, expected_counter: int) -> bool:
         """True if a signed reply is genuine and answers the request sent with ``expected_counter``."""
-        return (self._sign is not None and counter == expected_counter
-                and hmac.compare_digest(self._sign(message), mac))
+        return self._sign is not None and counter == expected_counter and hmac.compare_digest(self._sign(message), mac)
 
 
-__all__ = ["AuthError", "DeviceSession", "HostSession", "KeyRing", "MAC_SIZE", "MIN_KEY_SIZE", "NONCE_SIZE",
-           "frame_signer", "read_keys", "write_key_file"]
+__all__ = [
+    "AuthError",
+    "DeviceSession",
+    "HostSession",
+    "KeyRing",
+    "MAC_SIZE",
+    "MIN_KEY_SIZE",
+    "NONCE_SIZE",
+    "frame_signer",
+    "read_keys",
+    "write_key_file",
+]

@@ -14,6 +14,7 @@
 
 Progress and summaries go to stderr (with ``--port stdio://`` stdout is the link itself).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,12 +27,20 @@ from edge_runtime.errors import InputError
 
 
 def _link_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", required=True, metavar="URL",
-                        help="serial device (/dev/ttyUSB0), pyserial URL (loop://), tcp://HOST:PORT or stdio://")
+    parser.add_argument(
+        "--port",
+        required=True,
+        metavar="URL",
+        help="serial device (/dev/ttyUSB0), pyserial URL (loop://), tcp://HOST:PORT or stdio://",
+    )
     parser.add_argument("--baud", type=int, default=115200, help="serial baud rate (default: 115200)")
     parser.add_argument("--mcu", action="store_true", help="microcontroller framing: payloads up to 8 KiB")
-    parser.add_argument("--key-file", type=Path, metavar="FILE",
-                        help="pre-shared key(s), hex, one per line, mode 0600 (edgert bridge keygen)")
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        metavar="FILE",
+        help="pre-shared key(s), hex, one per line, mode 0600 (edgert bridge keygen)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,26 +51,52 @@ def configure(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--model", type=Path, help="exported backbone (.onnx/.tflite with its card) for FRAME requests")
     serve.add_argument("--adapter", default="ncm", help="adapter name from the registry (default: ncm)")
     serve.add_argument("--memory", type=Path, help="source memory state file to start from (edgert memory build)")
-    serve.add_argument("--state", type=Path,
-                       help="checkpoint folder: resumed at start; every change is journaled there before it is "
-                            "acknowledged, and compacted into checkpoints")
+    serve.add_argument(
+        "--state",
+        type=Path,
+        help="checkpoint folder: resumed at start; every change is journaled there before it is "
+        "acknowledged, and compacted into checkpoints",
+    )
     serve.add_argument("--classes", help="comma-separated class names, to start an empty adapter taught over the link")
     serve.add_argument("--dim", type=int, help="feature width of an empty adapter (with --classes, without --model)")
     serve.add_argument("--no-adapt", action="store_true", help="predict only: never adapt on unlabelled samples")
     serve.add_argument("--once", action="store_true", help="with tcp://, serve one connection and exit")
     serve.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
-    serve.add_argument("--insecure", action="store_true",
-                       help="serve a non-loopback TCP address without a key (anyone on the network may teach, "
-                            "forget and read the memory)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve a non-loopback TCP address without a key (anyone on the network may teach, "
+        "forget and read the memory)",
+    )
     serve.add_argument("--max-connections", type=int, default=64, help="TCP peers served at once (default: 64)")
-    serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
-                       help="close a TCP peer that sends nothing for this long (default: 60)")
-    serve.add_argument("--frame-timeout", type=float, default=10.0, metavar="SECONDS",
-                       help="close a TCP peer whose frame has not completed this long after it started (default: 10)")
-    serve.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
-                       help="compact the journal into a checkpoint this often when it has records (default: 60)")
-    serve.add_argument("--compact-every", type=int, default=1000, metavar="RECORDS",
-                       help="... or once it holds this many records (default: 1000)")
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close a TCP peer that sends nothing for this long (default: 60)",
+    )
+    serve.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a TCP peer whose frame has not completed this long after it started (default: 10)",
+    )
+    serve.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="compact the journal into a checkpoint this often when it has records (default: 60)",
+    )
+    serve.add_argument(
+        "--compact-every",
+        type=int,
+        default=1000,
+        metavar="RECORDS",
+        help="... or once it holds this many records (default: 1000)",
+    )
 
     send = sub.add_parser("send", help="host side: send requests to a device and print its replies")
     _link_options(send)
@@ -88,22 +123,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     keygen = sub.add_parser("keygen", help="write a new key file (mode 0600) for --key-file")
     keygen.add_argument("out", type=Path, help="the new key file (refused if it exists)")
-    keygen.add_argument("--keep", type=Path, metavar="FILE",
-                        help="also keep the keys of FILE after the new one (key rotation: devices accept both)")
+    keygen.add_argument(
+        "--keep",
+        type=Path,
+        metavar="FILE",
+        help="also keep the keys of FILE after the new one (key rotation: devices accept both)",
+    )
 
     cexp = sub.add_parser("export-c", help="write a memory as a C header with the C99 read-out beside it")
-    cexp.add_argument("--state", type=Path, required=True, help="state file (edgert memory build, a checkpoint, "
-                                                                "or edgert bridge send export-state)")
+    cexp.add_argument(
+        "--state",
+        type=Path,
+        required=True,
+        help="state file (edgert memory build, a checkpoint, " "or edgert bridge send export-state)",
+    )
     cexp.add_argument("--out", type=Path, required=True, help="output folder")
-    cexp.add_argument("--dtype", choices=("int8", "float16", "float32"), default="int8",
-                      help="how matrices are stored (default: int8 with per-row scales)")
+    cexp.add_argument(
+        "--dtype",
+        choices=("int8", "float16", "float32"),
+        default="int8",
+        help="how matrices are stored (default: int8 with per-row scales)",
+    )
     cexp.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(main=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"serve": main_serve, "send": main_send, "keygen": main_keygen,
-            "export-c": main_export_c}[args.bridge_command](args)
+    return {"serve": main_serve, "send": main_send, "keygen": main_keygen, "export-c": main_export_c}[
+        args.bridge_command
+    ](args)
 
 
 def _log(line: str) -> None:
@@ -127,11 +175,15 @@ def _check_exposure(args: argparse.Namespace, keys: Any) -> None:
     if is_loopback(host):
         return
     if not args.insecure:
-        raise InputError(f"refusing to serve tcp://{host}:{port} without a key: any host that reaches it could "
-                         f"teach, erase and read this memory. Pass --key-file FILE (edgert bridge keygen FILE), "
-                         f"bind tcp://127.0.0.1:{port}, or add --insecure to accept that risk")
-    _log(f"WARNING: serving tcp://{host}:{port} without a key (--insecure): any peer on that network can "
-         f"change or read this memory")
+        raise InputError(
+            f"refusing to serve tcp://{host}:{port} without a key: any host that reaches it could "
+            f"teach, erase and read this memory. Pass --key-file FILE (edgert bridge keygen FILE), "
+            f"bind tcp://127.0.0.1:{port}, or add --insecure to accept that risk"
+        )
+    _log(
+        f"WARNING: serving tcp://{host}:{port} without a key (--insecure): any peer on that network can "
+        f"change or read this memory"
+    )
 
 
 def _load_device(args: argparse.Namespace) -> Any:
@@ -153,11 +205,14 @@ def _load_device(args: argparse.Namespace) -> Any:
         state = read_state(args.memory, model_sha256=sha, adapter=args.adapter)
         sha = sha or state.header["model_sha256"]
     if state is None and not args.classes:
-        raise InputError("no memory to serve: pass --memory FILE (edgert memory build) or --classes a,b,c "
-                         "with --dim D to start empty and TEACH over the link")
+        raise InputError(
+            "no memory to serve: pass --memory FILE (edgert memory build) or --classes a,b,c "
+            "with --dim D to start empty and TEACH over the link"
+        )
     if state is None and args.dim is None and backbone is None:
-        raise InputError("--classes needs --dim D (the feature width) or --model, so that requests are checked "
-                         "from the first one")
+        raise InputError(
+            "--classes needs --dim D (the feature width) or --model, so that requests are checked " "from the first one"
+        )
     journal = None
     replay = None
     if args.state is not None:
@@ -180,8 +235,16 @@ def _load_device(args: argparse.Namespace) -> Any:
     else:
         adapter, classes = make_adapter(args.adapter), [c.strip() for c in args.classes.split(",") if c.strip()]
         _log(f"empty {args.adapter} adapter, {len(classes)} classes: teach it over the link")
-    device = BridgeDevice(adapter, classes=classes, backbone=backbone, adapt=not args.no_adapt,
-                          model_sha256=sha or "", framing=_framing(args), dim=args.dim, journal=journal)
+    device = BridgeDevice(
+        adapter,
+        classes=classes,
+        backbone=backbone,
+        adapt=not args.no_adapt,
+        model_sha256=sha or "",
+        framing=_framing(args),
+        dim=args.dim,
+        journal=journal,
+    )
     if replay is not None and replay.records:
         device.replay([record.op for record in replay.records])
         _log(f"replayed {len(replay.records)} journal records ({replay.records[0].seq}..{replay.records[-1].seq})")
@@ -201,12 +264,26 @@ def _serve_tcp(args: argparse.Namespace, device: Any, keys: Any, shutdown: Any) 
     from firmware_bridge.transport import parse_tcp
 
     host, port = parse_tcp(args.port)
-    server = BridgeServer(device, host, port, keys=keys, max_connections=args.max_connections,
-                          idle_timeout=args.idle_timeout, frame_timeout=args.frame_timeout, once=args.once, log=_log)
+    server = BridgeServer(
+        device,
+        host,
+        port,
+        keys=keys,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        frame_timeout=args.frame_timeout,
+        once=args.once,
+        log=_log,
+    )
     shutdown.on_request(server.stop)
-    asyncio.run(server.serve(started=lambda: _log(
-        f"listening on {server.url} ({'key required' if keys else 'no key'}; at most {args.max_connections} "
-        f"connections; {'journaled in ' + str(args.state) if args.state else 'not durable: no --state'})")))
+    asyncio.run(
+        server.serve(
+            started=lambda: _log(
+                f"listening on {server.url} ({'key required' if keys else 'no key'}; at most {args.max_connections} "
+                f"connections; {'journaled in ' + str(args.state) if args.state else 'not durable: no --state'})"
+            )
+        )
+    )
     return server
 
 
@@ -255,16 +332,24 @@ def main_serve(args: argparse.Namespace) -> int:
             if device.journal is not None:
                 path = device.checkpoint()
                 journal = device.journal
-                _log(f"checkpoint {path or 'unchanged'}; journal: {journal.records_written} records, "
-                     f"{journal.commits} fsyncs")
+                _log(
+                    f"checkpoint {path or 'unchanged'}; journal: {journal.records_written} records, "
+                    f"{journal.commits} fsyncs"
+                )
                 journal.close()
                 journal.checkpoints.close()
     stats = device.stats()
     why = f"stopped by {shutdown.signal_name}" if shutdown.signal_name else "done"
-    extra = (f", {server.served_connections} connections ({server.refused} refused at the cap, "
-             f"{server.timed_out} timed out)" if server is not None else "")
-    _log(f"{why}: {stats.features} features, {stats.frames} frames, {stats.teaches} teaches, {stats.forgets} forgets, "
-         f"{stats.errors} errors, mean compute {stats.mean_compute_us} us{extra}")
+    extra = (
+        f", {server.served_connections} connections ({server.refused} refused at the cap, "
+        f"{server.timed_out} timed out)"
+        if server is not None
+        else ""
+    )
+    _log(
+        f"{why}: {stats.features} features, {stats.frames} frames, {stats.teaches} teaches, {stats.forgets} forgets, "
+        f"{stats.errors} errors, mean compute {stats.mean_compute_us} us{extra}"
+    )
     return 0
 
 
@@ -276,9 +361,18 @@ def _show(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
 def _prediction(args: argparse.Namespace, name: str, pred: Any, classes: list[str]) -> None:
     label = classes[pred.label] if pred.label < len(classes) else str(pred.label)
     top = ", ".join(f"{classes[c] if c < len(classes) else c} {p:.3f}" for c, p in pred.top)
-    _show(args, {"input": name, "label": pred.label, "class": label, "confidence": pred.confidence,
-                 "top": [[c, p] for c, p in pred.top], "compute_us": pred.compute_us},
-          f"{name}: {label} ({pred.confidence:.3f}) [{top}] {pred.compute_us} us")
+    _show(
+        args,
+        {
+            "input": name,
+            "label": pred.label,
+            "class": label,
+            "confidence": pred.confidence,
+            "top": [[c, p] for c, p in pred.top],
+            "compute_us": pred.compute_us,
+        },
+        f"{name}: {label} ({pred.confidence:.3f}) [{top}] {pred.compute_us} us",
+    )
 
 
 def _feature_rows(path: Path) -> Any:
@@ -296,11 +390,10 @@ def _feature_rows(path: Path) -> Any:
 def main_send(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from firmware_bridge.auth import read_keys
     from firmware_bridge.client import BridgeClient
     from firmware_bridge.messages import FeatureDtype, ForgetScope
     from firmware_bridge.transport import open_transport
-
-    from firmware_bridge.auth import read_keys
 
     key = read_keys(args.key_file)[0] if args.key_file else None
     with open_transport(args.port, baudrate=args.baud) as link:
@@ -316,8 +409,9 @@ def main_send(args: argparse.Namespace) -> int:
         elif action in ("features", "frame"):
             classes = list(client.hello().classes)
             if action == "features":
-                dtype = {"int8": FeatureDtype.INT8, "float16": FeatureDtype.FLOAT16,
-                         "float32": FeatureDtype.FLOAT32}[args.dtype]
+                dtype = {"int8": FeatureDtype.INT8, "float16": FeatureDtype.FLOAT16, "float32": FeatureDtype.FLOAT32}[
+                    args.dtype
+                ]
                 for i, row in enumerate(_feature_rows(args.file)):
                     pred = client.classify(row, dtype=dtype, top_k=args.top_k, read_only=args.read_only)
                     _prediction(args, f"{args.file.name}[{i}]", pred, classes)
@@ -352,8 +446,10 @@ def main_keygen(args: argparse.Namespace) -> int:
 
     kept = read_keys(args.keep) if args.keep else []
     write_key_file(args.out, [os.urandom(32), *kept])
-    print(f"wrote {args.out} (mode 0600): a new 32-byte key" + (f" first, then the {len(kept)} key(s) of {args.keep}"
-                                                                 if kept else ""))
+    print(
+        f"wrote {args.out} (mode 0600): a new 32-byte key"
+        + (f" first, then the {len(kept)} key(s) of {args.keep}" if kept else "")
+    )
     return 0
 
 
@@ -363,17 +459,32 @@ def main_export_c(args: argparse.Namespace) -> int:
     from firmware_bridge.export_c import export_c
 
     state = read_state(args.state)
-    result = export_c(state.adapter, args.out, classes=state.classes, dtype=args.dtype,
-                      model_sha256=state.header.get("model_sha256", ""), source=args.state.name)
-    record = {"header": str(result.header), "kind": result.kind, "dtype": result.dtype,
-              "classes": state.adapter.n_classes, "dim": state.adapter.dim, "data_bytes": result.data_bytes,
-              "header_bytes": result.header_bytes, "crc32": f"0x{result.crc32:08x}",
-              "files": [str(p) for p in result.files]}
+    result = export_c(
+        state.adapter,
+        args.out,
+        classes=state.classes,
+        dtype=args.dtype,
+        model_sha256=state.header.get("model_sha256", ""),
+        source=args.state.name,
+    )
+    record = {
+        "header": str(result.header),
+        "kind": result.kind,
+        "dtype": result.dtype,
+        "classes": state.adapter.n_classes,
+        "dim": state.adapter.dim,
+        "data_bytes": result.data_bytes,
+        "header_bytes": result.header_bytes,
+        "crc32": f"0x{result.crc32:08x}",
+        "files": [str(p) for p in result.files],
+    }
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"wrote {result.header}: {result.kind} memory, {state.adapter.n_classes} classes x {state.adapter.dim}, "
-              f"{result.dtype}, {result.data_bytes} bytes of const data, header file {result.header_bytes} bytes, "
-              f"CRC-32 0x{result.crc32:08x}")
+        print(
+            f"wrote {result.header}: {result.kind} memory, {state.adapter.n_classes} classes x {state.adapter.dim}, "
+            f"{result.dtype}, {result.data_bytes} bytes of const data, header file {result.header_bytes} bytes, "
+            f"CRC-32 0x{result.crc32:08x}"
+        )
         print(f"build: cc -std=c99 -O2 -I{args.out} {args.out}/main.c {args.out}/edgert_readout.c -lm")
     return 0

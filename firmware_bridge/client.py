@@ -14,6 +14,7 @@ it is signed for that request (an unsigned ERROR is still reported: it changes n
 array([127, 127, 127, 127], dtype=int8)
 >>> link.close()
 """
+
 from __future__ import annotations
 
 import time
@@ -26,9 +27,29 @@ from edge_runtime.errors import EdgeRuntimeError
 from firmware_bridge.auth import AuthError, HostSession
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import FrameError, Framing, Packet
-from firmware_bridge.messages import (Ack, Auth, AuthReply, Body, Error, ErrorCode, FeatureDtype, Features, Forget,
-                                      ForgetScope, Frame, HelloReply, Hello, OPTION_READ_ONLY, PixelFormat, Prediction,
-                                      StateChunk, StateExportRequest, Stats, StatsRequest, Teach)
+from firmware_bridge.messages import (
+    OPTION_READ_ONLY,
+    Ack,
+    Auth,
+    AuthReply,
+    Body,
+    Error,
+    ErrorCode,
+    FeatureDtype,
+    Features,
+    Forget,
+    ForgetScope,
+    Frame,
+    Hello,
+    HelloReply,
+    PixelFormat,
+    Prediction,
+    StateChunk,
+    StateExportRequest,
+    Stats,
+    StatsRequest,
+    Teach,
+)
 from firmware_bridge.transport import Transport
 
 
@@ -48,8 +69,15 @@ class BridgeClient:
     ``key`` (from ``firmware_bridge.auth.read_keys``) requests are authenticated and signed.
     """
 
-    def __init__(self, transport: Transport, *, framing: type[Framing] = Framing, timeout: float = 5.0,
-                 retries: int = 2, key: Optional[bytes] = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        framing: type[Framing] = Framing,
+        timeout: float = 5.0,
+        retries: int = 2,
+        key: Optional[bytes] = None,
+    ) -> None:
         self.transport = transport
         self.timeout = timeout
         self.retries = retries
@@ -108,23 +136,27 @@ class BridgeClient:
                     self._check_signed(event, seq)
                     return event.body
                 if isinstance(event, Packet) and isinstance(event.body, Error) and event.body.code in _CLOSING:
-                    raise BridgeError(f"device error {_code_name(event.body.code)}: {event.body.message}",
-                                      event.body.code)  # the device is closing this connection
+                    raise BridgeError(
+                        f"device error {_code_name(event.body.code)}: {event.body.message}", event.body.code
+                    )  # the device is closing this connection
                 if isinstance(event, Packet) and event.seq == seq:
                     if event.body.code == ErrorCode.AUTH_REQUIRED and self.authenticated and not renewed:
                         # The device lost this session (restarted behind a serial line): prove the key again.
                         renewed = True
                         self.hello()
                         break
-                    raise BridgeError(f"device error {_code_name(event.body.code)}: {event.body.message}",
-                                      event.body.code)
-                link_error = (isinstance(event, FrameError) or
-                              (isinstance(event.body, Error) and event.body.code in _LINK_ERRORS))
+                    raise BridgeError(
+                        f"device error {_code_name(event.body.code)}: {event.body.message}", event.body.code
+                    )
+                link_error = isinstance(event, FrameError) or (
+                    isinstance(event.body, Error) and event.body.code in _LINK_ERRORS
+                )
                 if link_error:
                     break  # our frame or the reply was damaged on the line: send again
                 # else: a stale reply to an earlier, abandoned request; keep waiting for ours
-        raise BridgeError(f"{type(body).__name__} failed {self.retries + 1} times on {self.transport.url}: "
-                          f"the line is too noisy")
+        raise BridgeError(
+            f"{type(body).__name__} failed {self.retries + 1} times on {self.transport.url}: " f"the line is too noisy"
+        )
 
     def _check_signed(self, event: Packet, seq: int) -> None:
         """In an authenticated session a reply must be signed for the request it answers."""
@@ -133,8 +165,10 @@ class BridgeClient:
             return
         signed = event.signed
         if signed is None or not self._session.check_reply(signed.counter, signed.mac, signed.message, counter):
-            raise BridgeError(f"the reply to request {seq} is not signed for it: tampered on the way, or not "
-                              f"from the device", ErrorCode.BAD_MAC)
+            raise BridgeError(
+                f"the reply to request {seq} is not signed for it: tampered on the way, or not " f"from the device",
+                ErrorCode.BAD_MAC,
+            )
 
     # -- verbs --------------------------------------------------------------------------------------
     def hello(self) -> HelloReply:
@@ -142,8 +176,11 @@ class BridgeClient:
         hello = self._expect(self.request(Hello(self._framing.MAX_PAYLOAD)), HelloReply)
         if self._session is not None:
             if not hello.nonce:
-                raise BridgeError(f"{self.transport.url} has no key (its HELLO carries no nonce): "
-                                  f"drop --key-file, or serve the device with one", ErrorCode.AUTH_FAILED)
+                raise BridgeError(
+                    f"{self.transport.url} has no key (its HELLO carries no nonce): "
+                    f"drop --key-file, or serve the device with one",
+                    ErrorCode.AUTH_FAILED,
+                )
             try:
                 reply = self._expect(self.request(self._session.auth(hello.nonce)), AuthReply)
                 self._session.check_device(reply)
@@ -151,8 +188,9 @@ class BridgeClient:
                 raise BridgeError(str(err), err.code) from None
         return hello
 
-    def classify(self, features: np.ndarray, *, dtype: FeatureDtype = FeatureDtype.INT8, top_k: int = 1,
-                 read_only: bool = False) -> Prediction:
+    def classify(
+        self, features: np.ndarray, *, dtype: FeatureDtype = FeatureDtype.INT8, top_k: int = 1, read_only: bool = False
+    ) -> Prediction:
         """Send one feature vector; the device predicts (and adapts unless ``read_only``)."""
         body = Features.quantize(features, dtype, options=OPTION_READ_ONLY if read_only else 0, top_k=top_k)
         return self._expect(self.request(body), Prediction)
@@ -185,8 +223,9 @@ class BridgeClient:
             while got < first.total:
                 part = self._expect(self.request(StateExportRequest(got, chunk)), StateChunk)
                 if part.offset != got or not part.data:
-                    raise BridgeError(f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, "
-                                      f"expected {got}")
+                    raise BridgeError(
+                        f"STATE_EXPORT chunk at {part.offset} with {len(part.data)} bytes, " f"expected {got}"
+                    )
                 if part.total != first.total or part.crc32 != first.crc32:
                     break  # another export took a new snapshot
                 parts.append(part.data)
@@ -194,8 +233,9 @@ class BridgeClient:
             blob = b"".join(parts)
             if len(blob) == first.total and crc32(blob) == first.crc32:
                 return blob
-        raise BridgeError(f"exported state failed its CRC-32 {attempts} times: other hosts kept exporting, or the "
-                          f"line is bad")
+        raise BridgeError(
+            f"exported state failed its CRC-32 {attempts} times: other hosts kept exporting, or the " f"line is bad"
+        )
 
     # -- helpers ------------------------------------------------------------------------------------
     @staticmethod

@@ -14,6 +14,7 @@ This is the encoding of the Wikipedia article's examples and of the ``cobs`` pac
 >>> decode(bytes.fromhex("03112202 33")).hex(" ")
 '11 22 00 33'
 """
+
 from __future__ import annotations
 
 
@@ -43,7 +44,7 @@ def encode(data: bytes | bytearray | memoryview) -> bytes:
         pos = 0
         while len(run) - pos >= 254:
             out.append(0xFF)
-            out += run[pos:pos + 254]
+            out += run[pos : pos + 254]
             pos += 254
         rest = run[pos:]
         if i == last and pos > 0 and not rest:
@@ -75,7 +76,7 @@ def decode(encoded: bytes | bytearray | memoryview) -> bytes:
         end = i + code
         if end > n:
             raise CobsDecodeError(f"COBS block at offset {i} needs {code - 1} bytes, {n - i - 1} left")
-        block = enc[i + 1:end]
+        block = enc[i + 1 : end]
         if 0 in block:
             raise CobsDecodeError(f"zero byte inside the COBS block at offset {i}")
         out += block

@@ -9,6 +9,7 @@ burst pattern in 65536; zlib computes it in C, and a bitwise C version is eight 
 >>> hex(crc32(b"123456789"))
 '0xcbf43926'
 """
+
 from __future__ import annotations
 
 import zlib

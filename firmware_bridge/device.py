@@ -17,6 +17,7 @@ authentication session. ``serve(transport, device)`` is the loop for one peer (s
 >>> device.handle(Packet(5, Features.quantize(x[2], top_k=2)))[0].body.label
 2
 """
+
 from __future__ import annotations
 
 import inspect
@@ -32,12 +33,30 @@ from edge_runtime.adapters.base import Adapter, as_features
 from edge_runtime.errors import EdgeRuntimeError, InputError
 from firmware_bridge.auth import AuthError, DeviceSession, KeyRing
 from firmware_bridge.crc import crc32
-from firmware_bridge.pixels import decode_frame
 from firmware_bridge.framing import FrameError, Framing, Packet
 from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, Op, TeachOp
-from firmware_bridge.messages import (Ack, Auth, Body, Capability, Error, ErrorCode, Features, Forget, ForgetScope,
-                                      Frame, Hello, HelloReply, OPTION_READ_ONLY, Prediction, StateChunk,
-                                      StateExportRequest, Stats, StatsRequest, Teach)
+from firmware_bridge.messages import (
+    OPTION_READ_ONLY,
+    Ack,
+    Auth,
+    Body,
+    Capability,
+    Error,
+    ErrorCode,
+    Features,
+    Forget,
+    ForgetScope,
+    Frame,
+    Hello,
+    HelloReply,
+    Prediction,
+    StateChunk,
+    StateExportRequest,
+    Stats,
+    StatsRequest,
+    Teach,
+)
+from firmware_bridge.pixels import decode_frame
 from firmware_bridge.transport import Transport
 
 # Feature values beyond this are refused: their squares approach float32's range, and no backbone's
@@ -78,9 +97,18 @@ class BridgeDevice:
         Where changes are recorded (``firmware_bridge.journal``); None keeps them in memory only.
     """
 
-    def __init__(self, adapter: Adapter, *, classes: Sequence[str], backbone: Any = None, adapt: bool = True,
-                 model_sha256: str = "", framing: type[Framing] = Framing, dim: Optional[int] = None,
-                 journal: Optional[Journal] = None) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        *,
+        classes: Sequence[str],
+        backbone: Any = None,
+        adapt: bool = True,
+        model_sha256: str = "",
+        framing: type[Framing] = Framing,
+        dim: Optional[int] = None,
+        journal: Optional[Journal] = None,
+    ) -> None:
         self.adapter = adapter
         self.classes = list(classes)
         self.backbone = backbone
@@ -88,8 +116,15 @@ class BridgeDevice:
         self.model_sha256 = model_sha256
         self.framing = framing
         self.journal = journal
-        known = [int(w) for w in (adapter.dim if self.ready else None,
-                                  backbone.card.feature_dim if backbone is not None else None, dim) if w is not None]
+        known = [
+            int(w)
+            for w in (
+                adapter.dim if self.ready else None,
+                backbone.card.feature_dim if backbone is not None else None,
+                dim,
+            )
+            if w is not None
+        ]
         if not known:
             raise InputError("the feature width is unknown: an empty adapter needs --dim D (or --model)")
         if len(set(known)) > 1:
@@ -128,9 +163,18 @@ class BridgeDevice:
                 self.journal.commit()
             except OSError as err:  # the disk failed: nothing in this batch may be acknowledged
                 print(f"edgert bridge: journal commit failed: {err}", file=sys.stderr)
-                replies = [[Reply(r.seq, Error(ErrorCode.INTERNAL, f"journal write failed ({err.strerror}): "
-                                                                   f"not acknowledged")) if isinstance(r.body, Ack)
-                            else r for r in rs] for rs in replies]
+                replies = [
+                    [
+                        Reply(
+                            r.seq,
+                            Error(ErrorCode.INTERNAL, f"journal write failed ({err.strerror}): " f"not acknowledged"),
+                        )
+                        if isinstance(r.body, Ack)
+                        else r
+                        for r in rs
+                    ]
+                    for rs in replies
+                ]
         return replies
 
     def _handle(self, packet: Packet) -> list[Reply]:
@@ -141,8 +185,11 @@ class BridgeDevice:
         handler = self._HANDLERS.get(type(packet.body))
         if handler is None:
             self.count_error()
-            return [Reply(packet.seq, Error(ErrorCode.UNKNOWN_TYPE,
-                                            f"a device does not accept {type(packet.body).__name__}"))]
+            return [
+                Reply(
+                    packet.seq, Error(ErrorCode.UNKNOWN_TYPE, f"a device does not accept {type(packet.body).__name__}")
+                )
+            ]
         try:
             return [Reply(packet.seq, handler(self, packet.body))]
         except (_Unsupported, NotImplementedError) as err:
@@ -170,8 +217,15 @@ class BridgeDevice:
         if self.journal is not None:
             caps |= Capability.DURABLE
         sha = bytes.fromhex(self.model_sha256) if self.model_sha256 else bytes(32)
-        return HelloReply(self.framing.MAX_PAYLOAD, self.dim, len(self.classes), int(caps), sha, self.adapter.name,
-                          tuple(self.classes))
+        return HelloReply(
+            self.framing.MAX_PAYLOAD,
+            self.dim,
+            len(self.classes),
+            int(caps),
+            sha,
+            self.adapter.name,
+            tuple(self.classes),
+        )
 
     def _features(self, body: Features) -> Prediction:
         start = time.perf_counter()
@@ -195,14 +249,16 @@ class BridgeDevice:
         elapsed = int((time.perf_counter() - start) * 1e6)
         self._compute_us_total += elapsed
         self._answered += 1
-        order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, len(probs)))]
+        order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
         top = tuple((int(c), float(probs[c])) for c in order)
         return Prediction(top[0][0], top[0][1], top, elapsed)
 
     def _teach(self, body: Teach) -> Ack:
         if not 0 <= body.label < len(self.classes):
-            raise InputError(f"TEACH label {body.label} is outside this device's {len(self.classes)} classes "
-                             f"(0..{len(self.classes) - 1})")
+            raise InputError(
+                f"TEACH label {body.label} is outside this device's {len(self.classes)} classes "
+                f"(0..{len(self.classes) - 1})"
+            )
         sample = body.sample
         x = self._checked(sample.to_float32() if isinstance(sample, Features) else self._frame_features(sample))
         self.apply(TeachOp(body.label, x[0]))
@@ -212,8 +268,10 @@ class BridgeDevice:
     def _forget_request(self, body: Forget) -> Ack:
         self._check_ready()
         if body.scope not in self._forget:
-            raise _Unsupported(f"adapter {self.adapter.name} cannot forget {body.scope.name.lower()} "
-                               f"(it supports: {', '.join(s.name for s in self._forget) or 'nothing'})")
+            raise _Unsupported(
+                f"adapter {self.adapter.name} cannot forget {body.scope.name.lower()} "
+                f"(it supports: {', '.join(s.name for s in self._forget) or 'nothing'})"
+            )
         removed = self.apply(ForgetOp(int(body.scope), body.value))
         self._counts["forgets"] += 1
         return Ack(int(removed))
@@ -224,8 +282,13 @@ class BridgeDevice:
     def stats(self) -> Stats:
         """The counters a STATS request returns."""
         mean = self._compute_us_total // self._answered if self._answered else 0
-        return Stats(int((time.monotonic() - self._started) * 1000), mean_compute_us=mean, rx_bytes=self.rx_bytes,
-                     tx_bytes=self.tx_bytes, **self._counts)
+        return Stats(
+            int((time.monotonic() - self._started) * 1000),
+            mean_compute_us=mean,
+            rx_bytes=self.rx_bytes,
+            tx_bytes=self.tx_bytes,
+            **self._counts,
+        )
 
     def _state_export(self, body: StateExportRequest) -> StateChunk:
         # Offset 0 takes a fresh snapshot; later offsets read that same snapshot, so a host
@@ -236,7 +299,7 @@ class BridgeDevice:
         if body.offset > len(blob):
             raise InputError(f"STATE_EXPORT offset {body.offset} is past the state's {len(blob)} bytes")
         room = self.framing.MAX_PAYLOAD - 12
-        chunk = blob[body.offset:body.offset + min(body.max_len, room)]
+        chunk = blob[body.offset : body.offset + min(body.max_len, room)]
         return StateChunk(body.offset, len(blob), crc32(blob), chunk)
 
     # -- changes: the one path for live requests and journal replay -------------------------------
@@ -268,8 +331,9 @@ class BridgeDevice:
         if self.journal is None or not self.ready:
             return None
         frames = self._counts["frames"] + self._counts["features"]
-        return self.journal.checkpoint(self.adapter, self.classes, {"source": "bridge", "frames": frames,
-                                                                   **(meta or {})})
+        return self.journal.checkpoint(
+            self.adapter, self.classes, {"source": "bridge", "frames": frames, **(meta or {})}
+        )
 
     def maintain(self) -> None:
         """Between batches: compact the journal when it is due (a failed write is reported, not fatal)."""
@@ -299,8 +363,13 @@ class BridgeDevice:
         from edge_runtime.state import encode_state
 
         self._check_ready()
-        return encode_state(self.adapter, kind="checkpoint", model_sha256=self.model_sha256, classes=self.classes,
-                            meta={"frames": self._counts["frames"] + self._counts["features"], "source": "bridge"})
+        return encode_state(
+            self.adapter,
+            kind="checkpoint",
+            model_sha256=self.model_sha256,
+            classes=self.classes,
+            meta={"frames": self._counts["frames"] + self._counts["features"], "source": "bridge"},
+        )
 
     def _check_ready(self) -> None:
         if not self.ready:
@@ -312,8 +381,14 @@ class BridgeDevice:
         return self.backbone.features(decode_frame(frame))
 
     _HANDLERS: dict[type, Callable[["BridgeDevice", Any], Body]] = {
-        Hello: _hello, Features: _features, Frame: _frame, Teach: _teach, Forget: _forget_request,
-        StatsRequest: _stats, StateExportRequest: _state_export}
+        Hello: _hello,
+        Features: _features,
+        Frame: _frame,
+        Teach: _teach,
+        Forget: _forget_request,
+        StatsRequest: _stats,
+        StateExportRequest: _state_export,
+    }
 
 
 def _forget_verbs(adapter: Adapter) -> dict[ForgetScope, Callable[[int], int]]:
@@ -327,8 +402,10 @@ def _forget_verbs(adapter: Adapter) -> dict[ForgetScope, Callable[[int], int]]:
         return {}
     params = inspect.signature(inner.forget).parameters
     if "ids" in params:
-        return {ForgetScope.ADAPTED: lambda _value: adapter.forget(origin="pseudo"),
-                ForgetScope.ITEM: lambda value: adapter.forget(ids=[value])}
+        return {
+            ForgetScope.ADAPTED: lambda _value: adapter.forget(origin="pseudo"),
+            ForgetScope.ITEM: lambda value: adapter.forget(ids=[value]),
+        }
     return {ForgetScope.ADAPTED: lambda _value: adapter.forget()}
 
 
@@ -377,8 +454,15 @@ class Link:
                 steps.append(Step([Reply(event.seq, answer)]))
                 continue
             signed = event.signed
-            steps.append(Step(None, len(requests), self.session.signer if self.session and signed else None,
-                              signed.counter if signed else None, nonce))
+            steps.append(
+                Step(
+                    None,
+                    len(requests),
+                    self.session.signer if self.session and signed else None,
+                    signed.counter if signed else None,
+                    nonce,
+                )
+            )
             requests.append(event)
         return requests, steps
 
@@ -392,8 +476,9 @@ class Link:
             self.session.admit(signed.counter, signed.mac, signed.message)
         except AuthError as err:
             return Step([Reply(event.seq or 0, Error(err.code, str(err)))])
-        return Step([Reply(event.seq or 0, Error(event.code, event.detail))], sign=self.session.signer,
-                    counter=signed.counter)
+        return Step(
+            [Reply(event.seq or 0, Error(event.code, event.detail))], sign=self.session.signer, counter=signed.counter
+        )
 
     def _screen(self, event: Packet) -> tuple[Optional[Body], bytes]:
         """(an answer given at once or None, a new HELLO nonce or b""); ``AuthError`` if refused.
@@ -411,8 +496,9 @@ class Link:
         if isinstance(body, Auth):
             return self.session.authenticate(body), b""
         signed = event.signed
-        self.session.admit(signed.counter if signed else None, signed.mac if signed else b"",
-                           signed.message if signed else b"")
+        self.session.admit(
+            signed.counter if signed else None, signed.mac if signed else b"", signed.message if signed else b""
+        )
         return None, b""
 
     def render(self, steps: list[Step], replies: list[list[Reply]]) -> bytes:
@@ -428,8 +514,13 @@ class Link:
         return wire
 
 
-def serve(transport: Transport, device: BridgeDevice, *, keys: Optional[KeyRing] = None,
-          should_stop: Callable[[], bool] = lambda: False) -> None:
+def serve(
+    transport: Transport,
+    device: BridgeDevice,
+    *,
+    keys: Optional[KeyRing] = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
     """Answer requests from one peer on ``transport`` until it goes away (EOF) or ``should_stop()``.
 
     ``should_stop`` is checked between requests: a request that has arrived is always answered.

@@ -23,6 +23,7 @@ was written for (``EDGERT_FORMAT_VERSION``; the generated header refuses to comp
 >>> q.tolist(), scales.tolist()
 ([[64, -127], [0, 0]], [0.007874015718698502, 1.0])
 """
+
 from __future__ import annotations
 
 import shutil
@@ -40,8 +41,14 @@ DTYPES = ("int8", "float16", "float32")
 C_SOURCES = ("edgert_readout.h", "edgert_readout.c", "main.c")
 C_DIR = Path(__file__).resolve().parent / "c"
 HEADER_NAME = "edgert_memory.h"
-_C_TYPES = {"int8": "int8_t", "float16": "uint16_t", "float32": "float", "uint16": "uint16_t", "int32": "int32_t",
-            "uint32": "uint32_t"}
+_C_TYPES = {
+    "int8": "int8_t",
+    "float16": "uint16_t",
+    "float32": "float",
+    "uint16": "uint16_t",
+    "int32": "int32_t",
+    "uint32": "uint32_t",
+}
 _DTYPE_ENUM = {"int8": "EDGERT_INT8", "float16": "EDGERT_FLOAT16", "float32": "EDGERT_FLOAT32"}
 _NO_MATRIX = "{EDGERT_FLOAT32, NULL, NULL}"  # an edgert_matrix a read-out does not read
 
@@ -79,8 +86,10 @@ class _Header:
         values = np.ascontiguousarray(values).reshape(-1)
         self.blocks.append((name, values))
         per_line = 8 if values.dtype.kind == "f" else 20
-        body = ",\n".join("    " + ",".join(_c_literal(v, values.dtype) for v in values[i:i + per_line])
-                          for i in range(0, len(values), per_line))
+        body = ",\n".join(
+            "    " + ",".join(_c_literal(v, values.dtype) for v in values[i : i + per_line])
+            for i in range(0, len(values), per_line)
+        )
         self.lines.append(f"EDGERT_ALIGNED(16) static const {ctype} {name}[{size_expr}] = {{\n{body}\n}};\n")
         return name
 
@@ -120,15 +129,18 @@ class _Header:
             f"static const uint32_t edgert_memory_block_sizes[] = {{{sizes}}};\n",
             f"static const {ctype} edgert_memory = {{\n    EDGERT_MEMORY_FORMAT, EDGERT_N_CLASSES, EDGERT_DIM,\n{fields}"
             "    EDGERT_MEMORY_CRC32, edgert_memory_blocks, edgert_memory_block_sizes,\n"
-            "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n"]
+            "    (uint32_t)(sizeof edgert_memory_block_sizes / sizeof edgert_memory_block_sizes[0])\n};\n",
+        ]
 
     def work(self, ctype: str, buffers: dict[str, tuple[str, str]], tail: str = "") -> None:
         """Static work buffers (name -> (C type, size), in the order of ``ctype``'s fields) and the
         ``edgert_work`` struct pointing at them: the RAM a read-out needs, without malloc."""
         arrays = "".join(f"static {c} edgert_work_{name}[{size}];\n" for name, (c, size) in buffers.items())
         fields = ", ".join([f"edgert_work_{name}" for name in buffers] + ([tail] if tail else []))
-        self.lines += ["/* Work buffers: RAM the read-out needs (no malloc). */\n" + arrays,
-                       f"static {ctype} edgert_work = {{\n    {fields}\n}};\n"]
+        self.lines += [
+            "/* Work buffers: RAM the read-out needs (no malloc). */\n" + arrays,
+            f"static {ctype} edgert_work = {{\n    {fields}\n}};\n",
+        ]
 
 
 def _c_literal(value: Any, dtype: np.dtype) -> str:
@@ -138,8 +150,11 @@ def _c_literal(value: Any, dtype: np.dtype) -> str:
         raise InputError(f"memory holds a non-finite value ({value}): it cannot be exported")
     # The shortest decimal that reads back as the same float32 (C rounds literals to nearest).
     v = np.float32(value)
-    text = min(np.format_float_positional(v, unique=True, trim="0"),
-               np.format_float_scientific(v, unique=True, trim="0"), key=len)
+    text = min(
+        np.format_float_positional(v, unique=True, trim="0"),
+        np.format_float_scientific(v, unique=True, trim="0"),
+        key=len,
+    )
     return text + "f"
 
 
@@ -151,8 +166,10 @@ def _float(value: float) -> str:
 def _refuse_unknown(adapter: Any, known: frozenset[str], table: str) -> None:
     unknown = sorted(set(adapter.get_params()) - known)
     if unknown:
-        raise InputError(f"{adapter.name} option(s) {', '.join(unknown)} have no C read-out yet: update "
-                         f"firmware_bridge/c/edgert_readout.c and export_c.{table}")
+        raise InputError(
+            f"{adapter.name} option(s) {', '.join(unknown)} have no C read-out yet: update "
+            f"firmware_bridge/c/edgert_readout.c and export_c.{table}"
+        )
 
 
 def _c_string(text: str) -> str:
@@ -173,20 +190,21 @@ def _ncm_prototypes(adapter: Any) -> tuple[np.ndarray, float]:
 PROTOTYPE_READERS: dict[str, Callable[[Any], tuple[np.ndarray, float]]] = {"ncm": _ncm_prototypes}
 
 
-def _preamble(kind: str, dtype: str, n_classes: int, dim: int, seed: int, classes: Sequence[str],
-              model_sha256: str, source: str) -> list[str]:
+def _preamble(
+    kind: str, dtype: str, n_classes: int, dim: int, seed: int, classes: Sequence[str], model_sha256: str, source: str
+) -> list[str]:
     names = ", ".join(_c_string(c) for c in classes)
     return [
         f"/* Generated by `edgert bridge export-c` from {source or 'an adapter'}: do not edit.\n"
         f" * Memory kind {kind}, stored as {dtype}. Include in exactly one .c file.\n"
         f" * Build: cc -std=c99 -O2 -I. main.c edgert_readout.c -lm */\n",
-        "#ifndef EDGERT_MEMORY_H\n#define EDGERT_MEMORY_H\n\n#include <stdint.h>\n#include \"edgert_readout.h\"\n",
+        '#ifndef EDGERT_MEMORY_H\n#define EDGERT_MEMORY_H\n\n#include <stdint.h>\n#include "edgert_readout.h"\n',
         f"#if EDGERT_FORMAT_VERSION != {EXPORT_FORMAT}\n"
-        f"#error \"edgert_memory.h is format {EXPORT_FORMAT}: use the read-out exported with it\"\n#endif\n",
-        f"#define EDGERT_MEMORY_FORMAT {EXPORT_FORMAT}\n#define EDGERT_MEMORY_KIND \"{kind}\"\n"
+        f'#error "edgert_memory.h is format {EXPORT_FORMAT}: use the read-out exported with it"\n#endif\n',
+        f'#define EDGERT_MEMORY_FORMAT {EXPORT_FORMAT}\n#define EDGERT_MEMORY_KIND "{kind}"\n'
         f"#define EDGERT_MEMORY_DTYPE {_DTYPE_ENUM[dtype]}\n#define EDGERT_MEMORY_SEED {seed}ull\n"
         f"#define EDGERT_N_CLASSES {n_classes}\n#define EDGERT_DIM {dim}\n"
-        f"#define EDGERT_MODEL_SHA256 \"{model_sha256}\"\n",
+        f'#define EDGERT_MODEL_SHA256 "{model_sha256}"\n',
         f"static const char *const edgert_class_names[EDGERT_N_CLASSES] = {{{names}}};\n",
     ]
 
@@ -199,18 +217,51 @@ def _prototype_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     header.descriptor("edgert_prototypes", f"    {_float(inv_temperature)}, {matrix},\n")
     header.lines.append(
         "#define EDGERT_MEMORY_CHECK() edgert_prototypes_check(&edgert_memory)\n"
-        "#define EDGERT_CLASSIFY(features, probs) edgert_prototypes_classify(&edgert_memory, (features), (probs))\n")
+        "#define EDGERT_CLASSIFY(features, probs) edgert_prototypes_classify(&edgert_memory, (features), (probs))\n"
+    )
     return header
 
 
 # MemFlow parameters the C read-out implements (read-only: the reinforcement and running-statistics
 # ones do not apply, and the temporal filter is a stream stage: the read-out classifies each frame
 # on its own, as ``predict_proba`` does).
-MEMFLOW_PARAMS = frozenset({
-    "n_hub", "n_bridge", "in_degree", "rounds", "seed", "spiking", "blur", "confidence_update", "reinforce",
-    "readout", "confidence", "variance", "var_floor", "temperature", "source_weight", "decay", "gate", "shift",
-    "shift_prior", "shift_decay", "shift_fade", "shift_spread", "shift_rank", "shift_every", "shift_novelty",
-    "standardise", "prior", "memory_weight", "prior_l2", "prior_unit", "temporal", "temporal_lag", "temporal_max"})
+MEMFLOW_PARAMS = frozenset(
+    {
+        "n_hub",
+        "n_bridge",
+        "in_degree",
+        "rounds",
+        "seed",
+        "spiking",
+        "blur",
+        "confidence_update",
+        "reinforce",
+        "readout",
+        "confidence",
+        "variance",
+        "var_floor",
+        "temperature",
+        "source_weight",
+        "decay",
+        "gate",
+        "shift",
+        "shift_prior",
+        "shift_decay",
+        "shift_fade",
+        "shift_spread",
+        "shift_rank",
+        "shift_every",
+        "shift_novelty",
+        "standardise",
+        "prior",
+        "memory_weight",
+        "prior_l2",
+        "prior_unit",
+        "temporal",
+        "temporal_lag",
+        "temporal_max",
+    }
+)
 
 
 def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
@@ -230,7 +281,8 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     header.lines.append(
         f"#define EDGERT_N_HUB {adapter.n_hub}\n#define EDGERT_N_BRIDGE {adapter.n_bridge}\n"
         f"#define EDGERT_IN_DEGREE {adapter.in_degree}\n#define EDGERT_ROUNDS {adapter.rounds}\n"
-        f"#define EDGERT_N_NEURONS {n}\n#define EDGERT_VAR_COLS {var_cols}\n")
+        f"#define EDGERT_N_NEURONS {n}\n#define EDGERT_VAR_COLS {var_cols}\n"
+    )
     # The input stage as it stands (the EMAs are frozen into the export): the C read-out computes
     # z = (x / ||x|| - centre) * scale and its head reads z / scale + centre_source, as the kernel.
     stage = table["stage"]
@@ -244,8 +296,11 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     else:
         basis, mix = _NO_MATRIX, "NULL"
     delta_values = table["trace_shift"]
-    delta = ("NULL" if not delta_values.any() else
-             header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS"))
+    delta = (
+        "NULL"
+        if not delta_values.any()
+        else header.array("edgert_trace_delta", delta_values, "float", "EDGERT_N_NEURONS")
+    )
     mu = header.matrix("edgert_mu", mu_t, dtype, "EDGERT_N_NEURONS", "EDGERT_N_CLASSES")
     # One value per row (pooled variance) costs more as int8 + scale than as float32; 1 / (2 V) of
     # a neuron with a tiny variance exceeds float16's 65504: those stay float32.
@@ -253,45 +308,83 @@ def _memflow_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     hiv_m = header.matrix("edgert_hiv", hiv_t, var_dtype, "EDGERT_N_NEURONS", "EDGERT_VAR_COLS")
     lnorm_m = header.matrix("edgert_lnorm", lnorm_t, var_dtype, "EDGERT_N_NEURONS", "EDGERT_VAR_COLS")
     present = header.array("edgert_present", np.asarray(table["present"], np.uint8), "uint8_t", "EDGERT_N_CLASSES")
-    alive = header.array("edgert_alive", (np.asarray(table["alive"]) > 0).astype(np.uint8), "uint8_t",
-                         "EDGERT_N_NEURONS")
+    alive = header.array(
+        "edgert_alive", (np.asarray(table["alive"]) > 0).astype(np.uint8), "uint8_t", "EDGERT_N_NEURONS"
+    )
     if adapter.prior:
-        prior_w = header.matrix("edgert_prior_w", np.asarray(table["prior_w"], np.float32), dtype,
-                                "EDGERT_N_CLASSES", "EDGERT_DIM")
+        prior_w = header.matrix(
+            "edgert_prior_w", np.asarray(table["prior_w"], np.float32), dtype, "EDGERT_N_CLASSES", "EDGERT_DIM"
+        )
         prior_b = header.array("edgert_prior_b", np.asarray(table["prior_b"], np.float32), "float", "EDGERT_N_CLASSES")
-        centre_source = header.array("edgert_centre_source", np.asarray(table["centre_source"], np.float32), "float",
-                                     "EDGERT_DIM")
+        centre_source = header.array(
+            "edgert_centre_source", np.asarray(table["centre_source"], np.float32), "float", "EDGERT_DIM"
+        )
         head_scale, memory_weight = table["head_scale"], table["memory_weight"]
-        prior = f"1, {prior_w}, {prior_b}, {centre_source}, {head_scale!r}, {memory_weight!r}, {int(adapter.prior_unit)}"
+        prior = (
+            f"1, {prior_w}, {prior_b}, {centre_source}, {head_scale!r}, {memory_weight!r}, {int(adapter.prior_unit)}"
+        )
     else:
         prior = f"0, {_NO_MATRIX}, NULL, NULL, 1.0, 1.0, 0"
     tau = repr(table["tau"])
-    header.descriptor("edgert_memflow",
-                      "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
-                      f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
-                      f"    {centre}, EDGERT_RANK, {basis}, {mix}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m},\n"
-                      f"    EDGERT_VAR_COLS, {present}, {alive},\n"
-                      f"    {prior},\n")
+    header.descriptor(
+        "edgert_memflow",
+        "    EDGERT_N_HUB, EDGERT_N_BRIDGE, EDGERT_IN_DEGREE, EDGERT_ROUNDS, EDGERT_MEMORY_SEED,\n"
+        f"    {int(adapter.spiking)}, {int(adapter.readout == 'product')}, {int(adapter.confidence)}, {tau},\n"
+        f"    {centre}, EDGERT_RANK, {basis}, {mix}, {scale}, {delta}, {mu}, {hiv_m}, {lnorm_m},\n"
+        f"    EDGERT_VAR_COLS, {present}, {alive},\n"
+        f"    {prior},\n",
+    )
     neurons = ("float", "EDGERT_N_NEURONS")
-    header.work("edgert_memflow_work", {
-        "z": ("float", "EDGERT_DIM"), "y": ("float", str(max(rank, 1))), "t": ("float", str(max(rank, 1))),
-        "a": neurons, "h": neurons, "o": neurons, "o_prev": neurons, "m": neurons,
-        "c": neurons, "best": neurons, "ll": ("float", "EDGERT_N_CLASSES * EDGERT_N_NEURONS"),
-        "bridge_state": ("uint64_t", str(max(adapter.n_bridge, 1))),
-        "slot_src": ("int32_t", str(max(adapter.in_degree, 1))), "slot_w": ("float", str(max(adapter.in_degree, 1))),
-        "out": ("float", "EDGERT_N_CLASSES"), "logits": ("float", "EDGERT_N_CLASSES")}, tail="0")
+    header.work(
+        "edgert_memflow_work",
+        {
+            "z": ("float", "EDGERT_DIM"),
+            "y": ("float", str(max(rank, 1))),
+            "t": ("float", str(max(rank, 1))),
+            "a": neurons,
+            "h": neurons,
+            "o": neurons,
+            "o_prev": neurons,
+            "m": neurons,
+            "c": neurons,
+            "best": neurons,
+            "ll": ("float", "EDGERT_N_CLASSES * EDGERT_N_NEURONS"),
+            "bridge_state": ("uint64_t", str(max(adapter.n_bridge, 1))),
+            "slot_src": ("int32_t", str(max(adapter.in_degree, 1))),
+            "slot_w": ("float", str(max(adapter.in_degree, 1))),
+            "out": ("float", "EDGERT_N_CLASSES"),
+            "logits": ("float", "EDGERT_N_CLASSES"),
+        },
+        tail="0",
+    )
     header.lines.append(
         "#define EDGERT_MEMORY_CHECK() edgert_memflow_init(&edgert_memory, &edgert_work)\n"
         "#define EDGERT_CLASSIFY(features, probs) "
-        "edgert_memflow_classify(&edgert_memory, &edgert_work, (features), (probs))\n")
+        "edgert_memflow_classify(&edgert_memory, &edgert_work, (features), (probs))\n"
+    )
     return header
 
 
 # DMN parameters the C read-out implements. It only reads, so the ones that govern writing
 # (memory_length, static_length, write_gate, skip_own_slot, seed) shaped the exported state and nothing more.
-DMN_PARAMS = frozenset({
-    "prior", "text_embeddings", "memory_length", "static_length", "beta", "scale", "prior_scale", "weight_dynamic",
-    "weight_static", "write_gate", "anchors", "shift_momentum", "skip_own_slot", "seed"})
+DMN_PARAMS = frozenset(
+    {
+        "prior",
+        "text_embeddings",
+        "memory_length",
+        "static_length",
+        "beta",
+        "scale",
+        "prior_scale",
+        "weight_dynamic",
+        "weight_static",
+        "write_gate",
+        "anchors",
+        "shift_momentum",
+        "skip_own_slot",
+        "seed",
+    }
+)
 
 
 def dmn_prior(adapter: Any) -> tuple[np.ndarray, np.ndarray | None, float]:
@@ -306,8 +399,9 @@ def _dmn_memory(header: _Header, prefix: str, slots: np.ndarray, fill: np.ndarra
     if weight == 0.0:
         return f"{{{_NO_MATRIX}, NULL, 0.0f}}"
     fill = np.asarray(fill, np.int64)
-    start = header.array(f"{prefix}_start", np.concatenate([[0], np.cumsum(fill)]).astype(np.uint32), "uint32_t",
-                         "EDGERT_N_CLASSES + 1")
+    start = header.array(
+        f"{prefix}_start", np.concatenate([[0], np.cumsum(fill)]).astype(np.uint32), "uint32_t", "EDGERT_N_CLASSES + 1"
+    )
     rows = np.concatenate([slots[c, :n] for c, n in enumerate(fill)])
     # A C array cannot be empty: a memory without any slot reads its anchors only.
     matrix = header.matrix(prefix, rows, dtype, str(len(rows)), "EDGERT_DIM") if len(rows) else _NO_MATRIX
@@ -324,34 +418,55 @@ def _dmn_header(adapter: Any, dtype: str, preamble: list[str]) -> _Header:
     weights, bias, prior_scale = dmn_prior(adapter)
     prior = header.matrix("edgert_prior", weights, dtype, "EDGERT_N_CLASSES", "EDGERT_DIM")
     prior_bias = "NULL" if bias is None else header.array("edgert_prior_bias", bias, "float", "EDGERT_N_CLASSES")
-    memories = [("edgert_dynamic", *table["dynamic"], float(adapter.weight_dynamic)),
-                ("edgert_static", *table["static"], float(adapter.weight_static))]
+    memories = [
+        ("edgert_dynamic", *table["dynamic"], float(adapter.weight_dynamic)),
+        ("edgert_static", *table["static"], float(adapter.weight_static)),
+    ]
     read = [_dmn_memory(header, prefix, slots, fill, weight, dtype) for prefix, slots, fill, weight in memories]
     # An empty class reads its anchor: stored only if some memory that is read has an empty class.
     empty = any(weight != 0.0 and (np.asarray(fill) == 0).any() for _, _, fill, weight in memories)
-    anchors = (header.matrix("edgert_anchors", table["anchors"], dtype, "EDGERT_N_CLASSES", "EDGERT_DIM") if empty
-               else _NO_MATRIX)
-    header.descriptor("edgert_dmn", f"    {shift}, {prior}, {prior_bias}, {_float(prior_scale)},\n"
-                                    f"    {read[0]},\n    {read[1]},\n"
-                                    f"    {anchors}, {_float(adapter.beta)}, {_float(adapter.scale)},\n")
+    anchors = (
+        header.matrix("edgert_anchors", table["anchors"], dtype, "EDGERT_N_CLASSES", "EDGERT_DIM")
+        if empty
+        else _NO_MATRIX
+    )
+    header.descriptor(
+        "edgert_dmn",
+        f"    {shift}, {prior}, {prior_bias}, {_float(prior_scale)},\n"
+        f"    {read[0]},\n    {read[1]},\n"
+        f"    {anchors}, {_float(adapter.beta)}, {_float(adapter.scale)},\n",
+    )
     dims = ("float", "EDGERT_DIM")
-    header.work("edgert_dmn_work", {"x": dims, "proto": dims, "logits": ("float", "EDGERT_N_CLASSES"),
-                                    "out": ("float", "EDGERT_N_CLASSES")})
+    header.work(
+        "edgert_dmn_work",
+        {"x": dims, "proto": dims, "logits": ("float", "EDGERT_N_CLASSES"), "out": ("float", "EDGERT_N_CLASSES")},
+    )
     header.lines.append(
         "#define EDGERT_MEMORY_CHECK() edgert_dmn_check(&edgert_memory)\n"
-        "#define EDGERT_CLASSIFY(features, probs) edgert_dmn_classify(&edgert_memory, &edgert_work, (features), (probs))\n")
+        "#define EDGERT_CLASSIFY(features, probs) edgert_dmn_classify(&edgert_memory, &edgert_work, (features), (probs))\n"
+    )
     return header
 
 
 # memory kind -> writer of its header body (after the common preamble)
 _WRITERS: dict[str, Callable[[Any, str, list[str]], _Header]] = {
-    "prototypes": _prototype_header, "memflow": _memflow_header, "dmn": _dmn_header}
+    "prototypes": _prototype_header,
+    "memflow": _memflow_header,
+    "dmn": _dmn_header,
+}
 # adapter registry name -> the kind of memory its C read-out classifies with
 EXPORTERS: dict[str, str] = {**{name: "prototypes" for name in PROTOTYPE_READERS}, "memflow": "memflow", "dmn": "dmn"}
 
 
-def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype: str = "int8",
-             model_sha256: str = "", source: str = "") -> CExport:
+def export_c(
+    adapter: Any,
+    out_dir: str | Path,
+    *,
+    classes: Sequence[str],
+    dtype: str = "int8",
+    model_sha256: str = "",
+    source: str = "",
+) -> CExport:
     """Write ``edgert_memory.h`` for ``adapter`` and copy the C read-out into ``out_dir``."""
     if dtype not in DTYPES:
         raise InputError(f"unknown C export dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -374,4 +489,15 @@ def export_c(adapter: Any, out_dir: str | Path, *, classes: Sequence[str], dtype
     return CExport(path, (path, *copied), kind, dtype, header.data_bytes(), len(text.encode()), header.crc())
 
 
-__all__ = ["DMN_PARAMS", "dmn_prior", "MEMFLOW_PARAMS", "CExport", "DTYPES", "EXPORTERS", "EXPORT_FORMAT", "PROTOTYPE_READERS", "export_c", "quantize_rows"]
+__all__ = [
+    "DMN_PARAMS",
+    "dmn_prior",
+    "MEMFLOW_PARAMS",
+    "CExport",
+    "DTYPES",
+    "EXPORTERS",
+    "EXPORT_FORMAT",
+    "PROTOTYPE_READERS",
+    "export_c",
+    "quantize_rows",
+]

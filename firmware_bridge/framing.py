@@ -17,6 +17,7 @@ CRC; the codec packs and parses that trailer, and ``firmware_bridge.auth`` check
 >>> link.feed(b"garbage\\x00" + wire)
 [FrameError(code=<ErrorCode.MALFORMED: 3>, detail='...', seq=None), Packet(seq=7, body=Ack(count=3), signed=None)]
 """
+
 from __future__ import annotations
 
 import struct
@@ -87,8 +88,9 @@ class Framing:
         """True while a frame has started arriving and its delimiter has not (a server's frame deadline)."""
         return bool(self._buffer) or self._discarding
 
-    def pack(self, seq: int, body: Body, *, counter: Optional[int] = None,
-             sign: Optional[Callable[[bytes], bytes]] = None) -> bytes:
+    def pack(
+        self, seq: int, body: Body, *, counter: Optional[int] = None, sign: Optional[Callable[[bytes], bytes]] = None
+    ) -> bytes:
         """Bytes to write for one message: COBS(header | payload [| counter | mac] | crc32) and 0x00.
 
         With ``sign`` (a MAC function, ``firmware_bridge.auth.frame_signer``) and ``counter`` the
@@ -96,8 +98,10 @@ class Framing:
         """
         payload = body.pack()
         if len(payload) > self.MAX_PAYLOAD:
-            raise ValueError(f"{type(body).__name__} payload of {len(payload)} bytes exceeds "
-                             f"{type(self).__name__}.MAX_PAYLOAD = {self.MAX_PAYLOAD}")
+            raise ValueError(
+                f"{type(body).__name__} payload of {len(payload)} bytes exceeds "
+                f"{type(self).__name__}.MAX_PAYLOAD = {self.MAX_PAYLOAD}"
+            )
         flags = (FLAG_REPLY if body.REPLY else 0) | (FLAG_SIGNED if sign is not None else 0)
         raw = HEADER.pack(self.VERSION, body.TYPE, flags, 0, seq & 0xFFFF, len(payload)) + payload
         if sign is not None:
@@ -122,8 +126,9 @@ class Framing:
             end = len(data) if zero < 0 else zero
             if not self._discarding:
                 if len(self._buffer) + end - start > self._limit:
-                    events.append(FrameError(ErrorCode.OVERSIZED,
-                                             f"no delimiter within {self._limit} bytes: frame dropped"))
+                    events.append(
+                        FrameError(ErrorCode.OVERSIZED, f"no delimiter within {self._limit} bytes: frame dropped")
+                    )
                     self._buffer.clear()
                     self._discarding = True
                 else:
@@ -150,24 +155,28 @@ class Framing:
             return FrameError(ErrorCode.BAD_CRC, "CRC-32 mismatch")
         version, kind, flags, _, seq, length = HEADER.unpack_from(raw)
         if version != self.VERSION:
-            return FrameError(ErrorCode.BAD_VERSION, f"protocol version {version}, this side speaks {self.VERSION}", seq)
+            return FrameError(
+                ErrorCode.BAD_VERSION, f"protocol version {version}, this side speaks {self.VERSION}", seq
+            )
         if length > self.MAX_PAYLOAD:
             return FrameError(ErrorCode.OVERSIZED, f"payload of {length} bytes exceeds {self.MAX_PAYLOAD}", seq)
         trailer = TRAILER.size if flags & FLAG_SIGNED else 0
         if length != body_end - HEADER.size - trailer:
-            return FrameError(ErrorCode.MALFORMED, f"length field {length}, payload holds "
-                                                   f"{body_end - HEADER.size - trailer}", seq)
+            return FrameError(
+                ErrorCode.MALFORMED, f"length field {length}, payload holds " f"{body_end - HEADER.size - trailer}", seq
+            )
         payload_end = HEADER.size + length
         signed = None
         if trailer:
             counter, mac = TRAILER.unpack_from(raw, payload_end)
-            signed = Signed(counter, mac, raw[:payload_end + 8])
+            signed = Signed(counter, mac, raw[: payload_end + 8])
         cls = BODIES.get((kind, bool(flags & FLAG_REPLY)))
         if cls is None or flags & ~(FLAG_REPLY | FLAG_SIGNED):
-            return FrameError(ErrorCode.UNKNOWN_TYPE, f"message type {kind:#04x} flags {flags:#04x} unknown", seq,
-                              signed)
+            return FrameError(
+                ErrorCode.UNKNOWN_TYPE, f"message type {kind:#04x} flags {flags:#04x} unknown", seq, signed
+            )
         try:
-            return Packet(seq, cls.unpack(raw[HEADER.size:payload_end]), signed)
+            return Packet(seq, cls.unpack(raw[HEADER.size : payload_end]), signed)
         except PayloadError as err:
             return FrameError(ErrorCode.BAD_PAYLOAD, f"{cls.__name__}: {err}", seq, signed)
 
@@ -178,5 +187,16 @@ class McuFraming(Framing):
     MAX_PAYLOAD: ClassVar[int] = 8 * 1024
 
 
-__all__ = ["CRC", "FLAG_REPLY", "FLAG_SIGNED", "FrameError", "Framing", "HEADER", "McuFraming", "PROTOCOL_VERSION",
-           "Packet", "Signed", "TRAILER"]
+__all__ = [
+    "CRC",
+    "FLAG_REPLY",
+    "FLAG_SIGNED",
+    "FrameError",
+    "Framing",
+    "HEADER",
+    "McuFraming",
+    "PROTOCOL_VERSION",
+    "Packet",
+    "Signed",
+    "TRAILER",
+]

@@ -36,6 +36,7 @@ write cut short by a power cut or ``kill -9`` is dropped, never misread.
 >>> records, end == len(rec)
 ([Record(seq=7, op=TeachOp(label=2, x=array([1., 1., 1.], dtype=float32)))], True)
 """
+
 from __future__ import annotations
 
 import json
@@ -128,7 +129,7 @@ def decode_records(data: bytes, offset: int = 0) -> tuple[list[Record], int]:
             break
         if records and seq != records[-1].seq + 1:
             break
-        op = _decode_op(kind, data[pos + RECORD.size:end])
+        op = _decode_op(kind, data[pos + RECORD.size : end])
         if op is None:
             break
         records.append(Record(seq, op))
@@ -137,8 +138,10 @@ def decode_records(data: bytes, offset: int = 0) -> tuple[list[Record], int]:
 
 
 def _segment_header(first_seq: int, model_sha256: str, adapter: str) -> bytes:
-    meta = json.dumps({"format": SEGMENT_FORMAT, "first_seq": first_seq, "model_sha256": model_sha256,
-                       "adapter": adapter}, sort_keys=True).encode()
+    meta = json.dumps(
+        {"format": SEGMENT_FORMAT, "first_seq": first_seq, "model_sha256": model_sha256, "adapter": adapter},
+        sort_keys=True,
+    ).encode()
     return SEGMENT_MAGIC + struct.pack("<I", len(meta)) + meta + CRC.pack(crc32(meta))
 
 
@@ -147,7 +150,7 @@ def _read_segment_header(data: bytes) -> tuple[Optional[dict[str, Any]], int]:
         return None, 0
     (n,) = struct.unpack_from("<I", data, len(SEGMENT_MAGIC))
     start = len(SEGMENT_MAGIC) + 4
-    meta = data[start:start + n]
+    meta = data[start : start + n]
     if len(meta) != n or len(data) < start + n + 4 or crc32(meta) != CRC.unpack_from(data, start + n)[0]:
         return None, 0
     try:
@@ -204,19 +207,25 @@ class Journal:
                 problems.append(f"{path}: not a journal segment this runtime reads; skipped")
                 continue
             if meta.get("model_sha256") != ckpt.model_sha256 or meta.get("adapter") != ckpt.adapter:
-                problems.append(f"{path}: written for adapter {meta.get('adapter')!r} and model "
-                                f"{str(meta.get('model_sha256'))[:12]}..., not this one; skipped")
+                problems.append(
+                    f"{path}: written for adapter {meta.get('adapter')!r} and model "
+                    f"{str(meta.get('model_sha256'))[:12]}..., not this one; skipped"
+                )
                 continue
             found, end = decode_records(data, start)
             if end < len(data):
-                problems.append(f"{path}: {len(data) - end} bytes after record {found[-1].seq if found else first - 1} "
-                                f"are incomplete or damaged (a write cut short); dropped")
+                problems.append(
+                    f"{path}: {len(data) - end} bytes after record {found[-1].seq if found else first - 1} "
+                    f"are incomplete or damaged (a write cut short); dropped"
+                )
             for record in found:
                 if record.seq < expected:
                     continue
                 if record.seq != expected:
-                    raise StateError(f"journal in {self.folder} jumps from record {expected - 1} to {record.seq}: "
-                                     f"records are missing; move the folder away to start from --memory")
+                    raise StateError(
+                        f"journal in {self.folder} jumps from record {expected - 1} to {record.seq}: "
+                        f"records are missing; move the folder away to start from --memory"
+                    )
                 records.append(record)
                 expected += 1
         self.seq = self.base_seq = self.prev_seq = after
@@ -233,7 +242,7 @@ class Journal:
         data = encode_record(self.seq, op)
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]  # type: ignore[arg-type]
+            view = view[os.write(self._fd, view) :]  # type: ignore[arg-type]
         self._unsynced_ack |= not isinstance(op, AdaptOp)
         self.records_written += 1
         return self.seq
@@ -271,7 +280,8 @@ class Journal:
 
     def due(self) -> bool:
         return self.pending >= self.every_records or (
-            self.pending > 0 and time.monotonic() - self._last_checkpoint >= self.every_seconds)
+            self.pending > 0 and time.monotonic() - self._last_checkpoint >= self.every_seconds
+        )
 
     def checkpoint(self, adapter: Adapter, classes: list[str], meta: Optional[dict[str, Any]] = None) -> Optional[Path]:
         """Write the adapter as the next checkpoint (holding every record so far); start a new segment.
@@ -294,5 +304,17 @@ class Journal:
         return path
 
 
-__all__ = ["ADAPT", "AdaptOp", "FORGET", "ForgetOp", "Journal", "Op", "Record", "Replay", "TEACH", "TeachOp",
-           "decode_records", "encode_record"]
+__all__ = [
+    "ADAPT",
+    "AdaptOp",
+    "FORGET",
+    "ForgetOp",
+    "Journal",
+    "Op",
+    "Record",
+    "Replay",
+    "TEACH",
+    "TeachOp",
+    "decode_records",
+    "encode_record",
+]

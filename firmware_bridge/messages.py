@@ -8,6 +8,7 @@ Unpacking raises ``PayloadError`` on any payload that does not match its layout 
 >>> Prediction.unpack(Prediction(3, 0.5, ((3, 0.5), (1, 0.25)), 120).pack())
 Prediction(label=3, confidence=0.5, top=((3, 0.5), (1, 0.25)), compute_us=120)
 """
+
 from __future__ import annotations
 
 import struct
@@ -68,8 +69,11 @@ class FeatureDtype(IntEnum):
     INT8 = 2  # value = scale * q
 
 
-NUMPY_DTYPES = {FeatureDtype.FLOAT32: np.dtype("<f4"), FeatureDtype.FLOAT16: np.dtype("<f2"),
-                FeatureDtype.INT8: np.dtype("i1")}
+NUMPY_DTYPES = {
+    FeatureDtype.FLOAT32: np.dtype("<f4"),
+    FeatureDtype.FLOAT16: np.dtype("<f2"),
+    FeatureDtype.INT8: np.dtype("i1"),
+}
 
 
 class Capability(IntEnum):
@@ -151,8 +155,13 @@ class Hello:
 
     def pack(self) -> bytes:
         adapter = self.adapter.encode()[:255]
-        out = [self._FIXED.pack(self.max_payload, self.feature_dim, self.n_classes, self.capabilities,
-                                self.model_sha256, len(adapter)), adapter, struct.pack("<H", len(self.classes))]
+        out = [
+            self._FIXED.pack(
+                self.max_payload, self.feature_dim, self.n_classes, self.capabilities, self.model_sha256, len(adapter)
+            ),
+            adapter,
+            struct.pack("<H", len(self.classes)),
+        ]
         for name in self.classes:
             raw = name.encode()[:255]
             out += [bytes([len(raw)]), raw]
@@ -164,7 +173,7 @@ class Hello:
     def unpack(cls, payload: bytes) -> "Hello":
         max_payload, dim, n_classes, caps, sha, n_adapter = _take(cls._FIXED, payload)
         pos = cls._FIXED.size
-        adapter = _text(payload[pos:pos + n_adapter])
+        adapter = _text(payload[pos : pos + n_adapter])
         pos += n_adapter
         (n_names,) = _take(struct.Struct("<H"), payload, pos)
         pos += 2
@@ -173,11 +182,11 @@ class Hello:
             if pos >= len(payload):
                 raise PayloadError(f"HELLO announces {n_names} class names, payload ends after {len(names)}")
             n = payload[pos]
-            names.append(_text(payload[pos + 1:pos + 1 + n]))
+            names.append(_text(payload[pos + 1 : pos + 1 + n]))
             pos += 1 + n
         nonce = b""
         if pos < len(payload):  # the optional nonce of a keyed device
-            nonce = bytes(payload[pos + 1:pos + 1 + payload[pos]])
+            nonce = bytes(payload[pos + 1 : pos + 1 + payload[pos]])
             pos += 1 + payload[pos]
         if pos != len(payload) or len(adapter.encode()) != n_adapter:
             raise PayloadError(f"HELLO payload is {len(payload)} bytes, its fields take {pos}")
@@ -236,7 +245,7 @@ class Error:
     message: str = ""
 
     def pack(self) -> bytes:
-        raw = self.message.encode()[:self.MAX_TEXT]
+        raw = self.message.encode()[: self.MAX_TEXT]
         return self._FIXED.pack(self.code, len(raw)) + raw
 
     @classmethod
@@ -244,7 +253,7 @@ class Error:
         code, n = _take(cls._FIXED, payload)
         if len(payload) != cls._FIXED.size + n:
             raise PayloadError(f"ERROR payload is {len(payload)} bytes, its fields take {cls._FIXED.size + n}")
-        return cls(code, _text(payload[cls._FIXED.size:]))
+        return cls(code, _text(payload[cls._FIXED.size :]))
 
 
 @dataclass(frozen=True)
@@ -269,9 +278,11 @@ class Frame:
     def unpack(cls, payload: bytes) -> "Frame":
         fmt, options, top_k, width, height = _take(cls._FIXED, payload)
         fmt = _enum(PixelFormat, fmt)
-        data = bytes(payload[cls._FIXED.size:])
+        data = bytes(payload[cls._FIXED.size :])
         if fmt != PixelFormat.JPEG and len(data) != width * height * CHANNELS[fmt]:
-            raise PayloadError(f"{fmt.name} frame {width}x{height} needs {width * height * CHANNELS[fmt]} bytes, got {len(data)}")
+            raise PayloadError(
+                f"{fmt.name} frame {width}x{height} needs {width * height * CHANNELS[fmt]} bytes, got {len(data)}"
+            )
         return cls(fmt, width, height, data, options, top_k)
 
 
@@ -313,13 +324,15 @@ class Features:
         dtype = _enum(FeatureDtype, dtype)
         np_dtype = NUMPY_DTYPES[dtype]
         if len(payload) != cls._FIXED.size + dim * np_dtype.itemsize:
-            raise PayloadError(f"FEATURES of {dim} x {dtype.name} need {cls._FIXED.size + dim * np_dtype.itemsize} "
-                               f"payload bytes, got {len(payload)}")
+            raise PayloadError(
+                f"FEATURES of {dim} x {dtype.name} need {cls._FIXED.size + dim * np_dtype.itemsize} "
+                f"payload bytes, got {len(payload)}"
+            )
         values = np.frombuffer(payload, dtype=np_dtype, count=dim, offset=cls._FIXED.size)
         return cls(values, dtype, scale, options, top_k)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Features) and self.pack() == other.pack())
+        return isinstance(other, Features) and self.pack() == other.pack()
 
 
 @dataclass(frozen=True)
@@ -338,13 +351,16 @@ class Prediction:
 
     def pack(self) -> bytes:
         return self._FIXED.pack(self.label, len(self.top), self.confidence, self.compute_us) + b"".join(
-            self._ENTRY.pack(c, p) for c, p in self.top)
+            self._ENTRY.pack(c, p) for c, p in self.top
+        )
 
     @classmethod
     def unpack(cls, payload: bytes) -> "Prediction":
         label, k, confidence, compute_us = _take(cls._FIXED, payload)
         if len(payload) != cls._FIXED.size + k * cls._ENTRY.size:
-            raise PayloadError(f"PREDICTION with top-{k} needs {cls._FIXED.size + k * cls._ENTRY.size} bytes, got {len(payload)}")
+            raise PayloadError(
+                f"PREDICTION with top-{k} needs {cls._FIXED.size + k * cls._ENTRY.size} bytes, got {len(payload)}"
+            )
         top = tuple(cls._ENTRY.unpack_from(payload, cls._FIXED.size + i * cls._ENTRY.size) for i in range(k))
         return cls(label, confidence, top, compute_us)
 
@@ -366,7 +382,7 @@ class Teach:
     @classmethod
     def unpack(cls, payload: bytes) -> "Teach":
         label, kind = _take(cls._FIXED, payload)
-        body = payload[cls._FIXED.size:]
+        body = payload[cls._FIXED.size :]
         if kind == MessageType.FEATURES:
             return cls(label, Features.unpack(body))
         if kind == MessageType.FRAME:
@@ -462,21 +478,77 @@ class StateChunk:
     @classmethod
     def unpack(cls, payload: bytes) -> "StateChunk":
         offset, total, crc = _take(cls._FIXED, payload)
-        data = bytes(payload[cls._FIXED.size:])
+        data = bytes(payload[cls._FIXED.size :])
         if offset + len(data) > total:
             raise PayloadError(f"STATE_EXPORT chunk [{offset}, {offset + len(data)}) runs past the total {total}")
         return cls(offset, total, crc, data)
 
 
-Body = Union[Hello, Auth, AuthReply, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
-             StateExportRequest, StateChunk]
+Body = Union[
+    Hello,
+    Auth,
+    AuthReply,
+    Ack,
+    Error,
+    Frame,
+    Features,
+    Prediction,
+    Teach,
+    Forget,
+    StatsRequest,
+    Stats,
+    StateExportRequest,
+    StateChunk,
+]
 
 # (type, reply flag) -> body class: the one place a decoder looks a message up.
-BODIES: dict[tuple[int, bool], type] = {(cls.TYPE, cls.REPLY): cls for cls in (
-    Hello, HelloReply, Auth, AuthReply, Ack, Error, Frame, Features, Prediction, Teach, Forget, StatsRequest, Stats,
-    StateExportRequest, StateChunk)}
+BODIES: dict[tuple[int, bool], type] = {
+    (cls.TYPE, cls.REPLY): cls
+    for cls in (
+        Hello,
+        HelloReply,
+        Auth,
+        AuthReply,
+        Ack,
+        Error,
+        Frame,
+        Features,
+        Prediction,
+        Teach,
+        Forget,
+        StatsRequest,
+        Stats,
+        StateExportRequest,
+        StateChunk,
+    )
+}
 
-__all__ = ["BODIES", "Ack", "Auth", "AuthReply", "Body", "CHANNELS", "Capability", "Error", "ErrorCode", "FeatureDtype", "Features",
-           "Forget", "ForgetScope", "Frame", "Hello", "HelloReply", "MessageType", "NUMPY_DTYPES", "OPTION_READ_ONLY",
-           "PayloadError", "PixelFormat", "Prediction", "Stats", "StatsRequest", "StateChunk", "StateExportRequest",
-           "Teach"]
+__all__ = [
+    "BODIES",
+    "Ack",
+    "Auth",
+    "AuthReply",
+    "Body",
+    "CHANNELS",
+    "Capability",
+    "Error",
+    "ErrorCode",
+    "FeatureDtype",
+    "Features",
+    "Forget",
+    "ForgetScope",
+    "Frame",
+    "Hello",
+    "HelloReply",
+    "MessageType",
+    "NUMPY_DTYPES",
+    "OPTION_READ_ONLY",
+    "PayloadError",
+    "PixelFormat",
+    "Prediction",
+    "Stats",
+    "StatsRequest",
+    "StateChunk",
+    "StateExportRequest",
+    "Teach",
+]

@@ -12,6 +12,7 @@ edge_runtime.errors.InputError: GRAY8 FRAME of 0x0 pixels: an image needs at lea
 >>> jpeg_size(bytes.fromhex("ffd8 ffc0 0011 08 01e0 0280 03 012200 021101 031101"))
 (640, 480)
 """
+
 from __future__ import annotations
 
 import struct
@@ -61,8 +62,10 @@ def decode_frame(frame: Frame) -> np.ndarray:
     if frame.format == PixelFormat.JPEG:
         return _decode_jpeg(frame.data)
     if frame.width < MIN_SIDE or frame.height < MIN_SIDE:
-        raise InputError(f"{frame.format.name} FRAME of {frame.width}x{frame.height} pixels: "
-                         f"an image needs at least {MIN_SIDE}x{MIN_SIDE}")
+        raise InputError(
+            f"{frame.format.name} FRAME of {frame.width}x{frame.height} pixels: "
+            f"an image needs at least {MIN_SIDE}x{MIN_SIDE}"
+        )
     pixels = np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width, CHANNELS[frame.format])
     if frame.format == PixelFormat.GRAY8:
         return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
@@ -87,8 +90,9 @@ def _decode_jpeg(data: bytes) -> np.ndarray:
     except cv2.error:
         image = None
     if image is None or image.ndim != 3 or image.shape[0] < MIN_SIDE or image.shape[1] < MIN_SIDE:
-        raise InputError(f"FRAME holds a {width}x{height} JPEG of {len(data)} bytes that does not decode "
-                         f"(truncated or damaged)")
+        raise InputError(
+            f"FRAME holds a {width}x{height} JPEG of {len(data)} bytes that does not decode " f"(truncated or damaged)"
+        )
     return image
 
 

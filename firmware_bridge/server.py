@@ -11,6 +11,7 @@ peer is closed after ``idle_timeout`` seconds, a frame that has started arriving
 time. ``stop()`` stops accepting, lets each connection finish the request in hand, and returns
 once every connection is closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,7 +75,7 @@ class Worker:
             else:
                 start = 0
                 for requests, future in batch:
-                    future.set_result(replies[start:start + len(requests)])
+                    future.set_result(replies[start : start + len(requests)])
                     start += len(requests)
             try:
                 self.device.maintain()
@@ -87,9 +88,19 @@ class Worker:
 class BridgeServer:
     """Serve ``device`` to TCP peers on ``host:port`` (port 0: any free port, see ``port`` once started)."""
 
-    def __init__(self, device: BridgeDevice, host: str, port: int, *, keys: Optional[KeyRing] = None,
-                 max_connections: int = 64, idle_timeout: float = 60.0, frame_timeout: float = 10.0,
-                 once: bool = False, log: Callable[[str], None] = lambda line: print(f"edgert bridge: {line}", file=sys.stderr)) -> None:
+    def __init__(
+        self,
+        device: BridgeDevice,
+        host: str,
+        port: int,
+        *,
+        keys: Optional[KeyRing] = None,
+        max_connections: int = 64,
+        idle_timeout: float = 60.0,
+        frame_timeout: float = 10.0,
+        once: bool = False,
+        log: Callable[[str], None] = lambda line: print(f"edgert bridge: {line}", file=sys.stderr),
+    ) -> None:
         self.device = device
         self.host = host
         self.port = port
@@ -158,8 +169,14 @@ class BridgeServer:
         if len(self._connections) >= self.max_connections:
             self.refused += 1
             self.log(f"refused {name}: {self.max_connections} connections open (--max-connections)")
-            await self._close(writer, link, Error(ErrorCode.BUSY, f"this device serves at most {self.max_connections} "
-                                                                  f"connections; try again later"))
+            await self._close(
+                writer,
+                link,
+                Error(
+                    ErrorCode.BUSY,
+                    f"this device serves at most {self.max_connections} " f"connections; try again later",
+                ),
+            )
             return
         task = asyncio.current_task()
         assert task is not None
@@ -182,8 +199,9 @@ class BridgeServer:
             if self.once and self._stopping is not None:
                 self._stopping.set()
 
-    async def _converse(self, task: asyncio.Task, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        link: Link) -> str:
+    async def _converse(
+        self, task: asyncio.Task, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link
+    ) -> str:
         assert self._worker is not None and self._stopping is not None
         frame_deadline: Optional[float] = None
         while not self._stopping.is_set():

@@ -16,6 +16,7 @@ timeout) and raises ``EOFError`` once the peer has gone.
 b'\\x01\\x02\\x00'
 >>> link.close()
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,10 @@ class SerialTransport(Transport):
         try:
             self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=timeout, write_timeout=None)
         except (serial.SerialException, ValueError) as err:
-            raise EdgeRuntimeError(f"cannot open serial port {url}: {err} (check the path and permissions, "
-                                   f"e.g. add yourself to the dialout group)") from None
+            raise EdgeRuntimeError(
+                f"cannot open serial port {url}: {err} (check the path and permissions, "
+                f"e.g. add yourself to the dialout group)"
+            ) from None
 
     def read(self, size: int = 4096) -> bytes:
         import serial
@@ -92,8 +95,9 @@ class SerialTransport(Transport):
 class FdTransport(Transport):
     """Two file descriptors: stdin/stdout, a pipe pair, or the controller side of a pty."""
 
-    def __init__(self, read_fd: int, write_fd: int, *, timeout: float = 0.1, url: str = "fd://",
-                 owns: bool = False) -> None:
+    def __init__(
+        self, read_fd: int, write_fd: int, *, timeout: float = 0.1, url: str = "fd://", owns: bool = False
+    ) -> None:
         self.url = url
         self._read_fd, self._write_fd = read_fd, write_fd
         self._timeout = timeout
@@ -115,7 +119,7 @@ class FdTransport(Transport):
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self._write_fd, view):]
+                view = view[os.write(self._write_fd, view) :]
         except OSError as err:
             raise EOFError(f"{self.url}: {err}") from None
 
@@ -235,5 +239,13 @@ def open_transport(url: str, *, baudrate: int = 115200, timeout: float = 0.1) ->
     return SerialTransport(url, baudrate=baudrate, timeout=timeout)
 
 
-__all__ = ["FdTransport", "SerialTransport", "TcpListener", "TcpTransport", "Transport", "is_loopback", "open_transport",
-           "parse_tcp"]
+__all__ = [
+    "FdTransport",
+    "SerialTransport",
+    "TcpListener",
+    "TcpTransport",
+    "Transport",
+    "is_loopback",
+    "open_transport",
+    "parse_tcp",
+]

@@ -1,5 +1,6 @@
 """Fixtures of both tiers. ``unit/`` needs no exported model; ``integration/`` exports once (its
 own conftest) and uses the real backbone."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ and ``DEV_CORRUPTIONS`` (held out for choosing hyperparameters; never reported).
 ``domain_source(name)`` gives the domain's version without decoding any image (it keys caches).
 Sources, the class mapping tables and the choices behind them: ``README.md`` in this folder.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,7 +27,9 @@ SOURCES: dict[str, Callable[[], DomainSource]] = {
     "emoji": emoji_source,
     "mnist": mnist_source,
     "uci-digits": uci_digits_source,
-    **{f"photo-c/{c}": partial(lambda c: corrupted_source(photo_source(), c), c) for c in CORRUPTIONS + DEV_CORRUPTIONS},
+    **{
+        f"photo-c/{c}": partial(lambda c: corrupted_source(photo_source(), c), c) for c in CORRUPTIONS + DEV_CORRUPTIONS
+    },
 }
 
 
@@ -51,5 +54,15 @@ def labelled_images(name: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]
 
 DOMAINS: dict[str, Callable[[], Domain]] = {name: partial(load_domain, name) for name in SOURCES}
 
-__all__ = ["CLASSES", "CORRUPTIONS", "DEV_CORRUPTIONS", "DIGITS", "DOMAINS", "Domain", "DomainSource",
-           "domain_source", "labelled_images", "load_domain"]
+__all__ = [
+    "CLASSES",
+    "CORRUPTIONS",
+    "DEV_CORRUPTIONS",
+    "DIGITS",
+    "DOMAINS",
+    "Domain",
+    "DomainSource",
+    "domain_source",
+    "labelled_images",
+    "load_domain",
+]

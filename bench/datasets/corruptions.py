@@ -12,6 +12,7 @@ Determinism: each image is corrupted with the global NumPy generator seeded from
 sha256(corruption, image id), and impulse noise with that seed passed explicitly (it draws from
 its own generator), so an image's corruption does not depend on load order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,18 @@ import numpy as np
 
 from edge_runtime.bench.datasets.domain import DomainSource, fingerprint
 
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "motion_blur", "fog",
-               "brightness", "contrast", "pixelate", "jpeg_compression")
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "motion_blur",
+    "fog",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+)
 DEV_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "zoom_blur", "spatter", "saturate", "elastic_transform")
 SEVERITY = 5
 _SEEDED_BY_ARGUMENT = ("impulse_noise",)

@@ -10,6 +10,7 @@ MNIST's own 20-pixel box in 28 -- and centred on a black square of ``DIGIT_SIDE`
 What remains different is the source: pen strokes at 20 pixels vs. 4 x 4 block counts at 8 pixels.
 OpenCV's ``digits.png`` is MNIST resampled and is deliberately not used.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,14 @@ def frame_digit(grey: np.ndarray, side: int = DIGIT_SIDE, box: int = DIGIT_BOX) 
     """
     rows, cols = np.flatnonzero(grey.any(axis=1)), np.flatnonzero(grey.any(axis=0))
     if rows.size:
-        grey = grey[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        grey = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = grey.shape
     scale = box / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = cv2.resize(grey.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     canvas = np.zeros((side, side), np.float32)
     y, x = (side - size[1]) // 2, (side - size[0]) // 2
-    canvas[y:y + size[1], x:x + size[0]] = small
+    canvas[y : y + size[1], x : x + size[0]] = small
     out = np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
     return cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
 

@@ -11,6 +11,7 @@ a version string that hashes the source files' listing (path and size: a new pac
 changes it), the mapping table and the framing constants. ``<cache>`` is ``$EDGERT_CACHE`` or
 ``<repo>/.cache``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,9 @@ def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def frame_object(image: np.ndarray, side: int = OBJECT_SIDE, fill: float = OBJECT_FILL,
-                 background: tuple[int, int, int] = GREY) -> np.ndarray:
+def frame_object(
+    image: np.ndarray, side: int = OBJECT_SIDE, fill: float = OBJECT_FILL, background: tuple[int, int, int] = GREY
+) -> np.ndarray:
     """BGR or BGRA image -> (side, side, 3) BGR with the object centred, longer side ``fill * side``.
 
     The bounding box comes from alpha when there is one, else from pixels that differ from the
@@ -101,7 +103,7 @@ def frame_object(image: np.ndarray, side: int = OBJECT_SIDE, fill: float = OBJEC
         mask = np.any(np.abs(image.astype(np.int16) - image[0, 0].astype(np.int16)) > EMPTY_LEVEL, axis=2)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size:
-        image = image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        image = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     flat = composite(image, background)
     h, w = flat.shape[:2]
     target = max(1, round(fill * side))
@@ -111,7 +113,7 @@ def frame_object(image: np.ndarray, side: int = OBJECT_SIDE, fill: float = OBJEC
     canvas = np.empty((side, side, 3), np.uint8)
     canvas[:] = background
     y, x = (side - size[1]) // 2, (side - size[0]) // 2
-    canvas[y:y + size[1], x:x + size[0]] = flat
+    canvas[y : y + size[1], x : x + size[0]] = flat
     return canvas
 
 
@@ -139,11 +141,22 @@ class DomainSource:
         path = self.cache_path()
         if self.cache and path.is_file():
             with np.load(path, allow_pickle=False) as z:
-                return Domain(self.name, list(z["images"]), z["labels"].astype(np.int64),
-                              tuple(z["classes"].tolist()), tuple(z["ids"].tolist()), self.version)
+                return Domain(
+                    self.name,
+                    list(z["images"]),
+                    z["labels"].astype(np.int64),
+                    tuple(z["classes"].tolist()),
+                    tuple(z["ids"].tolist()),
+                    self.version,
+                )
         images, labels, classes, ids = self.build()
         domain = Domain(self.name, list(images), np.asarray(labels, np.int64), tuple(classes), tuple(ids), self.version)
         if self.cache:
-            atomic_savez(path, images=np.stack(domain.images), labels=domain.labels,
-                         classes=np.array(domain.classes), ids=np.array(domain.ids))
+            atomic_savez(
+                path,
+                images=np.stack(domain.images),
+                labels=domain.labels,
+                classes=np.array(domain.classes),
+                ids=np.array(domain.ids),
+            )
         return domain

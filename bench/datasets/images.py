@@ -18,6 +18,7 @@ a source-only choice; and, unlike black, it keeps the black line art of clipart 
 ``composite`` itself defaults to ``WHITE``, the page colour drawings are made for; the exporter's
 calibration images use that default, and changing it would change the exported int8 model.
 """
+
 from __future__ import annotations
 
 import math
@@ -171,8 +172,8 @@ def read_png_streamed(path: str | Path, factor: int) -> np.ndarray:
                     pending += piece
                     usable = len(pending) // (row_bytes + 1)
                     if usable:
-                        rows = np.frombuffer(bytes(pending[:usable * (row_bytes + 1)]), np.uint8)
-                        del pending[:usable * (row_bytes + 1)]
+                        rows = np.frombuffer(bytes(pending[: usable * (row_bytes + 1)]), np.uint8)
+                        del pending[: usable * (row_bytes + 1)]
                         for raw in rows.reshape(usable, row_bytes + 1):
                             if y >= height:
                                 break

@@ -3,6 +3,7 @@
 Kept apart from the reader (which owns chunk parsing, zlib and pixel conversion) so each
 kernel stays a pure function over arrays.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -2,6 +2,7 @@
 
 Each entry of ``ADAPTERS`` maps a bench/CLI name to a factory taking keyword parameters.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -17,9 +18,12 @@ def _lazy(module: str, cls: str, **fixed: Any) -> Callable[..., Adapter]:
     adapters by string, so importing it loads none of them, and an adapter that wraps another by
     name, like ``shift``, can look it up here without an import cycle); ``fixed`` parameters are
     overridable."""
+
     def factory(**params: Any) -> Adapter:
         import importlib
+
         return getattr(importlib.import_module(f"edge_runtime.adapters.{module}"), cls)(**{**fixed, **params})
+
     return factory
 
 

@@ -15,6 +15,7 @@ Constructor arguments are stored under their own names and nothing else happens 
 ``__init__``; learned state carries a leading underscore. That makes ``get_params``, ``clone``
 and the generic state round trip below work for every adapter.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -125,8 +126,7 @@ class Adapter(ABC):
     def state_dict(self) -> dict[str, Any]:
         """Parameters (JSON-able) and learned state (arrays): everything needed to resume."""
         self._check_fitted()
-        return {"adapter": self.name, "format": STATE_FORMAT, "params": self.get_params(),
-                "arrays": self._arrays()}
+        return {"adapter": self.name, "format": STATE_FORMAT, "params": self.get_params(), "arrays": self._arrays()}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Adapter":

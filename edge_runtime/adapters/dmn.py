@@ -18,10 +18,10 @@ Two departures from the official code, both deliberate:
   this data the shift is what recovers accuracy: on the dev tasks the memories alone were at
   best level with the linear head. ``shift_momentum=None`` gives DMN without it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,8 @@ from edge_runtime.adapters.linear import Linear
 from edge_runtime.adapters.ncm import NCM
 from edge_runtime.adapters.shift import MOMENTUM, FeatureShift
 from edge_runtime.errors import InputError
-from edge_runtime.numerics import softmax
 from edge_runtime.kernels import dmn as kernels
+from edge_runtime.numerics import softmax
 
 PRIORS = ("linear", "prototypes", "text")
 ANCHORS = ("prior", "source-means")
@@ -52,9 +52,13 @@ def load_text_embeddings(path: str | Path, n_classes: int | None = None, dim: in
     try:
         matrix = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read text embeddings {path}: {exc}; save a (classes, d) float array with np.save") from None
+        raise InputError(
+            f"cannot read text embeddings {path}: {exc}; save a (classes, d) float array with np.save"
+        ) from None
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
-        raise InputError(f"text embeddings {path} must be a 2-D float array (classes, d), got {matrix.dtype} {matrix.shape}")
+        raise InputError(
+            f"text embeddings {path} must be a 2-D float array (classes, d), got {matrix.dtype} {matrix.shape}"
+        )
     if n_classes is not None and matrix.shape[0] != n_classes:
         raise InputError(f"text embeddings {path} have {matrix.shape[0]} rows, the labels have {n_classes} classes")
     if dim is not None and matrix.shape[1] != dim:
@@ -111,11 +115,23 @@ class DMN(Adapter):
     can_teach = True
     can_forget = True
 
-    def __init__(self, prior: str = "linear", text_embeddings: str | None = None, memory_length: int = 50,
-                 static_length: int = 16, beta: float = 5.5, scale: float = 10.0, prior_scale: float = 100.0,
-                 weight_dynamic: float = 0.1, weight_static: float = 0.0, write_gate: float = 0.5,
-                 anchors: str = "prior", shift_momentum: float | None = MOMENTUM, skip_own_slot: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        prior: str = "linear",
+        text_embeddings: str | None = None,
+        memory_length: int = 50,
+        static_length: int = 16,
+        beta: float = 5.5,
+        scale: float = 10.0,
+        prior_scale: float = 100.0,
+        weight_dynamic: float = 0.1,
+        weight_static: float = 0.0,
+        write_gate: float = 0.5,
+        anchors: str = "prior",
+        shift_momentum: float | None = MOMENTUM,
+        skip_own_slot: bool = True,
+        seed: int = 0,
+    ) -> None:
         self.prior = prior
         self.text_embeddings = text_embeddings
         self.memory_length = memory_length
@@ -213,12 +229,28 @@ class DMN(Adapter):
         raw = as_features(features, self.dim)
         x = raw if self._stage is None else as_features(self._stage.transform(raw))
         out = np.empty((len(x), self._n_classes), dtype=np.float32)
-        kernels.dmn_adapt(x, self._prior(x), self._ring, self._ring_entropy, self._ring_fill, self._ring_gram,
-                          self._static, self._static_fill, self._static_gram, self._anchors,
-                          np.float32(self.beta), np.float32(self.scale), np.float32(self.weight_dynamic),
-                          np.float32(self.weight_static), self._max_entropy(),
-                          bool(self.skip_own_slot), write, out, self._scratch_weights,
-                          self._scratch_logits)
+        kernels.dmn_adapt(
+            x,
+            self._prior(x),
+            self._ring,
+            self._ring_entropy,
+            self._ring_fill,
+            self._ring_gram,
+            self._static,
+            self._static_fill,
+            self._static_gram,
+            self._anchors,
+            np.float32(self.beta),
+            np.float32(self.scale),
+            np.float32(self.weight_dynamic),
+            np.float32(self.weight_static),
+            self._max_entropy(),
+            bool(self.skip_own_slot),
+            write,
+            out,
+            self._scratch_weights,
+            self._scratch_logits,
+        )
         if write and self._stage is not None:
             self._stage.update(raw)
         return out
@@ -254,8 +286,13 @@ class DMN(Adapter):
             prior = (table["prototypes"], None, table["inv_temperature"])
         else:
             prior = (np.asarray(self._text, np.float32), None, float(self.prior_scale))
-        return {"shift": shift, "prior": prior, "dynamic": (self._ring, self._ring_fill),
-                "static": (self._static, self._static_fill), "anchors": self._anchors}
+        return {
+            "shift": shift,
+            "prior": prior,
+            "dynamic": (self._ring, self._ring_fill),
+            "static": (self._static, self._static_fill),
+            "anchors": self._anchors,
+        }
 
     def memory_usage(self) -> tuple[int, int | None] | None:
         """(occupied dynamic slots, memory_length x classes)."""
@@ -274,8 +311,15 @@ class DMN(Adapter):
             # The replacement rule keeps low entropies; recording minus the arrival count makes
             # every newer labelled sample "more certain" than every older one, i.e. first in, first out.
             self._taught[0] += 1
-            kernels.ring_write(self._static, self._static_entropy, self._static_fill, self._static_gram,
-                               row, int(label), np.float32(-self._taught[0]))
+            kernels.ring_write(
+                self._static,
+                self._static_entropy,
+                self._static_fill,
+                self._static_gram,
+                row,
+                int(label),
+                np.float32(-self._taught[0]),
+            )
 
     def forget(self) -> int:
         """Empty the dynamic memory and the shift's target mean (e.g. the scene changed); returns the slots freed."""
@@ -304,10 +348,18 @@ class DMN(Adapter):
 
     # -- state ------------------------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"anchors": self._anchors, "ring": self._ring, "ring_entropy": self._ring_entropy,
-                  "ring_fill": self._ring_fill, "ring_gram": self._ring_gram, "static": self._static,
-                  "static_entropy": self._static_entropy, "static_fill": self._static_fill,
-                  "static_gram": self._static_gram, "taught": self._taught}
+        arrays = {
+            "anchors": self._anchors,
+            "ring": self._ring,
+            "ring_entropy": self._ring_entropy,
+            "ring_fill": self._ring_fill,
+            "ring_gram": self._ring_gram,
+            "static": self._static,
+            "static_entropy": self._static_entropy,
+            "static_fill": self._static_fill,
+            "static_gram": self._static_gram,
+            "taught": self._taught,
+        }
         if self._prior_head is not None:
             arrays.update({f"prior.{k}": v for k, v in self._prior_head._arrays().items()})
         else:
@@ -320,8 +372,17 @@ class DMN(Adapter):
         self._anchors = np.ascontiguousarray(arrays["anchors"], dtype=np.float32)
         self._n_classes, self._dim = self._anchors.shape
         self._allocate()
-        for name in ("ring", "ring_entropy", "ring_fill", "ring_gram", "static", "static_entropy",
-                     "static_fill", "static_gram", "taught"):
+        for name in (
+            "ring",
+            "ring_entropy",
+            "ring_fill",
+            "ring_gram",
+            "static",
+            "static_entropy",
+            "static_fill",
+            "static_gram",
+            "taught",
+        ):
             target = getattr(self, f"_{name}")
             source = np.asarray(arrays[name])
             if source.shape != target.shape:
@@ -332,10 +393,12 @@ class DMN(Adapter):
         if self.shift_momentum is not None:
             self._stage = FeatureShift(self.shift_momentum)
             # Copies: the stage updates its target mean in place, and the state's arrays may be shared.
-            self._stage.load_arrays({k[len("shift."):]: np.array(v) for k, v in arrays.items() if k.startswith("shift.")})
+            self._stage.load_arrays(
+                {k[len("shift.") :]: np.array(v) for k, v in arrays.items() if k.startswith("shift.")}
+            )
         self._prior_head = None
         if head is None:
             self._text = np.ascontiguousarray(arrays["text"], dtype=np.float32)
         else:
             self._prior_head = head() if head is Linear else NCM(temperature=1.0 / self.prior_scale)
-            self._prior_head._load_arrays({k[len("prior."):]: v for k, v in arrays.items() if k.startswith("prior.")})
+            self._prior_head._load_arrays({k[len("prior.") :]: v for k, v in arrays.items() if k.startswith("prior.")})

@@ -4,6 +4,7 @@ Fitting happens once, on labelled source features (on the host or at install tim
 test-time adaptation, so a full-batch quasi-Newton solver is fine here. The device only ever
 evaluates ``softmax(W f + b)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,21 +31,28 @@ def _loss_and_grad(theta: np.ndarray, x: np.ndarray, onehot: np.ndarray, l2: flo
     n, d = x.shape
     c = onehot.shape[1]
     w = theta[: c * d].reshape(c, d).astype(np.float32)
-    b = theta[c * d:].astype(np.float32)
+    b = theta[c * d :].astype(np.float32)
     logits = x @ w.T + b
     logits -= logits.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(logits).sum(axis=1))
-    loss = float((log_norm - (logits * onehot).sum(axis=1)).mean(dtype=np.float64)
-                 + 0.5 * l2 * (theta[: c * d] ** 2).sum())
+    loss = float(
+        (log_norm - (logits * onehot).sum(axis=1)).mean(dtype=np.float64) + 0.5 * l2 * (theta[: c * d] ** 2).sum()
+    )
     resid = np.exp(logits - log_norm[:, None]) - onehot
     grad = np.empty_like(theta)
     grad[: c * d] = (resid.T @ x).ravel() / n + l2 * theta[: c * d]
-    grad[c * d:] = resid.mean(axis=0, dtype=np.float64)
+    grad[c * d :] = resid.mean(axis=0, dtype=np.float64)
     return loss, grad
 
 
-def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarray, *,
-          max_iter: int = 300, tol: float = 1e-5, memory: int = 10) -> np.ndarray:
+def lbfgs(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    theta: np.ndarray,
+    *,
+    max_iter: int = 300,
+    tol: float = 1e-5,
+    memory: int = 10,
+) -> np.ndarray:
     """Minimise a smooth function by L-BFGS (two-loop recursion) with Armijo backtracking.
 
     Stops when the largest gradient component falls below ``tol`` or after ``max_iter`` steps.
@@ -95,15 +103,16 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], theta: np.ndarr
     return theta
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float,
-                 start: np.ndarray | None = None, max_iter: int = 300) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, n_classes: int, l2: float, start: np.ndarray | None = None, max_iter: int = 300
+) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression on rows ``x``; returns (W (C, d), b (C,)) as float64."""
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     onehot = np.eye(n_classes, dtype=np.float32)[y]
     theta0 = np.zeros(n_classes * (x.shape[1] + 1)) if start is None else start
     theta = lbfgs(lambda t: _loss_and_grad(t, x32, onehot, l2), theta0, max_iter=max_iter)
     d = x.shape[1]
-    return theta[: n_classes * d].reshape(n_classes, d), theta[n_classes * d:]
+    return theta[: n_classes * d].reshape(n_classes, d), theta[n_classes * d :]
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -123,8 +132,7 @@ _CHOSEN: dict[bytes, float] = {}
 _CHOSEN_MAX = 32
 
 
-def chosen_l2_for(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float],
-                  folds: int, seed: int) -> float:
+def chosen_l2_for(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float], folds: int, seed: int) -> float:
     """``choose_l2(...)[0]``, remembered for the last ``_CHOSEN_MAX`` distinct inputs."""
     # float16 in the key: rows normalised twice (a wrapper, then the head) differ in the last
     # float32 bit, and should still share one cross-validation.
@@ -139,8 +147,9 @@ def chosen_l2_for(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[f
     return _CHOSEN[key]
 
 
-def choose_l2(x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float],
-              folds: int, seed: int) -> tuple[float, np.ndarray]:
+def choose_l2(
+    x: np.ndarray, y: np.ndarray, n_classes: int, grid: Sequence[float], folds: int, seed: int
+) -> tuple[float, np.ndarray]:
     """The grid value with the lowest mean held-out cross-entropy over stratified k folds.
 
     Each fold walks the grid from strong to weak regularisation, warm-starting every fit from
@@ -189,8 +198,9 @@ class Linear(Adapter):
 
     name = "linear"
 
-    def __init__(self, l2: float | None = None, l2_grid: Sequence[float] = L2_GRID,
-                 cv_folds: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self, l2: float | None = None, l2_grid: Sequence[float] = L2_GRID, cv_folds: int = 5, seed: int = 0
+    ) -> None:
         self.l2 = l2
         self.l2_grid = l2_grid
         self.cv_folds = cv_folds
@@ -205,8 +215,10 @@ class Linear(Adapter):
             raise InputError(f"l2 must be >= 0, got {l2}")
         if l2 is None:
             if int(self.cv_folds) < 2 or not self.l2_grid:
-                raise InputError(f"cross-validating l2 needs cv_folds >= 2 and a non-empty l2_grid, "
-                                 f"got {self.cv_folds} and {self.l2_grid!r}")
+                raise InputError(
+                    f"cross-validating l2 needs cv_folds >= 2 and a non-empty l2_grid, "
+                    f"got {self.cv_folds} and {self.l2_grid!r}"
+                )
             l2 = chosen_l2_for(x, y, n_classes, self.l2_grid, self.cv_folds, self.seed)
         w, b = fit_logistic(x, y, n_classes, float(l2))
         self._weight = w.astype(np.float32)

@@ -1,4 +1,5 @@
 """Nearest class mean over L2-normalised features: the simplest source-only baseline."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,13 +55,17 @@ class NCM(Adapter):
         # Cosine to the mean equals a dot product with the normalised mean; a class never seen
         # keeps a zero row and so scores 0, below any class that has data.
         norms = np.linalg.norm(self._sums, axis=1, keepdims=True)
-        self._prototypes = np.divide(self._sums, norms, out=np.zeros_like(self._sums),
-                                     where=norms > 0).astype(np.float32)
+        self._prototypes = np.divide(self._sums, norms, out=np.zeros_like(self._sums), where=norms > 0).astype(
+            np.float32
+        )
 
     def c_export(self) -> dict[str, Any]:
         """Unit (or zero) class prototypes (K, d) and 1 / temperature."""
         self._check_fitted()
-        return {"prototypes": np.asarray(self._prototypes, np.float32), "inv_temperature": 1.0 / float(self.temperature)}
+        return {
+            "prototypes": np.asarray(self._prototypes, np.float32),
+            "inv_temperature": 1.0 / float(self.temperature),
+        }
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         self._check_fitted()
@@ -91,11 +96,19 @@ class NCM(Adapter):
         self._check_fitted()
         source = delta.get("source")
         shape = (2,) + self._sums.shape
-        if set(delta) != {"source"} or not isinstance(source, np.ndarray) or source.dtype != np.float64 \
-                or source.shape != shape or not np.isfinite(source).all() \
-                or not np.all(source[0] == source[0, :, :1]) or not np.all(source[0] == np.round(source[0])):
-            raise InputError(f"a statistics delta is {{'source': finite float64 array {shape}}} with whole counts "
-                             f"equal along d, got {sorted(delta)}")
+        if (
+            set(delta) != {"source"}
+            or not isinstance(source, np.ndarray)
+            or source.dtype != np.float64
+            or source.shape != shape
+            or not np.isfinite(source).all()
+            or not np.all(source[0] == source[0, :, :1])
+            or not np.all(source[0] == np.round(source[0]))
+        ):
+            raise InputError(
+                f"a statistics delta is {{'source': finite float64 array {shape}}} with whole counts "
+                f"equal along d, got {sorted(delta)}"
+            )
         self._counts += source[0, :, 0].astype(np.int64)
         self._sums += source[1]
         self._refresh()

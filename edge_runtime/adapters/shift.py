@@ -9,6 +9,7 @@ The running mean starts at the source mean (no shift before any target frame arr
 unshifted stream is left nearly untouched. ``FeatureShift`` is the stage; ``Shifted`` puts it in
 front of any registered adapter (``shift`` = in front of the source linear head).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -62,8 +63,10 @@ class FeatureShift:
         self._source_mean = np.array(arrays["source_mean"], dtype=np.float32, order="C")
         self._target_mean = np.array(arrays["target_mean"], dtype=np.float32, order="C")
         if self._source_mean.shape != self._target_mean.shape or self._source_mean.ndim != 1:
-            raise InputError(f"shift state holds means of shapes {self._source_mean.shape} and "
-                             f"{self._target_mean.shape}; expected two equal (d,) vectors")
+            raise InputError(
+                f"shift state holds means of shapes {self._source_mean.shape} and "
+                f"{self._target_mean.shape}; expected two equal (d,) vectors"
+            )
 
 
 class Shifted(Adapter):
@@ -86,8 +89,9 @@ class Shifted(Adapter):
 
     name = "shift"
 
-    def __init__(self, inner: str = "linear", inner_params: dict[str, Any] | None = None,
-                 momentum: float = MOMENTUM) -> None:
+    def __init__(
+        self, inner: str = "linear", inner_params: dict[str, Any] | None = None, momentum: float = MOMENTUM
+    ) -> None:
         self.inner = inner
         self.inner_params = inner_params
         self.momentum = momentum
@@ -154,5 +158,7 @@ class Shifted(Adapter):
         self._inner._load_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("inner.")})
         self._n_classes, self._dim = self._inner.n_classes, self._inner.dim
         if self._stage.arrays()["source_mean"].shape != (self._dim,):
-            raise InputError(f"shift state has means of width {self._stage.arrays()['source_mean'].shape}, "
-                             f"the inner adapter expects {self._dim}")
+            raise InputError(
+                f"shift state has means of width {self._stage.arrays()['source_mean'].shape}, "
+                f"the inner adapter expects {self._dim}"
+            )

@@ -16,6 +16,7 @@ definition, it uses nothing but the sample's own unlabelled features, and it mat
 the dev corruption tasks, scoring first left T3A several points below its own source head;
 writing first put it about 3 points above).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -24,8 +25,8 @@ import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
 from edge_runtime.adapters.linear import L2_GRID, Linear
-from edge_runtime.numerics import entropy, softmax
 from edge_runtime.errors import InputError
+from edge_runtime.numerics import entropy, softmax
 
 
 class T3A(Adapter):
@@ -50,8 +51,15 @@ class T3A(Adapter):
 
     name = "t3a"
 
-    def __init__(self, filter_k: int = 5, temperature: float = 0.05, l2: float | None = None,
-                 l2_grid: Sequence[float] = L2_GRID, cv_folds: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        filter_k: int = 5,
+        temperature: float = 0.05,
+        l2: float | None = None,
+        l2_grid: Sequence[float] = L2_GRID,
+        cv_folds: int = 5,
+        seed: int = 0,
+    ) -> None:
         self.filter_k = filter_k
         self.temperature = temperature
         self.l2 = l2
@@ -116,8 +124,10 @@ class T3A(Adapter):
         self._support_entropy = np.ascontiguousarray(arrays["support_entropy"], dtype=np.float32)
         c, k, d = self._supports.shape
         if k != self.filter_k or (c, d) != (self._head.n_classes, self._head.dim):
-            raise InputError(f"T3A state holds supports of shape {self._supports.shape}, which does not "
-                             f"match filter_k={self.filter_k} and the head's {self._head.n_classes}x{self._head.dim}")
+            raise InputError(
+                f"T3A state holds supports of shape {self._supports.shape}, which does not "
+                f"match filter_k={self.filter_k} and the head's {self._head.n_classes}x{self._head.dim}"
+            )
         self._n_classes, self._dim = c, d
         self._prototypes = np.zeros((c, d), dtype=np.float32)
         for label in range(c):

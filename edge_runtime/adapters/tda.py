@@ -14,6 +14,7 @@ the official code, ``adapt`` first writes the sample into the caches, then score
 order too; see ``t3a.py``). One deliberate departure: entropy is normalised by log(C) in nats,
 as "normalised entropy" says (the official code divides nats by log2(C)).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,8 +23,8 @@ import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
 from edge_runtime.adapters.linear import L2_GRID, Linear
-from edge_runtime.numerics import entropy, softmax
 from edge_runtime.errors import InputError
+from edge_runtime.numerics import entropy, softmax
 
 
 class TDA(Adapter):
@@ -37,11 +38,21 @@ class TDA(Adapter):
 
     name = "tda"
 
-    def __init__(self, pos_shots: int = 3, pos_alpha: float = 2.0, pos_beta: float = 5.0,
-                 neg_shots: int = 2, neg_alpha: float = 0.117, neg_beta: float = 1.0,
-                 neg_entropy: Sequence[float] = (0.2, 0.5), neg_mask: Sequence[float] = (0.03, 1.0),
-                 l2: float | None = None, l2_grid: Sequence[float] = L2_GRID, cv_folds: int = 5,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        pos_shots: int = 3,
+        pos_alpha: float = 2.0,
+        pos_beta: float = 5.0,
+        neg_shots: int = 2,
+        neg_alpha: float = 0.117,
+        neg_beta: float = 1.0,
+        neg_entropy: Sequence[float] = (0.2, 0.5),
+        neg_mask: Sequence[float] = (0.03, 1.0),
+        l2: float | None = None,
+        l2_grid: Sequence[float] = L2_GRID,
+        cv_folds: int = 5,
+        seed: int = 0,
+    ) -> None:
         self.pos_shots = pos_shots
         self.pos_alpha = pos_alpha
         self.pos_beta = pos_beta
@@ -75,8 +86,9 @@ class TDA(Adapter):
         # Positive slot (k, s) votes for class k: a fixed one-hot table, derived, not state.
         self._pos_values = np.repeat(np.eye(self.n_classes, dtype=np.float32), self.pos_shots, axis=0)
 
-    def _cache_logits(self, x: np.ndarray, keys: np.ndarray, filled: np.ndarray, beta: float,
-                      values: np.ndarray) -> np.ndarray:
+    def _cache_logits(
+        self, x: np.ndarray, keys: np.ndarray, filled: np.ndarray, beta: float, values: np.ndarray
+    ) -> np.ndarray:
         # Affinity-weighted votes of the filled slots only (an empty slot holds a zero key, which
         # would otherwise vote with weight exp(-beta)).
         affinity = x @ keys.reshape(-1, keys.shape[-1]).T
@@ -91,9 +103,11 @@ class TDA(Adapter):
     def _logits(self, x: np.ndarray, prior: np.ndarray) -> np.ndarray:
         c = self.n_classes
         logits = prior + self.pos_alpha * self._cache_logits(
-            x, self._pos_keys, np.isfinite(self._pos_entropy), self.pos_beta, self._pos_values)
+            x, self._pos_keys, np.isfinite(self._pos_entropy), self.pos_beta, self._pos_values
+        )
         logits -= self.neg_alpha * self._cache_logits(
-            x, self._neg_keys, np.isfinite(self._neg_entropy), self.neg_beta, self._neg_masks.reshape(-1, c))
+            x, self._neg_keys, np.isfinite(self._neg_entropy), self.neg_beta, self._neg_masks.reshape(-1, c)
+        )
         return logits.astype(np.float32, copy=False)
 
     def adapt(self, features: np.ndarray) -> np.ndarray:
@@ -127,16 +141,26 @@ class TDA(Adapter):
 
     def _arrays(self) -> dict[str, np.ndarray]:
         head = {f"head.{k}": v for k, v in self._head._arrays().items()}
-        return {**head, "pos_keys": self._pos_keys, "pos_entropy": self._pos_entropy,
-                "neg_keys": self._neg_keys, "neg_entropy": self._neg_entropy, "neg_masks": self._neg_masks}
+        return {
+            **head,
+            "pos_keys": self._pos_keys,
+            "pos_entropy": self._pos_entropy,
+            "neg_keys": self._neg_keys,
+            "neg_entropy": self._neg_entropy,
+            "neg_masks": self._neg_masks,
+        }
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self._head = Linear(self.l2, self.l2_grid, self.cv_folds, self.seed)
         self._head._load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("head.")})
         c, d = self._head.n_classes, self._head.dim
-        expected = {"pos_keys": (c, self.pos_shots, d), "pos_entropy": (c, self.pos_shots),
-                    "neg_keys": (c, self.neg_shots, d), "neg_entropy": (c, self.neg_shots),
-                    "neg_masks": (c, self.neg_shots, c)}
+        expected = {
+            "pos_keys": (c, self.pos_shots, d),
+            "pos_entropy": (c, self.pos_shots),
+            "neg_keys": (c, self.neg_shots, d),
+            "neg_entropy": (c, self.neg_shots),
+            "neg_masks": (c, self.neg_shots, c),
+        }
         for key, shape in expected.items():
             value = np.ascontiguousarray(arrays[key], dtype=np.float32)
             if value.shape != shape:

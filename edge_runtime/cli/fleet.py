@@ -4,6 +4,7 @@
 every device that has announced itself on the fleet (retained presence): online or not, the last
 update it published (sequence number), bytes sent, and when it last spoke.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("fleet (share what is taught with other devices over MQTT; memflow)")
     group.add_argument("--fleet", metavar="URL", help="mqtt://HOST:PORT/FLEET (mqtts:// for TLS)")
     group.add_argument("--fleet-device", metavar="NAME", help="this device's name and broker user (default: host name)")
-    group.add_argument("--fleet-key", type=Path, metavar="FILE",
-                       help="fleet key file, mode 0600 (edgert bridge keygen); default: $EDGERT_FLEET_KEY")
+    group.add_argument(
+        "--fleet-key",
+        type=Path,
+        metavar="FILE",
+        help="fleet key file, mode 0600 (edgert bridge keygen); default: $EDGERT_FLEET_KEY",
+    )
     group.add_argument("--fleet-password-file", type=Path, metavar="FILE", help="broker password, mode 0600")
     group.add_argument("--fleet-ca", type=Path, metavar="FILE", help="CA certificate for mqtts://")
     group.add_argument("--fleet-cert", type=Path, metavar="FILE", help="client certificate for mqtts://")
@@ -51,24 +56,39 @@ def attach(args: argparse.Namespace, adapter: Any, model_sha256: str, resume: An
     from edge_runtime.fleet.payload import fleet_keys
     from edge_runtime.fleet.sync import FleetSync
 
-    tls = {k: str(v) for k, v in (("ca_certs", args.fleet_ca), ("certfile", args.fleet_cert),
-                                  ("keyfile", args.fleet_cert_key)) if v is not None}
+    tls = {
+        k: str(v)
+        for k, v in (("ca_certs", args.fleet_ca), ("certfile", args.fleet_cert), ("keyfile", args.fleet_cert_key))
+        if v is not None
+    }
     device = args.fleet_device or socket.gethostname().split(".")[0]
-    fleet = FleetSync(adapter, args.fleet, device, fleet_keys(args.fleet_key), model_sha256,
-                      password=read_secret(args.fleet_password_file) if args.fleet_password_file else None,
-                      tls=tls or None)
+    fleet = FleetSync(
+        adapter,
+        args.fleet,
+        device,
+        fleet_keys(args.fleet_key),
+        model_sha256,
+        password=read_secret(args.fleet_password_file) if args.fleet_password_file else None,
+        tls=tls or None,
+    )
     if resume is not None:
         fleet.restore(*resume)
-        print(f"edgert run: fleet {fleet.url.fleet}: resuming as {device} at update {fleet.ledger.seq}, "
-              f"{len(fleet.ledger.peers)} peer(s) known", file=sys.stderr)
+        print(
+            f"edgert run: fleet {fleet.url.fleet}: resuming as {device} at update {fleet.ledger.seq}, "
+            f"{len(fleet.ledger.peers)} peer(s) known",
+            file=sys.stderr,
+        )
     return fleet.start()
 
 
 # -- edgert fleet status ------------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
-    status = sub.add_parser("status", help="devices of a fleet: online, last update, bytes sent",
-                            description="devices of a fleet: online, last update, bytes sent")
+    status = sub.add_parser(
+        "status",
+        help="devices of a fleet: online, last update, bytes sent",
+        description="devices of a fleet: online, last update, bytes sent",
+    )
     status.add_argument("--broker", required=True, metavar="URL", help="mqtt://HOST:PORT/FLEET")
     status.add_argument("--user", default="observer", help="broker user (default: observer)")
     status.add_argument("--password-file", type=Path, metavar="FILE", help="its password, mode 0600")
@@ -110,7 +130,9 @@ def collect(url: str, user: str, password: str | None, ca: Path | None, timeout:
         except (ValueError, KeyError, TypeError):
             seen[message.topic] = {"device": message.topic.split("/")[-1], "model": "?", "unreadable": True}
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgert-status-{os.getpid()}", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgert-status-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(user, password)
     if where.tls:
         client.tls_set(ca_certs=str(ca) if ca else None)
@@ -142,8 +164,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'device':<16} {'model':<13} {'online':<7} {'last update':>11} {'bytes sent':>12}  last heard")
     for row in rows:
         heard = f"{now - row['t']:.0f} s ago" if "t" in row else "?"
-        print(f"{row['device']:<16} {row.get('model', '?'):<13} {'yes' if row.get('online') else 'no':<7} "
-              f"{row.get('seq', '?'):>11} {row.get('bytes_sent', '?'):>12}  {heard}")
+        print(
+            f"{row['device']:<16} {row.get('model', '?'):<13} {'yes' if row.get('online') else 'no':<7} "
+            f"{row.get('seq', '?'):>11} {row.get('bytes_sent', '?'):>12}  {heard}"
+        )
     online = sum(1 for row in rows if row.get("online"))
     print(f"{len(rows)} device(s), {online} online")
     return 0

@@ -4,6 +4,7 @@ Each subcommand lives in a module with ``configure(parser)`` and ``main(args) ->
 modules import heavy dependencies (torch on the host side) only inside ``main``, so ``edgert
 --help`` and the device-side commands never load torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("edge_runtime.bench.cli", "measure latency, accuracy under domain shift, and cost"),
     "run": ("edge_runtime.cli.run", "classify a video, camera or stream, adapting on the unlabelled frames"),
     "memory": ("edge_runtime.cli.memory", "build a source memory from labelled images, or show a state file"),
-    "demo": ("edge_runtime.bench.demo", "the main job: export, memorise photos, stream a shifted video: adapted vs source-only"),
+    "demo": (
+        "edge_runtime.bench.demo",
+        "the main job: export, memorise photos, stream a shifted video: adapted vs source-only",
+    ),
     "bridge": ("firmware_bridge.cli", "serve or talk over a serial/TCP link to cameras and MCUs; export memories to C"),
     "fleet": ("edge_runtime.cli.fleet", "devices sharing memory over an MQTT broker: who is online, last update"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgert", description="edge_runtime: a frozen int8 backbone that adapts "
-                                     "online to domain shift, with forward passes only")
+    parser = argparse.ArgumentParser(
+        prog="edgert",
+        description="edge_runtime: a frozen int8 backbone that adapts "
+        "online to domain shift, with forward passes only",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)

@@ -6,6 +6,7 @@ sub-folder per class (the sub-folder names are the class names), or the name of 
 domain (``photo``, ``clipart``, ``emoji``, ...; ``edge_runtime.bench.datasets``). The file is a
 state file (``edge_runtime.state``) tied to the model's sha256; ``edgert run --memory FILE`` starts from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,19 +22,29 @@ from edge_runtime.errors import InputError
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    build = sub.add_parser("build", help="memorise labelled source images into a memory file",
-                           description="memorise labelled source images into a memory file")
-    build.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                       help=f"exported backbone (default: {DEFAULT_MODEL})")
-    build.add_argument("--images", required=True,
-                       help="a folder with one sub-folder of images per class, or a packaged bench domain name")
+    build = sub.add_parser(
+        "build",
+        help="memorise labelled source images into a memory file",
+        description="memorise labelled source images into a memory file",
+    )
+    build.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help=f"exported backbone (default: {DEFAULT_MODEL})"
+    )
+    build.add_argument(
+        "--images",
+        required=True,
+        help="a folder with one sub-folder of images per class, or a packaged bench domain name",
+    )
     build.add_argument("--adapter", default="memflow", help="adapter name (default: memflow)")
     build.add_argument("--params", default="{}", help="adapter parameters as a JSON object, e.g. '{\"k\": 10}'")
     build.add_argument("--out", type=Path, required=True, help="memory file to write (.npz)")
     build.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
     build.set_defaults(main=main)
-    show = sub.add_parser("show", help="print the header of a memory or checkpoint file",
-                          description="print the header of a memory or checkpoint file")
+    show = sub.add_parser(
+        "show",
+        help="print the header of a memory or checkpoint file",
+        description="print the header of a memory or checkpoint file",
+    )
     show.add_argument("file", type=Path)
     show.set_defaults(main=main)
 
@@ -64,7 +75,10 @@ def main(args: argparse.Namespace) -> int:
     from edge_runtime.runtime.source_memory import build
 
     report = build(args.model, args.images, args.adapter, args.out, params, args.threads, domains=packaged_domain)
-    print(f"edgert memory build: {report['examples']} examples of {len(report['classes'])} classes "
-          f"({', '.join(report['classes'])}) -> {report['out']} (adapter {report['adapter']}, "
-          f"{report['seconds']:.1f} s)", file=sys.stdout)
+    print(
+        f"edgert memory build: {report['examples']} examples of {len(report['classes'])} classes "
+        f"({', '.join(report['classes'])}) -> {report['out']} (adapter {report['adapter']}, "
+        f"{report['seconds']:.1f} s)",
+        file=sys.stdout,
+    )
     return 0

@@ -6,6 +6,7 @@ as corrupt or made for another model are named on stderr), else from the source 
 seconds and at exit. SIGINT/SIGTERM end the run cleanly at any moment after it starts (while
 the model loads or a camera is retried too): final checkpoint, summary, exit 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,36 +20,61 @@ from edge_runtime.errors import EdgeRuntimeError, InputError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True,
-                        help="a video file, a camera index (0), or a capture URL/pipeline OpenCV accepts")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"exported backbone, .onnx or .tflite with its card beside it (default: {DEFAULT_MODEL})")
-    parser.add_argument("--adapter", default="memflow",
-                        help="adapter name (memflow, dmn, knn, ncm, ...), or none for the ImageNet head only")
+    parser.add_argument(
+        "--source", required=True, help="a video file, a camera index (0), or a capture URL/pipeline OpenCV accepts"
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"exported backbone, .onnx or .tflite with its card beside it (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--adapter",
+        default="memflow",
+        help="adapter name (memflow, dmn, knn, ncm, ...), or none for the ImageNet head only",
+    )
     parser.add_argument("--memory", type=Path, help="source memory file to start from (edgert memory build)")
     parser.add_argument("--state", type=Path, help="folder for checkpoints: resumed at start, written as it runs")
-    parser.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
-                        help="seconds between checkpoints (default: 30; a final one is always written)")
-    parser.add_argument("--labels", type=Path,
-                        help='JSONL of {"frame": n or "t": seconds, "label": name} to teach the adapter')
+    parser.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between checkpoints (default: 30; a final one is always written)",
+    )
+    parser.add_argument(
+        "--labels", type=Path, help='JSONL of {"frame": n or "t": seconds, "label": name} to teach the adapter'
+    )
     parser.add_argument("--out", type=Path, help="predictions as JSONL, one line per processed frame")
     parser.add_argument("--video-out", type=Path, help="annotated video, .mp4 (mp4v) or .avi (MJPG)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="process one frame in N (default: 1)")
     parser.add_argument("--max-frames", type=int, help="stop after this many processed frames")
-    parser.add_argument("--realtime", action="store_true",
-                        help="pace a file at its frame rate like a camera (frames are dropped if inference lags)")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace a file at its frame rate like a camera (frames are dropped if inference lags)",
+    )
     parser.add_argument("--no-adapt", action="store_true", help="predict only: do not adapt on the frames")
-    parser.add_argument("--compare", action="store_true",
-                        help="also record the source-only prediction of --memory for every frame")
-    parser.add_argument("--reconnects", type=int, default=5,
-                        help="reopen attempts (with backoff) when a live source fails (default: 5)")
+    parser.add_argument(
+        "--compare", action="store_true", help="also record the source-only prediction of --memory for every frame"
+    )
+    parser.add_argument(
+        "--reconnects", type=int, default=5, help="reopen attempts (with backoff) when a live source fails (default: 5)"
+    )
     parser.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
-    parser.add_argument("--providers", metavar="NAMES",
-                        help="where the backbone runs, in order of preference: ONNX Runtime providers "
-                             "(tensorrt,cuda,cpu) or LiteRT delegates (gpu, edgetpu, a delegate .so); "
-                             "unavailable ones fall back to the CPU with a warning (default: cpu)")
-    parser.add_argument("--metrics", metavar="[HOST:]PORT",
-                        help="serve Prometheus metrics over HTTP while running (host defaults to 127.0.0.1)")
+    parser.add_argument(
+        "--providers",
+        metavar="NAMES",
+        help="where the backbone runs, in order of preference: ONNX Runtime providers "
+        "(tensorrt,cuda,cpu) or LiteRT delegates (gpu, edgetpu, a delegate .so); "
+        "unavailable ones fall back to the CPU with a warning (default: cpu)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics over HTTP while running (host defaults to 127.0.0.1)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--json", type=Path, help="write the run summary as JSON to this file")
     from edge_runtime.cli.fleet import add_run_options
@@ -68,8 +94,10 @@ def load_adapter(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
         for problem in checkpoints.problems:
             print(f"edgert run: skipped state file: {problem}", file=sys.stderr)
     if state is not None:
-        print(f"edgert run: resuming from {state.path} ({state.meta.get('frames', 0)} frames seen before)",
-              file=sys.stderr)
+        print(
+            f"edgert run: resuming from {state.path} ({state.meta.get('frames', 0)} frames seen before)",
+            file=sys.stderr,
+        )
     elif args.memory is not None:
         state = read_state(args.memory, model_sha256=sha, adapter=args.adapter)
         print(f"edgert run: starting from source memory {args.memory}", file=sys.stderr)
@@ -103,12 +131,12 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, shutdown: Any) -> int:
     from edge_runtime.model import load_backbone, parse_providers
-    from edge_runtime.source.capture import Capture
-    from edge_runtime.state import read_state
     from edge_runtime.runtime.labels import LabelSchedule
     from edge_runtime.runtime.stream import Stream
     from edge_runtime.runtime.summary import Progress
     from edge_runtime.sinks import JsonlSink, VideoSink
+    from edge_runtime.source.capture import Capture
+    from edge_runtime.state import read_state
 
     if args.every < 1:
         raise InputError(f"--every must be >= 1, got {args.every}")
@@ -149,10 +177,22 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
             from edge_runtime.cli.fleet import attach
 
             fleet = attach(args, adapter, backbone.card.sha256, resume)
-        stream = Stream(backbone, adapter, classes, sinks, adapt=not args.no_adapt, baseline=baseline,
-                        labels=labels, checkpoints=checkpoints, checkpoint_every=args.checkpoint_every,
-                        meta=meta, max_frames=args.max_frames, progress=None if args.quiet else Progress(),
-                        fleet=fleet, metrics=metrics)
+        stream = Stream(
+            backbone,
+            adapter,
+            classes,
+            sinks,
+            adapt=not args.no_adapt,
+            baseline=baseline,
+            labels=labels,
+            checkpoints=checkpoints,
+            checkpoint_every=args.checkpoint_every,
+            meta=meta,
+            max_frames=args.max_frames,
+            progress=None if args.quiet else Progress(),
+            fleet=fleet,
+            metrics=metrics,
+        )
         shutdown.on_request(stream.stop.set)  # a signal before this point: the run ends at once, cleanly
         summary = stream.run(capture.start())
         if fleet is not None:
@@ -163,19 +203,24 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
         if metrics is not None:
             metrics.close()
     report = summary.to_dict()
-    report.update(source=str(args.source), model=str(args.model), adapter=args.adapter,
-                  execution=backbone.execution.to_dict())
+    report.update(
+        source=str(args.source), model=str(args.model), adapter=args.adapter, execution=backbone.execution.to_dict()
+    )
     if fleet is not None:
         report["fleet"] = status = fleet.status()
-        print(f"  fleet {status['fleet']} as {status['device']}: published up to update {status['seq']} "
-              f"({status['bytes_sent']:,} bytes), applied {status['updates'].get('applied', 0)} update(s) and "
-              f"{status['updates'].get('resynced', 0)} snapshot(s) from {len(status['peers'])} peer(s), "
-              f"rejected {sum(status['rejected'].values())}")
+        print(
+            f"  fleet {status['fleet']} as {status['device']}: published up to update {status['seq']} "
+            f"({status['bytes_sent']:,} bytes), applied {status['updates'].get('applied', 0)} update(s) and "
+            f"{status['updates'].get('resynced', 0)} snapshot(s) from {len(status['peers'])} peer(s), "
+            f"rejected {sum(status['rejected'].values())}"
+        )
     p50 = "  ".join(f"{k} {v:.2f}" for k, v in summary.p50().items())
-    print(f"edgert run: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), adapter "
-          f"{args.adapter}; read {summary.read}, dropped {summary.dropped}, undecodable {summary.undecodable}, "
-          f"reconnected {summary.reconnected}, taught {summary.taught}; ended: {summary.ended}"
-          + (f" ({summary.detail})" if summary.detail else ""))
+    print(
+        f"edgert run: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps), adapter "
+        f"{args.adapter}; read {summary.read}, dropped {summary.dropped}, undecodable {summary.undecodable}, "
+        f"reconnected {summary.reconnected}, taught {summary.taught}; ended: {summary.ended}"
+        + (f" ({summary.detail})" if summary.detail else "")
+    )
     print(f"  p50 ms per frame: {p50}")
     print(f"  backbone on {', '.join(backbone.execution.active)} ({backbone.execution.runtime})")
     if checkpoints is not None:
@@ -185,8 +230,11 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
     if summary.ended == "lost":
         raise EdgeRuntimeError(f"video source {args.source!r} lost: {summary.detail}")
     if summary.ended == "truncated":
-        print(f"edgert run: warning: video file {args.source} is truncated: {summary.detail} "
-              f"({summary.read} frames read)", file=sys.stderr)
+        print(
+            f"edgert run: warning: video file {args.source} is truncated: {summary.detail} "
+            f"({summary.read} frames read)",
+            file=sys.stderr,
+        )
     if summary.ended == "stopped" and shutdown.signal_name:
         print(f"edgert run: stopped by {shutdown.signal_name}", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@
 - ``broker``: a Mosquitto of one's own on loopback, with passwords and an ACL (tests, bench);
 - ``cli``: ``edgert fleet status`` and the ``--fleet`` options of ``edgert run``.
 """
+
 from edge_runtime.fleet.ledger import Ledger
 from edge_runtime.fleet.payload import PayloadError, decode, encode, fleet_keys
 from edge_runtime.fleet.sync import FleetSync, FleetURL

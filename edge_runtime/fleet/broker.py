@@ -12,6 +12,7 @@ retained messages and queues since the last save, which the fleet must survive.
 The broker is stopped by its pid (``stop``), killed with SIGKILL (``kill``) and started again on
 the same port (``start``).
 """
+
 from __future__ import annotations
 
 import os
@@ -87,24 +88,32 @@ class Broker:
         passwd = write_private(self.folder / "passwd", "".join(f"{u}:{p}\n" for u, p in self.passwords.items()))
         subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
         acl = self.folder / "acl"
-        acl.write_text("# every user reads the fleets; each writes only under its own name\n"
-                       "pattern read edgert/#\npattern write edgert/+/+/+/%u\n")
+        acl.write_text(
+            "# every user reads the fleets; each writes only under its own name\n"
+            "pattern read edgert/#\npattern write edgert/+/+/+/%u\n"
+        )
         conf = self.folder / "mosquitto.conf"
         # `user` is the current one: as root Mosquitto would otherwise switch to user mosquitto,
         # which cannot read this folder.
-        conf.write_text(f"per_listener_settings false\nallow_anonymous false\n"
-                        f"password_file {passwd}\nacl_file {acl}\n"
-                        f"listener {self.port} 127.0.0.1\n"
-                        f"persistence true\npersistence_location {self.folder}/\nautosave_interval 30\n"
-                        f"max_queued_messages 10000\nuser {pwd.getpwuid(os.getuid()).pw_name}\n"
-                        f"log_dest file {self.folder}/mosquitto.log\n")
+        conf.write_text(
+            f"per_listener_settings false\nallow_anonymous false\n"
+            f"password_file {passwd}\nacl_file {acl}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"persistence true\npersistence_location {self.folder}/\nautosave_interval 30\n"
+            f"max_queued_messages 10000\nuser {pwd.getpwuid(os.getuid()).pw_name}\n"
+            f"log_dest file {self.folder}/mosquitto.log\n"
+        )
         return conf
 
     def start(self, timeout: float = 20.0) -> "Broker":
         """Run the broker and wait until it accepts connections."""
         conf = self._configure() if not (self.folder / "mosquitto.conf").is_file() else self.folder / "mosquitto.conf"
-        self.process = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            [find_mosquitto(), "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -32,6 +32,7 @@ from it knows exactly which update of each peer its memory holds.
 >>> sorted(b.peers), b.peers["a"].seq
 (['a'], 1)
 """
+
 from __future__ import annotations
 
 import json
@@ -90,13 +91,18 @@ def unpack(arrays: dict[str, np.ndarray], zeros: Stats) -> Stats:
         counts = arrays.get(f"{name}.counts")
         n_rows = template.shape[0] - (counts is not None)
         k = len(rows)
-        if (rows.dtype.kind != "i" or rows.ndim != 1 or len(np.unique(rows)) != k
-                or (k and (rows.min() < 0 or rows.max() >= template.shape[1]))
-                or values.dtype != np.float64 or values.shape != (n_rows, k, template.shape[2])
-                or (counts is not None and (counts.dtype != np.float64 or counts.shape != (k,)))):
+        if (
+            rows.dtype.kind != "i"
+            or rows.ndim != 1
+            or len(np.unique(rows)) != k
+            or (k and (rows.min() < 0 or rows.max() >= template.shape[1]))
+            or values.dtype != np.float64
+            or values.shape != (n_rows, k, template.shape[2])
+            or (counts is not None and (counts.dtype != np.float64 or counts.shape != (k,)))
+        ):
             raise PayloadError(f"statistics {name!r} do not fit a memory of shape {template.shape}", kind="malformed")
         dense = np.zeros_like(template)
-        dense[template.shape[0] - n_rows:, rows] = values
+        dense[template.shape[0] - n_rows :, rows] = values
         if counts is not None:
             dense[0, rows] = counts[:, None]
         if not np.isfinite(dense).all():
@@ -162,15 +168,18 @@ class Ledger:
     def take(self, max_bytes: int) -> list[tuple[int, dict[str, np.ndarray]]]:
         """The pending change as deltas (sequence number, payload arrays), each under
         ``max_bytes`` (a class per unit of statistics is never split): they join ``own``."""
-        touched = sorted(set().union(*(np.flatnonzero(np.any(v != 0, axis=(0, 2))).tolist()
-                                       for v in self.pending.values())))
+        touched = sorted(
+            set().union(*(np.flatnonzero(np.any(v != 0, axis=(0, 2))).tolist() for v in self.pending.values()))
+        )
         # bytes per class: every row per unit, or one count when the counts agree (``pack``)
-        per_class = sum(8 * v.shape[2] * (v.shape[0] - np.all(v[0, touched] == v[0, touched, :1])) + 16
-                        for v in self.pending.values())
+        per_class = sum(
+            8 * v.shape[2] * (v.shape[0] - np.all(v[0, touched] == v[0, touched, :1])) + 16
+            for v in self.pending.values()
+        )
         room = max(1, (max_bytes - _HEADROOM) // per_class)
         out = []
         for start in range(0, len(touched), room):
-            rows = np.array(touched[start:start + room], np.int64)
+            rows = np.array(touched[start : start + room], np.int64)
             chunk = {name: np.zeros_like(value) for name, value in self.pending.items()}
             for name, value in self.pending.items():
                 chunk[name][:, rows] = value[:, rows]
@@ -227,8 +236,13 @@ class Ledger:
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(JSON-able meta, arrays) for the device's checkpoint."""
         peers = sorted(self.peers)
-        meta = {"device": self.device, "seq": self.seq, "next_batch": self.next_batch,
-                "peers": {p: self.peers[p].seq for p in peers}, "batches": list(self.batches)}
+        meta = {
+            "device": self.device,
+            "seq": self.seq,
+            "next_batch": self.next_batch,
+            "peers": {p: self.peers[p].seq for p in peers},
+            "batches": list(self.batches),
+        }
         arrays = {}
         for name in self._zeros:
             arrays[f"own.{name}"] = self.own[name]
@@ -240,8 +254,9 @@ class Ledger:
         return meta, arrays
 
     @classmethod
-    def restore(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], zeros: Stats, *,
-                forgettable: int = 64) -> "Ledger":
+    def restore(
+        cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], zeros: Stats, *, forgettable: int = 64
+    ) -> "Ledger":
         """The ledger ``state`` wrote; ``KeyError``/``ValueError`` if it does not fit ``zeros``."""
         ledger = cls(str(meta["device"]), zeros, forgettable=forgettable)
 

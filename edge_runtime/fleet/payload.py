@@ -32,6 +32,7 @@ Traceback (most recent call last):
 ...
 edge_runtime.errors.PayloadError: bad_signature: HMAC does not match any fleet key (tampered, or another key)
 """
+
 from __future__ import annotations
 
 import json
@@ -93,7 +94,7 @@ def _parse(body: bytes, size: int) -> tuple[dict[str, Any], dict[str, np.ndarray
     if start > len(body):
         raise PayloadError(f"header of {size} bytes runs past the payload", kind="malformed")
     try:
-        header = json.loads(body[PREFIX.size:start].decode())
+        header = json.loads(body[PREFIX.size : start].decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise PayloadError(f"header is not JSON ({err})", kind="malformed") from None
     described = header.get("arrays") if isinstance(header, dict) else None
@@ -129,7 +130,9 @@ def fleet_keys(path: str | Path | None = None) -> list[bytes]:
     try:
         keys = [bytes.fromhex(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise InputError(f"${KEY_ENV} must hold hex keys, comma-separated (make one with `edgert bridge keygen`)") from None
+        raise InputError(
+            f"${KEY_ENV} must hold hex keys, comma-separated (make one with `edgert bridge keygen`)"
+        ) from None
     if not keys:
         raise InputError(f"a fleet needs a key: pass --fleet-key FILE or set ${KEY_ENV} (`edgert bridge keygen`)")
     if any(len(key) < MIN_KEY_SIZE for key in keys):

@@ -32,6 +32,7 @@ takes its own retained snapshot back (``adopted``), as far as that snapshot goes
 Payloads are signed (``edge_runtime.fleet.payload``); every rejected one is counted by kind and
 logged in one line, and never reaches the ledger or the memory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,8 +79,9 @@ class FleetURL:
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or not fleet:
             raise InputError(f"fleet URL {url!r}: expected mqtt://HOST:PORT/FLEET (or mqtts:// for TLS)")
         check_name(fleet, "fleet")
-        return cls(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883), fleet,
-                   parts.scheme == "mqtts")
+        return cls(
+            parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883), fleet, parts.scheme == "mqtts"
+        )
 
 
 def topic(fleet: str, model_sha256: str, kind: str, device: str = "+") -> str:
@@ -121,15 +123,30 @@ class FleetSync:
         Called before an update is published (write the checkpoint); None: no durability.
     """
 
-    def __init__(self, adapter: Any, url: str, device: str, keys: list[bytes], model_sha256: str, *,
-                 password: str | None = None, tls: dict[str, str] | None = None, publish_every: int = 30,
-                 publish_seconds: float = 1.0, snapshot_seconds: float = 5.0, max_delta: int = MAX_DELTA,
-                 forgettable: int = 64,
-                 persist: Callable[[], None] | None = None, log: Callable[[str], None] = _stderr) -> None:
+    def __init__(
+        self,
+        adapter: Any,
+        url: str,
+        device: str,
+        keys: list[bytes],
+        model_sha256: str,
+        *,
+        password: str | None = None,
+        tls: dict[str, str] | None = None,
+        publish_every: int = 30,
+        publish_seconds: float = 1.0,
+        snapshot_seconds: float = 5.0,
+        max_delta: int = MAX_DELTA,
+        forgettable: int = 64,
+        persist: Callable[[], None] | None = None,
+        log: Callable[[str], None] = _stderr,
+    ) -> None:
         for verb in ("statistics", "add_statistics", "taught_statistics"):
             if not callable(getattr(adapter, verb, None)):
-                raise InputError(f"adapter {adapter.name!r} cannot join a fleet: it has no {verb}() "
-                                 f"(memflow and ncm have; see edge_runtime.fleet)")
+                raise InputError(
+                    f"adapter {adapter.name!r} cannot join a fleet: it has no {verb}() "
+                    f"(memflow and ncm have; see edge_runtime.fleet)"
+                )
         if not keys:
             raise InputError("a fleet needs a key (--fleet-key FILE or $EDGERT_FLEET_KEY)")
         self.adapter = adapter
@@ -184,12 +201,13 @@ class FleetSync:
         """Connect (in the background, reconnecting for ever) and subscribe."""
         try:
             import paho.mqtt.client as mqtt
-            from paho.mqtt.properties import Properties
             from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
         except ImportError:
             raise InputError("the fleet needs paho-mqtt: pip install 'edge-runtime[fleet]'") from None
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgert-{self.url.fleet}-{self.device}",
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgert-{self.url.fleet}-{self.device}", protocol=mqtt.MQTTv5
+        )
         client.username_pw_set(self.device, self.password)
         if self.url.tls:
             client.tls_set(**(self.tls or {}))  # type: ignore[arg-type]
@@ -210,8 +228,16 @@ class FleetSync:
         return self
 
     def _presence(self, online: bool) -> bytes:
-        return json.dumps({"device": self.device, "online": online, "seq": self.ledger.seq,
-                           "bytes_sent": self.bytes_sent, "t": time.time(), "model": self.model_sha256[:12]}).encode()
+        return json.dumps(
+            {
+                "device": self.device,
+                "online": online,
+                "seq": self.ledger.seq,
+                "bytes_sent": self.bytes_sent,
+                "t": time.time(),
+                "model": self.model_sha256[:12],
+            }
+        ).encode()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
@@ -244,8 +270,10 @@ class FleetSync:
             header, arrays = decode(blob, self.keys, self.max_delta if kind == "delta" else self.max_snapshot)
             seq = header.get("seq")
             if header.get("kind") != kind or header.get("device") != device or not isinstance(seq, int) or seq < 1:
-                raise PayloadError(f"header {header.get('kind')!r}/{header.get('device')!r} seq {seq!r} "
-                                   f"does not match its topic", kind="malformed")
+                raise PayloadError(
+                    f"header {header.get('kind')!r}/{header.get('device')!r} seq {seq!r} " f"does not match its topic",
+                    kind="malformed",
+                )
             if header.get("model") != self.model_sha256 or header.get("memory") != self.fingerprint:
                 raise PayloadError("made with another model or from another source memory", kind="wrong_model")
         except PayloadError as err:
@@ -262,8 +290,9 @@ class FleetSync:
         self.flush(timeout)
         client, self._client = self._client, None
         if self.ready.is_set():
-            client.publish(self.topic("presence", self.device), self._presence(False), qos=1,
-                           retain=True).wait_for_publish(min(timeout, 2.0))
+            client.publish(
+                self.topic("presence", self.device), self._presence(False), qos=1, retain=True
+            ).wait_for_publish(min(timeout, 2.0))
         client.disconnect()
         client.loop_stop()
         self.ready.clear()
@@ -295,8 +324,10 @@ class FleetSync:
             if self._resend:
                 self._resend = False
                 self._republish()
-            due = (self._frames_since >= self.publish_every
-                   or time.monotonic() - self._last_publish >= self.publish_seconds)
+            due = (
+                self._frames_since >= self.publish_every
+                or time.monotonic() - self._last_publish >= self.publish_seconds
+            )
             if due and self.ledger.has_pending:
                 self._publish_pending()
             if self.ledger.seq > self._snapshot[0] and time.monotonic() - self._snapshot[1] >= self.snapshot_seconds:
@@ -364,8 +395,14 @@ class FleetSync:
                 self.log(f"{self.device} took back its own published updates up to {seq} (its checkpoint was older)")
 
     def _header(self, kind: str, seq: int) -> dict[str, Any]:
-        return {"kind": kind, "device": self.device, "seq": seq, "model": self.model_sha256,
-                "memory": self.fingerprint, "t": time.time()}
+        return {
+            "kind": kind,
+            "device": self.device,
+            "seq": seq,
+            "model": self.model_sha256,
+            "memory": self.fingerprint,
+            "t": time.time(),
+        }
 
     def _publish_pending(self) -> None:
         numbers = []
@@ -420,9 +457,11 @@ class FleetSync:
     def restore(self, meta: dict[str, Any], extra: dict[str, np.ndarray]) -> None:
         """Resume from a checkpoint's fleet state (``state()``); the memory is the checkpoint's."""
         if meta.get("device") != self.device or meta.get("fleet") != self.url.fleet:
-            raise InputError(f"the checkpoint belongs to device {meta.get('device')!r} of fleet {meta.get('fleet')!r}, "
-                             f"not {self.device!r} of {self.url.fleet!r}: use its own --state folder")
-        arrays = {k[len("fleet."):]: v for k, v in extra.items() if k.startswith("fleet.")}
+            raise InputError(
+                f"the checkpoint belongs to device {meta.get('device')!r} of fleet {meta.get('fleet')!r}, "
+                f"not {self.device!r} of {self.url.fleet!r}: use its own --state folder"
+            )
+        arrays = {k[len("fleet.") :]: v for k, v in extra.items() if k.startswith("fleet.")}
         try:
             self.ledger = Ledger.restore(meta, arrays, self.ledger.zeros(), forgettable=self.ledger.forgettable)
             blob, offset = arrays["outbox"].tobytes(), 0
@@ -430,7 +469,7 @@ class FleetSync:
             raise InputError(f"the checkpoint's fleet state is unreadable ({err}): start from --memory") from None
         self.fingerprint = str(meta["fingerprint"])
         for size in meta["outbox"]:
-            self._outbox[self._next_out] = blob[offset:offset + size]
+            self._outbox[self._next_out] = blob[offset : offset + size]
             self._next_out += 1
             offset += size
 
@@ -441,12 +480,19 @@ class FleetSync:
         with self._lock:
             rejected = dict(self.rejected)
         outbox = len(self._outbox)
-        return {"device": self.device, "fleet": self.url.fleet, "seq": self.ledger.seq,
-                "peers": {p: peer.seq for p, peer in sorted(self.ledger.peers.items())},
-                "updates": {k: self.counts[k] for k in OUTCOMES if self.counts[k]}, "rejected": rejected,
-                "outbox": outbox, "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
-                "merge_ms_p50": float(np.percentile(merge, 50)) if len(merge) else None,
-                "merge_ms_p99": float(np.percentile(merge, 99)) if len(merge) else None}
+        return {
+            "device": self.device,
+            "fleet": self.url.fleet,
+            "seq": self.ledger.seq,
+            "peers": {p: peer.seq for p, peer in sorted(self.ledger.peers.items())},
+            "updates": {k: self.counts[k] for k in OUTCOMES if self.counts[k]},
+            "rejected": rejected,
+            "outbox": outbox,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "merge_ms_p50": float(np.percentile(merge, 50)) if len(merge) else None,
+            "merge_ms_p99": float(np.percentile(merge, 99)) if len(merge) else None,
+        }
 
 
 __all__ = ["FleetSync", "FleetURL", "MAX_DELTA", "fingerprint", "topic"]

@@ -31,6 +31,7 @@ them (a frame centred partly on itself loses part of its own deviation from the 
 With a window many times longer than a class stays in view, and the novelty weights, a statistic
 follows the domain, not the class in view.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,9 +59,19 @@ def prior_weight(prior: float, fade: bool, gamma: float, weight: float) -> float
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
-def stage(centre_source: np.ndarray, scale: np.ndarray, input_var: np.ndarray, sums: np.ndarray,
-          squares: np.ndarray, weight: float, prior: float, shift_on: bool, spread_on: bool,
-          centre: np.ndarray, factor: np.ndarray) -> float:
+def stage(
+    centre_source: np.ndarray,
+    scale: np.ndarray,
+    input_var: np.ndarray,
+    sums: np.ndarray,
+    squares: np.ndarray,
+    weight: float,
+    prior: float,
+    shift_on: bool,
+    spread_on: bool,
+    centre: np.ndarray,
+    factor: np.ndarray,
+) -> float:
     """The stage now: centre (d,) and per-dimension factor (d,) (``scale`` times the spread factor,
     or ``scale`` alone), from the running sums; returns the target's total variance v_t (the
     source's when nothing has been seen). The pseudo-frames count with the source variance
@@ -119,9 +130,19 @@ def project(c: np.ndarray, basis: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, error_model="numpy")
-def learn(z: np.ndarray, w: float, gamma: float, centre_source: np.ndarray, basis: np.ndarray,
-          sums: np.ndarray, squares: np.ndarray, weight: np.ndarray, proj_sum: np.ndarray,
-          proj_sq: np.ndarray, y: np.ndarray) -> None:
+def learn(
+    z: np.ndarray,
+    w: float,
+    gamma: float,
+    centre_source: np.ndarray,
+    basis: np.ndarray,
+    sums: np.ndarray,
+    squares: np.ndarray,
+    weight: np.ndarray,
+    proj_sum: np.ndarray,
+    proj_sq: np.ndarray,
+    y: np.ndarray,
+) -> None:
     """Fold frame z, of weight w, into the running sums, aged by ``gamma`` (gamma^w of the window's
     factor); y (r,) float64 is a buffer (y = U (z - mu_s))."""
     for j in range(z.shape[0]):
@@ -142,8 +163,9 @@ def learn(z: np.ndarray, w: float, gamma: float, centre_source: np.ndarray, basi
 
 
 @njit(cache=True, error_model="numpy")
-def refresh_mix(basis_var: np.ndarray, proj_sum: np.ndarray, proj_sq: np.ndarray, weight: float, prior: float,
-                mix: np.ndarray) -> None:
+def refresh_mix(
+    basis_var: np.ndarray, proj_sum: np.ndarray, proj_sq: np.ndarray, weight: float, prior: float, mix: np.ndarray
+) -> None:
     """mix = A - I with A = diag(sqrt(lambda)) C_t^(-1/2) (see the module docstring); the identity
     map (mix = 0) before any weight."""
     r = basis_var.shape[0]
@@ -172,8 +194,15 @@ def refresh_mix(basis_var: np.ndarray, proj_sum: np.ndarray, proj_sq: np.ndarray
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
-def apply(z: np.ndarray, centre: np.ndarray, factor: np.ndarray, basis: np.ndarray, mix: np.ndarray,
-          y: np.ndarray, t: np.ndarray) -> None:
+def apply(
+    z: np.ndarray,
+    centre: np.ndarray,
+    factor: np.ndarray,
+    basis: np.ndarray,
+    mix: np.ndarray,
+    y: np.ndarray,
+    t: np.ndarray,
+) -> None:
     """In place: z <- (c + U^T mix U c) factor with c = z - centre; y and t (r,) are buffers."""
     for j in range(z.shape[0]):
         z[j] = z[j] - centre[j]

@@ -1,4 +1,5 @@
 """Numerics the Numba kernels share: fastmath flags, a vectorisable float32 exp2, softmax, argmax."""
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ A memory is four preallocated arrays that a C program could hold as they are:
 Nothing here allocates per call on the batch-1 path; the Python class validates input and owns the
 arrays (see ``edge_runtime.adapters.dmn``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -118,8 +119,28 @@ def entropy_of(p):
 
 
 @njit(cache=True)
-def dmn_adapt(features, prior, ring, entropy, fill, gram, static, static_fill, static_gram, anchors,
-              beta, scale, weight_dynamic, weight_static, max_entropy, skip_own, write, out, weights, logits):
+def dmn_adapt(
+    features,
+    prior,
+    ring,
+    entropy,
+    fill,
+    gram,
+    static,
+    static_fill,
+    static_gram,
+    anchors,
+    beta,
+    scale,
+    weight_dynamic,
+    weight_static,
+    max_entropy,
+    skip_own,
+    write,
+    out,
+    weights,
+    logits,
+):
     """Online DMN over a batch, sample by sample: write, then read without the own slot, then fuse.
 
     For sample i with prior probabilities p0 = prior[i]: pseudo-label k = argmax p0, entropy

@@ -7,6 +7,7 @@ shortlist here: a plain sequential float64 sum per pair, whose result depends on
 alone. That is what makes unlearning exact (predictions equal those of a memory that never held
 the entry).
 """
+
 from __future__ import annotations
 
 import numpy as np

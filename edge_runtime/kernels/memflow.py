@@ -57,6 +57,7 @@ Symbols follow the paper (Lv et al., arXiv 2402.14598):
 ``Temporal``, ``Work``); every other kernel is a plain function over arrays: the network in
 ``memflow_net``, the Gaussian memory and its read-out in ``memflow_memory``, shared numerics in ``common``.
 """
+
 from __future__ import annotations
 
 import math
@@ -73,9 +74,19 @@ from edge_runtime.kernels.temporal import step as temporal_step
 
 
 @njit(cache=True, error_model="numpy", fastmath=FAST)
-def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, prior_w: np.ndarray,
-                  prior_b: np.ndarray, scale: float, memory_weight: float, unit: bool, f: np.ndarray,
-                  work: np.ndarray, out: np.ndarray) -> int:
+def combine_prior(
+    z: np.ndarray,
+    centre_source: np.ndarray,
+    factor: np.ndarray,
+    prior_w: np.ndarray,
+    prior_b: np.ndarray,
+    scale: float,
+    memory_weight: float,
+    unit: bool,
+    f: np.ndarray,
+    work: np.ndarray,
+    out: np.ndarray,
+) -> int:
     """Product with the source linear head's posterior on the shifted feature, taken in the log
     domain: ``out`` holds the memory's log scores (``scores``) and receives
     Pr(k | x) ~ exp(scale (W f + b)_k) Pr_mem(k | x)^memory_weight, f = z / factor + mu_s (the
@@ -109,8 +120,16 @@ def combine_prior(z: np.ndarray, centre_source: np.ndarray, factor: np.ndarray, 
 
 
 @njit(cache=True, error_model="numpy", fastmath=FAST)
-def shift_traces(m: np.ndarray, trace_mean: np.ndarray, trace_sum: np.ndarray, weight: float,
-                 prior: float, gamma: float, learn: bool, w: float) -> None:
+def shift_traces(
+    m: np.ndarray,
+    trace_mean: np.ndarray,
+    trace_sum: np.ndarray,
+    weight: float,
+    prior: float,
+    gamma: float,
+    learn: bool,
+    w: float,
+) -> None:
     """The shift stage again, on the neurons: m_i <- m_i + mu^s_i - mu^t_i with mu^s_i the source
     mean trace and mu^t_i its running mean on the target over the frames before this one (total
     weight ``weight``), pulled to mu^s_i by ``prior`` pseudo-frames; with ``learn`` the unshifted
@@ -241,8 +260,17 @@ class Work(NamedTuple):
 
 
 @njit(cache=True, error_model="numpy")
-def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memory, head: Head,
-              temporal: Temporal, work: Work, out: np.ndarray) -> int:
+def run_batch(
+    xs: np.ndarray,
+    learn: bool,
+    stage: Stage,
+    net: Net,
+    memory: Memory,
+    head: Head,
+    temporal: Temporal,
+    work: Work,
+    out: np.ndarray,
+) -> int:
     """Frames xs in order, no allocation: each row is normalised, aligned (its own statistics join
     after it is read), propagated, retrieved into out[r] and, when ``learn``, reinforces its
     pseudo-class (whose Gaussians are refreshed) and passes the temporal filter before the next
@@ -255,47 +283,145 @@ def run_batch(xs: np.ndarray, learn: bool, stage: Stage, net: Net, memory: Memor
         out_r = out[r]
         weight = stage.weight[0]  # the frames before this one
         prior = align.prior_weight(stage.prior, stage.fade, stage.gamma, weight)
-        variance = align.stage(stage.centre_source, stage.scale, stage.input_var, stage.sums, stage.squares, weight,
-                               prior, stage.shift, stage.spread, work.centre, work.factor)
+        variance = align.stage(
+            stage.centre_source,
+            stage.scale,
+            stage.input_var,
+            stage.sums,
+            stage.squares,
+            weight,
+            prior,
+            stage.shift,
+            stage.spread,
+            work.centre,
+            work.factor,
+        )
         w, aged = 1.0, stage.gamma
         learning = learn and stage.shift
         if learning:
             frames = stage.frames[0]
             w = align.novelty(z, stage.recent, frames, stage.rho, variance)
-            aged = stage.gamma ** w  # a frame of weight w ages the running statistics by gamma^w
-            align.learn(z, w, aged, stage.centre_source, stage.basis, stage.sums, stage.squares,
-                        stage.weight, stage.proj_sum, stage.proj_sq, work.y64)
+            aged = stage.gamma**w  # a frame of weight w ages the running statistics by gamma^w
+            align.learn(
+                z,
+                w,
+                aged,
+                stage.centre_source,
+                stage.basis,
+                stage.sums,
+                stage.squares,
+                stage.weight,
+                stage.proj_sum,
+                stage.proj_sq,
+                work.y64,
+            )
             stage.frames[0] = frames + 1
         align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
         if learning and stage.frames[0] % stage.every == 0:
             after = stage.weight[0]
-            align.refresh_mix(stage.basis_var, stage.proj_sum, stage.proj_sq, after,
-                              align.prior_weight(stage.prior, stage.fade, stage.gamma, after), stage.mix)
-        propagate(z, net.w_entry_hub, net.w_hub_hub, net.order, net.entry_width, net.entry_src, net.entry_w,
-                  net.rec_width, net.rec_src, net.rec_w, net.rounds, net.spiking, work.a, work.h, work.o,
-                  work.o_prev, work.m)
+            align.refresh_mix(
+                stage.basis_var,
+                stage.proj_sum,
+                stage.proj_sq,
+                after,
+                align.prior_weight(stage.prior, stage.fade, stage.gamma, after),
+                stage.mix,
+            )
+        propagate(
+            z,
+            net.w_entry_hub,
+            net.w_hub_hub,
+            net.order,
+            net.entry_width,
+            net.entry_src,
+            net.entry_w,
+            net.rec_width,
+            net.rec_src,
+            net.rec_w,
+            net.rounds,
+            net.spiking,
+            work.a,
+            work.h,
+            work.o,
+            work.o_prev,
+            work.m,
+        )
         if stage.shift:
             shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, aged, learn, w)
-        scores(work.m, memory.mu, memory.hiv, memory.lnorm, memory.per_class, memory.present, memory.alive,
-               memory.product, memory.confidence, memory.tau, work.row, work.part, work.vote, out_r)
+        scores(
+            work.m,
+            memory.mu,
+            memory.hiv,
+            memory.lnorm,
+            memory.per_class,
+            memory.present,
+            memory.alive,
+            memory.product,
+            memory.confidence,
+            memory.tau,
+            work.row,
+            work.part,
+            work.vote,
+            out_r,
+        )
         k_memory = argmax(out_r)
         k_prior = k_memory
         if head.on:
-            k_prior = combine_prior(z, stage.centre_source, work.factor, head.w, head.b, head.scale,
-                                    head.memory_weight, head.unit, work.centre, work.logits, out_r)
+            k_prior = combine_prior(
+                z,
+                stage.centre_source,
+                work.factor,
+                head.w,
+                head.b,
+                head.scale,
+                head.memory_weight,
+                head.unit,
+                work.centre,
+                work.logits,
+                out_r,
+            )
         else:
             softmax(out_r)
         if learn and memory.reinforce:
             k = argmax(out_r)
             if out_r[k] >= memory.gate and k == k_memory and k == k_prior:
                 # a frame counts by its novelty weight here too: an object held in view is learnt once
-                reinforce(work.m, k, w * float(out_r[k]), memory.gamma ** w, memory.confidence_update, memory.mu,
-                          memory.hiv, memory.target)
-                refresh_class(k, memory.source, memory.target, memory.source_weight, memory.per_class, memory.tv,
-                              memory.floor_v, memory.blur_v, memory.mu, memory.hiv, memory.lnorm, memory.present)
+                reinforce(
+                    work.m,
+                    k,
+                    w * float(out_r[k]),
+                    memory.gamma**w,
+                    memory.confidence_update,
+                    memory.mu,
+                    memory.hiv,
+                    memory.target,
+                )
+                refresh_class(
+                    k,
+                    memory.source,
+                    memory.target,
+                    memory.source_weight,
+                    memory.per_class,
+                    memory.tv,
+                    memory.floor_v,
+                    memory.blur_v,
+                    memory.mu,
+                    memory.hiv,
+                    memory.lnorm,
+                    memory.present,
+                )
         if learn and temporal.on:
-            temporal_step(out_r, temporal.class_prior, temporal.belief, temporal.history, temporal.moments,
-                          temporal.frames, temporal.gamma, temporal.trust, temporal.most)
+            temporal_step(
+                out_r,
+                temporal.class_prior,
+                temporal.belief,
+                temporal.history,
+                temporal.moments,
+                temporal.frames,
+                temporal.gamma,
+                temporal.trust,
+                temporal.most,
+            )
     return -1
 
 
@@ -308,10 +434,46 @@ def traces(zs: np.ndarray, net: Net, out: np.ndarray) -> None:
     o = np.empty(n, np.float32)
     o_prev = np.empty(n, np.float32)
     for r in range(zs.shape[0]):
-        propagate(zs[r], net.w_entry_hub, net.w_hub_hub, net.order, net.entry_width, net.entry_src, net.entry_w,
-                  net.rec_width, net.rec_src, net.rec_w, net.rounds, net.spiking, a, h, o, o_prev, out[r])
+        propagate(
+            zs[r],
+            net.w_entry_hub,
+            net.w_hub_hub,
+            net.order,
+            net.entry_width,
+            net.entry_src,
+            net.entry_w,
+            net.rec_width,
+            net.rec_src,
+            net.rec_w,
+            net.rounds,
+            net.spiking,
+            a,
+            h,
+            o,
+            o_prev,
+            out[r],
+        )
 
 
-__all__ = ["Head", "Memory", "Net", "Stage", "Temporal", "Work", "argmax", "bridge_links", "combine_prior",
-           "memorise", "normalise", "propagate", "refresh_class", "reinforce", "retrieve", "run_batch", "scores",
-           "shift_traces", "softmax", "traces"]
+__all__ = [
+    "Head",
+    "Memory",
+    "Net",
+    "Stage",
+    "Temporal",
+    "Work",
+    "argmax",
+    "bridge_links",
+    "combine_prior",
+    "memorise",
+    "normalise",
+    "propagate",
+    "refresh_class",
+    "reinforce",
+    "retrieve",
+    "run_batch",
+    "scores",
+    "shift_traces",
+    "softmax",
+    "traces",
+]

@@ -2,6 +2,7 @@
 
 Symbols and formulas: ``edge_runtime.kernels.memflow``'s docstring.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,18 @@ _BLOCK = 32  # neurons summed in float32 before the read-out's float64 vote take
 
 
 @njit(cache=True, error_model="numpy", fastmath=FAST, inline="always")
-def _gaps(m_i: float, i: int, ref: float, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray,
-          per_class: bool, present: np.ndarray, masked: bool, row: np.ndarray) -> float:
+def _gaps(
+    m_i: float,
+    i: int,
+    ref: float,
+    mu: np.ndarray,
+    hiv: np.ndarray,
+    lnorm: np.ndarray,
+    per_class: bool,
+    present: np.ndarray,
+    masked: bool,
+    row: np.ndarray,
+) -> float:
     """row[k] = u_ik = (ref - ll_ik) log2(e) >= 0 for neuron i (+inf for an absent class), with
     ref = max_k lnorm_ik (pooled: lnorm_i0), an upper bound of every ll_ik; returns min_k u_ik.
     The minimum is taken over the bits of the non-negative floats, whose order as integers is
@@ -70,9 +81,22 @@ def _likelihoods(m_i: float, i: int, mu: np.ndarray, hiv: np.ndarray, row: np.nd
 
 
 @njit(cache=True, error_model="numpy", fastmath=FAST)
-def scores(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
-           present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
-           row: np.ndarray, part: np.ndarray, vote: np.ndarray, out: np.ndarray) -> None:
+def scores(
+    m: np.ndarray,
+    mu: np.ndarray,
+    hiv: np.ndarray,
+    lnorm: np.ndarray,
+    per_class: bool,
+    present: np.ndarray,
+    alive: np.ndarray,
+    product: bool,
+    confidence: bool,
+    tau: float,
+    row: np.ndarray,
+    part: np.ndarray,
+    vote: np.ndarray,
+    out: np.ndarray,
+) -> None:
     """The read-out's log class probabilities up to a common constant, ``out`` (K,), -inf for an
     absent class (``retrieve`` normalises them), from traces m (N,); mu, hiv and lnorm are neuron-major
     (N, K) (pooled variances: every column is the same); row and part (K,) float32 and vote (K,)
@@ -166,9 +190,22 @@ def scores(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, pe
 
 
 @njit(cache=True, error_model="numpy")
-def retrieve(m: np.ndarray, mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, per_class: bool,
-             present: np.ndarray, alive: np.ndarray, product: bool, confidence: bool, tau: float,
-             row: np.ndarray, part: np.ndarray, vote: np.ndarray, out: np.ndarray) -> None:
+def retrieve(
+    m: np.ndarray,
+    mu: np.ndarray,
+    hiv: np.ndarray,
+    lnorm: np.ndarray,
+    per_class: bool,
+    present: np.ndarray,
+    alive: np.ndarray,
+    product: bool,
+    confidence: bool,
+    tau: float,
+    row: np.ndarray,
+    part: np.ndarray,
+    vote: np.ndarray,
+    out: np.ndarray,
+) -> None:
     """Class probabilities ``out`` (K,) of the memory alone (``scores``, normalised)."""
     scores(m, mu, hiv, lnorm, per_class, present, alive, product, confidence, tau, row, part, vote, out)
     softmax(out)
@@ -185,8 +222,16 @@ def memorise(m: np.ndarray, k: int, weight: float, stats: np.ndarray) -> None:
 
 
 @njit(cache=True, error_model="numpy", fastmath=FAST)
-def reinforce(m: np.ndarray, k: int, weight: float, gamma: float, confidence_update: bool,
-              mu: np.ndarray, hiv: np.ndarray, target: np.ndarray) -> None:
+def reinforce(
+    m: np.ndarray,
+    k: int,
+    weight: float,
+    gamma: float,
+    confidence_update: bool,
+    mu: np.ndarray,
+    hiv: np.ndarray,
+    target: np.ndarray,
+) -> None:
     """EMA update of class k's target statistics: R_ki <- gamma R_ki + weight E_i (1, m_i, m_i^2),
     E_i = exp(-(m_i - mu_ki)^2 hiv_ki) with the confidence-weighted update, else 1 (E_i by the
     vectorisable ``exp2``: a float32 weight is ample, the sums stay float64)."""
@@ -202,9 +247,20 @@ def reinforce(m: np.ndarray, k: int, weight: float, gamma: float, confidence_upd
 
 
 @njit(cache=True, error_model="numpy")
-def refresh_class(k: int, source: np.ndarray, target: np.ndarray, source_weight: float,
-                  per_class: bool, tv: np.ndarray, floor_v: np.ndarray, blur_v: np.ndarray,
-                  mu: np.ndarray, hiv: np.ndarray, lnorm: np.ndarray, present: np.ndarray) -> None:
+def refresh_class(
+    k: int,
+    source: np.ndarray,
+    target: np.ndarray,
+    source_weight: float,
+    per_class: bool,
+    tv: np.ndarray,
+    floor_v: np.ndarray,
+    blur_v: np.ndarray,
+    mu: np.ndarray,
+    hiv: np.ndarray,
+    lnorm: np.ndarray,
+    present: np.ndarray,
+) -> None:
     """Recompute class k's Gaussians (mu, and V when per class) from the statistics, O(N).
 
     alpha_ki = source_weight / S0_ki (1 when source_weight <= 0: raw counts); n = alpha S0 + R0;

@@ -2,6 +2,7 @@
 
 Symbols and the propagation rule: ``edge_runtime.kernels.memflow``'s docstring.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,9 @@ def normalise(x: np.ndarray, z: np.ndarray) -> int:
 
 
 @njit(cache=True, error_model="numpy")
-def bridge_links(bridge_src: np.ndarray, bridge_w: np.ndarray, d: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def bridge_links(
+    bridge_src: np.ndarray, bridge_w: np.ndarray, d: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The bridges' in-links split by kind, for ``propagate``: derived from the graph, never stored.
 
     Bridges are visited in ``order``, sorted by their number of links from neurons (stable), in
@@ -110,10 +112,25 @@ def bridge_links(bridge_src: np.ndarray, bridge_w: np.ndarray, d: int
 
 
 @njit(cache=True, error_model="numpy", fastmath=FAST)
-def propagate(z: np.ndarray, w_entry_hub: np.ndarray, w_hub_hub: np.ndarray, order: np.ndarray,
-              entry_width: np.ndarray, entry_src: np.ndarray, entry_w: np.ndarray, rec_width: np.ndarray,
-              rec_src: np.ndarray, rec_w: np.ndarray, rounds: int, spiking: bool, a: np.ndarray,
-              h: np.ndarray, o: np.ndarray, o_prev: np.ndarray, m: np.ndarray) -> None:
+def propagate(
+    z: np.ndarray,
+    w_entry_hub: np.ndarray,
+    w_hub_hub: np.ndarray,
+    order: np.ndarray,
+    entry_width: np.ndarray,
+    entry_src: np.ndarray,
+    entry_w: np.ndarray,
+    rec_width: np.ndarray,
+    rec_src: np.ndarray,
+    rec_w: np.ndarray,
+    rounds: int,
+    spiking: bool,
+    a: np.ndarray,
+    h: np.ndarray,
+    o: np.ndarray,
+    o_prev: np.ndarray,
+    m: np.ndarray,
+) -> None:
     """Traces m (N,) of one centred feature z (d,); a, h, o, o_prev are (N,) work buffers; the
     bridges' links come from ``bridge_links``.
 

@@ -39,6 +39,7 @@ this too is bit-exact. (Change from the paper, which keeps U[-1, 1]: with fan-in
 input keeps the scale of its sources, so later propagation rounds neither explode nor vanish and
 all T rounds contribute to the trace.)
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -75,9 +76,17 @@ def uniform_pm1(z: np.uint64) -> np.float32:
 
 
 @njit(cache=True)
-def _graph_kernel(seed: np.uint64, d: int, n_hub: int, n_bridge: int, in_degree: int,
-                  w_entry_hub: np.ndarray, w_hub_hub: np.ndarray,
-                  bridge_src: np.ndarray, bridge_w: np.ndarray) -> None:
+def _graph_kernel(
+    seed: np.uint64,
+    d: int,
+    n_hub: int,
+    n_bridge: int,
+    in_degree: int,
+    w_entry_hub: np.ndarray,
+    w_hub_hub: np.ndarray,
+    bridge_src: np.ndarray,
+    bridge_w: np.ndarray,
+) -> None:
     state = np.empty(1, dtype=np.uint64)
     state[0] = seed
     for i in range(n_hub):
@@ -118,8 +127,9 @@ def _graph_kernel(seed: np.uint64, d: int, n_hub: int, n_bridge: int, in_degree:
                 bridge_w[b, s] *= g
 
 
-def make_graph(seed: int, d: int, n_hub: int, n_bridge: int, in_degree: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def make_graph(
+    seed: int, d: int, n_hub: int, n_bridge: int, in_degree: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Regenerate the network from its seed: (w_entry_hub (H, d), w_hub_hub (H, H),
     bridge_src (B, K) int32 global node numbers, bridge_w (B, K)), weights float32.
 
@@ -136,6 +146,5 @@ def make_graph(seed: int, d: int, n_hub: int, n_bridge: int, in_degree: int
     w_hub_hub = np.zeros((n_hub, n_hub), dtype=np.float32)
     bridge_src = np.zeros((n_bridge, in_degree), dtype=np.int64)
     bridge_w = np.zeros((n_bridge, in_degree), dtype=np.float32)
-    _graph_kernel(np.uint64(seed), d, n_hub, n_bridge, in_degree,
-                  w_entry_hub, w_hub_hub, bridge_src, bridge_w)
+    _graph_kernel(np.uint64(seed), d, n_hub, n_bridge, in_degree, w_entry_hub, w_hub_hub, bridge_src, bridge_w)
     return w_entry_hub, w_hub_hub, bridge_src.astype(np.int32), bridge_w

@@ -27,6 +27,7 @@ memory (the head and memory learn from p_t, not from the belief), so, like LAME'
 regularisation, it cannot drift; the moments are EMAs (factor gamma), so s follows a scene that
 changes pace.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,8 +70,17 @@ def _agree(p: np.ndarray, q: np.ndarray) -> float:
 
 
 @njit(cache=True, error_model="numpy")
-def step(p: np.ndarray, class_prior: np.ndarray, belief: np.ndarray, history: np.ndarray, moments: np.ndarray,
-         frames: np.ndarray, gamma: float, trust: float, most: float) -> None:
+def step(
+    p: np.ndarray,
+    class_prior: np.ndarray,
+    belief: np.ndarray,
+    history: np.ndarray,
+    moments: np.ndarray,
+    frames: np.ndarray,
+    gamma: float,
+    trust: float,
+    most: float,
+) -> None:
     """Filter one frame in place: ``p`` (K,) float32, the frame's own posterior, becomes the belief;
     the moments and the ring ``history`` (L, K) of own posteriors take it afterwards; ``frames``
     (1,) counts the frames seen. Nothing is allocated."""

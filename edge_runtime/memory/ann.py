@@ -9,6 +9,7 @@ inverted lists stay balanced.
 
 faiss is optional: ``pip install faiss-cpu`` (it is in the ``bench`` extra of this package).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,10 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        raise EdgeRuntimeError("the faiss search backend needs faiss-cpu: pip install faiss-cpu "
-                               "(or pip install 'edge-runtime[bench]'), or use backend='exact'") from None
+        raise EdgeRuntimeError(
+            "the faiss search backend needs faiss-cpu: pip install faiss-cpu "
+            "(or pip install 'edge-runtime[bench]'), or use backend='exact'"
+        ) from None
     return faiss
 
 
@@ -38,8 +41,16 @@ class FaissIVF:
     (True, [[0]])
     """
 
-    def __init__(self, d: int, *, nprobe: int = 16, min_train: int = 8192, rebuild_factor: float = 4.0,
-                 seed: int = 0, threads: int = 1) -> None:
+    def __init__(
+        self,
+        d: int,
+        *,
+        nprobe: int = 16,
+        min_train: int = 8192,
+        rebuild_factor: float = 4.0,
+        seed: int = 0,
+        threads: int = 1,
+    ) -> None:
         self.d = d
         self.threads = threads
         self.nprobe = nprobe
@@ -65,7 +76,7 @@ class FaissIVF:
             if n >= self.min_train:
                 self._build(matrix, ids)
             return
-        self._index.add_with_ids(np.ascontiguousarray(matrix[n - n_new:]), np.ascontiguousarray(ids[n - n_new:]))
+        self._index.add_with_ids(np.ascontiguousarray(matrix[n - n_new :]), np.ascontiguousarray(ids[n - n_new :]))
 
     def _build(self, matrix: np.ndarray, ids: np.ndarray) -> None:
         faiss = self._faiss
@@ -99,5 +110,6 @@ class FaissIVF:
     def candidates(self, queries: np.ndarray, k: int, row_of: dict[int, int]) -> np.ndarray:
         """Memory rows (n, k) of the approximate k nearest ids; -1 where fewer were found."""
         _, ids = self._index.search(np.ascontiguousarray(queries), k)  # type: ignore[attr-defined]
-        return np.array([row_of.get(int(i), -1) if i >= 0 else -1 for i in ids.ravel()],
-                        dtype=np.int64).reshape(ids.shape)
+        return np.array([row_of.get(int(i), -1) if i >= 0 else -1 for i in ids.ravel()], dtype=np.int64).reshape(
+            ids.shape
+        )

@@ -22,6 +22,7 @@ Capacity and eviction: with ``capacity`` set, adding to a full memory evicts fir
 among all, take the label with the most entries and evict its oldest entry. Labelled data thus
 outlives guesses, and no class is squeezed out by another.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -32,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.features import as_features, as_labels
 from edge_runtime.errors import InputError
+from edge_runtime.features import as_features, as_labels
 from edge_runtime.kernels import knn as knn_kernels
 
 SCHEMA_VERSION = 1
@@ -43,8 +44,9 @@ BACKENDS = ("exact", "faiss")
 SHORTLIST_MARGIN = 16
 
 
-def vote(labels: np.ndarray, distances: np.ndarray, n_classes: int, voting: str = "rank",
-         temperature: float = 0.07) -> tuple[np.ndarray, np.ndarray]:
+def vote(
+    labels: np.ndarray, distances: np.ndarray, n_classes: int, voting: str = "rank", temperature: float = 0.07
+) -> tuple[np.ndarray, np.ndarray]:
     """Class scores from neighbours (n, k) in rank order; returns (probabilities (n, C), weights (n, k)).
 
     RankVoting: the neighbour of rank r (from 0) weighs 1 / (r + 2). Softmax voting weighs
@@ -102,8 +104,15 @@ class VisualMemory:
     (1, 2)
     """
 
-    def __init__(self, d: int, path: str | Path | None = None, *, capacity: int | None = None,
-                 backend: str = "exact", nprobe: int = 16) -> None:
+    def __init__(
+        self,
+        d: int,
+        path: str | Path | None = None,
+        *,
+        capacity: int | None = None,
+        backend: str = "exact",
+        nprobe: int = 16,
+    ) -> None:
         if d < 1:
             raise InputError(f"feature width d must be >= 1, got {d}")
         if capacity is not None and capacity < 1:
@@ -156,8 +165,9 @@ class VisualMemory:
             self._origin_names.append(origin)
         return self._origin_code[origin]
 
-    def _append_ram(self, x: np.ndarray, labels: np.ndarray, ids: np.ndarray, origin: str,
-                    timestamps: np.ndarray) -> None:
+    def _append_ram(
+        self, x: np.ndarray, labels: np.ndarray, ids: np.ndarray, origin: str, timestamps: np.ndarray
+    ) -> None:
         self._grow(self._n + len(x))
         rows = slice(self._n, self._n + len(x))
         self._matrix[rows] = x
@@ -198,18 +208,24 @@ class VisualMemory:
             # not linger in free space.
             db.execute("PRAGMA secure_delete=ON")
             db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            db.execute("CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, label INTEGER NOT NULL, "
-                       "origin TEXT NOT NULL, timestamp REAL NOT NULL, feature BLOB NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, label INTEGER NOT NULL, "
+                "origin TEXT NOT NULL, timestamp REAL NOT NULL, feature BLOB NOT NULL)"
+            )
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             rows = db.execute("SELECT id, label, origin, timestamp, feature FROM entries ORDER BY id").fetchall()
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"cannot open visual memory {self.path}: {exc}; move the file away to start empty") from None
+            raise InputError(
+                f"cannot open visual memory {self.path}: {exc}; move the file away to start empty"
+            ) from None
         if not meta:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", str(SCHEMA_VERSION)), ("d", str(self.d))])
             db.execute("COMMIT")
         elif int(meta.get("schema", -1)) != SCHEMA_VERSION:
-            raise InputError(f"visual memory {self.path} has schema {meta.get('schema')}; this runtime reads {SCHEMA_VERSION}")
+            raise InputError(
+                f"visual memory {self.path} has schema {meta.get('schema')}; this runtime reads {SCHEMA_VERSION}"
+            )
         elif int(meta["d"]) != self.d:
             raise InputError(f"visual memory {self.path} holds width {meta['d']} features, not {self.d}")
         self._db = db
@@ -219,9 +235,13 @@ class VisualMemory:
             by_origin.setdefault(row[2], []).append(row)
         for origin, group in by_origin.items():
             feats = np.frombuffer(b"".join(r[4] for r in group), dtype="<f4").reshape(len(group), self.d)
-            self._append_ram(feats, np.array([r[1] for r in group], dtype=np.int64),
-                             np.array([r[0] for r in group], dtype=np.int64), origin,
-                             np.array([r[3] for r in group], dtype=np.float64))
+            self._append_ram(
+                feats,
+                np.array([r[1] for r in group], dtype=np.int64),
+                np.array([r[0] for r in group], dtype=np.int64),
+                origin,
+                np.array([r[3] for r in group], dtype=np.float64),
+            )
         # Ids of removed entries are never handed out again, even if they were the largest.
         self._next_id = max(self._next_id, int(meta.get("next_id", 0)))
 
@@ -279,16 +299,29 @@ class VisualMemory:
     def __contains__(self, entry_id: object) -> bool:
         return isinstance(entry_id, (int, np.integer)) and int(entry_id) in self._row_of
 
-    def add(self, features: np.ndarray, labels: Iterable[int] | np.ndarray, *, origin: str = "user",
-            timestamps: np.ndarray | None = None) -> np.ndarray:
+    def add(
+        self,
+        features: np.ndarray,
+        labels: Iterable[int] | np.ndarray,
+        *,
+        origin: str = "user",
+        timestamps: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Add entries under new ids (one past the largest id ever used); returns the ids."""
         n = len(np.atleast_2d(np.asarray(features)))
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         self.add_with_ids(features, labels, ids, origin=origin, timestamps=timestamps)
         return ids
 
-    def add_with_ids(self, features: np.ndarray, labels: Iterable[int] | np.ndarray, ids: Iterable[int] | np.ndarray,
-                     *, origin: str = "user", timestamps: np.ndarray | None = None) -> None:
+    def add_with_ids(
+        self,
+        features: np.ndarray,
+        labels: Iterable[int] | np.ndarray,
+        ids: Iterable[int] | np.ndarray,
+        *,
+        origin: str = "user",
+        timestamps: np.ndarray | None = None,
+    ) -> None:
         """Add entries under the given (new, unique, non-negative) ids, evicting first if at capacity."""
         x = as_features(features, self.d)
         y = as_labels(labels, len(x))
@@ -310,13 +343,19 @@ class VisualMemory:
             raise InputError(f"timestamps must have shape ({len(x)},), got {stamps.shape}")
         evict = self._eviction_victims(len(x))
         next_id = max(self._next_id, int(ids.max()) + 1) if len(ids) else self._next_id
-        self._transaction([
-            ("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("next_id", str(next_id))]),
-            ("DELETE FROM entries WHERE id = ?", [(int(i),) for i in evict]),
-            ("INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-             [(int(i), int(label), origin, float(t), row.astype("<f4").tobytes())
-              for i, label, t, row in zip(ids, y, stamps, x)]),
-        ])
+        self._transaction(
+            [
+                ("INSERT OR REPLACE INTO meta VALUES (?, ?)", [("next_id", str(next_id))]),
+                ("DELETE FROM entries WHERE id = ?", [(int(i),) for i in evict]),
+                (
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (int(i), int(label), origin, float(t), row.astype("<f4").tobytes())
+                        for i, label, t, row in zip(ids, y, stamps, x)
+                    ],
+                ),
+            ]
+        )
         if len(evict):
             self._remove_ram(evict)
         self._append_ram(x, y, ids, origin, stamps)
@@ -365,8 +404,15 @@ class VisualMemory:
         if self._ann is not None:
             self._ann.reset()
 
-    def search(self, features: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
-               origin: str | None = None, pseudo: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        features: np.ndarray,
+        k: int,
+        *,
+        exclude: np.ndarray | None = None,
+        origin: str | None = None,
+        pseudo: bool | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest entries of each query: (cosine distances (n, k) float32, ids (n, k) int64).
 
         ``exclude`` (n,) optionally names one id per query that must not be returned (e.g. the
@@ -394,8 +440,11 @@ class VisualMemory:
             if allowed is not None:
                 sims[:, ~allowed] = -np.inf
             take = min(shortlist, n)
-            rows = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < n else \
-                np.broadcast_to(np.arange(n), sims.shape).copy()
+            rows = (
+                np.argpartition(-sims, take - 1, axis=1)[:, :take]
+                if take < n
+                else np.broadcast_to(np.arange(n), sims.shape).copy()
+            )
         if allowed is not None:
             rows = np.where((rows >= 0) & allowed[np.maximum(rows, 0)], rows, -1)
         if exclude is not None:
@@ -431,29 +480,39 @@ class VisualMemory:
         flat = [int(self._labels[self._row_of[int(i)]]) if i >= 0 else -1 for i in ids.ravel()]
         return np.array(flat, dtype=np.int64).reshape(ids.shape)
 
-    def predict_proba(self, features: np.ndarray, n_classes: int, *, k: int = 10, voting: str = "rank",
-                      temperature: float = 0.07) -> np.ndarray:
+    def predict_proba(
+        self, features: np.ndarray, n_classes: int, *, k: int = 10, voting: str = "rank", temperature: float = 0.07
+    ) -> np.ndarray:
         """Class probabilities (n, n_classes) from the votes of the k nearest entries."""
         distances, ids = self.search(features, k)
         proba, _ = vote(self.labels_of(ids), distances, n_classes, voting, temperature)
         return proba
 
-    def explain(self, feature: np.ndarray, n_classes: int, *, k: int = 10, voting: str = "rank",
-                temperature: float = 0.07) -> dict[str, Any]:
+    def explain(
+        self, feature: np.ndarray, n_classes: int, *, k: int = 10, voting: str = "rank", temperature: float = 0.07
+    ) -> dict[str, Any]:
         """What decided one prediction: the neighbours (id, label, origin, distance, weight) and the votes."""
         distances, ids = self.search(feature, k)
         if len(ids) != 1:
             raise InputError(f"explain takes one feature vector, got {len(ids)}")
         labels = self.labels_of(ids)
         proba, weights = vote(labels, distances, n_classes, voting, temperature)
-        neighbours = [{"id": int(i), "label": int(label),
-                       "origin": self._origin_names[self._origins[self._row_of[int(i)]]],
-                       "distance": float(dist), "weight": float(w)}
-                      for i, label, dist, w in zip(ids[0], labels[0], distances[0], weights[0]) if i >= 0]
+        neighbours = [
+            {
+                "id": int(i),
+                "label": int(label),
+                "origin": self._origin_names[self._origins[self._row_of[int(i)]]],
+                "distance": float(dist),
+                "weight": float(w),
+            }
+            for i, label, dist, w in zip(ids[0], labels[0], distances[0], weights[0])
+            if i >= 0
+        ]
         return {"prediction": int(proba[0].argmax()), "probabilities": proba[0].tolist(), "neighbours": neighbours}
 
-    def prune(self, *, k: int = 10, max_wrong_fraction: float = 0.5, min_hits: int = 3,
-              origin: str | None = None) -> np.ndarray:
+    def prune(
+        self, *, k: int = 10, max_wrong_fraction: float = 0.5, min_hits: int = 3, origin: str | None = None
+    ) -> np.ndarray:
         """Remove entries that are often the wrong-label neighbour of their own labelled peers.
 
         Every entry (of ``origin``, or all) is queried against the rest of the memory, itself
@@ -473,7 +532,7 @@ class VisualMemory:
         ids = self._ids[:n].copy()
         labels = self._labels[:n].copy()
         for start in range(0, len(rows), 1024):
-            batch = rows[start:start + 1024]
+            batch = rows[start : start + 1024]
             _, found = self.search(self._matrix[batch], k, exclude=ids[batch])
             valid = found >= 0
             found_rows = np.array([self._row_of[int(i)] if i >= 0 else 0 for i in found.ravel()]).reshape(found.shape)
@@ -491,9 +550,13 @@ class VisualMemory:
         """Copies of the live entries, in id order: features, labels, ids, origins (names), timestamps."""
         order = np.argsort(self._ids[: self._n], kind="stable")
         codes = self._origins[: self._n][order]
-        return {"features": self._matrix[: self._n][order].copy(), "labels": self._labels[: self._n][order].copy(),
-                "ids": self._ids[: self._n][order].copy(), "origins": [self._origin_names[c] for c in codes],
-                "timestamps": self._timestamps[: self._n][order].copy()}
+        return {
+            "features": self._matrix[: self._n][order].copy(),
+            "labels": self._labels[: self._n][order].copy(),
+            "ids": self._ids[: self._n][order].copy(),
+            "origins": [self._origin_names[c] for c in codes],
+            "timestamps": self._timestamps[: self._n][order].copy(),
+        }
 
     def origin_counts(self) -> dict[str, np.ndarray]:
         """Per origin, the count of entries of each label (an array indexed by label)."""

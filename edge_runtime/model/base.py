@@ -1,4 +1,5 @@
 """The ``Backbone`` interface: BGR frames in, float32 features (and ImageNet logits) out."""
+
 from __future__ import annotations
 
 import os
@@ -8,9 +9,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from edge_runtime.model.providers import Execution, warn_stderr
-from edge_runtime.model.card import ModelCard, TensorSpec, load_card
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.model.card import ModelCard, TensorSpec, load_card
+from edge_runtime.model.providers import Execution, warn_stderr
 from edge_runtime.source.preprocess import Preprocessor
 
 
@@ -42,8 +43,15 @@ class Backbone(ABC):
     runtime: str
     execution: Execution
 
-    def __init__(self, model_path: str | Path, *, threads: int | None = None, verify: bool = True,
-                 providers: list[str] | None = None, warn: Callable[[str], None] = warn_stderr) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        threads: int | None = None,
+        verify: bool = True,
+        providers: list[str] | None = None,
+        warn: Callable[[str], None] = warn_stderr,
+    ) -> None:
         self.model_path = Path(model_path)
         self.threads = threads or default_threads()
         self.providers = providers

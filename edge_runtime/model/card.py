@@ -10,6 +10,7 @@ Compatibility policy: ``format`` is an integer. This runtime reads cards whose f
 ``READABLE_FORMATS``; the exporter always writes ``CARD_FORMAT``. A new field that old runtimes
 may ignore does not bump the format; a changed meaning does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.files import atomic_write_bytes
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.files import atomic_write_bytes
 
 CARD_FORMAT = 1
 READABLE_FORMATS = (1,)
@@ -125,5 +126,6 @@ def load_card(model_path: str | Path, *, verify: bool = True) -> ModelCard:
         if actual != card.sha256:
             raise EdgeRuntimeError(
                 f"model {model_path} does not match its card: sha256 {actual[:12]}... != card's {card.sha256[:12]}... "
-                "(re-export, or copy the model and its card together)")
+                "(re-export, or copy the model and its card together)"
+            )
     return card

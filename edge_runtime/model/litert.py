@@ -3,13 +3,14 @@
 ``tflite_runtime`` is the last release under that name: it breaks under numpy 2 and, for lack of
 XNNPACK delegation, runs int8 15-20x slower on x86. It is used only where ai_edge_litert is absent.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
+from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.model.base import Backbone, Inference, dequantize
 from edge_runtime.model.providers import Execution, litert_delegates
-from edge_runtime.errors import EdgeRuntimeError
 
 try:
     from ai_edge_litert.interpreter import Interpreter, load_delegate
@@ -51,8 +52,9 @@ class LiteRTBackbone(Backbone):
                 self._outputs.append((by_name[spec.name], spec))
 
     def _interpret(self, delegates: list) -> "Interpreter":
-        interpreter = Interpreter(model_path=str(self.model_path), num_threads=self.threads,
-                                  experimental_delegates=delegates or None)
+        interpreter = Interpreter(
+            model_path=str(self.model_path), num_threads=self.threads, experimental_delegates=delegates or None
+        )
         interpreter.allocate_tensors()
         return interpreter
 

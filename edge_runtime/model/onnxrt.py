@@ -1,12 +1,13 @@
 """ONNX Runtime backbone (fp32 or QDQ int8 models) on the execution providers asked for, CPU last."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
 
+from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.model.base import Backbone, Inference
 from edge_runtime.model.providers import Execution, onnx_providers
-from edge_runtime.errors import EdgeRuntimeError
 
 
 class OnnxBackbone(Backbone):

@@ -5,6 +5,7 @@ does not have, or that fail to load on this machine, are dropped with one warnin
 backbone runs on the CPU: a camera keeps classifying on a board whose GPU libraries are missing.
 What was asked for and what runs is kept in ``Execution`` (run summary, bench environment).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -13,9 +14,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 # short name -> ONNX Runtime provider; full provider names are accepted as they are
-ONNX_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
-                  "openvino": "OpenVINOExecutionProvider", "acl": "ACLExecutionProvider",
-                  "xnnpack": "XnnpackExecutionProvider", "cpu": "CPUExecutionProvider"}
+ONNX_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 # short name -> LiteRT delegate library (a path to a delegate .so is accepted too); cpu is the
 # interpreter's own XNNPACK kernels
 LITERT_DELEGATES = {"gpu": "libtensorflowlite_gpu_delegate.so", "edgetpu": "libedgetpu.so.1"}
@@ -51,27 +57,34 @@ def parse_providers(text: str | None) -> list[str] | None:
     return [name if name.endswith(("ExecutionProvider", ".so")) or "/" in name else name.lower() for name in names]
 
 
-def onnx_providers(requested: list[str] | None, available: list[str],
-                   warn: Callable[[str], None] = warn_stderr) -> tuple[list[str], dict[str, str]]:
+def onnx_providers(
+    requested: list[str] | None, available: list[str], warn: Callable[[str], None] = warn_stderr
+) -> tuple[list[str], dict[str, str]]:
     """ONNX Runtime providers to ask for, in order, CPU last; and the requested names dropped (why)."""
     chosen, dropped = [], {}
     for name in requested or ["cpu"]:
         provider = ONNX_PROVIDERS.get(name, name)
         if provider not in available:
-            dropped[name] = "unknown provider name" if name not in ONNX_PROVIDERS and not name.endswith(
-                "ExecutionProvider") else "not in this onnxruntime build"
+            dropped[name] = (
+                "unknown provider name"
+                if name not in ONNX_PROVIDERS and not name.endswith("ExecutionProvider")
+                else "not in this onnxruntime build"
+            )
         elif provider not in chosen:
             chosen.append(provider)
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     if dropped:
-        warn(f"execution provider {', '.join(dropped)} unavailable ({'; '.join(sorted(set(dropped.values())))}; "
-             f"this onnxruntime offers {', '.join(available)}): running on {', '.join(chosen)}")
+        warn(
+            f"execution provider {', '.join(dropped)} unavailable ({'; '.join(sorted(set(dropped.values())))}; "
+            f"this onnxruntime offers {', '.join(available)}): running on {', '.join(chosen)}"
+        )
     return chosen, dropped
 
 
-def litert_delegates(requested: list[str] | None, load: Callable[[str], Any],
-                     warn: Callable[[str], None] = warn_stderr) -> tuple[list[Any], list[str], dict[str, str]]:
+def litert_delegates(
+    requested: list[str] | None, load: Callable[[str], Any], warn: Callable[[str], None] = warn_stderr
+) -> tuple[list[Any], list[str], dict[str, str]]:
     """LiteRT delegates loaded in order of preference (the first that loads is used), the active
     names, and the requested names dropped (why)."""
     dropped: dict[str, str] = {}

@@ -1,4 +1,5 @@
 """``LabelSchedule``: labels to teach during a run, by frame index or time."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ class LabelSchedule:
                 row = json.loads(line)
                 name = row["label"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise InputError(f"{path}:{n}: expected {{\"frame\": n or \"t\": seconds, \"label\": name}}") from None
+                raise InputError(f'{path}:{n}: expected {{"frame": n or "t": seconds, "label": name}}') from None
             if name not in index:
                 raise InputError(f"{path}:{n}: unknown label {name!r}; the memory knows {', '.join(classes)}")
             if "frame" in row:
@@ -42,7 +43,7 @@ class LabelSchedule:
             elif "t" in row:
                 by_time.append((float(row["t"]), index[name]))
             else:
-                raise InputError(f"{path}:{n}: give \"frame\" or \"t\" with each label")
+                raise InputError(f'{path}:{n}: give "frame" or "t" with each label')
         return cls(sorted(by_frame), sorted(by_time))
 
     def due(self, frame: Frame) -> list[int]:

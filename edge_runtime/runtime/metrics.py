@@ -12,6 +12,7 @@ Names: ``edgert_frames_total``, ``edgert_frames_dropped_total``, ``edgert_frames
 ``edgert_prediction_entropy_last``), ``edgert_memory_entries``, ``edgert_memory_fill_ratio``,
 ``edgert_checkpoints_total``, ``edgert_checkpoint_age_seconds``, ``edgert_backbone_info``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,9 @@ def parse_address(text: str) -> tuple[str, int]:
         if host:
             ipaddress.ip_address(host)
     except ValueError:
-        raise InputError(f"--metrics {text!r}: expected PORT or HOST:PORT with a numeric address, "
-                         "e.g. 127.0.0.1:9108") from None
+        raise InputError(
+            f"--metrics {text!r}: expected PORT or HOST:PORT with a numeric address, " "e.g. 127.0.0.1:9108"
+        ) from None
     if not 0 <= number <= 65535:
         raise InputError(f"--metrics {text!r}: port must be 0-65535")
     return host or "127.0.0.1", number
@@ -65,19 +67,29 @@ class Metrics:
         self._dropped = Counter("edgert_frames_dropped", "Frames dropped because inference lagged", registry=r)
         self._undecodable = Counter("edgert_frames_undecodable", "Frames that could not be decoded", registry=r)
         self._fps = Gauge("edgert_fps", f"Frames per second over the last {FPS_WINDOW} frames", registry=r)
-        self._stage = Histogram("edgert_stage_seconds", "Time per frame in each stage", ["stage"],
-                                buckets=STAGE_BUCKETS, registry=r)
-        self._entropy = Histogram("edgert_prediction_entropy", "Normalised entropy of each prediction (0 sure, "
-                                  "1 uniform)", buckets=ENTROPY_BUCKETS, registry=r)
-        self._entropy_last = Gauge("edgert_prediction_entropy_last", "Normalised entropy of the last prediction",
-                                   registry=r)
+        self._stage = Histogram(
+            "edgert_stage_seconds", "Time per frame in each stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
+        )
+        self._entropy = Histogram(
+            "edgert_prediction_entropy",
+            "Normalised entropy of each prediction (0 sure, " "1 uniform)",
+            buckets=ENTROPY_BUCKETS,
+            registry=r,
+        )
+        self._entropy_last = Gauge(
+            "edgert_prediction_entropy_last", "Normalised entropy of the last prediction", registry=r
+        )
         self._entries = Gauge("edgert_memory_entries", "Entries in the adapter's bounded memory", registry=r)
         self._fill = Gauge("edgert_memory_fill_ratio", "Entries / capacity of the adapter's memory", registry=r)
         self._checkpoints = Counter("edgert_checkpoints", "Checkpoints written", registry=r)
-        Gauge("edgert_checkpoint_age_seconds", "Seconds since the last checkpoint (since start before the first)",
-              registry=r).set_function(lambda: time.monotonic() - self._last_checkpoint)
+        Gauge(
+            "edgert_checkpoint_age_seconds",
+            "Seconds since the last checkpoint (since start before the first)",
+            registry=r,
+        ).set_function(lambda: time.monotonic() - self._last_checkpoint)
         Info("edgert_backbone", "The backbone and where it runs", registry=r).info(
-            {"model": model, "runtime": execution.runtime, "active": ",".join(execution.active)})
+            {"model": model, "runtime": execution.runtime, "active": ",".join(execution.active)}
+        )
         self._last_checkpoint = time.monotonic()
         self._seen = {"dropped": 0, "undecodable": 0}
         self._times: collections.deque[float] = collections.deque(maxlen=FPS_WINDOW)

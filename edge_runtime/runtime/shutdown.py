@@ -12,6 +12,7 @@ end of the block.
 ...     shutdown.requested.is_set(), shutdown.signal_name
 (True, 'SIGTERM')
 """
+
 from __future__ import annotations
 
 import signal

@@ -4,6 +4,7 @@
 ``image_features``. The file is a state file (``edge_runtime.state``) tied to the model's sha256;
 ``edgert run --memory FILE`` starts from it.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,10 @@ def folder_images(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
         paths += found
         labels += [k] * len(found)
     if len(classes) < 2 or not paths:
-        raise InputError(f"{root}: expected one sub-folder of images per class (at least 2 classes), "
-                         f"found {len(classes)} class folder(s) and {len(paths)} image(s)")
+        raise InputError(
+            f"{root}: expected one sub-folder of images per class (at least 2 classes), "
+            f"found {len(classes)} class folder(s) and {len(paths)} image(s)"
+        )
     empty = [name for k, name in enumerate(classes) if k not in labels]
     if empty:
         raise InputError(f"{root}: class folder(s) without images: {', '.join(empty)}")
@@ -60,8 +63,16 @@ def domain_features(backbone: Any, name: str, domains: Domains | None) -> tuple[
     return image_features(backbone, images), np.asarray(labels, np.int64), list(classes)
 
 
-def build(model: Path, images: str, adapter_name: str, out: Path, params: dict[str, Any] | None = None,
-          threads: int | None = None, *, domains: Domains | None = None) -> dict[str, Any]:
+def build(
+    model: Path,
+    images: str,
+    adapter_name: str,
+    out: Path,
+    params: dict[str, Any] | None = None,
+    threads: int | None = None,
+    *,
+    domains: Domains | None = None,
+) -> dict[str, Any]:
     """Fit ``adapter_name`` on the source images' features and write the memory file.
 
     ``images`` is a folder with one sub-folder per class, or a name ``domains`` resolves."""
@@ -78,9 +89,18 @@ def build(model: Path, images: str, adapter_name: str, out: Path, params: dict[s
         features, labels, classes = domain_features(backbone, images, domains)
     adapter.fit(features, labels, n_classes=len(classes))
     counts = np.bincount(labels, minlength=len(classes))
-    meta = {"images": str(images), "examples": int(len(labels)),
-            "per_class": {c: int(n) for c, n in zip(classes, counts)}}
-    write_state(out, adapter, kind="memory", model_sha256=backbone.card.sha256, classes=classes,
-                name=adapter_name, meta=meta)
-    return {"out": str(out), "adapter": adapter_name, "classes": classes, "examples": int(len(labels)),
-            "seconds": round(time.perf_counter() - start, 2)}
+    meta = {
+        "images": str(images),
+        "examples": int(len(labels)),
+        "per_class": {c: int(n) for c, n in zip(classes, counts)},
+    }
+    write_state(
+        out, adapter, kind="memory", model_sha256=backbone.card.sha256, classes=classes, name=adapter_name, meta=meta
+    )
+    return {
+        "out": str(out),
+        "adapter": adapter_name,
+        "classes": classes,
+        "examples": int(len(labels)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }

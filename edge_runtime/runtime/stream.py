@@ -10,6 +10,7 @@ With no adapter the ImageNet head of the backbone labels the frame (the card's l
 With a ``baseline`` adapter (a frozen copy of the source memory) each prediction also carries the
 source-only label, so one pass compares source-only with adapted accuracy.
 """
+
 from __future__ import annotations
 
 import threading
@@ -99,8 +100,13 @@ class Stream:
                         taught = self.classes[label]
                         summary.taught += 1
                 t3 = time.perf_counter()
-                ms = {"decode": frame.decode_ms, "preprocess": 1000 * (t1 - t0), "backbone": 1000 * (t2 - t1),
-                      "adapt": 1000 * (t3 - t2), "sinks": sinks_ms}
+                ms = {
+                    "decode": frame.decode_ms,
+                    "preprocess": 1000 * (t1 - t0),
+                    "backbone": 1000 * (t2 - t1),
+                    "adapt": 1000 * (t3 - t2),
+                    "sinks": sinks_ms,
+                }
                 prediction = Prediction(frame.index, frame.t, self.classes[k], float(proba[0, k]), ms, taught=taught)
                 if self.baseline is not None:
                     p0 = self.baseline.predict_proba(features)

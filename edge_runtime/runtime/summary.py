@@ -1,4 +1,5 @@
 """What a run reports: per-stage timings in fixed rings, the ``Summary``, a live ``Progress`` line."""
+
 from __future__ import annotations
 
 import sys
@@ -32,12 +33,11 @@ class Ring:
         self.count += 1
 
     def values(self) -> np.ndarray:
-        return self._values[:min(self.count, self._values.shape[0])]
+        return self._values[: min(self.count, self._values.shape[0])]
 
     def median(self) -> float:
         v = self.values()
         return float(np.median(v)) if v.size else 0.0
-
 
 
 @dataclass
@@ -63,12 +63,20 @@ class Summary:
         return {s: ring.median() for s, ring in self.stage_ms.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "seconds": round(self.seconds, 3), "fps": round(self.fps, 2),
-                "read": self.read, "dropped": self.dropped, "undecodable": self.undecodable,
-                "reconnected": self.reconnected, "taught": self.taught, "checkpoints": self.checkpoints,
-                "ended": self.ended, "detail": self.detail,
-                "p50_ms": {k: round(v, 3) for k, v in self.p50().items()}}
-
+        return {
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "read": self.read,
+            "dropped": self.dropped,
+            "undecodable": self.undecodable,
+            "reconnected": self.reconnected,
+            "taught": self.taught,
+            "checkpoints": self.checkpoints,
+            "ended": self.ended,
+            "detail": self.detail,
+            "p50_ms": {k: round(v, 3) for k, v in self.p50().items()},
+        }
 
 
 class Progress:
@@ -89,8 +97,10 @@ class Progress:
         fps = (summary.frames - frames) / max(now - then, 1e-9)
         self._last = (summary.frames, now)
         self._next = now + self.interval
-        line = (f"frames {summary.frames}  {fps:5.1f} fps  adapt {adapt_ms:.3f} ms  "
-                f"dropped {capture.dropped}  undecodable {capture.undecodable}")
+        line = (
+            f"frames {summary.frames}  {fps:5.1f} fps  adapt {adapt_ms:.3f} ms  "
+            f"dropped {capture.dropped}  undecodable {capture.undecodable}"
+        )
         self.stream.write(("\r" + line + "   ") if self.tty else line + "\n")
         self.stream.flush()
 

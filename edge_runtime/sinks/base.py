@@ -1,4 +1,5 @@
 """What a sink receives: one ``Prediction`` per processed frame, and the ``Sink`` protocol."""
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,19 @@ class Prediction:
     taught: str | None = None
 
     def to_json(self) -> str:
-        row: dict[str, Any] = {"frame": self.frame, "t": round(self.t, 4), "label": self.label,
-                               "confidence": round(self.confidence, 4),
-                               "ms": {k: round(v, 3) for k, v in self.ms.items()}}
+        row: dict[str, Any] = {
+            "frame": self.frame,
+            "t": round(self.t, 4),
+            "label": self.label,
+            "confidence": round(self.confidence, 4),
+            "ms": {k: round(v, 3) for k, v in self.ms.items()},
+        }
         if self.source_label is not None:
             row["source_label"] = self.source_label
             row["source_confidence"] = round(float(self.source_confidence or 0.0), 4)
         if self.taught is not None:
             row["taught"] = self.taught
         return json.dumps(row)
-
 
 
 class Sink(Protocol):

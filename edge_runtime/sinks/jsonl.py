@@ -1,4 +1,5 @@
 """``JsonlSink``: the predictions as JSON lines."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """``VideoSink``: an annotated copy of the processed frames."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,7 @@ def annotate(image: np.ndarray, prediction: Prediction) -> np.ndarray:
     text = f"{prediction.label} {prediction.confidence:.0%}"
     if prediction.source_label is not None:
         text += f"   (source-only: {prediction.source_label})"
-    cv2.putText(out, text, (6, band - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1 + int(scale),
-                cv2.LINE_AA)
+    cv2.putText(out, text, (6, band - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1 + int(scale), cv2.LINE_AA)
     return out
 
 

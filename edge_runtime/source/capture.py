@@ -15,6 +15,7 @@ Capture runs ahead of inference in its own thread and hands frames over through 
 - FFmpeg's own log lines are silenced (``OPENCV_FFMPEG_LOGLEVEL``, unless already set): every
   failure is reported once, by this module, naming the file and the frames read.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,9 +72,19 @@ class Capture:
     source; ``ended`` says why the capture stopped ("end", "truncated", "lost", "stopped").
     """
 
-    def __init__(self, source: str | int, *, queue_size: int = 4, realtime: bool = False, every: int = 1,
-                 loop: bool = False, reconnects: int = 5, backoff: float = 0.5, max_bad: int = 25,
-                 live: bool | None = None) -> None:
+    def __init__(
+        self,
+        source: str | int,
+        *,
+        queue_size: int = 4,
+        realtime: bool = False,
+        every: int = 1,
+        loop: bool = False,
+        reconnects: int = 5,
+        backoff: float = 0.5,
+        max_bad: int = 25,
+        live: bool | None = None,
+    ) -> None:
         self.source = parse_source(source)
         self.queue_size = queue_size
         self.realtime = realtime
@@ -116,8 +127,10 @@ class Capture:
         """
         if isinstance(self.source, str) and not self.is_live:
             if not Path(self.source).exists() and "%" not in self.source:  # "%04d.png": an image sequence
-                raise InputError(f"cannot open video source {self.source!r}: no such file (a camera is an index "
-                                 f"such as 0, a stream a URL)")
+                raise InputError(
+                    f"cannot open video source {self.source!r}: no such file (a camera is an index "
+                    f"such as 0, a stream a URL)"
+                )
             if not os.access(self.source, os.R_OK):
                 raise InputError(f"video file not readable: {self.source}")
         if self.every < 1:
@@ -125,7 +138,7 @@ class Capture:
         cap = None if self._stop.is_set() else self._open_once()
         attempts = 0
         while cap is None and self.is_live and attempts < self.reconnects and not self._stop.is_set():
-            self._stop.wait(self.backoff * 2 ** attempts)
+            self._stop.wait(self.backoff * 2**attempts)
             attempts += 1
             cap = self._open_once()
         if cap is None and self._stop.is_set():
@@ -134,8 +147,11 @@ class Capture:
         if cap is None:
             what = "video file" if not self.is_live else "video source"
             tried = f" after {attempts} retries" if attempts else ""
-            why = ("not a video OpenCV can read (unknown format, or truncated before its first frame; 0 frames "
-                   "read)" if not self.is_live else "the camera or stream is not there")
+            why = (
+                "not a video OpenCV can read (unknown format, or truncated before its first frame; 0 frames " "read)"
+                if not self.is_live
+                else "the camera or stream is not there"
+            )
             raise InputError(f"cannot open {what} {self.source!r}{tried}: {why}")
         self._cap = cap
         self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -228,7 +244,7 @@ class Capture:
         assert self._cap is not None
         self._cap.release()
         for attempt in range(self.reconnects):
-            if self._stop.wait(self.backoff * 2 ** attempt):
+            if self._stop.wait(self.backoff * 2**attempt):
                 return False
             cap = self._open_once()
             if cap is not None:

@@ -5,6 +5,7 @@ Steps: check the frame, crop the centre square (``crop_fraction`` of the shorter
 ``(x - mean) / std``, lay out NCHW or NHWC, and for an int8 input quantise with the card's scale
 and zero point. One frame in, one batch row out; ``preprocess_batch`` stacks several.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import os
 import cv2
 import numpy as np
 
-from edge_runtime.model.card import ModelCard, Preprocessing, TensorSpec
 from edge_runtime.errors import InputError
+from edge_runtime.model.card import ModelCard, Preprocessing, TensorSpec
 
 
 def check_frame(frame: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ def crop_resize(frame: np.ndarray, size: int, crop_fraction: float) -> np.ndarra
     h, w = frame.shape[:2]
     side = max(1, int(round(min(h, w) * crop_fraction)))
     y, x = (h - side) // 2, (w - side) // 2
-    square = frame[y:y + side, x:x + side]
+    square = frame[y : y + side, x : x + side]
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interpolation)
 

@@ -4,6 +4,7 @@ The export runs in the test session on a fresh machine (a few minutes on 2 cores
 ``models/``, the same folder ``make demo`` and the CLI defaults use, so either command reuses
 the other's export; its own cache check re-exports when any input or the recipe changes.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The accuracy bench: task construction, the strictly-online protocol, and a quick real run."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,18 @@ import pytest
 from edge_runtime.adapters import ADAPTERS
 from edge_runtime.adapters.linear import Linear
 from edge_runtime.bench import accuracy
-from edge_runtime.bench.tasks import (BENCH_TASKS, CONTROL, DEV_TASKS, ORDERS, SHIFTED_TASKS, load_task,
-                                      photo_halves, stream_order, subsample)
+from edge_runtime.bench.tasks import (
+    BENCH_TASKS,
+    CONTROL,
+    DEV_TASKS,
+    ORDERS,
+    SHIFTED_TASKS,
+    load_task,
+    photo_halves,
+    stream_order,
+    subsample,
+)
 from edge_runtime.errors import InputError
-
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
@@ -46,7 +55,9 @@ def test_no_target_image_has_its_clean_copy_in_the_source(gaussian_noise):
     assert len(gaussian_noise.folds) == 2
     for fold, control_fold in zip(gaussian_noise.folds, clean.folds):
         assert not set(fold.source_ids) & set(fold.target_ids)
-        assert set(fold.source_ids) | set(fold.target_ids) == set(clean.folds[0].source_ids) | set(clean.folds[1].source_ids)
+        assert set(fold.source_ids) | set(fold.target_ids) == set(clean.folds[0].source_ids) | set(
+            clean.folds[1].source_ids
+        )
         # Same split as the control, but the target rows are the corrupted images' features.
         assert fold.target_ids == control_fold.target_ids
         np.testing.assert_array_equal(fold.source_x, control_fold.source_x)
@@ -66,7 +77,9 @@ def test_stream_orders_are_seeded_permutations(gaussian_noise):
 
 def _windows(labels: np.ndarray, width: int) -> np.ndarray:
     """Share of the most frequent class in each window of ``width`` consecutive frames."""
-    return np.array([np.bincount(labels[i:i + width]).max() / width for i in range(0, len(labels) - width + 1, width)])
+    return np.array(
+        [np.bincount(labels[i : i + width]).max() / width for i in range(0, len(labels) - width + 1, width)]
+    )
 
 
 def _run_lengths(labels: np.ndarray) -> np.ndarray:
@@ -186,8 +199,21 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("accuracy")
     parser = argparse.ArgumentParser()
     accuracy.configure(parser)
-    args = parser.parse_args(["--quick", "--tasks", "bench", "--methods", "linear,shift",
-                              "--json", str(out / "a.json"), "--markdown", str(out / "a.md"), "--png", str(out / "a.png")])
+    args = parser.parse_args(
+        [
+            "--quick",
+            "--tasks",
+            "bench",
+            "--methods",
+            "linear,shift",
+            "--json",
+            str(out / "a.json"),
+            "--markdown",
+            str(out / "a.md"),
+            "--png",
+            str(out / "a.png"),
+        ]
+    )
     assert args.main(args) == 0
     return out
 
@@ -205,7 +231,8 @@ def test_quick_run_writes_the_documented_outputs(quick_run):
     means = payload["summary"]["linear"]
     assert means["n_tasks"] == len(SHIFTED_TASKS)
     assert means["mean_shifted_accuracy"] == pytest.approx(
-        np.mean([payload["tasks"][t]["linear"]["accuracy"] for t in SHIFTED_TASKS]))
+        np.mean([payload["tasks"][t]["linear"]["accuracy"] for t in SHIFTED_TASKS])
+    )
     for kind in ORDERS:
         per_task = {t: payload["tasks"][t]["shift"]["orders"][kind]["accuracy"] for t in SHIFTED_TASKS}
         assert payload["summary"]["shift"]["orders"][kind]["worst_task"] == min(per_task, key=per_task.get)

@@ -1,4 +1,5 @@
 """The exported int8 backbones: cards, parity with fp32 torch, both runtimes, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_runtime.errors import EdgeRuntimeError, InputError
 from edge_runtime.model import load_backbone
 from edge_runtime.model.card import load_card, sha256_file
-from edge_runtime.errors import EdgeRuntimeError, InputError
 from edge_runtime.source.preprocess import read_image
 
 PHOTOS = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -30,12 +31,15 @@ def test_fp32_onnx_matches_torch(exported):
 
 
 # The fidelity targets of issue 2.
-@pytest.mark.parametrize("artefact, metric, target", [
-    ("onnx_int8", "feature_cosine_mean", 0.98),
-    ("onnx_int8", "top1_agreement", 0.95),
-    ("tflite_int8", "feature_cosine_mean", 0.98),
-    ("tflite_int8", "top1_agreement", 0.95),
-])
+@pytest.mark.parametrize(
+    "artefact, metric, target",
+    [
+        ("onnx_int8", "feature_cosine_mean", 0.98),
+        ("onnx_int8", "top1_agreement", 0.95),
+        ("tflite_int8", "feature_cosine_mean", 0.98),
+        ("tflite_int8", "top1_agreement", 0.95),
+    ],
+)
 def test_int8_parity_target(exported, artefact, metric, target):
     parity = json.loads(exported["parity.json"].read_text())
     assert parity[artefact][metric] >= target, parity[artefact]
@@ -103,6 +107,7 @@ def test_greyscale_and_odd_sizes_are_accepted(exported):
 
 # -- bad input ------------------------------------------------------------------------------
 
+
 def test_missing_model_file_is_named(tmp_path):
     with pytest.raises(EdgeRuntimeError, match="model file not found: .*nothing.onnx"):
         load_backbone(tmp_path / "nothing.onnx")
@@ -159,8 +164,9 @@ def test_frame_with_wrong_channels_is_refused(exported, shape):
 
 def test_cli_reports_bad_model_in_one_line(tmp_path):
     missing = tmp_path / "gone"
-    done = subprocess.run([str(EDGERT), "bench", "latency", str(missing), "--queries", "1"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(EDGERT), "bench", "latency", str(missing), "--queries", "1"], capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
     assert str(missing) in done.stderr
@@ -168,8 +174,9 @@ def test_cli_reports_bad_model_in_one_line(tmp_path):
 
 def test_cli_export_reports_parity_from_cache(exported):
     models_dir = exported["fp32.onnx"].parents[1]
-    done = subprocess.run([str(EDGERT), "export", "--models-dir", str(models_dir), "--json"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(EDGERT), "export", "--models-dir", str(models_dir), "--json"], capture_output=True, text=True, check=True
+    )
     report = json.loads(done.stdout)
     assert report["parity"] == json.loads(exported["parity.json"].read_text())
     assert "up to date" in done.stderr

@@ -1,5 +1,6 @@
 """Execution providers and LiteRT delegates: chosen by name, recorded, and a missing one falls
 back to the CPU with one warning line (real onnxruntime and LiteRT builds of this machine)."""
+
 from __future__ import annotations
 
 import json
@@ -46,19 +47,25 @@ def test_onnx_cpu_only_asks_for_nothing_and_warns_nothing(exported):
 def test_onnx_provider_order_is_kept_and_cpu_comes_last():
     available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert onnx_providers(["cuda", "tensorrt"], available, warn=pytest.fail)[0] == [
-        "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"]
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     warnings: list[str] = []
     chosen, dropped = onnx_providers(["gpu-typo"], available, warn=warnings.append)
     assert chosen == ["CPUExecutionProvider"] and dropped == {"gpu-typo": "unknown provider name"}
     assert len(warnings) == 1
 
 
-@pytest.mark.parametrize("requested, reason", [
-    (["gpu"], "libtensorflowlite_gpu_delegate.so"),
-    (["edgetpu", "cpu"], "libedgetpu.so.1"),
-    (["/nonexistent/libdelegate.so"], "/nonexistent/libdelegate.so"),
-    (["cuda"], "an ONNX Runtime provider"),
-])
+@pytest.mark.parametrize(
+    "requested, reason",
+    [
+        (["gpu"], "libtensorflowlite_gpu_delegate.so"),
+        (["edgetpu", "cpu"], "libedgetpu.so.1"),
+        (["/nonexistent/libdelegate.so"], "/nonexistent/libdelegate.so"),
+        (["cuda"], "an ONNX Runtime provider"),
+    ],
+)
 def test_litert_delegate_missing_falls_back_to_xnnpack_with_one_warning(exported, requested, reason, capfd):
     warnings: list[str] = []
     backbone = load_backbone(exported["int8.tflite"], threads=1, providers=requested, warn=warnings.append)
@@ -76,10 +83,30 @@ def test_parse_providers():
 @pytest.mark.skipif(not VTEST.is_file(), reason="needs Debian's opencv-doc")
 def test_run_records_the_providers_and_warns_once(exported, tmp_path):
     summary = tmp_path / "run.json"
-    done = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "run", "--source", str(VTEST), "--model",
-                           str(exported["int8.onnx"]), "--adapter", "none", "--max-frames", "5", "--quiet",
-                           "--providers", "tensorrt,cuda,cpu", "--json", str(summary)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.cli",
+            "run",
+            "--source",
+            str(VTEST),
+            "--model",
+            str(exported["int8.onnx"]),
+            "--adapter",
+            "none",
+            "--max-frames",
+            "5",
+            "--quiet",
+            "--providers",
+            "tensorrt,cuda,cpu",
+            "--json",
+            str(summary),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     execution = json.loads(summary.read_text())["execution"]
     assert execution["requested"] == ["tensorrt", "cuda", "cpu"] and execution["active"] == ["CPUExecutionProvider"]

@@ -4,6 +4,7 @@ Mechanics are checked against plain reference implementations of the published a
 (T3A's unbounded support list, TDA's dict caches), against scikit-learn for the linear head,
 and through the shared contract: state round trip, bad input, fixed memory, no input mutation.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,14 +18,20 @@ import pytest
 from edge_runtime.adapters import ADAPTERS, make_adapter
 from edge_runtime.adapters.base import Adapter
 from edge_runtime.adapters.linear import Linear, choose_l2, lbfgs
-from edge_runtime.numerics import entropy, softmax
 from edge_runtime.adapters.shift import FeatureShift, Shifted
 from edge_runtime.errors import InputError
+from edge_runtime.numerics import entropy, softmax
 
 BASELINES = ("ncm", "linear", "t3a", "tda", "shift", "shift+t3a")
 # A fixed L2 keeps the mechanics tests fast; cross-validation has its own test.
-FAST = {"ncm": {}, "linear": {"l2": 1e-3}, "t3a": {"l2": 1e-3}, "tda": {"l2": 1e-3},
-        "shift": {"inner_params": {"l2": 1e-3}}, "shift+t3a": {"inner_params": {"l2": 1e-3}}}
+FAST = {
+    "ncm": {},
+    "linear": {"l2": 1e-3},
+    "t3a": {"l2": 1e-3},
+    "tda": {"l2": 1e-3},
+    "shift": {"inner_params": {"l2": 1e-3}},
+    "shift+t3a": {"inner_params": {"l2": 1e-3}},
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -63,13 +70,15 @@ def test_registered_and_state_round_trip_resumes_identically(name, domains):
     assert name in ADAPTERS
     adapter = fitted(name, photo)
     for i in range(40):  # adapt a while so the adaptive state is not the initial one
-        adapter.adapt(clipart.X[i:i + 1])
+        adapter.adapt(clipart.X[i : i + 1])
     state = through_bytes(adapter.state_dict())
     restored = type(adapter).from_state_dict(state)
     assert restored.get_params() == json.loads(json.dumps(adapter.get_params()))
     rest = clipart.X[40:120]
     for i in range(len(rest)):
-        np.testing.assert_allclose(restored.adapt(rest[i:i + 1]), adapter.adapt(rest[i:i + 1]), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            restored.adapt(rest[i : i + 1]), adapter.adapt(rest[i : i + 1]), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -79,11 +88,13 @@ def test_bad_input_is_refused_and_loses_nothing(name, domains):
         make_adapter(name, **FAST[name]).predict_proba(clipart.X[:1])
     adapter = fitted(name, photo)
     before = through_bytes(adapter.state_dict())["arrays"]
-    bad_rows = [clipart.X[:1, :100],                      # wrong width
-                clipart.X[:1].astype(np.float64),          # ambiguous dtype
-                np.full((1, clipart.X.shape[1]), np.nan, np.float32),
-                np.zeros((1, clipart.X.shape[1]), np.float32),
-                np.zeros((0, clipart.X.shape[1]), np.float32)]
+    bad_rows = [
+        clipart.X[:1, :100],  # wrong width
+        clipart.X[:1].astype(np.float64),  # ambiguous dtype
+        np.full((1, clipart.X.shape[1]), np.nan, np.float32),
+        np.zeros((1, clipart.X.shape[1]), np.float32),
+        np.zeros((0, clipart.X.shape[1]), np.float32),
+    ]
     for bad in bad_rows:
         with pytest.raises(InputError):
             adapter.adapt(bad)
@@ -102,7 +113,7 @@ def test_memory_is_fixed_and_inputs_are_not_mutated(name, domains):
     sizes = {k: v.shape for k, v in adapter.state_dict()["arrays"].items()}
     stream = clipart.X.copy()
     for i in range(len(stream)):
-        proba = adapter.adapt(stream[i:i + 1])
+        proba = adapter.adapt(stream[i : i + 1])
         assert proba.shape == (1, len(photo.classes))
         assert abs(float(proba.sum()) - 1.0) < 1e-4
     np.testing.assert_array_equal(stream, clipart.X)
@@ -115,8 +126,8 @@ def test_adapt_returns_the_prediction_made_before_the_update(name, domains):
     photo, clipart = domains
     adapter = fitted(name, photo)
     for i in range(30):
-        expected = adapter.predict_proba(clipart.X[i:i + 1])
-        np.testing.assert_allclose(adapter.adapt(clipart.X[i:i + 1]), expected, rtol=1e-6, atol=1e-7)
+        expected = adapter.predict_proba(clipart.X[i : i + 1])
+        np.testing.assert_allclose(adapter.adapt(clipart.X[i : i + 1]), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_linear_head_matches_scikit_learn(domains):
@@ -162,8 +173,12 @@ def test_linear_cross_validation_with_fewer_examples_than_folds(domains):
 def test_lbfgs_solves_a_badly_scaled_quadratic():
     scales = np.logspace(0, 3, 20)
     target = np.linspace(-1, 1, 20)
-    solution = lbfgs(lambda t: (float((scales * (t - target) ** 2).sum()), 2 * scales * (t - target)),
-                     np.zeros(20), tol=1e-9, max_iter=500)
+    solution = lbfgs(
+        lambda t: (float((scales * (t - target) ** 2).sum()), 2 * scales * (t - target)),
+        np.zeros(20),
+        tol=1e-9,
+        max_iter=500,
+    )
     np.testing.assert_allclose(solution, target, atol=1e-5)
 
 
@@ -181,8 +196,9 @@ def reference_t3a(head: Linear, stream: np.ndarray, filter_k: int) -> np.ndarray
         labels.append(int(q.argmax()))
         ents.append(float(entropy(q[None])[0]))
         s, y, e = np.array(supports), np.array(labels), np.array(ents)
-        keep = np.concatenate([np.flatnonzero(y == k)[np.argsort(e[y == k], kind="stable")][:filter_k]
-                               for k in range(head.n_classes)])
+        keep = np.concatenate(
+            [np.flatnonzero(y == k)[np.argsort(e[y == k], kind="stable")][:filter_k] for k in range(head.n_classes)]
+        )
         s, y = s[keep], y[keep]
         s = s / np.linalg.norm(s, axis=1, keepdims=True)
         prototypes = np.eye(head.n_classes)[y].T @ s
@@ -196,7 +212,7 @@ def reference_t3a(head: Linear, stream: np.ndarray, filter_k: int) -> np.ndarray
 def test_t3a_fixed_slots_equal_the_unbounded_official_filter(filter_k, domains):
     photo, clipart = domains
     t3a = make_adapter("t3a", filter_k=filter_k, l2=1e-3).fit(photo.X, photo.y, n_classes=len(photo.classes))
-    ours = np.array([int(t3a.adapt(clipart.X[i:i + 1]).argmax()) for i in range(len(clipart.X))])
+    ours = np.array([int(t3a.adapt(clipart.X[i : i + 1]).argmax()) for i in range(len(clipart.X))])
     reference = reference_t3a(t3a._head, clipart.X, filter_k)
     assert (ours == reference).mean() > 0.99  # float32 vs float64 ties may flip a rare sample
 
@@ -204,6 +220,7 @@ def test_t3a_fixed_slots_equal_the_unbounded_official_filter(filter_k, domains):
 def reference_tda(head: Linear, stream: np.ndarray) -> np.ndarray:
     """The official TDA loop (dict caches, sorted lists; write, then score), with entropy
     normalised by log(C)."""
+
     def update(cache, pred, item, capacity):
         if pred in cache:
             if len(cache[pred]) < capacity:
@@ -219,8 +236,9 @@ def reference_tda(head: Linear, stream: np.ndarray) -> np.ndarray:
         for k in sorted(cache):
             for item in cache[k]:
                 keys.append(item[0])
-                values.append(((item[2] > 0.03) & (item[2] < 1.0)).astype(float) if negative
-                              else np.eye(head.n_classes)[k])
+                values.append(
+                    ((item[2] > 0.03) & (item[2] < 1.0)).astype(float) if negative else np.eye(head.n_classes)[k]
+                )
         affinity = np.array(keys) @ f
         return alpha * (np.exp(-(beta - beta * affinity)) @ np.array(values))
 
@@ -245,7 +263,7 @@ def reference_tda(head: Linear, stream: np.ndarray) -> np.ndarray:
 def test_tda_caches_equal_the_official_dict_caches(domains):
     photo, clipart = domains
     tda = make_adapter("tda", l2=1e-3).fit(photo.X, photo.y, n_classes=len(photo.classes))
-    ours = np.array([int(tda.adapt(clipart.X[i:i + 1]).argmax()) for i in range(len(clipart.X))])
+    ours = np.array([int(tda.adapt(clipart.X[i : i + 1]).argmax()) for i in range(len(clipart.X))])
     assert (ours == reference_tda(tda._head, clipart.X)).mean() > 0.99
     # Both caches were exercised on this stream (otherwise the comparison proves little).
     assert np.isfinite(tda._pos_entropy).all(axis=1).sum() >= 6 and np.isfinite(tda._neg_entropy).any()
@@ -275,7 +293,7 @@ def test_any_adapter_can_sit_behind_the_shift(inner, domains):
     # Two independent float32 L-BFGS fits: equal up to summation order, not bit for bit.
     np.testing.assert_allclose(shifted.adapt(clipart.X[:1]), plain.adapt(clipart.X[:1]), rtol=1e-4, atol=1e-5)
     for i in range(1, len(clipart.X)):
-        shifted.adapt(clipart.X[i:i + 1])
+        shifted.adapt(clipart.X[i : i + 1])
     assert isinstance(shifted._inner, type(plain))
 
 
@@ -288,6 +306,6 @@ def test_shift_recovers_accuracy_under_a_real_shift(domains):
     shifted = make_adapter("shift", inner_params={"l2": 1e-3}).fit(photo.X, photo.y, n_classes=len(photo.classes))
     order = np.random.default_rng(0).permutation(len(emoji.X))
     stream, labels = emoji.X[order], emoji.y[order]
-    plain = np.array([int(head.adapt(stream[i:i + 1]).argmax()) for i in range(len(stream))])
-    moved = np.array([int(shifted.adapt(stream[i:i + 1]).argmax()) for i in range(len(stream))])
+    plain = np.array([int(head.adapt(stream[i : i + 1]).argmax()) for i in range(len(stream))])
+    moved = np.array([int(shifted.adapt(stream[i : i + 1]).argmax()) for i in range(len(stream))])
     assert (moved == labels).mean() > (plain == labels).mean() + 0.05

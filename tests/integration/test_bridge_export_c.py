@@ -1,4 +1,5 @@
 """The C99 read-out, compiled with the system C compiler, against the Python adapters on real features."""
+
 from __future__ import annotations
 
 import shutil
@@ -23,22 +24,27 @@ CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 def compile_readout(folder: Path) -> Path:
     """Build the exported folder's example main.c; returns the executable."""
     exe = folder / "classify"
-    subprocess.run([CC, *CFLAGS, f"-I{folder}", str(folder / "main.c"), str(folder / "edgert_readout.c"), "-lm",
-                    "-o", str(exe)], check=True, capture_output=True)
+    subprocess.run(
+        [CC, *CFLAGS, f"-I{folder}", str(folder / "main.c"), str(folder / "edgert_readout.c"), "-lm", "-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
     return exe
 
 
 def run_readout(exe: Path, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probability of the label) printed by the C example for float32 rows sent raw on stdin."""
-    done = subprocess.run([str(exe), "-b"], input=np.ascontiguousarray(features, "<f4").tobytes(),
-                          check=True, capture_output=True)
+    done = subprocess.run(
+        [str(exe), "-b"], input=np.ascontiguousarray(features, "<f4").tobytes(), check=True, capture_output=True
+    )
     rows = [line.split() for line in done.stdout.decode().splitlines()]
     assert len(rows) == len(features)
     return np.array([int(r[0]) for r in rows]), np.array([float(r[-1]) for r in rows])
 
 
-def check_agreement(model, domains, probes: np.ndarray, folder: Path, dtype: str, min_agreement: float,
-                    atol: float) -> CExport:
+def check_agreement(
+    model, domains, probes: np.ndarray, folder: Path, dtype: str, min_agreement: float, atol: float
+) -> CExport:
     """Export ``model``, run the compiled example on ``probes`` and hold it to Python's predictions
     (and, for float32, to its confidences within ``atol``)."""
     result = export_c(model, folder, classes=domains["photo"].classes, dtype=dtype)
@@ -93,8 +99,9 @@ def test_corrupted_header_is_refused_by_its_crc(ncm, domains, tmp_path) -> None:
 def test_export_c_command_reads_a_state_file(ncm, domains, tmp_path) -> None:
     from edge_runtime.cli import main
 
-    state = write_state(tmp_path / "memory.npz", ncm, kind="memory", model_sha256="ef" * 32,
-                        classes=list(domains["photo"].classes))
+    state = write_state(
+        tmp_path / "memory.npz", ncm, kind="memory", model_sha256="ef" * 32, classes=list(domains["photo"].classes)
+    )
     assert main(["bridge", "export-c", "--state", str(state), "--out", str(tmp_path / "c"), "--dtype", "float32"]) == 0
     header = (tmp_path / "c" / "edgert_memory.h").read_text()
     assert '#define EDGERT_MODEL_SHA256 "' + "ef" * 32 + '"' in header
@@ -139,8 +146,10 @@ int main(void)
 """
 
 
-@pytest.mark.parametrize("seed, sizes", [(0, dict(n_hub=64, n_bridge=512, in_degree=30)),
-                                         (2**63 + 12345, dict(n_hub=5, n_bridge=40, in_degree=50))])
+@pytest.mark.parametrize(
+    "seed, sizes",
+    [(0, dict(n_hub=64, n_bridge=512, in_degree=30)), (2**63 + 12345, dict(n_hub=5, n_bridge=40, in_degree=50))],
+)
 def test_c_prng_regenerates_pythons_graph_bit_for_bit(seed, sizes, tmp_path) -> None:
     rng = np.random.default_rng(0)
     x = np.abs(rng.normal(size=(40, 96))).astype(np.float32)
@@ -148,8 +157,20 @@ def test_c_prng_regenerates_pythons_graph_bit_for_bit(seed, sizes, tmp_path) -> 
     export_c(memflow, tmp_path, classes=list("abcd"), dtype="int8")
     (tmp_path / "dump.c").write_text(GRAPH_DUMP_C)
     exe = tmp_path / "dump"
-    subprocess.run([CC, *CFLAGS, f"-I{tmp_path}", str(tmp_path / "dump.c"), str(tmp_path / "edgert_readout.c"),
-                    "-lm", "-o", str(exe)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            CC,
+            *CFLAGS,
+            f"-I{tmp_path}",
+            str(tmp_path / "dump.c"),
+            str(tmp_path / "edgert_readout.c"),
+            "-lm",
+            "-o",
+            str(exe),
+        ],
+        check=True,
+        capture_output=True,
+    )
     raw = subprocess.run([str(exe)], check=True, capture_output=True).stdout
     w_eh, w_hh, src, w_b = make_graph(seed, 96, sizes["n_hub"], sizes["n_bridge"], sizes["in_degree"])
     offsets = np.cumsum([0, w_eh.nbytes, w_hh.nbytes, src.nbytes, w_b.nbytes])
@@ -176,10 +197,14 @@ def test_memflow_readout_agrees_with_python(memflow, domains, probes, dtype, min
     assert result.kind == "memflow"
 
 
-@pytest.mark.parametrize("params, adapt", [
-    (dict(shift_prior=0.0), False),
-    (dict(shift_fade=False, shift_decay=0.99, prior_unit=False, memory_weight=2.0), True)],
-    ids=["no-shift-weight", "anchored-shift-raw-norm-head"])
+@pytest.mark.parametrize(
+    "params, adapt",
+    [
+        (dict(shift_prior=0.0), False),
+        (dict(shift_fade=False, shift_decay=0.99, prior_unit=False, memory_weight=2.0), True),
+    ],
+    ids=["no-shift-weight", "anchored-shift-raw-norm-head"],
+)
 def test_memflow_readout_options_agree_with_python(domains, probes, params, adapt, tmp_path, one_blas_thread) -> None:
     # No source pseudo-frame and no frame yet: nothing to shift by (the source centre, no trace
     # shift); then the anchored shift stage and a head reading the feature at its raw norm.
@@ -224,9 +249,11 @@ def dmn_variants(dmn, domains, tmp_path_factory, one_blas_thread) -> dict[str, D
     means = np.stack([clipart.X[clipart.y == c].mean(axis=0) for c in range(len(clipart.classes))])
     text = tmp_path_factory.mktemp("text") / "text.npy"
     np.save(text, means.astype(np.float32))
-    return {"linear": dmn,
-            "prototypes": adapted_dmn(domains, prior="prototypes", weight_static=0.3, anchors="source-means"),
-            "text": adapted_dmn(domains, prior="text", text_embeddings=str(text), weight_static=0.3)}
+    return {
+        "linear": dmn,
+        "prototypes": adapted_dmn(domains, prior="prototypes", weight_static=0.3, anchors="source-means"),
+        "text": adapted_dmn(domains, prior="text", text_embeddings=str(text), weight_static=0.3),
+    }
 
 
 def test_adapted_dmn_fixture_exercises_the_memories(dmn, probes) -> None:
@@ -237,9 +264,17 @@ def test_adapted_dmn_fixture_exercises_the_memories(dmn, probes) -> None:
     assert (dmn.predict(probes) != dmn.prior_proba(probes).argmax(axis=1)).any()
 
 
-@pytest.mark.parametrize("prior, dtype, min_agreement", [
-    ("linear", "float32", 1.0), ("linear", "float16", 0.99), ("linear", "int8", 0.99), ("prototypes", "float32", 1.0),
-    ("prototypes", "int8", 0.99), ("text", "float32", 1.0)])
+@pytest.mark.parametrize(
+    "prior, dtype, min_agreement",
+    [
+        ("linear", "float32", 1.0),
+        ("linear", "float16", 0.99),
+        ("linear", "int8", 0.99),
+        ("prototypes", "float32", 1.0),
+        ("prototypes", "int8", 0.99),
+        ("text", "float32", 1.0),
+    ],
+)
 def test_dmn_readout_agrees_with_python(dmn_variants, domains, probes, prior, dtype, min_agreement, tmp_path) -> None:
     model = dmn_variants[prior]
     # The prototype and text priors are softmax(100 cos): float32 rounding of a cosine moves a logit 100x more.
@@ -252,9 +287,11 @@ def test_dmn_readout_agrees_with_python(dmn_variants, domains, probes, prior, dt
     assert ("edgert_static_" in text) == (model.weight_static != 0)
 
 
-@pytest.mark.parametrize("params, adapt", [(dict(shift_momentum=None), True), ({}, False),
-                                           (dict(weight_dynamic=0.0, weight_static=0.5), True)],
-                         ids=["no-shift-stage", "empty-rings", "static-only"])
+@pytest.mark.parametrize(
+    "params, adapt",
+    [(dict(shift_momentum=None), True), ({}, False), (dict(weight_dynamic=0.0, weight_static=0.5), True)],
+    ids=["no-shift-stage", "empty-rings", "static-only"],
+)
 def test_dmn_readout_without_parts_agrees_with_python(domains, probes, params, adapt, tmp_path) -> None:
     # Each leaves a part out of the header (shift, every ring slot, the dynamic memory).
     photo = domains["photo"]
@@ -267,8 +304,9 @@ def test_dmn_readout_without_parts_agrees_with_python(domains, probes, params, a
 def test_export_c_command_reads_a_dmn_state_file(dmn, domains, tmp_path) -> None:
     from edge_runtime.cli import main
 
-    state = write_state(tmp_path / "memory.npz", dmn, kind="memory", model_sha256="ab" * 32,
-                        classes=list(domains["photo"].classes))
+    state = write_state(
+        tmp_path / "memory.npz", dmn, kind="memory", model_sha256="ab" * 32, classes=list(domains["photo"].classes)
+    )
     assert main(["bridge", "export-c", "--state", str(state), "--out", str(tmp_path / "c"), "--dtype", "float32"]) == 0
     assert '#define EDGERT_MEMORY_KIND "dmn"' in (tmp_path / "c" / "edgert_memory.h").read_text()
     labels, _ = run_readout(compile_readout(tmp_path / "c"), domains["emoji"].X)

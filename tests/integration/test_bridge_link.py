@@ -2,6 +2,7 @@
 
 No sleeps: every wait is a blocking read with a timeout, ended by the reply it waits for.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,16 @@ from firmware_bridge import cobs
 from firmware_bridge.client import BridgeClient, BridgeError
 from firmware_bridge.device import BridgeDevice, serve
 from firmware_bridge.framing import Framing, Packet
-from firmware_bridge.messages import (BODIES, Capability, ErrorCode, FeatureDtype, Features, ForgetScope,
-                                      Prediction, Teach)
+from firmware_bridge.messages import (
+    BODIES,
+    Capability,
+    ErrorCode,
+    FeatureDtype,
+    Features,
+    ForgetScope,
+    Prediction,
+    Teach,
+)
 from firmware_bridge.transport import FdTransport, SerialTransport, TcpListener, open_transport
 
 CLASSES = ["north", "east", "south", "west"]
@@ -48,8 +57,9 @@ class _Served:
 
     def __init__(self, transport, device: BridgeDevice) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=serve, args=(transport, device),
-                                        kwargs={"should_stop": self._stop.is_set}, daemon=True)
+        self._thread = threading.Thread(
+            target=serve, args=(transport, device), kwargs={"should_stop": self._stop.is_set}, daemon=True
+        )
 
     def __enter__(self) -> "_Served":
         self._thread.start()
@@ -184,11 +194,26 @@ def test_fuzz_device_answers_every_request(key: tuple[int, bool], payload: bytes
 
 def test_stdio_serve_command_with_a_memory_file(tmp_path: Path) -> None:
     x, y = _blobs(2, 10)
-    memory = write_state(tmp_path / "memory.npz", NCM().fit(x, y), kind="memory", model_sha256="cd" * 32,
-                         classes=CLASSES)
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "bridge", "serve", "--port", "stdio://",
-                             "--memory", str(memory), "--no-adapt"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    memory = write_state(
+        tmp_path / "memory.npz", NCM().fit(x, y), kind="memory", model_sha256="cd" * 32, classes=CLASSES
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.cli",
+            "bridge",
+            "serve",
+            "--port",
+            "stdio://",
+            "--memory",
+            str(memory),
+            "--no-adapt",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         link = FdTransport(proc.stdout.fileno(), proc.stdin.fileno(), timeout=0.2, url="stdio")
         client = BridgeClient(link, timeout=60)
@@ -205,9 +230,9 @@ def test_stdio_serve_command_with_a_memory_file(tmp_path: Path) -> None:
 def test_frames_over_a_pty_run_the_real_backbone() -> None:
     import cv2
 
-    from edge_runtime.model import load_backbone
     from edge_runtime.bench.datasets import load_domain
     from edge_runtime.defaults import bench_model
+    from edge_runtime.model import load_backbone
 
     # The model the bench features use (bench.features.bench_model(): the fp32 export).
     backbone = load_backbone(bench_model(), threads=1)
@@ -216,8 +241,9 @@ def test_frames_over_a_pty_run_the_real_backbone() -> None:
     labels = photo.labels[::8]
     features = np.concatenate([backbone.features(img) for img in images])
     adapter = NCM().fit(features, labels, n_classes=len(photo.classes))
-    device = BridgeDevice(adapter, classes=photo.classes, backbone=backbone, adapt=False,
-                          model_sha256=backbone.card.sha256)
+    device = BridgeDevice(
+        adapter, classes=photo.classes, backbone=backbone, adapt=False, model_sha256=backbone.card.sha256
+    )
     controller, tty = os.openpty()
     port = SerialTransport(os.ttyname(tty))
     try:
@@ -228,8 +254,9 @@ def test_frames_over_a_pty_run_the_real_backbone() -> None:
             assert hello.model_sha256.hex() == backbone.card.sha256
             for image in images[:6]:
                 jpeg = cv2.imencode(".jpg", image)[1].tobytes()
-                expected = adapter.predict(backbone.features(cv2.imdecode(np.frombuffer(jpeg, np.uint8),
-                                                                          cv2.IMREAD_COLOR)))[0]
+                expected = adapter.predict(
+                    backbone.features(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+                )[0]
                 assert client.classify_frame(jpeg).label == expected
                 assert client.classify_frame(image).label == adapter.predict(backbone.features(image))[0]
             with pytest.raises(BridgeError) as err:

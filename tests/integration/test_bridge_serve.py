@@ -3,6 +3,7 @@ keys, and bad requests that change nothing.
 
 Every wait is on an event (a line on the server's stderr, a reply, a closed socket), never a sleep.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,17 @@ from firmware_bridge.auth import write_key_file
 from firmware_bridge.client import BridgeError
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import CRC, Framing
-from firmware_bridge.messages import (Capability, ErrorCode, FeatureDtype, Features, Frame, PixelFormat, Stats,
-                                      StatsRequest, Teach)
+from firmware_bridge.messages import (
+    Capability,
+    ErrorCode,
+    FeatureDtype,
+    Features,
+    Frame,
+    PixelFormat,
+    Stats,
+    StatsRequest,
+    Teach,
+)
 
 DIM = 32
 
@@ -32,8 +42,13 @@ DIM = 32
 def _memory(tmp_path: Path, sha: str = "") -> Path:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, DIM)).astype(np.float32) + np.repeat(np.eye(4, DIM, dtype=np.float32) * 4, 10, axis=0)
-    return write_state(tmp_path / "memory.npz", NCM().fit(x, np.repeat(np.arange(4), 10)), kind="memory",
-                       model_sha256=sha, classes=CLASSES)
+    return write_state(
+        tmp_path / "memory.npz",
+        NCM().fit(x, np.repeat(np.arange(4), 10)),
+        kind="memory",
+        model_sha256=sha,
+        classes=CLASSES,
+    )
 
 
 def _counts(client) -> np.ndarray:
@@ -83,8 +98,9 @@ def test_sigterm_finishes_cleanly_with_a_checkpoint_and_a_summary(tmp_path: Path
 
 
 def test_sigint_right_after_start_exits_cleanly(tmp_path: Path, exported) -> None:
-    with ServerProcess("--model", str(exported["int8.tflite"]), "--classes", ",".join(CLASSES),
-                       "--state", str(tmp_path / "state")) as server:
+    with ServerProcess(
+        "--model", str(exported["int8.tflite"]), "--classes", ",".join(CLASSES), "--state", str(tmp_path / "state")
+    ) as server:
         server.wait_for("loading")  # the first line: the handlers are in place, the model is loading
         server.send(signal.SIGINT)
         assert server.wait() == 0
@@ -95,7 +111,7 @@ def test_sigint_right_after_start_exits_cleanly(tmp_path: Path, exported) -> Non
 def test_an_idle_peer_does_not_block_a_second_one(tmp_path: Path) -> None:
     with ServerProcess("--memory", str(_memory(tmp_path))) as server:
         url = server.wait_listening()
-        host, port = url[len("tcp://"):].rsplit(":", 1)
+        host, port = url[len("tcp://") :].rsplit(":", 1)
         silent = socket.create_connection((host, int(port)))
         half = socket.create_connection((host, int(port)))
         wire = Framing().pack(1, Features.quantize(_row(3)))
@@ -168,7 +184,7 @@ def test_wrong_key_missing_mac_replay_and_tampering_are_refused_and_change_nothi
         assert _reply_code(client, signed) == ErrorCode.REPLAYED  # ... and its replay refused
         raw = bytearray(cobs.decode(_raw_request(client, teach)[:-1]))
         raw[10] ^= 0x04  # the label: 3 -> 7, a BAD_INPUT if the MAC went unchecked; the CRC made right again
-        body = bytes(raw[:-CRC.size])
+        body = bytes(raw[: -CRC.size])
         assert _reply_code(client, cobs.encode(body + CRC.pack(crc32(body))) + b"\x00") == ErrorCode.BAD_MAC
         after = _counts(client)
         assert after[3] == before[3] + 1 and after.sum() == before.sum() + 1
@@ -183,8 +199,13 @@ def test_key_rotation_with_sighup(tmp_path: Path) -> None:
         url = server.wait_listening()
         connect(url, old).hello()
         staged = tmp_path / "next.key"
-        assert subprocess.run([sys.executable, "-m", "edge_runtime.cli", "bridge", "keygen", str(staged), "--keep",
-                               str(key_file)], capture_output=True).returncode == 0
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "edge_runtime.cli", "bridge", "keygen", str(staged), "--keep", str(key_file)],
+                capture_output=True,
+            ).returncode
+            == 0
+        )
         staged.write_text(new.hex() + "\n" + old.hex() + "\n")  # the key keygen drew, replaced by one we know
         os.replace(staged, key_file)
 
@@ -206,8 +227,9 @@ def test_key_rotation_with_sighup(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_runtime.cli", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_exposed_without_a_key_or_with_a_readable_key_file_is_refused(tmp_path: Path) -> None:
@@ -238,22 +260,25 @@ def test_bad_requests_get_bad_input_and_the_server_keeps_serving(tmp_path: Path,
     sha = load_card(model).sha256
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 1280)).astype(np.float32)
-    memory = write_state(tmp_path / "m.npz", NCM().fit(x, np.arange(8) % 4), kind="memory", model_sha256=sha,
-                         classes=CLASSES)
+    memory = write_state(
+        tmp_path / "m.npz", NCM().fit(x, np.arange(8) % 4), kind="memory", model_sha256=sha, classes=CLASSES
+    )
     with ServerProcess("--memory", str(memory), "--model", str(model), "--threads", "1") as server:
         client = connect(server.wait_listening())
         before = _counts(client)
         huge = x[0].copy()
         huge[5] = 3e38
-        bad = [Teach(0, Features.quantize(np.ones(5, np.float32))),  # the wrong width
-               Teach(9, Features.quantize(x[0])),  # a label outside the classes
-               Teach(0, Features(huge, FeatureDtype.FLOAT32)),  # out of range
-               Teach(0, Features(np.full(1280, np.nan, np.float32), FeatureDtype.FLOAT32)),
-               Teach(0, Frame(PixelFormat.JPEG, 0, 0, b"")),  # an empty image
-               Frame(PixelFormat.JPEG, 0, 0, b""),
-               Frame(PixelFormat.GRAY8, 0, 0, b""),
-               Frame(PixelFormat.JPEG, 0, 0, b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff"),  # 4 gigapixels
-               Frame(PixelFormat.JPEG, 0, 0, b"\xff\xd8 not a jpeg")]
+        bad = [
+            Teach(0, Features.quantize(np.ones(5, np.float32))),  # the wrong width
+            Teach(9, Features.quantize(x[0])),  # a label outside the classes
+            Teach(0, Features(huge, FeatureDtype.FLOAT32)),  # out of range
+            Teach(0, Features(np.full(1280, np.nan, np.float32), FeatureDtype.FLOAT32)),
+            Teach(0, Frame(PixelFormat.JPEG, 0, 0, b"")),  # an empty image
+            Frame(PixelFormat.JPEG, 0, 0, b""),
+            Frame(PixelFormat.GRAY8, 0, 0, b""),
+            Frame(PixelFormat.JPEG, 0, 0, b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff"),  # 4 gigapixels
+            Frame(PixelFormat.JPEG, 0, 0, b"\xff\xd8 not a jpeg"),
+        ]
         messages = []
         for body in bad:
             with pytest.raises(BridgeError) as err:

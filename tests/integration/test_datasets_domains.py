@@ -1,11 +1,19 @@
 """Every bench domain on the real packaged data: classes, counts, determinism, corruptions."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge_runtime.bench.datasets import (CLASSES, CORRUPTIONS, DEV_CORRUPTIONS, DIGITS, DOMAINS, domain_source,
-                                         load_domain)
+from edge_runtime.bench.datasets import (
+    CLASSES,
+    CORRUPTIONS,
+    DEV_CORRUPTIONS,
+    DIGITS,
+    DOMAINS,
+    domain_source,
+    load_domain,
+)
 from edge_runtime.bench.datasets.corruptions import corrupt_image
 from edge_runtime.errors import InputError
 
@@ -18,7 +26,9 @@ def photo():
 
 
 def test_registry_names():
-    expected = {"photo", "clipart", "emoji", "mnist", "uci-digits"} | {f"photo-c/{c}" for c in CORRUPTIONS + DEV_CORRUPTIONS}
+    expected = {"photo", "clipart", "emoji", "mnist", "uci-digits"} | {
+        f"photo-c/{c}" for c in CORRUPTIONS + DEV_CORRUPTIONS
+    }
     assert set(DOMAINS) == expected
     assert not set(CORRUPTIONS) & set(DEV_CORRUPTIONS)
     with pytest.raises(InputError, match="unknown domain"):

@@ -1,4 +1,5 @@
 """Backbone features of the bench domains: on-disk cache, and a check that the shift is real."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,6 @@ import numpy as np
 import edge_runtime.model
 from edge_runtime.bench.datasets import load_domain
 from edge_runtime.bench.features import features_path, load_features
-
 
 
 def test_features_are_cached_and_a_second_call_does_not_run_the_backbone(exported, tmp_path, monkeypatch):
@@ -59,8 +59,9 @@ def test_the_shift_is_real_photo_to_photo_beats_photo_to_clipart(exported):
     for c in range(k):  # two stratified halves: each half is the source for the other
         members = rng.permutation(np.flatnonzero(photo.y == c))
         half[members[: len(members) // 2]] = True
-    within = np.mean([np.mean(nearest_class_mean(photo.X[s], photo.y[s], photo.X[~s], k) == photo.y[~s])
-                      for s in (half, ~half)])
+    within = np.mean(
+        [np.mean(nearest_class_mean(photo.X[s], photo.y[s], photo.X[~s], k) == photo.y[~s]) for s in (half, ~half)]
+    )
     across = np.mean(nearest_class_mean(photo.X, photo.y, clipart.X, k) == clipart.y)
     assert across > 2 / k  # well above chance: the classes transfer at all
     assert within > across + 0.15  # ... but photos to drawings is a real shift

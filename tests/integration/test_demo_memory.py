@@ -1,8 +1,9 @@
 """The demo's source memory: reused only when this runtime's defaults built it."""
+
 from __future__ import annotations
 
-from edge_runtime.bench.demo import source_memory
 from edge_runtime.bench.datasets import labelled_images
+from edge_runtime.bench.demo import source_memory
 from edge_runtime.runtime.source_memory import build
 from edge_runtime.state import read_state
 

@@ -1,5 +1,6 @@
 """Output-error-aware rounding and bias correction of int8 weights (export/rounding.py), on real
 layers of the backbone and real photos."""
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,14 @@ torch = pytest.importorskip("torch")
 from torch.nn import functional as F  # noqa: E402
 
 from edge_runtime.export.models import build_torch_model  # noqa: E402
-from edge_runtime.export.rounding import (_stages, fold_batchnorm, grid_scale, layer_moments,  # noqa: E402
-                                          round_to_grid, round_weights)
+from edge_runtime.export.rounding import (  # noqa: E402
+    _stages,
+    fold_batchnorm,
+    grid_scale,
+    layer_moments,
+    round_to_grid,
+    round_weights,
+)
 from edge_runtime.export.simulation import Codes, Layer  # noqa: E402
 
 
@@ -23,7 +30,7 @@ def _photos(first: int, count: int) -> torch.Tensor:
 
     from edge_runtime.export.calibration import OPENCV_DATA
 
-    photos = [cv2.imread(str(p)) for p in sorted(OPENCV_DATA.glob("*.jpg"))[first:first + count]]
+    photos = [cv2.imread(str(p)) for p in sorted(OPENCV_DATA.glob("*.jpg"))[first : first + count]]
     x = np.stack([cv2.resize(p, (224, 224))[:, :, ::-1] for p in photos if p is not None])
     return torch.from_numpy(np.ascontiguousarray((x.astype(np.float32) - 127.0) / 128.0))
 
@@ -84,8 +91,14 @@ def _conv64(conv, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     from torch import nn
 
     pad = conv.static_padding if isinstance(getattr(conv, "static_padding", None), nn.ZeroPad2d) else nn.Identity()
-    return F.conv2d(pad(x.double().permute(0, 3, 1, 2)), weight.reshape(conv.weight.shape), None, conv.stride,
-                    conv.padding, groups=conv.groups)
+    return F.conv2d(
+        pad(x.double().permute(0, 3, 1, 2)),
+        weight.reshape(conv.weight.shape),
+        None,
+        conv.stride,
+        conv.padding,
+        groups=conv.groups,
+    )
 
 
 def _output_error(conv, weight, levels, qmax, inputs):
@@ -200,14 +213,16 @@ def test_simulated_layers_are_exact_against_float64_convolution(model):
             static = getattr(conv, "static_padding", None)
             pad = static if isinstance(static, nn.ZeroPad2d) else nn.Identity()
             x = (codes.double() - 9).permute(0, 3, 1, 2)
-            exact = F.conv2d(pad(x), levels.reshape(conv.weight.shape), None, conv.stride, conv.padding,
-                             groups=conv.groups)
+            exact = F.conv2d(
+                pad(x), levels.reshape(conv.weight.shape), None, conv.stride, conv.padding, groups=conv.groups
+            )
             exact = exact.permute(0, 2, 3, 1).reshape(-1, exact.shape[1])
             assert torch.equal(layer.int8_output(codes, 9, levels).double(), exact), conv
             f = F.conv2d(pad(x), conv.weight.detach().double(), None, conv.stride, conv.padding, groups=conv.groups)
             f = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
-            np.testing.assert_allclose(layer.float_output((codes.float() - 9).contiguous()).numpy(), f.numpy(),
-                                       rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(
+                layer.float_output((codes.float() - 9).contiguous()).numpy(), f.numpy(), rtol=1e-12, atol=1e-9
+            )
             u = F.unfold(pad(x), conv.kernel_size, stride=conv.stride, padding=conv.padding)
             u = u.permute(1, 0, 2).reshape(u.shape[1], -1)  # (C*k*k, P)
             gram, cross = layer.moments(codes, 9, f.contiguous())
@@ -234,7 +249,7 @@ def test_calibration_ranges_round_outward_onto_a_grid_that_absorbs_another_cpus_
         low, high = _outward(v, v)
         assert low <= v <= high
         assert max(v - low, high - v) <= abs(float(v)) * 2.0 ** (1 - RANGE_BITS)
-        nudged = np.float32(v * np.float32(1 + 16 * 2.0 ** -23))
+        nudged = np.float32(v * np.float32(1 + 16 * 2.0**-23))
         same += _outward(nudged, nudged) == (low, high)
     assert same >= 0.99 * len(ends)
     assert _outward(np.float32(0.0), np.float32(6.0)) == (0.0, 6.0)

@@ -4,6 +4,7 @@ Devices run in this process (one paho client each) except in the fault test, whi
 ``edgert bench fleet --quick --parts faults``: device processes SIGKILLed and restarted, the
 broker SIGKILLed and restarted, a device offline for 1,000 frames.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,8 @@ def assert_same_statistics(got: np.ndarray, expected: np.ndarray, rtol: float) -
     """Counts exactly; sums to ``rtol`` (entries that cancel to ~1e-17 at 1e-9 of the largest)."""
     assert np.array_equal(got[0], expected[0])
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-9 * np.abs(expected).max())
+
+
 NAMES = ["d0", "d1", "d2", "d3", "d4", "intruder"]
 
 
@@ -57,8 +60,16 @@ class Fleet:
         self.lines: list[str] = []
 
     def join(self, device: str, **options) -> FleetSync:
-        sync = FleetSync(MemFlow.from_state_dict(self.state), self.broker.url_for(self.name), device, [KEY], SHA,
-                         password=self.broker.passwords[device], log=self.lines.append, **options)
+        sync = FleetSync(
+            MemFlow.from_state_dict(self.state),
+            self.broker.url_for(self.name),
+            device,
+            [KEY],
+            SHA,
+            password=self.broker.passwords[device],
+            log=self.lines.append,
+            **options,
+        )
         self.devices[device] = sync.start()
         assert sync.ready.wait(20)
         return sync
@@ -76,8 +87,12 @@ class Fleet:
 
     def converged(self) -> bool:
         seqs = {name: sync.ledger.seq for name, sync in self.devices.items()}
-        return all(sync.ledger.peers.get(p) is not None and sync.ledger.peers[p].seq == q
-                   for name, sync in self.devices.items() for p, q in seqs.items() if p != name and q)
+        return all(
+            sync.ledger.peers.get(p) is not None and sync.ledger.peers[p].seq == q
+            for name, sync in self.devices.items()
+            for p, q in seqs.items()
+            if p != name and q
+        )
 
     def close(self) -> None:
         for sync in self.devices.values():
@@ -87,8 +102,9 @@ class Fleet:
 def raw_client(broker: Broker, user: str, password: str | None = None) -> tuple[mqtt.Client, list]:
     """A plain paho client; returns it and the list its connect results land in."""
     results: list = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{user}-{time.monotonic_ns()}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"raw-{user}-{time.monotonic_ns()}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(user, broker.passwords.get(user) if password is None else password)
     client.on_connect = lambda c, u, f, reason, p: results.append(reason)
     client.connect("127.0.0.1", broker.port)
@@ -157,11 +173,13 @@ def test_bad_payloads_are_dropped_counted_logged_and_never_touch_the_memory(brok
         header = {"kind": "delta", "device": "d1", "seq": 1, "model": SHA, "memory": receiver.fingerprint}
         where = topic("bad", SHA, "delta", "d1")
         big = {"source.classes": np.arange(9), "source.values": np.zeros((3, 9, 400))}
-        bad = {"unsigned": encode(header, good, None),
-               "bad_signature": encode(header, good, b"k" * 32),
-               "oversized": encode(header, big, KEY),
-               "wrong_model": encode({**header, "model": "d" * 64}, good, KEY),
-               "malformed": encode({**header, "seq": "one"}, good, KEY)}
+        bad = {
+            "unsigned": encode(header, good, None),
+            "bad_signature": encode(header, good, b"k" * 32),
+            "oversized": encode(header, big, KEY),
+            "wrong_model": encode({**header, "model": "d" * 64}, good, KEY),
+            "malformed": encode({**header, "seq": "one"}, good, KEY),
+        }
         for payload in bad.values():
             sender.publish(where, payload, qos=1).wait_for_publish(5)
         sender.publish(where, encode(header, good, KEY), qos=1).wait_for_publish(5)  # then a good one
@@ -169,8 +187,11 @@ def test_bad_payloads_are_dropped_counted_logged_and_never_touch_the_memory(brok
         assert receiver.rejected == {kind: 1 for kind in bad}
         dropped = [line for line in fleet.lines if line.startswith("dropped")]
         assert len(dropped) == 5 and all("\n" not in line for line in dropped)
-        assert_same_statistics(receiver.adapter.statistics()["source"],
-                               stats + receiver.adapter.taught_statistics(x[:2], y[:2])["source"], rtol=1e-12)
+        assert_same_statistics(
+            receiver.adapter.statistics()["source"],
+            stats + receiver.adapter.taught_statistics(x[:2], y[:2])["source"],
+            rtol=1e-12,
+        )
     finally:
         sender.disconnect()
         fleet.close()
@@ -185,8 +206,11 @@ def test_the_acl_keeps_a_device_from_publishing_as_another(broker, memory):
     intruder.on_publish = lambda c, u, mid, reason, p: acks.append(reason)
     try:
         # Even with the fleet key, publishing on d0's topic is refused by the broker.
-        spoof = encode({"kind": "delta", "device": "d0", "seq": 1, "model": SHA, "memory": receiver.fingerprint},
-                       pack(receiver.adapter.taught_statistics(x[:1], y[:1])), KEY)
+        spoof = encode(
+            {"kind": "delta", "device": "d0", "seq": 1, "model": SHA, "memory": receiver.fingerprint},
+            pack(receiver.adapter.taught_statistics(x[:1], y[:1])),
+            KEY,
+        )
         intruder.publish(topic("acl", SHA, "delta", "d0"), spoof, qos=1).wait_for_publish(5)
         intruder.publish(topic("acl", SHA, "delta", "intruder"), b"marker", qos=1).wait_for_publish(5)
         assert fleet.settle(lambda: receiver.rejected.get("malformed") == 1)  # the marker came through
@@ -235,8 +259,15 @@ def test_a_device_restarted_from_its_checkpoint_neither_reapplies_nor_loses(brok
     device._client.loop_stop()  # the process dies: no clean disconnect, no checkpoint
     with Checkpoints(folder, SHA, "memflow") as checkpoints:
         resumed = checkpoints.load()
-    restarted = FleetSync(resumed.adapter, broker.url_for("restart"), "d1", [KEY], SHA,
-                          password=broker.passwords["d1"], log=fleet.lines.append)
+    restarted = FleetSync(
+        resumed.adapter,
+        broker.url_for("restart"),
+        "d1",
+        [KEY],
+        SHA,
+        password=broker.passwords["d1"],
+        log=fleet.lines.append,
+    )
     restarted.restore(resumed.meta["fleet"], resumed.extra)
     assert restarted.ledger.peers["d0"].seq == 1
     fleet.devices["d1"] = restarted.start()
@@ -257,8 +288,10 @@ def test_fleet_status_lists_the_devices(broker, memory, capsys):
     sync.teach(x[:2], y[:2])
     assert sync.flush(10)
     password = broker.password_file("observer")
-    assert edgert(["fleet", "status", "--broker", broker.url_for("status"), "--password-file", str(password),
-                   "--json"]) == 0
+    assert (
+        edgert(["fleet", "status", "--broker", broker.url_for("status"), "--password-file", str(password), "--json"])
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [(r["device"], r["online"], r["seq"]) for r in rows] == [("d2", True, 1)]
     fleet.close()
@@ -287,8 +320,8 @@ def test_edgert_run_with_fleet_shares_what_it_is_taught(broker, tmp_path, export
     exactly, and its checkpoint holds its fleet state."""
     import cv2
 
-    from edge_runtime.model.card import load_card
     from edge_runtime.cli import main as edgert
+    from edge_runtime.model.card import load_card
     from edge_runtime.state import read_state
 
     data = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -309,21 +342,65 @@ def test_edgert_run_with_fleet_shares_what_it_is_taught(broker, tmp_path, export
         writer.write(frame)
     writer.release()
     model, memory = exported["int8.onnx"], tmp_path / "memflow.npz"
-    assert edgert(["memory", "build", "--model", str(model), "--images", str(tmp_path / "source"), "--adapter",
-                   "memflow", "--out", str(memory)]) == 0
+    assert (
+        edgert(
+            [
+                "memory",
+                "build",
+                "--model",
+                str(model),
+                "--images",
+                str(tmp_path / "source"),
+                "--adapter",
+                "memflow",
+                "--out",
+                str(memory),
+            ]
+        )
+        == 0
+    )
     labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"frame": i, "label": name}) + "\n"
-                              for i, name in ((0, "orange"), (4, "baboon"), (7, "butterfly"))))
+    labels.write_text(
+        "".join(
+            json.dumps({"frame": i, "label": name}) + "\n"
+            for i, name in ((0, "orange"), (4, "baboon"), (7, "butterfly"))
+        )
+    )
     key = write_private(tmp_path / "fleet.key", KEY.hex() + "\n")
     sha = load_card(model).sha256
     source = read_state(memory)
     peer = FleetSync(source.adapter, broker.url_for("run"), "d3", [KEY], sha, password=broker.passwords["d3"]).start()
     base = peer.adapter.statistics()["source"]
     state = tmp_path / "state"
-    assert edgert(["run", "--source", str(video), "--model", str(model), "--adapter", "memflow", "--memory",
-                   str(memory), "--labels", str(labels), "--state", str(state), "--quiet", "--fleet",
-                   broker.url_for("run"), "--fleet-device", "d0", "--fleet-key", str(key), "--fleet-password-file",
-                   str(broker.password_file("d0"))]) == 0
+    assert (
+        edgert(
+            [
+                "run",
+                "--source",
+                str(video),
+                "--model",
+                str(model),
+                "--adapter",
+                "memflow",
+                "--memory",
+                str(memory),
+                "--labels",
+                str(labels),
+                "--state",
+                str(state),
+                "--quiet",
+                "--fleet",
+                broker.url_for("run"),
+                "--fleet-device",
+                "d0",
+                "--fleet-key",
+                str(key),
+                "--fleet-password-file",
+                str(broker.password_file("d0")),
+            ]
+        )
+        == 0
+    )
     assert wait_for(lambda: peer.step() >= 0 and "d0" in peer.ledger.peers)
     checkpoint = read_state(sorted(state.glob("checkpoint-*.npz"))[-1])
     fleet_meta = checkpoint.meta["fleet"]

@@ -2,6 +2,7 @@
 
 The assertions are about what was measured, never about what the ratio is: speed is a benchmark.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,6 @@ torch = pytest.importorskip("torch")
 
 from edge_runtime.adapters import ADAPTERS  # noqa: E402
 from edge_runtime.bench import cost  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """``edgert bench all`` on a quick run: results.json, REPORT.md and plots, missing benches reported."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import re
 import pytest
 
 from edge_runtime.bench import report
-
 
 CHEAP = ("latency", "energy", "stream_accuracy", "numba_vs_reference")
 

@@ -1,4 +1,5 @@
 """Unit-level checks too heavy for the unit tier (real server processes, the default 1280-d MemFlow)."""
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,17 @@ KEY = bytes(range(32))
 
 def test_a_tiny_run_of_every_part_and_its_report(tmp_path: Path) -> None:
     log = lambda line: None  # noqa: E731
-    results = {"quick": True, "host": os.uname().nodename, "time_utc": "now", "seconds": 1.0,
-               "kills": faults.kill_trials(tmp_path, 1, 0, log),
-               "load": faults.load_test(tmp_path, 6, 10, 20, 50.0, log),
-               "fuzz": faults.fuzz(tmp_path, 300, None, 0, log),
-               "auth": faults.auth_overhead(tmp_path, 20),
-               "journal": faults.journal_cost(tmp_path, 20, teachers=4)}
+    results = {
+        "quick": True,
+        "host": os.uname().nodename,
+        "time_utc": "now",
+        "seconds": 1.0,
+        "kills": faults.kill_trials(tmp_path, 1, 0, log),
+        "load": faults.load_test(tmp_path, 6, 10, 20, 50.0, log),
+        "fuzz": faults.fuzz(tmp_path, 300, None, 0, log),
+        "auth": faults.auth_overhead(tmp_path, 20),
+        "journal": faults.journal_cost(tmp_path, 20, teachers=4),
+    }
     kills, load, fuzz = results["kills"], results["load"], results["fuzz"]
     assert kills["trials"] == 3 and kills["acknowledged_ops"] > 0
     assert kills["acknowledged_lost"] == 0 and kills["unloadable_states"] == 0 and kills["unclean_exits"] == 0

@@ -1,5 +1,6 @@
 """MemFlow behind the adapter interface, on real backbone features of the packaged photos:
 determinism, exact merging, state round trip, batch == row by row, input errors."""
+
 from __future__ import annotations
 
 import io
@@ -212,9 +213,9 @@ def test_taught_frames_weigh_head_and_memory_again() -> None:
             if not calibrate:
                 model._calibration[...] = 0.0  # as loaded from a state written without it
             for i in range(len(x)):
-                p = model.adapt(x[i:i + 1])
+                p = model.adapt(x[i : i + 1])
                 if i % 5 == 0:
-                    model.teach(x[i:i + 1], y[i:i + 1])
+                    model.teach(x[i : i + 1], y[i : i + 1])
                 else:
                     correct[c] += int(p.argmax() == y[i])
             assert (tuple(model._weights) != tuple(fitted._weights)) == calibrate
@@ -251,8 +252,18 @@ def test_a_state_written_before_the_spread_stage_predicts_as_it_did(photo, clipa
     state = old.state_dict()
     for name in MemFlow.LEGACY:
         del state["params"][name]
-    kept = ("source", "target", "centre_source", "scale", "prior_w", "prior_b", "shift_sum", "shift_weight",
-            "trace_sum", "tau")  # what format 0.1.0 wrote
+    kept = (
+        "source",
+        "target",
+        "centre_source",
+        "scale",
+        "prior_w",
+        "prior_b",
+        "shift_sum",
+        "shift_weight",
+        "trace_sum",
+        "tau",
+    )  # what format 0.1.0 wrote
     state["arrays"] = {name: a for name, a in state["arrays"].items() if name in kept}
     restored = MemFlow.from_state_dict(state)
     assert restored.shift_spread is False and restored.shift_rank == 0 and restored.temporal is False

@@ -1,5 +1,6 @@
 """MemFlow on real backbone features: the Numba kernels against the snntorch/torch reference, and
 reinforcement against the read-only memory on a small fixed-seed task of the accuracy bench."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,21 +20,34 @@ def domains() -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
 
     photo, clipart = load_features("photo"), load_features("clipart")
     rows = np.random.default_rng(0).permutation(len(clipart.y))[:120]
-    return (np.ascontiguousarray(photo.X, np.float32), photo.y, len(photo.classes),
-            np.ascontiguousarray(clipart.X[rows], np.float32))
+    return (
+        np.ascontiguousarray(photo.X, np.float32),
+        photo.y,
+        len(photo.classes),
+        np.ascontiguousarray(clipart.X[rows], np.float32),
+    )
 
 
-@pytest.mark.parametrize("params", [
-    {},  # the default network, read-out and stages
-    {"readout": "product", "prior": False},
-    {"variance": "class", "confidence": False},
-    {"spiking": False, "blur": 0.0},
-    {"confidence_update": False, "gate": 0.0},
-    # FeatureShift's fading EMA with the spread stage, a raw-norm prior; no source pseudo-frames at all
-    {"shift_fade": True, "shift_decay": 0.95, "shift_spread": True, "shift_rank": 0, "prior_unit": False,
-     "memory_weight": 2.0},
-    {"shift_prior": 0.0, "gate": 0.0, "shift_every": 1, "temporal_max": 0.5},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},  # the default network, read-out and stages
+        {"readout": "product", "prior": False},
+        {"variance": "class", "confidence": False},
+        {"spiking": False, "blur": 0.0},
+        {"confidence_update": False, "gate": 0.0},
+        # FeatureShift's fading EMA with the spread stage, a raw-norm prior; no source pseudo-frames at all
+        {
+            "shift_fade": True,
+            "shift_decay": 0.95,
+            "shift_spread": True,
+            "shift_rank": 0,
+            "prior_unit": False,
+            "memory_weight": 2.0,
+        },
+        {"shift_prior": 0.0, "gate": 0.0, "shift_every": 1, "temporal_max": 0.5},
+    ],
+)
 def test_numba_matches_the_torch_reference(domains, params) -> None:
     x, y, k, target = domains
     model = MemFlow(**params, prior_l2=L2).fit(x, y, k)
@@ -71,8 +85,22 @@ def test_read_out_matches_the_reference_far_from_every_class_and_with_an_absent_
     for traces in (near, far) if readout == "mixture" else (near,):
         got = np.zeros((len(traces), k + 1), np.float32)
         for r, m in enumerate(traces):
-            K.retrieve(m, model._mu, model._hiv, model._lnorm, False, model._present, model._alive,
-                       readout == "product", True, float(model._tau[0]), w.row, w.part, w.vote, got[r])
+            K.retrieve(
+                m,
+                model._mu,
+                model._hiv,
+                model._lnorm,
+                False,
+                model._present,
+                model._alive,
+                readout == "product",
+                True,
+                float(model._tau[0]),
+                w.row,
+                w.part,
+                w.vote,
+                got[r],
+            )
         want = reference.retrieve(torch.from_numpy(traces)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
         assert not got[:, k].any()

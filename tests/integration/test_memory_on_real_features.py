@@ -1,4 +1,5 @@
 """DMN and MemFlow on the real backbone's features of the packaged domains (the feature cache)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """``edgert run --metrics``: the Prometheus endpoint scraped during a real run on a real video."""
+
 from __future__ import annotations
 
 import re
@@ -34,19 +35,57 @@ def dmn_memory(exported, tmp_path_factory) -> Path:
         photo = cv2.imread(str(DATA / f"{name}.jpg"))
         (root / "source" / name).mkdir(parents=True)
         for i, (y, x) in enumerate([(0, 0), (20, 20), (40, 10)]):
-            cv2.imwrite(str(root / "source" / name / f"{i}.png"), photo[y:y + 300, x:x + 300])
+            cv2.imwrite(str(root / "source" / name / f"{i}.png"), photo[y : y + 300, x : x + 300])
     memory = root / "dmn.npz"
-    assert edgert(["memory", "build", "--model", str(exported["int8.tflite"]), "--images", str(root / "source"),
-                   "--adapter", "dmn", "--out", str(memory)]) == 0
+    assert (
+        edgert(
+            [
+                "memory",
+                "build",
+                "--model",
+                str(exported["int8.tflite"]),
+                "--images",
+                str(root / "source"),
+                "--adapter",
+                "dmn",
+                "--out",
+                str(memory),
+            ]
+        )
+        == 0
+    )
     return memory
 
 
 @pytest.mark.skipif(not VTEST.is_file(), reason="needs Debian's opencv-doc")
 def test_metrics_move_with_the_frames_of_a_real_run(exported, dmn_memory, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", "run", "--source", str(VTEST), "--model",
-                             str(exported["int8.tflite"]), "--adapter", "dmn", "--memory", str(dmn_memory),
-                             "--state", str(tmp_path / "state"), "--realtime", "--max-frames", "40", "--quiet",
-                             "--metrics", "0"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.cli",
+            "run",
+            "--source",
+            str(VTEST),
+            "--model",
+            str(exported["int8.tflite"]),
+            "--adapter",
+            "dmn",
+            "--memory",
+            str(dmn_memory),
+            "--state",
+            str(tmp_path / "state"),
+            "--realtime",
+            "--max-frames",
+            "40",
+            "--quiet",
+            "--metrics",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         for line in proc.stderr:  # the address is printed before the first frame

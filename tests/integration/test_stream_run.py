@@ -4,6 +4,7 @@ The videos are written with OpenCV from real photographs (Debian's opencv-doc), 
 framing and brightness; opencv-doc's vtest.avi is streamed too when present. Runs go through the
 real int8 backbone from the session's export.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def crop(image: np.ndarray, fx: float, fy: float, scale: float) -> np.ndarray:
     h, w = image.shape[:2]
     ch, cw = int(h * scale), int(w * scale)
     y, x = int((h - ch) * fy), int((w - cw) * fx)
-    return image[y:y + ch, x:x + cw]
+    return image[y : y + ch, x : x + cw]
 
 
 def shifted_frames(seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
@@ -80,14 +81,38 @@ def scene(tmp_path_factory, exported) -> dict:
     memories = {}
     for adapter in ("ncm", "memflow"):
         memories[adapter] = root / f"{adapter}.npz"
-        assert edgert(["memory", "build", "--model", str(model), "--images", str(root / "source"),
-                       "--adapter", adapter, "--out", str(memories[adapter])]) == 0
+        assert (
+            edgert(
+                [
+                    "memory",
+                    "build",
+                    "--model",
+                    str(model),
+                    "--images",
+                    str(root / "source"),
+                    "--adapter",
+                    adapter,
+                    "--out",
+                    str(memories[adapter]),
+                ]
+            )
+            == 0
+        )
     return {"root": root, "video": video, "truth": truth, "frames": frames, "model": model, "memories": memories}
 
 
 def run(scene: dict, tmp: Path, *extra: str, adapter: str = "ncm", source: Path | None = None) -> int:
-    args = ["run", "--source", str(source or scene["video"]), "--model", str(scene["model"]), "--adapter", adapter,
-            "--quiet", *extra]
+    args = [
+        "run",
+        "--source",
+        str(source or scene["video"]),
+        "--model",
+        str(scene["model"]),
+        "--adapter",
+        adapter,
+        "--quiet",
+        *extra,
+    ]
     if adapter != "none" and "--memory" not in extra:
         args += ["--memory", str(scene["memories"][adapter])]
     return edgert(args)
@@ -95,11 +120,30 @@ def run(scene: dict, tmp: Path, *extra: str, adapter: str = "ncm", source: Path 
 
 @pytest.mark.parametrize("adapter", ["ncm", "memflow"])
 def test_run_streams_a_real_video_and_resumes_from_its_state(scene, tmp_path, adapter):
-    out, video_out, summary, state = (tmp_path / "p.jsonl", tmp_path / "annotated.avi", tmp_path / "s.json",
-                                      tmp_path / "state")
+    out, video_out, summary, state = (
+        tmp_path / "p.jsonl",
+        tmp_path / "annotated.avi",
+        tmp_path / "s.json",
+        tmp_path / "state",
+    )
     n = len(scene["truth"])
-    assert run(scene, tmp_path, "--out", str(out), "--video-out", str(video_out), "--json", str(summary),
-               "--state", str(state), "--compare", adapter=adapter) == 0
+    assert (
+        run(
+            scene,
+            tmp_path,
+            "--out",
+            str(out),
+            "--video-out",
+            str(video_out),
+            "--json",
+            str(summary),
+            "--state",
+            str(state),
+            "--compare",
+            adapter=adapter,
+        )
+        == 0
+    )
     rows = read_jsonl(out)
     assert [r["frame"] for r in rows] == list(range(n))
     accuracy = np.mean([r["label"] == t for r, t in zip(rows, scene["truth"])])
@@ -136,8 +180,21 @@ def test_every_and_max_frames(scene, tmp_path):
 @pytest.mark.skipif(not VTEST.is_file(), reason="opencv-doc's vtest.avi is absent")
 def test_vtest_through_the_imagenet_head(scene, tmp_path):
     out, summary = tmp_path / "p.jsonl", tmp_path / "s.json"
-    assert run(scene, tmp_path, "--out", str(out), "--json", str(summary), "--max-frames", "40",
-               adapter="none", source=VTEST) == 0
+    assert (
+        run(
+            scene,
+            tmp_path,
+            "--out",
+            str(out),
+            "--json",
+            str(summary),
+            "--max-frames",
+            "40",
+            adapter="none",
+            source=VTEST,
+        )
+        == 0
+    )
     rows = read_jsonl(out)
     assert len(rows) == 40 and json.loads(summary.read_text())["ended"] == "stopped"
     labels = {r["label"] for r in rows}
@@ -170,9 +227,9 @@ def test_truncated_video_is_streamed_up_to_the_cut(scene, tmp_path, capsys):
 
 def test_a_frame_that_fails_to_decode_is_skipped_and_counted(scene, tmp_path):
     raw = bytearray(scene["video"].read_bytes())
-    chunks = [i for i in range(len(raw) - 4) if raw[i:i + 4] == b"00dc"]
+    chunks = [i for i in range(len(raw) - 4) if raw[i : i + 4] == b"00dc"]
     start = chunks[20] + 8 + 200  # inside the JPEG data of frame 20 (the first 00dc is the stream header)
-    raw[start:start + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    raw[start : start + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     broken = tmp_path / "broken.avi"
     broken.write_bytes(bytes(raw))
     out, summary = tmp_path / "p.jsonl", tmp_path / "s.json"
@@ -194,8 +251,23 @@ def test_unreadable_video_and_missing_memory_are_one_line_errors(scene, tmp_path
 
 
 def test_memory_for_another_model_is_refused(scene, exported, capsys):
-    assert edgert(["run", "--source", str(scene["video"]), "--model", str(exported["int8.tflite"]), "--adapter",
-                   "ncm", "--memory", str(scene["memories"]["ncm"]), "--quiet"]) == 2
+    assert (
+        edgert(
+            [
+                "run",
+                "--source",
+                str(scene["video"]),
+                "--model",
+                str(exported["int8.tflite"]),
+                "--adapter",
+                "ncm",
+                "--memory",
+                str(scene["memories"]["ncm"]),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "was made for model sha256" in capsys.readouterr().err
 
 
@@ -227,10 +299,28 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen) -> None:
 
 def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(scene, tmp_path):
     out, state = tmp_path / "p.jsonl", tmp_path / "state"
-    proc = subprocess.Popen(cli("run", "--source", str(scene["video"]), "--model", str(scene["model"]), "--adapter",
-                                "ncm", "--memory", str(scene["memories"]["ncm"]), "--state", str(state), "--out",
-                                str(out), "--realtime", "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cli(
+            "run",
+            "--source",
+            str(scene["video"]),
+            "--model",
+            str(scene["model"]),
+            "--adapter",
+            "ncm",
+            "--memory",
+            str(scene["memories"]["ncm"]),
+            "--state",
+            str(state),
+            "--out",
+            str(out),
+            "--realtime",
+            "--quiet",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_lines(out, 3, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
@@ -244,10 +334,26 @@ def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(scene, tmp_path):
 
 def test_kill_9_while_checkpointing_every_frame_then_restart_resumes(scene, tmp_path):
     out, state = tmp_path / "p.jsonl", tmp_path / "state"
-    base = ("run", "--source", str(scene["video"]), "--model", str(scene["model"]), "--adapter", "ncm",
-            "--memory", str(scene["memories"]["ncm"]), "--state", str(state), "--quiet")
-    proc = subprocess.Popen(cli(*base, "--out", str(out), "--checkpoint-every", "0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    base = (
+        "run",
+        "--source",
+        str(scene["video"]),
+        "--model",
+        str(scene["model"]),
+        "--adapter",
+        "ncm",
+        "--memory",
+        str(scene["memories"]["ncm"]),
+        "--state",
+        str(state),
+        "--quiet",
+    )
+    proc = subprocess.Popen(
+        cli(*base, "--out", str(out), "--checkpoint-every", "0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_lines(out, 12, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
@@ -269,8 +375,22 @@ def bench(module: str, *args: str) -> int:
 
 def test_bench_stream_reports_the_required_fields(scene, tmp_path):
     result = tmp_path / "stream.json"
-    assert bench("edge_runtime.bench.stream", "--model", str(scene["model"]), "--video", str(scene["video"]),
-                 "--adapter", "memflow", "--memory", str(scene["memories"]["memflow"]), "--json", str(result)) == 0
+    assert (
+        bench(
+            "edge_runtime.bench.stream",
+            "--model",
+            str(scene["model"]),
+            "--video",
+            str(scene["video"]),
+            "--adapter",
+            "memflow",
+            "--memory",
+            str(scene["memories"]["memflow"]),
+            "--json",
+            str(result),
+        )
+        == 0
+    )
     report = json.loads(result.read_text())
     assert report["frames"] == len(scene["truth"]) and report["dropped"] == 0 and report["fps"] > 0
     assert set(report["p50_ms"]) == {"decode", "preprocess", "backbone", "adapt", "sinks"}
@@ -278,9 +398,28 @@ def test_bench_stream_reports_the_required_fields(scene, tmp_path):
 
 def test_bench_soak_replays_the_video_without_leaking_file_handles(scene, tmp_path):
     result = tmp_path / "soak.json"
-    assert bench("edge_runtime.bench.soak", "--model", str(scene["model"]), "--video", str(scene["video"]),
-                 "--adapter", "ncm", "--memory", str(scene["memories"]["ncm"]), "--frames", "200", "--warmup", "50",
-                 "--checkpoint-every", "0", "--json", str(result)) == 0
+    assert (
+        bench(
+            "edge_runtime.bench.soak",
+            "--model",
+            str(scene["model"]),
+            "--video",
+            str(scene["video"]),
+            "--adapter",
+            "ncm",
+            "--memory",
+            str(scene["memories"]["ncm"]),
+            "--frames",
+            "200",
+            "--warmup",
+            "50",
+            "--checkpoint-every",
+            "0",
+            "--json",
+            str(result),
+        )
+        == 0
+    )
     report = json.loads(result.read_text())
     # 200 frames of a 40-frame video: at least 4 reopenings (a 5th when the reader ran ahead).
     assert report["frames"] == 200 and report["video_loops"] >= 200 // len(scene["truth"]) - 1

@@ -7,6 +7,7 @@ adapter declares (``can_teach``, ``can_forget``, ``can_merge``) decides which ro
 Every check asserts real accuracy or exact equality: a stub that returns uniform probabilities
 fails them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -103,8 +104,14 @@ def test_state_round_trip_predicts_and_adapts_the_same(name: str, tmp_path) -> N
     x, _ = TARGET
     stream(adapter, x[:40])
     # through a state file, as a checkpoint goes (``state_dict()`` holds views of the live arrays)
-    path = write_state(tmp_path / "state.npz", adapter, kind="checkpoint", model_sha256="0" * 64,
-                       classes=[f"c{k}" for k in range(N_CLASSES)], name=name)
+    path = write_state(
+        tmp_path / "state.npz",
+        adapter,
+        kind="checkpoint",
+        model_sha256="0" * 64,
+        classes=[f"c{k}" for k in range(N_CLASSES)],
+        name=name,
+    )
     again = read_state(path, adapter=name).adapter
     assert type(again) is type(adapter) and as_json(again.get_params()) == as_json(adapter.get_params())
     np.testing.assert_array_equal(again.predict_proba(TARGET_PROBE[0]), adapter.predict_proba(TARGET_PROBE[0]))
@@ -164,8 +171,9 @@ def test_forget_takes_back_what_adaptation_learned(name: str) -> None:
     held = adapter.memory_usage()
     removed = forget_adaptation(adapter)
     assert removed >= 0 and (held is None or adapter.memory_usage()[0] == held[0] - removed)
-    np.testing.assert_allclose(adapter.predict_proba(TARGET_PROBE[0]), untouched.predict_proba(TARGET_PROBE[0]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        adapter.predict_proba(TARGET_PROBE[0]), untouched.predict_proba(TARGET_PROBE[0]), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -187,9 +195,23 @@ def test_merged_statistics_equal_teaching(name: str) -> None:
 # class in view (DESIGN.md, "Running statistics on a camera stream"). Strict: once one holds, its
 # entry must go.
 _STAYS = "issue #23: the running statistics follow the class in view"
-STAY_FAILURES: dict[str, str] = {name: _STAYS for name in (
-    "dmn", "memflow", "memflow-no-blur", "memflow-no-cu", "memflow-no-novelty", "memflow-no-spike",
-    "memflow-no-subspace", "memflow-no-temporal", "memflow-static", "shift", "shift+t3a", "t3a")}
+STAY_FAILURES: dict[str, str] = {
+    name: _STAYS
+    for name in (
+        "dmn",
+        "memflow",
+        "memflow-no-blur",
+        "memflow-no-cu",
+        "memflow-no-novelty",
+        "memflow-no-spike",
+        "memflow-no-subspace",
+        "memflow-no-temporal",
+        "memflow-static",
+        "shift",
+        "shift+t3a",
+        "t3a",
+    )
+}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,7 +1,7 @@
 """``edgert bench faults`` at a tiny size: every part runs against real server processes and the
 report section is written (and rewritten in place, not appended twice)."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 

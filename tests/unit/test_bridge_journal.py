@@ -2,6 +2,7 @@
 
 Real files in a temporary folder; the device's ``handle_batch`` is the code the server runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,8 +54,12 @@ def test_records_round_trip_and_every_kind_decodes() -> None:
 @pytest.mark.parametrize("damage", ["cut", "flip", "gap", "garbage"])
 def test_a_damaged_record_ends_the_journal_and_is_never_misread(damage: str) -> None:
     good = [encode_record(i, TeachOp(i % 3, _rows(1, i)[0])) for i in (1, 2, 3)]
-    last = {"cut": good[2][:-3], "flip": good[2][:20] + bytes([good[2][20] ^ 1]) + good[2][21:],
-            "gap": encode_record(5, TeachOp(0, _rows(1)[0])), "garbage": b"\xff" * 40}[damage]
+    last = {
+        "cut": good[2][:-3],
+        "flip": good[2][:20] + bytes([good[2][20] ^ 1]) + good[2][21:],
+        "gap": encode_record(5, TeachOp(0, _rows(1)[0])),
+        "garbage": b"\xff" * 40,
+    }[damage]
     records, end = decode_records(good[0] + good[1] + last)
     assert [r.seq for r in records] == [1, 2] and end == len(good[0]) + len(good[1])
 

@@ -1,4 +1,5 @@
 """Bridge protocol without hardware: COBS vectors, CRC, message layouts, and a fuzzed decoder."""
+
 from __future__ import annotations
 
 import random
@@ -13,9 +14,28 @@ from hypothesis import strategies as st
 from firmware_bridge import cobs
 from firmware_bridge.crc import CHECK_VALUE, crc32
 from firmware_bridge.framing import CRC, HEADER, FrameError, Framing, McuFraming, Packet
-from firmware_bridge.messages import (BODIES, Ack, Auth, AuthReply, Error, ErrorCode, FeatureDtype, Features, Forget, ForgetScope,
-                                      Frame, Hello, HelloReply, PixelFormat, Prediction, StateChunk,
-                                      StateExportRequest, Stats, StatsRequest, Teach)
+from firmware_bridge.messages import (
+    BODIES,
+    Ack,
+    Auth,
+    AuthReply,
+    Error,
+    ErrorCode,
+    FeatureDtype,
+    Features,
+    Forget,
+    ForgetScope,
+    Frame,
+    Hello,
+    HelloReply,
+    PixelFormat,
+    Prediction,
+    StateChunk,
+    StateExportRequest,
+    Stats,
+    StatsRequest,
+    Teach,
+)
 
 # (decoded, encoded) from the COBS article on Wikipedia (delimiter not included).
 _RUN_1_FE = bytes(range(1, 0xFF))
@@ -117,7 +137,7 @@ def test_byte_at_a_time_delivery() -> None:
     wire = b"".join(link.pack(i, b) for i, b in enumerate(SAMPLE_BODIES))
     got = []
     for i in range(len(wire)):
-        got += link.feed(wire[i:i + 1])
+        got += link.feed(wire[i : i + 1])
     assert [p.body for p in got] == SAMPLE_BODIES
 
 
@@ -147,9 +167,11 @@ def test_bad_crc_oversize_malformed_and_unknown_are_reported() -> None:
     raw = HEADER.pack(1, 0x02, 1, 0, 6, McuFraming.MAX_PAYLOAD + 1)
     event = link.feed(cobs.encode(raw + struct.pack("<I", crc32(raw))) + b"\x00")[0]
     assert event.code in (ErrorCode.OVERSIZED, ErrorCode.MALFORMED) and event.seq == 6
-    for header, code in [(HEADER.pack(2, 0x02, 1, 0, 7, 0), ErrorCode.BAD_VERSION),
-                         (HEADER.pack(1, 0x7E, 0, 0, 8, 0), ErrorCode.UNKNOWN_TYPE),
-                         (HEADER.pack(1, 0x02, 1, 0, 9, 3) + b"abc", ErrorCode.BAD_PAYLOAD)]:
+    for header, code in [
+        (HEADER.pack(2, 0x02, 1, 0, 7, 0), ErrorCode.BAD_VERSION),
+        (HEADER.pack(1, 0x7E, 0, 0, 8, 0), ErrorCode.UNKNOWN_TYPE),
+        (HEADER.pack(1, 0x02, 1, 0, 9, 3) + b"abc", ErrorCode.BAD_PAYLOAD),
+    ]:
         (event,) = link.feed(cobs.encode(header + struct.pack("<I", crc32(header))) + b"\x00")
         assert event.code == code and event.seq is not None
 
@@ -244,7 +266,7 @@ def test_signed_frames_round_trip_and_carry_what_the_mac_covers() -> None:
         (packet,) = link.feed(wire)
         assert packet.body == body and packet.signed.counter == 1000 + i
         raw = cobs.decode(wire[:-1])
-        assert raw[2] & FLAG_SIGNED and packet.signed.message == raw[:len(raw) - CRC.size - 32]
+        assert raw[2] & FLAG_SIGNED and packet.signed.message == raw[: len(raw) - CRC.size - 32]
         assert packet.signed.mac == sign(packet.signed.message)
         assert len(raw) == HEADER.size + len(body.pack()) + TRAILER.size + CRC.size
     assert len(link.pack(0, Hello(8192), counter=1, sign=sign)) <= Framing.max_frame_size()

@@ -1,4 +1,5 @@
 """PNG reading on the real packaged files: reduced decoding, alpha, compositing, the photo list."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.bench.datasets.images import (GREY, STREAM_ABOVE_PIXELS, TUXPAINT_STAMPS, composite, png_header,
-                                                read_png, read_png_streamed, tuxpaint_photos)
+from edge_runtime.bench.datasets.images import (
+    GREY,
+    STREAM_ABOVE_PIXELS,
+    TUXPAINT_STAMPS,
+    composite,
+    png_header,
+    read_png,
+    read_png_streamed,
+    tuxpaint_photos,
+)
 from edge_runtime.errors import InputError
 
 CLIPART = Path("/usr/share/openclipart/png")
@@ -66,11 +75,15 @@ def test_streamed_decode_matches_whole_decode(flavour, factor):
 
 def peak_rss_kb(statement: str) -> tuple[list[str], int]:
     """Run ``statement`` in a fresh interpreter (after the reader's imports); its printout and peak RSS."""
-    code = ("import resource\n"
-            "from edge_runtime.bench.datasets.images import read_png\n"
-            "read_png(%r)\n" % str(CLIPART / FLAVOURS[(8, 6)]) +  # warm-up: Numba kernels loaded
-            statement + "\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    code = (
+        "import resource\n"
+        "from edge_runtime.bench.datasets.images import read_png\n"
+        "read_png(%r)\n"
+        % str(CLIPART / FLAVOURS[(8, 6)])  # warm-up: Numba kernels loaded
+        + statement
+        + "\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
     return out[:-1], int(out[-1])
 
@@ -80,8 +93,10 @@ def test_big_png_is_decoded_reduced_with_alpha_in_bounded_memory():
     header = png_header(BIG)
     assert header.width * header.height > STREAM_ABOVE_PIXELS
     _, baseline = peak_rss_kb("")
-    out, peak = peak_rss_kb(f"image = read_png({str(BIG)!r}, max_side=512)\n"
-                            "print(*image.shape, image[..., 3].min(), image[..., 3].max())")
+    out, peak = peak_rss_kb(
+        f"image = read_png({str(BIG)!r}, max_side=512)\n"
+        "print(*image.shape, image[..., 3].min(), image[..., 3].max())"
+    )
     h, w, channels, alpha_min, alpha_max = map(int, out)
     assert (h, w) == (485, 291)  # reduced by the integer factor ceil(8240 / 512) = 17
     assert channels == 4 and alpha_min == 0 and alpha_max == 255  # transparency kept

@@ -1,4 +1,5 @@
 """DMN: ring semantics, read-out against a plain numpy reference, prior plug-ins, state, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,12 @@ def blobs(n_per_class: int, seed: int = 0, spread: float = 0.6) -> tuple[np.ndar
 
 
 def empty_ring(L: int):
-    return (np.zeros((C, L, D), np.float32), np.full((C, L), np.inf, np.float32),
-            np.zeros(C, np.int32), np.zeros((C, L, L), np.float32))
+    return (
+        np.zeros((C, L, D), np.float32),
+        np.full((C, L), np.inf, np.float32),
+        np.zeros(C, np.int32),
+        np.zeros((C, L, L), np.float32),
+    )
 
 
 def reference_logits(ring, fill, anchors, f, beta, scale, skip_cls, skip_slot):
@@ -77,8 +82,9 @@ def test_read_out_matches_reference_with_skipped_slot_and_empty_class(skip):
     anchors = unit(rng.normal(size=(C, D)))
     f = unit(rng.normal(size=D))
     out = np.empty(C, np.float32)
-    kernels.ring_logits(ring, fill, gram, anchors, f, np.float32(5.5), np.float32(100.0), skip[0], skip[1],
-                        np.empty(L, np.float32), out)
+    kernels.ring_logits(
+        ring, fill, gram, anchors, f, np.float32(5.5), np.float32(100.0), skip[0], skip[1], np.empty(L, np.float32), out
+    )
     np.testing.assert_allclose(out, reference_logits(ring, fill, anchors, f, 5.5, 100.0, *skip), rtol=1e-4, atol=1e-3)
     if skip == (2, 0):  # class 2's only slot skipped -> the anchor
         assert out[2] == pytest.approx(100.0 * float(anchors[2] @ f), abs=1e-3)
@@ -104,8 +110,9 @@ def reference_stream(prior: np.ndarray, stream: np.ndarray, anchors: np.ndarray,
         for c in range(C):
             for l, (row, _) in enumerate(slots[c]):
                 ring[c, l] = row
-        logits = reference_logits(ring, fill, anchors, f, 5.5, 100.0, k if skip_own else -1,
-                                  own if (skip_own and own is not None) else -1)
+        logits = reference_logits(
+            ring, fill, anchors, f, 5.5, 100.0, k if skip_own else -1, own if (skip_own and own is not None) else -1
+        )
         p_dyn = np.exp(logits - logits.max())
         fused = p0 + p_dyn / p_dyn.sum()
         out.append(fused / fused.sum())
@@ -114,7 +121,9 @@ def reference_stream(prior: np.ndarray, stream: np.ndarray, anchors: np.ndarray,
 
 def test_a_sample_never_retrieves_its_own_slot():
     x, y = blobs(30)
-    dmn = DMN(prior="prototypes", memory_length=4, scale=100.0, weight_dynamic=1.0, write_gate=1.0, shift_momentum=None).fit(x, y)
+    dmn = DMN(
+        prior="prototypes", memory_length=4, scale=100.0, weight_dynamic=1.0, write_gate=1.0, shift_momentum=None
+    ).fit(x, y)
     stream = unit(blobs(12, seed=5, spread=1.2)[0][np.random.default_rng(0).permutation(3 * 12)])
     prior = dmn.prior_proba(stream).astype(np.float64)
     got = dmn.adapt(stream)

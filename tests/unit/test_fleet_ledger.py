@@ -2,6 +2,7 @@
 
 The broker-side behaviour (real Mosquitto) is in test_fleet_broker.py.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,13 +41,14 @@ def test_payload_round_trip_and_each_refusal():
     assert kind(blob, limit=len(blob) - 1) == "oversized"
     assert kind(encode({"kind": "delta"}, arrays, None)) == "unsigned"
     assert kind(encode({"kind": "delta"}, arrays, b"x" * 32)) == "bad_signature"
-    assert kind(blob[:-MAC_SIZE - 1] + blob[-MAC_SIZE:]) == "bad_signature"  # a byte cut out
+    assert kind(blob[: -MAC_SIZE - 1] + blob[-MAC_SIZE:]) == "bad_signature"  # a byte cut out
     assert kind(b"garbage") == "malformed"
     assert kind(b"NOPE" + blob[4:]) == "malformed"
 
     def signed(body: bytes) -> bytes:
         import hashlib
         import hmac
+
         return body + hmac.new(KEY, body, hashlib.sha256).digest()
 
     body = blob[:-MAC_SIZE]
@@ -150,8 +152,12 @@ def test_forget_takes_a_taught_batch_back_everywhere():
 def test_add_statistics_checks_before_changing_anything():
     model, _, _ = small_memflow()
     before = model.statistics()["source"]
-    for bad in ({"source": before[:, :3]}, {"source": before.astype(np.float32)},
-                {"source": np.full_like(before, np.nan)}, {"source": before, "target": before}):
+    for bad in (
+        {"source": before[:, :3]},
+        {"source": before.astype(np.float32)},
+        {"source": np.full_like(before, np.nan)},
+        {"source": before, "target": before},
+    ):
         with pytest.raises(ValueError):
             model.add_statistics(bad)
     assert np.array_equal(model.statistics()["source"], before)
@@ -172,6 +178,7 @@ def test_checkpoint_carries_the_ledger_and_detects_tampering(tmp_path):
     assert np.array_equal(back.own["source"], ledger.own["source"])
     # the extra arrays are covered by the checksum: change one byte of one of them
     import zipfile
+
     with zipfile.ZipFile(path) as z:
         entries = {n: z.read(n) for n in z.namelist()}
     name = next(n for n in entries if n.startswith("x/own"))

@@ -1,4 +1,5 @@
 """Energy meters against fake sysfs trees: counters that advance, wrap around, and files that are missing."""
+
 from __future__ import annotations
 
 import doctest
@@ -8,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from edge_runtime.bench import energy
-from edge_runtime.bench.energy import (HwmonPowerMeter, MeterUnavailable, RaplMeter, Trace, measure_energy,
-                                       parse_pmic_adc)
+from edge_runtime.bench.energy import (
+    HwmonPowerMeter,
+    MeterUnavailable,
+    RaplMeter,
+    Trace,
+    measure_energy,
+    parse_pmic_adc,
+)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -35,8 +42,10 @@ def set_energy(root: Path, zone: str, energy_uj: int) -> None:
 
 
 def test_rapl_counts_the_advance_of_each_package_and_ignores_subzones(tmp_path):
-    root = make_rapl(tmp_path, {"intel-rapl:0": (1_000_000, 10**9), "intel-rapl:1": (5_000_000, 10**9),
-                                "intel-rapl:0:0": (7_000_000, 10**9)})
+    root = make_rapl(
+        tmp_path,
+        {"intel-rapl:0": (1_000_000, 10**9), "intel-rapl:1": (5_000_000, 10**9), "intel-rapl:0:0": (7_000_000, 10**9)},
+    )
     meter = RaplMeter(root)
     assert meter.read() == 0.0
     set_energy(root, "intel-rapl:0", 3_500_000)
@@ -126,7 +135,7 @@ PI5_OUTPUT = """\
 def test_pi5_pmic_sums_rails_with_both_current_and_voltage():
     assert parse_pmic_adc(PI5_OUTPUT) == pytest.approx(0.1 * 3.7 + 2.5 * 0.8)
     with pytest.raises(MeterUnavailable):
-        parse_pmic_adc("error=1 error_msg=\"Command not registered\"")
+        parse_pmic_adc('error=1 error_msg="Command not registered"')
 
 
 def test_pi5_meter_runs_the_command(tmp_path):

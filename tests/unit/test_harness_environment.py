@@ -1,4 +1,5 @@
 """Environment capture: CPU, clocks and thermal from fake trees; MACs counted from ONNX graphs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,9 @@ def test_cpu_model_x86_and_arm(tmp_path):
     x86.write_text("processor\t: 0\nmodel name\t: Intel(R) Core(TM) i5-8259U CPU @ 2.30GHz\n\nprocessor\t: 1\n")
     assert env.cpu_model(x86) == "Intel(R) Core(TM) i5-8259U CPU @ 2.30GHz"
     pi = tmp_path / "pi"
-    pi.write_text("processor\t: 0\nBogoMIPS\t: 108.00\n\nRevision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n")
+    pi.write_text(
+        "processor\t: 0\nBogoMIPS\t: 108.00\n\nRevision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n"
+    )
     assert env.cpu_model(pi) == "Raspberry Pi 5 Model B Rev 1.0"
 
 
@@ -60,9 +63,13 @@ def small_graph(path, *, batch_param: bool = True):
         helper.make_node("Gemm", ["flat", "w3"], ["g"], transB=1, name="fc"),
         helper.make_node("MatMul", ["g", "w4"], ["y"], name="mm"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 2])],
-                              initializer=[w1, w2, w3, w4, shape])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 2])],
+        initializer=[w1, w2, w3, w4, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -84,8 +91,10 @@ def test_runtime_computed_padding_is_resolved_by_constant_folding(tmp_path):
     w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
     # As torch writes it: pads (float, reversed, transposed) -> Slice step -1 -> Cast to int64.
     pads_f = numpy_helper.from_array(np.array([1, 1, 0, 0, 1, 1, 0, 0], np.float32), "pads_f")
-    starts, ends, step = (numpy_helper.from_array(np.array([v], np.int64), name)
-                          for v, name in ((-1, "starts"), (-(2**62), "ends"), (-1, "step")))
+    starts, ends, step = (
+        numpy_helper.from_array(np.array([v], np.int64), name)
+        for v, name in ((-1, "starts"), (-(2**62), "ends"), (-1, "step"))
+    )
     axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
     nodes = [
         helper.make_node("Slice", ["pads_f", "starts", "ends", "axes", "step"], ["pads_r"]),
@@ -93,9 +102,13 @@ def test_runtime_computed_padding_is_resolved_by_constant_folding(tmp_path):
         helper.make_node("Pad", ["x", "pads"], ["xp"]),
         helper.make_node("Conv", ["xp", "w"], ["y"], name="conv"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              initializer=[w, pads_f, starts, ends, step, axes])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w, pads_f, starts, ends, step, axes],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "pad.onnx")

@@ -1,4 +1,5 @@
 """Visual memory: search contract, exact unlearning (predictions and bytes), durability, capacity, pruning."""
+
 from __future__ import annotations
 
 import os
@@ -148,8 +149,7 @@ WRITER = textwrap.dedent("""
 def test_kill_9_mid_transaction_keeps_the_last_committed_state(tmp_path):
     path = tmp_path / "memory.db"
     batch = 3000  # 3000 x 256 B rows overflow SQLite's page cache: uncommitted pages reach the log
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(batch)], stdout=subprocess.PIPE,
-                              text=True)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(batch)], stdout=subprocess.PIPE, text=True)
     lines = []
     for line in writer.stdout:
         lines.append(line.strip())

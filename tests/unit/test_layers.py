@@ -3,6 +3,7 @@
 The layer table is ``docs/ARCHITECTURE.md``'s (between its ``layers`` markers); every ``import``
 counts, at module level or inside a function.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,8 +14,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # folder -> import name (pyproject's package-dir)
-ROOTS = {"edge_runtime": "edge_runtime", "export": "edge_runtime.export", "bench": "edge_runtime.bench",
-         "firmware_bridge": "firmware_bridge"}
+ROOTS = {
+    "edge_runtime": "edge_runtime",
+    "export": "edge_runtime.export",
+    "bench": "edge_runtime.bench",
+    "firmware_bridge": "firmware_bridge",
+}
 DEVICE_FORBIDDEN = ("torch", "edge_runtime.bench", "edge_runtime.export", "matplotlib", "sklearn")
 
 
@@ -51,7 +56,9 @@ def imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             # ``from package import submodule`` imports the submodule
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
@@ -84,9 +91,12 @@ def test_every_module_has_a_layer() -> None:
 
 def test_no_import_points_up() -> None:
     table = layer_table()
-    upward = [f"{a} (layer {layer_of(a, table)}) imports {b} (layer {layer_of(b, table)})"
-              for a, targets in GRAPH.items() for b in sorted(targets)
-              if b in GRAPH and layer_of(b, table) > layer_of(a, table)]
+    upward = [
+        f"{a} (layer {layer_of(a, table)}) imports {b} (layer {layer_of(b, table)})"
+        for a, targets in GRAPH.items()
+        for b in sorted(targets)
+        if b in GRAPH and layer_of(b, table) > layer_of(a, table)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -127,10 +137,15 @@ def test_no_import_cycles() -> None:
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("module", sorted(m for m in GRAPH if not m.startswith(("edge_runtime.bench",
-                                                                                   "edge_runtime.export",
-                                                                                   "edge_runtime.cli"))))
+@pytest.mark.parametrize(
+    "module",
+    sorted(m for m in GRAPH if not m.startswith(("edge_runtime.bench", "edge_runtime.export", "edge_runtime.cli"))),
+)
 def test_device_side_never_imports_host_code(module: str) -> None:
-    bad = sorted(t for t in GRAPH[module] if t.startswith(DEVICE_FORBIDDEN) and
-                 (t in DEVICE_FORBIDDEN or t.startswith(tuple(f + "." for f in DEVICE_FORBIDDEN))))
+    bad = sorted(
+        t
+        for t in GRAPH[module]
+        if t.startswith(DEVICE_FORBIDDEN)
+        and (t in DEVICE_FORBIDDEN or t.startswith(tuple(f + "." for f in DEVICE_FORBIDDEN)))
+    )
     assert not bad, f"{module} imports {bad}: the device side needs none of it"

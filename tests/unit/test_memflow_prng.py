@@ -4,6 +4,7 @@ The spec (``edge_runtime.kernels.prng`` docstring) is what a C port implements; 
 implements it again from the text, in integer and IEEE float32 arithmetic only, and demands
 bit-identical weights.
 """
+
 from __future__ import annotations
 
 import struct
@@ -36,10 +37,12 @@ def py_weight(z: int) -> float:
 
 def py_graph(seed: int, d: int, n_hub: int, n_bridge: int, in_degree: int):
     state = seed
+
     def draw() -> int:
         nonlocal state
         state, z = py_splitmix64(state)
         return z
+
     w_eh = [[py_weight(draw()) for _ in range(d)] for _ in range(n_hub)]
     w_hh = [[0.0 if j == i else py_weight(draw()) for j in range(n_hub)] for i in range(n_hub)]
     n_nodes = d + n_hub + n_bridge
@@ -55,14 +58,15 @@ def py_graph(seed: int, d: int, n_hub: int, n_bridge: int, in_degree: int):
             row_w.append(py_weight(draw()))
         src.append(row_src)
         w_b.append(row_w)
+
     def gain(fan_in: int) -> float:
         return f32(f32(1.0) / f32(np.sqrt(np.float32(fan_in))))
+
     w_eh = [[f32(w * gain(d)) for w in row] for row in w_eh]
     if n_hub > 1:  # a single hub has no hub->hub links and no gain to apply
         w_hh = [[f32(w * gain(n_hub - 1)) for w in row] for row in w_hh]
     w_b = [[f32(w * gain(in_degree)) for w in row] for row in w_b]
-    return (np.array(w_eh, np.float32), np.array(w_hh, np.float32), np.array(src, np.int32),
-            np.array(w_b, np.float32))
+    return (np.array(w_eh, np.float32), np.array(w_hh, np.float32), np.array(src, np.int32), np.array(w_b, np.float32))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**64 - 1])

@@ -1,5 +1,6 @@
 """MemFlow's alignment and temporal stages: each kernel against plain numpy, and on real features
 the guard that keeps a camera's held frames from becoming the statistics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,19 +24,22 @@ def test_stage_centre_spread_and_variance_match_numpy(rng) -> None:
     weights = rng.uniform(0.2, 1.0, 30)
     gamma, prior = 0.97, 20.0
     ages = gamma ** np.arange(29, -1, -1) * weights
-    sums, squares, weight = ages @ frames, ages @ frames ** 2, ages.sum()
+    sums, squares, weight = ages @ frames, ages @ frames**2, ages.sum()
     centre, factor = np.empty(D, np.float32), np.empty(D, np.float32)
-    variance = align.stage(mu_s, np.ones(D, np.float32), var_s, sums, squares, weight, prior, True, True,
-                           centre, factor)
+    variance = align.stage(
+        mu_s, np.ones(D, np.float32), var_s, sums, squares, weight, prior, True, True, centre, factor
+    )
     mean = (prior * mu_s + sums) / (prior + weight)
-    var_t = np.maximum((prior * (var_s + mu_s.astype(np.float64) ** 2) + squares) / (prior + weight) - mean ** 2,
-                       var_s / 16)
+    var_t = np.maximum(
+        (prior * (var_s + mu_s.astype(np.float64) ** 2) + squares) / (prior + weight) - mean**2, var_s / 16
+    )
     np.testing.assert_allclose(centre, mean, rtol=1e-6)
     np.testing.assert_allclose(factor, np.sqrt(np.clip(var_s / var_t, 1 / 16, None)), rtol=1e-5)
     assert variance == pytest.approx(var_t.sum(), rel=1e-9)
     # Off: the source centre and scale, and the source's variance.
-    variance = align.stage(mu_s, np.full(D, 2.0, np.float32), var_s, sums, squares, weight, prior, False, True,
-                           centre, factor)
+    variance = align.stage(
+        mu_s, np.full(D, 2.0, np.float32), var_s, sums, squares, weight, prior, False, True, centre, factor
+    )
     np.testing.assert_array_equal(centre, mu_s)
     assert (factor == 2.0).all() and variance == pytest.approx(var_s.sum())
 
@@ -103,6 +107,7 @@ def _numpy_filter(posteriors: np.ndarray, pi: np.ndarray, lag: int, gamma: float
     """The temporal filter written plainly: moments from the whole history, then the HMM step."""
     out, belief = [], None
     for t, p in enumerate(posteriors):
+
         def agreement(l: int) -> tuple[float, float]:  # over frames u < t, pairs (u, u - l)
             u = np.arange(l, t)
             w = gamma ** (t - 1 - u.astype(np.float64))

@@ -2,6 +2,7 @@
 
 The adapter is the real NCM fitted on scikit-learn's UCI digits (real data, 64-d features).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from edge_runtime.adapters import make_adapter
-from edge_runtime.state import (Checkpoints, StateError, read_header, read_state,
-                                write_state)
+from edge_runtime.state import Checkpoints, StateError, read_header, read_state, write_state
 
 SHA = "5" * 64
 OTHER_SHA = "6" * 64
@@ -45,8 +45,9 @@ def flip_byte(path: Path, offset: int) -> None:
 
 def test_round_trip_restores_identical_predictions(tmp_path, digits, fitted):
     x, _ = digits
-    path = write_state(tmp_path / "memory.npz", fitted, kind="memory", model_sha256=SHA, classes=CLASSES,
-                       meta={"examples": 1000})
+    path = write_state(
+        tmp_path / "memory.npz", fitted, kind="memory", model_sha256=SHA, classes=CLASSES, meta={"examples": 1000}
+    )
     state = read_state(path, model_sha256=SHA, adapter="ncm")
     np.testing.assert_array_equal(state.adapter.predict_proba(x[1000:]), fitted.predict_proba(x[1000:]))
     assert state.classes == CLASSES
@@ -110,15 +111,21 @@ def test_checkpoints_keep_newest_and_previous_and_fall_back_past_bad_files(tmp_p
     with Checkpoints(tmp_path, SHA, "ncm") as checkpoints:
         assert checkpoints.load() is None
         for i in range(4):
-            fitted.teach(x[1000 + i:1001 + i], y[1000 + i:1001 + i])
+            fitted.teach(x[1000 + i : 1001 + i], y[1000 + i : 1001 + i])
             checkpoints.save(fitted, CLASSES, {"frames": i})
         assert [p.name for p in checkpoints.files()] == ["checkpoint-00000004.npz", "checkpoint-00000003.npz"]
     newest, previous = sorted(tmp_path.glob("checkpoint-*.npz"), reverse=True)
     expected = read_state(previous).adapter.predict_proba(x[1100:])
     flip_byte(newest, newest.stat().st_size // 2)
     # A newer checkpoint made for another model must be skipped too, and named.
-    other = write_state(tmp_path / "checkpoint-00000005.npz", fitted, kind="checkpoint", model_sha256=OTHER_SHA,
-                        classes=CLASSES, name="ncm")
+    other = write_state(
+        tmp_path / "checkpoint-00000005.npz",
+        fitted,
+        kind="checkpoint",
+        model_sha256=OTHER_SHA,
+        classes=CLASSES,
+        name="ncm",
+    )
     with Checkpoints(tmp_path, SHA, "ncm") as checkpoints:
         state = checkpoints.load()
         assert state is not None and state.path == previous and state.meta == {"frames": 2}
@@ -174,8 +181,12 @@ WRITER = textwrap.dedent("""
 def writer(tmp_path: Path, memory: Path, mode: str) -> subprocess.Popen:
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(sha=SHA, classes=CLASSES))
-    return subprocess.Popen([sys.executable, str(script), str(tmp_path / "state"), str(memory), mode],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "state"), str(memory), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_9_half_way_through_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, digits, fitted):

@@ -1,5 +1,6 @@
 """Capture: full reads of files, the latest-frame policy, truncated files, and a network camera that
 disappears (a real MJPEG-over-HTTP stream served by the test, read by OpenCV's FFmpeg backend)."""
+
 from __future__ import annotations
 
 import http.server
@@ -11,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.source.capture import Capture
 from edge_runtime.errors import InputError
+from edge_runtime.source.capture import Capture
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 pytestmark = pytest.mark.skipif(not OPENCV_DATA.is_dir(), reason="needs Debian's opencv-doc")
@@ -107,8 +108,11 @@ class MjpegCamera:
                     for _ in range(camera.frames_per_connection):
                         if camera.hang_up.wait(0.01):
                             break
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                         % len(camera.jpeg) + camera.jpeg + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(camera.jpeg)
+                            + camera.jpeg
+                            + b"\r\n"
+                        )
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

@@ -4,6 +4,7 @@
 ``edge_runtime.kernels.memflow``); ``calibration`` the source head and the head/memory weighting;
 ``alignment`` the input stage. The design note: ``docs/memflow.md``.
 """
+
 from edge_runtime.adapters.memflow.adapter import MemFlow
 from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions
 

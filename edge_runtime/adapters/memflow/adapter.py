@@ -7,6 +7,7 @@ buffers the batch-1 path reuses.
 
 The design choices, what each answers and the measurements behind them: ``docs/memflow.md``.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,21 +16,27 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
+from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions
+from edge_runtime.adapters.memflow.calibration import (
+    MEMORY_WEIGHTS,
+    SCALES,
+    best_calibration,
+    calibrate,
+    memory_logp,
+    nll_grid,
+    recalibrate,
+    source_head,
+)
+from edge_runtime.adapters.memflow.kernel_args import kernel_args
+from edge_runtime.adapters.memflow.statistics import STREAM, SUMS, add_statistics, load_arrays, merge
 from edge_runtime.errors import InputError
 from edge_runtime.kernels import align
 from edge_runtime.kernels import memflow as K
 from edge_runtime.kernels import temporal as T
 from edge_runtime.kernels.prng import make_graph
-from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions
-from edge_runtime.adapters.memflow.calibration import (MEMORY_WEIGHTS, SCALES, best_calibration, calibrate, memory_logp,
-                                                       nll_grid, recalibrate, source_head)
-from edge_runtime.adapters.memflow.statistics import STREAM, SUMS, add_statistics, load_arrays, merge
 
 _READOUTS = ("product", "mixture")
 _VARIANCES = ("pooled", "class")
-
-
-_TEMPORAL_TRUST = 10.0  # lagged pairs before the measured stay probability counts half (kernels.temporal)
 
 
 class MemFlow(Adapter):
@@ -90,21 +97,44 @@ class MemFlow(Adapter):
     can_merge = True
     # Parameters added after the first state format (0.1.0), set so that a state written without
     # them predicts as it did: no spread, subspace, novelty or temporal stage.
-    LEGACY: ClassVar[dict[str, Any]] = {"shift_spread": False, "shift_rank": 0, "shift_novelty": 0.0,
-                                        "temporal": False}
+    LEGACY: ClassVar[dict[str, Any]] = {"shift_spread": False, "shift_rank": 0, "shift_novelty": 0.0, "temporal": False}
 
-    def __init__(self, n_hub: int = 128, n_bridge: int = 512, in_degree: int = 30,
-                 rounds: int = 3, seed: int = 0, spiking: bool = True, blur: float = 0.5,
-                 confidence_update: bool = True, reinforce: bool = True,
-                 readout: str = "mixture", confidence: bool = True, variance: str = "pooled",
-                 var_floor: float = 0.05, temperature: float | None = None,
-                 source_weight: float = 200.0, decay: float = 0.99, gate: float = 0.9,
-                 shift: bool = True, shift_prior: float = 20.0, shift_decay: float = 0.995,
-                 shift_fade: bool = False, shift_spread: bool = False, shift_rank: int = 16,
-                 shift_every: int = 8, shift_novelty: float = 0.25, standardise: bool = False,
-                 prior: bool = True, memory_weight: float | None = None, prior_l2: float | None = None,
-                 prior_unit: bool = True, temporal: bool = True, temporal_lag: int = 16,
-                 temporal_max: float = 0.95) -> None:
+    def __init__(
+        self,
+        n_hub: int = 128,
+        n_bridge: int = 512,
+        in_degree: int = 30,
+        rounds: int = 3,
+        seed: int = 0,
+        spiking: bool = True,
+        blur: float = 0.5,
+        confidence_update: bool = True,
+        reinforce: bool = True,
+        readout: str = "mixture",
+        confidence: bool = True,
+        variance: str = "pooled",
+        var_floor: float = 0.05,
+        temperature: float | None = None,
+        source_weight: float = 200.0,
+        decay: float = 0.99,
+        gate: float = 0.9,
+        shift: bool = True,
+        shift_prior: float = 20.0,
+        shift_decay: float = 0.995,
+        shift_fade: bool = False,
+        shift_spread: bool = False,
+        shift_rank: int = 16,
+        shift_every: int = 8,
+        shift_novelty: float = 0.25,
+        standardise: bool = False,
+        prior: bool = True,
+        memory_weight: float | None = None,
+        prior_l2: float | None = None,
+        prior_unit: bool = True,
+        temporal: bool = True,
+        temporal_lag: int = 16,
+        temporal_max: float = 0.95,
+    ) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
         self.in_degree = in_degree
@@ -152,11 +182,15 @@ class MemFlow(Adapter):
         if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.shift_decay < 1.0:
             raise InputError("decay and shift_decay must be in [0, 1)")
         if self.shift_rank < 0 or self.shift_every < 1 or self.shift_novelty < 0:
-            raise InputError(f"need shift_rank >= 0, shift_every >= 1 and shift_novelty >= 0, got "
-                             f"{self.shift_rank}, {self.shift_every} and {self.shift_novelty}")
+            raise InputError(
+                f"need shift_rank >= 0, shift_every >= 1 and shift_novelty >= 0, got "
+                f"{self.shift_rank}, {self.shift_every} and {self.shift_novelty}"
+            )
         if self.temporal_lag < 2 or not 0.0 <= self.temporal_max < 1.0:
-            raise InputError(f"need temporal_lag >= 2 and temporal_max in [0, 1), got {self.temporal_lag} and "
-                             f"{self.temporal_max}")
+            raise InputError(
+                f"need temporal_lag >= 2 and temporal_max in [0, 1), got {self.temporal_lag} and "
+                f"{self.temporal_max}"
+            )
 
     def _build(self, dim: int, n_classes: int) -> None:
         """Regenerate the network from the seed and allocate state and work buffers."""
@@ -194,12 +228,23 @@ class MemFlow(Adapter):
         self._hiv = np.zeros((n, n_classes), np.float32)
         self._lnorm = np.zeros((n, n_classes), np.float32)
         self._present = np.zeros(n_classes, np.bool_)
-        self._work = K.Work(centre=np.zeros(dim, np.float32), factor=np.zeros(dim, np.float32),
-                            z=np.zeros(dim, np.float32), a=np.zeros(n, np.float32), h=np.zeros(n, np.float32),
-                            o=np.zeros(n, np.float32), o_prev=np.zeros(n, np.float32), m=np.zeros(n, np.float32),
-                            row=np.zeros(n_classes, np.float32), part=np.zeros(n_classes, np.float32),
-                            vote=np.zeros(n_classes), logits=np.zeros(n_classes, np.float32),
-                            y=np.zeros(rank, np.float32), t=np.zeros(rank, np.float32), y64=np.zeros(rank))
+        self._work = K.Work(
+            centre=np.zeros(dim, np.float32),
+            factor=np.zeros(dim, np.float32),
+            z=np.zeros(dim, np.float32),
+            a=np.zeros(n, np.float32),
+            h=np.zeros(n, np.float32),
+            o=np.zeros(n, np.float32),
+            o_prev=np.zeros(n, np.float32),
+            m=np.zeros(n, np.float32),
+            row=np.zeros(n_classes, np.float32),
+            part=np.zeros(n_classes, np.float32),
+            vote=np.zeros(n_classes),
+            logits=np.zeros(n_classes, np.float32),
+            y=np.zeros(rank, np.float32),
+            t=np.zeros(rank, np.float32),
+            y64=np.zeros(rank),
+        )
 
     @property
     def n_neurons(self) -> int:
@@ -230,16 +275,27 @@ class MemFlow(Adapter):
             self._trace_mean = mean
             self._alive = alive.astype(np.float32)
             self._floor_v = self.var_floor * self._tv
-            self._blur_v = 0.5 * self.blur ** 2 * self._tv
+            self._blur_v = 0.5 * self.blur**2 * self._tv
             scatter = np.where(src[0] > 0, src[2] - src[1] ** 2 / src[0], 0.0).sum(axis=0)
             pooled = np.where(tot0 > 0, scatter / tot0, self._tv)
         v = np.maximum(pooled, self._floor_v) + self._blur_v
         self._hiv[:] = (0.5 / v)[:, None]
         self._lnorm[:] = (-0.5 * np.log(2 * math.pi * v / self._tv))[:, None]
         for k in range(self._n_classes):
-            K.refresh_class(k, self._source, self._target, float(self.source_weight),
-                            self.variance == "class", self._tv, self._floor_v, self._blur_v,
-                            self._mu, self._hiv, self._lnorm, self._present)
+            K.refresh_class(
+                k,
+                self._source,
+                self._target,
+                float(self.source_weight),
+                self.variance == "class",
+                self._tv,
+                self._floor_v,
+                self._blur_v,
+                self._mu,
+                self._hiv,
+                self._lnorm,
+                self._present,
+            )
 
     def _net(self) -> K.Net:
         return K.Net(*self._graph[:2], *self._links, int(self.rounds), bool(self.spiking))
@@ -254,8 +310,15 @@ class MemFlow(Adapter):
             K.memorise(m[r], int(y[r]), 1.0, stats)
 
     # -- verbs -----------------------------------------------------------------------------
-    def fit(self, features: np.ndarray, labels: np.ndarray, n_classes: int | None = None, *,
-            centre: np.ndarray | None = None, basis: np.ndarray | None = None) -> "MemFlow":
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int | None = None,
+        *,
+        centre: np.ndarray | None = None,
+        basis: np.ndarray | None = None,
+    ) -> "MemFlow":
         """Memorise labelled source features from scratch. ``centre`` (d,) fixes the input
         centring (default: the mean of the normalised features) and ``basis`` (shift_rank, d) the
         subspace whose covariance is aligned (default: the source's top principal directions), e.g.
@@ -272,7 +335,7 @@ class MemFlow(Adapter):
             # nearly constant dimensions are not blown up; rescaled to keep the overall norm.
             var = x.var(axis=0, dtype=np.float64)
             scale = 1.0 / np.sqrt(var + var.mean())
-            self._scale = (scale * np.sqrt(var.sum() / (scale ** 2 * var).sum())).astype(np.float32)
+            self._scale = (scale * np.sqrt(var.sum() / (scale**2 * var).sum())).astype(np.float32)
         else:
             self._scale = np.ones(x.shape[1], np.float32)
         x64 = x.astype(np.float64)
@@ -298,8 +361,14 @@ class MemFlow(Adapter):
         if self.prior and self.memory_weight is None and len(truth):
             from edge_runtime.adapters.linear import fit_logistic
 
-            head = np.concatenate([x[fold != f] @ w.T + b for f in (0, 1) if (fold != f).any()
-                                   for w, b in [fit_logistic(x[fold == f], y[fold == f], k, l2)]])
+            head = np.concatenate(
+                [
+                    x[fold != f] @ w.T + b
+                    for f in (0, 1)
+                    if (fold != f).any()
+                    for w, b in [fit_logistic(x[fold == f], y[fold == f], k, l2)]
+                ]
+            )
             grid = nll_grid(head, held / self._tau[0], truth)
             self._calibration[0] = grid / len(truth)
             self._weights[:] = best_calibration(grid)
@@ -310,8 +379,10 @@ class MemFlow(Adapter):
     def _checked_basis(self, basis: np.ndarray) -> np.ndarray:
         b = np.asarray(basis, np.float32)
         if b.shape != self._basis.shape or not np.isfinite(b).all():
-            raise InputError(f"basis must be a finite float array of shape {self._basis.shape} (shift_rank, d), "
-                             f"got {b.dtype} {b.shape}")
+            raise InputError(
+                f"basis must be a finite float array of shape {self._basis.shape} (shift_rank, d), "
+                f"got {b.dtype} {b.shape}"
+            )
         return b
 
     def _memory_logp(self, m: np.ndarray) -> np.ndarray:
@@ -337,15 +408,27 @@ class MemFlow(Adapter):
         recalibrate(self, stage, z, m, y)
 
     def _prior_weight(self) -> float:
-        return align.prior_weight(float(self.shift_prior), self.shift_fade, float(self.shift_decay),
-                                  float(self._shift_weight[0]))
+        return align.prior_weight(
+            float(self.shift_prior), self.shift_fade, float(self.shift_decay), float(self._shift_weight[0])
+        )
 
     def input_stage(self) -> "InputStage":
         """The map the next frame enters the network through (see ``InputStage``)."""
         self._check_fitted()
         centre, factor = np.empty(self._dim, np.float32), np.empty(self._dim, np.float32)
-        align.stage(self._centre_source, self._scale, self._input_var, self._shift_sum, self._shift_sq,
-                    float(self._shift_weight[0]), self._prior_weight(), self.shift, self.shift_spread, centre, factor)
+        align.stage(
+            self._centre_source,
+            self._scale,
+            self._input_var,
+            self._shift_sum,
+            self._shift_sq,
+            float(self._shift_weight[0]),
+            self._prior_weight(),
+            self.shift,
+            self.shift_spread,
+            centre,
+            factor,
+        )
         return InputStage(centre, factor, self._basis.copy(), self._mix.copy())
 
     def trace_shift(self) -> np.ndarray:
@@ -354,8 +437,16 @@ class MemFlow(Adapter):
         self._check_fitted()
         delta = np.zeros(self.n_neurons, np.float32)
         if self.shift:
-            K.shift_traces(delta, self._trace_mean, self._trace_sum, float(self._shift_weight[0]),
-                           self._prior_weight(), float(self.shift_decay), False, 0.0)
+            K.shift_traces(
+                delta,
+                self._trace_mean,
+                self._trace_sum,
+                float(self._shift_weight[0]),
+                self._prior_weight(),
+                float(self.shift_decay),
+                False,
+                0.0,
+            )
         return delta
 
     def _run(self, features: Any, learn: bool, out: np.ndarray | None) -> np.ndarray:
@@ -372,7 +463,9 @@ class MemFlow(Adapter):
         if out is None:
             out = np.empty((x.shape[0], self._n_classes), np.float32)
         elif out.shape != (x.shape[0], self._n_classes) or out.dtype != np.float32:
-            raise InputError(f"out must be float32 of shape {(x.shape[0], self._n_classes)}, got {out.dtype} {out.shape}")
+            raise InputError(
+                f"out must be float32 of shape {(x.shape[0], self._n_classes)}, got {out.dtype} {out.shape}"
+            )
         if self._state_args is None:
             self._state_args = self._kernel_args()  # type: ignore[assignment]
         bad = K.run_batch(x, learn, *self._state_args, out)  # type: ignore[call-arg, misc]
@@ -383,23 +476,7 @@ class MemFlow(Adapter):
         return out
 
     def _kernel_args(self) -> tuple:
-        """``K.run_batch``'s state tuples (between the learn flag and ``out``): gathered once per
-        state and parameter set (reading them per frame cost 3-5 µs of a ~100 µs adapt)."""
-        stage = K.Stage(bool(self.shift), bool(self.shift_spread), float(self.shift_prior), bool(self.shift_fade),
-                        float(self.shift_decay), float(self.shift_novelty), int(self.shift_every),
-                        self._centre_source, self._scale, self._input_var, self._basis, self._basis_var,
-                        self._shift_sum, self._shift_sq, self._shift_weight, self._proj_sum, self._proj_sq, self._mix,
-                        self._recent, self._frames, self._trace_mean, self._trace_sum)
-        memory = K.Memory(self._source, self._target, float(self.source_weight), self.variance == "class", self._tv,
-                          self._floor_v, self._blur_v, self._alive, self._mu, self._hiv, self._lnorm, self._present,
-                          self.readout == "product", bool(self.confidence), float(self._tau[0]), bool(self.reinforce),
-                          float(self.gate), float(self.decay), bool(self.confidence_update))
-        head = K.Head(bool(self.prior), self._prior_w, self._prior_b, float(self._weights[0]), float(self._weights[1]),
-                      bool(self.prior_unit))
-        temporal = K.Temporal(bool(self.temporal), self._class_prior, self._belief, self._history, self._moments,
-                              self._temporal_frames, float(self.shift_decay), _TEMPORAL_TRUST,
-                              float(self.temporal_max))
-        return stage, self._net(), memory, head, temporal, self._work
+        return kernel_args(self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A changed parameter (``model.gate = 0.8``) must reach the kernel's cached arguments.
@@ -429,11 +506,21 @@ class MemFlow(Adapter):
         neurons are live, the input stage and trace shift as they stand, the source head and the
         read-out temperature."""
         self._check_fitted()
-        return {"mu": self._mu, "hiv": self._hiv, "lnorm": self._lnorm, "present": self._present,
-                "alive": self._alive, "stage": self.input_stage(), "trace_shift": self.trace_shift(),
-                "prior_w": self._prior_w, "prior_b": self._prior_b, "centre_source": self._centre_source,
-                "head_scale": float(self._weights[0]), "memory_weight": float(self._weights[1]),
-                "tau": float(self._tau[0])}
+        return {
+            "mu": self._mu,
+            "hiv": self._hiv,
+            "lnorm": self._lnorm,
+            "present": self._present,
+            "alive": self._alive,
+            "stage": self.input_stage(),
+            "trace_shift": self.trace_shift(),
+            "prior_w": self._prior_w,
+            "prior_b": self._prior_b,
+            "centre_source": self._centre_source,
+            "head_scale": float(self._weights[0]),
+            "memory_weight": float(self._weights[1]),
+            "tau": float(self._tau[0]),
+        }
 
     def merge(self, other: "MemFlow") -> "MemFlow":
         """Add another memory of the same network (seed, sizes, centre, basis): exact, by addition.
@@ -443,8 +530,17 @@ class MemFlow(Adapter):
 
     # -- state -----------------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:
-        return {"centre_source": self._centre_source, "scale": self._scale, "basis": self._basis, "prior_w": self._prior_w, "prior_b": self._prior_b,
-                "tau": self._tau, "weights": self._weights, "calibration": self._calibration, **{name[1:]: getattr(self, name) for name in SUMS + STREAM}}
+        return {
+            "centre_source": self._centre_source,
+            "scale": self._scale,
+            "basis": self._basis,
+            "prior_w": self._prior_w,
+            "prior_b": self._prior_b,
+            "tau": self._tau,
+            "weights": self._weights,
+            "calibration": self._calibration,
+            **{name[1:]: getattr(self, name) for name in SUMS + STREAM},
+        }
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         load_arrays(self, arrays)

@@ -1,5 +1,6 @@
 """MemFlow's input stage: the label-free map that brings a frame back to the source
 (``edge_runtime.kernels.align`` keeps its running statistics; ``docs/memflow.md``, "Alignment")."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -34,5 +35,5 @@ def principal_directions(centred: np.ndarray, rank: int) -> np.ndarray:
         top = vectors[:, ::-1][:, :rank].T
     top = top * np.sign(top[np.arange(len(top)), np.abs(top).argmax(axis=1)])[:, None]
     out = np.zeros((rank, d), np.float32)
-    out[:len(top)] = top
+    out[: len(top)] = top
     return out

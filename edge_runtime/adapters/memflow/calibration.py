@@ -5,6 +5,7 @@ the plain product is overconfident. The head's scale and the memory's weight in 
 chosen on a grid by held-out NLL on the source, and taught frames weigh in again
 (``docs/memflow.md``, "Source-head prior").
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,7 @@ from edge_runtime.kernels import memflow as K
 _HEADS: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
 
-def source_head(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float | None
-                 ) -> tuple[np.ndarray, np.ndarray, float]:
+def source_head(x: np.ndarray, y: np.ndarray, n_classes: int, l2: float | None) -> tuple[np.ndarray, np.ndarray, float]:
     """The source linear head (``edge_runtime.adapters.linear.Linear``, L2 by cross-validation on
     the source) as (W, b, its L2 strength). It is a pure function of the source, so it is computed
     once per source in a process (a bench fits several MemFlow variants on one source)."""
@@ -58,8 +58,22 @@ def memory_logp(model: Any, m: np.ndarray) -> np.ndarray:
     p = np.zeros((len(m), model._n_classes), np.float32)
     w = model._work
     for r in range(len(m)):
-        K.retrieve(m[r], model._mu, model._hiv, model._lnorm, model.variance == "class", model._present,
-                   model._alive, model.readout == "product", model.confidence, 1.0, w.row, w.part, w.vote, p[r])
+        K.retrieve(
+            m[r],
+            model._mu,
+            model._hiv,
+            model._lnorm,
+            model.variance == "class",
+            model._present,
+            model._alive,
+            model.readout == "product",
+            model.confidence,
+            1.0,
+            w.row,
+            w.part,
+            w.vote,
+            p[r],
+        )
     return np.log(np.maximum(p, 1e-30))
 
 
@@ -104,8 +118,19 @@ def recalibrate(model: Any, stage: Any, z: np.ndarray, m: np.ndarray, y: np.ndar
     head, out = np.empty((len(z), model._n_classes)), np.zeros(model._n_classes, np.float32)
     w = model._work
     for r in range(len(z)):  # the read-out's own head, which leaves its logits in w.logits
-        K.combine_prior(z[r], model._centre_source, stage.factor, model._prior_w, model._prior_b, 1.0, 0.0,
-                        bool(model.prior_unit), w.centre, w.logits, out)
+        K.combine_prior(
+            z[r],
+            model._centre_source,
+            stage.factor,
+            model._prior_w,
+            model._prior_b,
+            1.0,
+            0.0,
+            bool(model.prior_unit),
+            w.centre,
+            w.logits,
+            out,
+        )
         head[r] = w.logits
     model._calibration[1] += nll_grid(head, memory_logp(model, m) / model._tau[0], y)
     model._weights[:] = best_calibration(SOURCE_FRAMES * model._calibration[0] + model._calibration[1])

@@ -1,4 +1,5 @@
 """What of a MemFlow memory adds up across devices, and its state arrays: merge, load, statistics deltas."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,19 @@ from edge_runtime.kernels import align
 
 # Running sums that merge by addition, and the state of one stream (kept by ``merge``), as the
 # attribute names their state arrays are named after (without the underscore).
-SUMS = ("_source", "_target", "_shift_sum", "_shift_sq", "_shift_weight", "_proj_sum", "_proj_sq", "_frames",
-         "_input_stats", "_basis_stats", "_trace_sum")
+SUMS = (
+    "_source",
+    "_target",
+    "_shift_sum",
+    "_shift_sq",
+    "_shift_weight",
+    "_proj_sum",
+    "_proj_sq",
+    "_frames",
+    "_input_stats",
+    "_basis_stats",
+    "_trace_sum",
+)
 STREAM = ("_mix", "_recent", "_belief", "_history", "_moments", "_temporal_frames")
 
 
@@ -21,15 +33,25 @@ def merge(model: Any, other: Any) -> Any:
     other._check_fitted()
     if other.get_params() != model.get_params() or other._source.shape != model._source.shape:
         raise InputError("can only merge memories with identical parameters and sizes")
-    if not all(np.array_equal(getattr(other, a), getattr(model, a))
-               for a in ("_centre_source", "_scale", "_basis", "_prior_w", "_prior_b")):
-        raise InputError("can only merge memories of the same network: same centre and basis (pass "
-                         "fit(..., centre=..., basis=...)) and the same source head (prior=False, or fitted on "
-                         "the same source)")
+    if not all(
+        np.array_equal(getattr(other, a), getattr(model, a))
+        for a in ("_centre_source", "_scale", "_basis", "_prior_w", "_prior_b")
+    ):
+        raise InputError(
+            "can only merge memories of the same network: same centre and basis (pass "
+            "fit(..., centre=..., basis=...)) and the same source head (prior=False, or fitted on "
+            "the same source)"
+        )
     for name in SUMS:
         getattr(model, name)[...] += getattr(other, name)
-    align.refresh_mix(model._basis_var, model._proj_sum, model._proj_sq, float(model._shift_weight[0]),
-                      model._prior_weight(), model._mix)
+    align.refresh_mix(
+        model._basis_var,
+        model._proj_sum,
+        model._proj_sq,
+        float(model._shift_weight[0]),
+        model._prior_weight(),
+        model._mix,
+    )
     model._refresh()
     return model
 
@@ -65,9 +87,15 @@ def add_statistics(model: Any, delta: dict[str, np.ndarray]) -> None:
     """``MemFlow.add_statistics``: a delta of ``statistics()``, checked before anything changes."""
     model._check_fitted()
     source = delta.get("source")
-    if set(delta) != {"source"} or not isinstance(source, np.ndarray) or source.dtype != np.float64 \
-            or source.shape != model._source.shape or not np.isfinite(source).all():
-        raise InputError(f"a statistics delta is {{'source': finite float64 array {model._source.shape}}}, "
-                         f"got {sorted(delta)}")
+    if (
+        set(delta) != {"source"}
+        or not isinstance(source, np.ndarray)
+        or source.dtype != np.float64
+        or source.shape != model._source.shape
+        or not np.isfinite(source).all()
+    ):
+        raise InputError(
+            f"a statistics delta is {{'source': finite float64 array {model._source.shape}}}, " f"got {sorted(delta)}"
+        )
     model._source += source
     model._refresh()

@@ -1,0 +1,79 @@
+"""The state tuples ``kernels.memflow.run_batch`` takes, gathered from a MemFlow adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_runtime.kernels import memflow as K
+
+_TEMPORAL_TRUST = 10.0  # lagged pairs before the measured stay probability counts half (kernels.temporal)
+
+
+def kernel_args(model: Any) -> tuple:
+    """``K.run_batch``'s state tuples (between the learn flag and ``out``): gathered once per
+    state and parameter set (reading them per frame cost 3-5 µs of a ~100 µs adapt)."""
+    stage = K.Stage(
+        bool(model.shift),
+        bool(model.shift_spread),
+        float(model.shift_prior),
+        bool(model.shift_fade),
+        float(model.shift_decay),
+        float(model.shift_novelty),
+        int(model.shift_every),
+        model._centre_source,
+        model._scale,
+        model._input_var,
+        model._basis,
+        model._basis_var,
+        model._shift_sum,
+        model._shift_sq,
+        model._shift_weight,
+        model._proj_sum,
+        model._proj_sq,
+        model._mix,
+        model._recent,
+        model._frames,
+        model._trace_mean,
+        model._trace_sum,
+    )
+    memory = K.Memory(
+        model._source,
+        model._target,
+        float(model.source_weight),
+        model.variance == "class",
+        model._tv,
+        model._floor_v,
+        model._blur_v,
+        model._alive,
+        model._mu,
+        model._hiv,
+        model._lnorm,
+        model._present,
+        model.readout == "product",
+        bool(model.confidence),
+        float(model._tau[0]),
+        bool(model.reinforce),
+        float(model.gate),
+        float(model.decay),
+        bool(model.confidence_update),
+    )
+    head = K.Head(
+        bool(model.prior),
+        model._prior_w,
+        model._prior_b,
+        float(model._weights[0]),
+        float(model._weights[1]),
+        bool(model.prior_unit),
+    )
+    temporal = K.Temporal(
+        bool(model.temporal),
+        model._class_prior,
+        model._belief,
+        model._history,
+        model._moments,
+        model._temporal_frames,
+        float(model.shift_decay),
+        _TEMPORAL_TRUST,
+        float(model.temporal_max),
+    )
+    return stage, model._net(), memory, head, temporal, model._work
