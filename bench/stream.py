@@ -52,6 +52,19 @@ def configure(parser: argparse.ArgumentParser, *, soak: bool = False) -> None:
         parser.set_defaults(main=main_soak)
     else:
         parser.add_argument("--frames", type=int, help="stop after this many frames (default: the whole video)")
+        parser.add_argument(
+            "--video-out",
+            type=Path,
+            metavar="FILE",
+            help="also write the annotated video (.mp4 or .avi), as `edgert run --video-out` does",
+        )
+        parser.add_argument(
+            "--before",
+            action="store_true",
+            help="alternate with the frame path before the pipeline (one loop, per-pixel "
+            "preprocessing, sinks inline) and report both from this run",
+        )
+        parser.add_argument("--rounds", type=int, default=3, help="passes of each path with --before (default: 3)")
         parser.set_defaults(main=main_stream)
 
 
@@ -158,42 +171,109 @@ def setup(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
     return backbone, adapter, classes, args.adapter or default_adapter()
 
 
-def main_stream(args: argparse.Namespace) -> int:
+def stream_once(
+    args: argparse.Namespace, backbone: Any, adapter: Any, classes: list[str], *, before: bool = False
+) -> Any:
+    """One pass over the video on a copy of the adapter (every pass starts from the same state)."""
+    import copy
+
     from edge_runtime.runtime.stream import Stream
+    from edge_runtime.sinks import VideoSink
     from edge_runtime.source.capture import Capture
 
-    backbone, adapter, classes, name = setup(args)
-    stream = Stream(backbone, adapter, classes, max_frames=args.frames)
-    load = os.getloadavg()[0]
+    sinks = []
+    if args.video_out is not None:
+        capture_fps = Capture(str(args.video)).open()
+        fps = capture_fps.fps
+        capture_fps.stop()
+        sinks.append(VideoSink(args.video_out, fps))
+    stream = Stream(backbone, copy.deepcopy(adapter), classes, sinks, max_frames=args.frames, reference=before)
+    cpu = time.process_time()
     summary = stream.run(Capture(str(args.video)).start())
-    p50 = summary.p50()
-    result = {
-        "fps": round(summary.fps, 2),
-        "frames": summary.frames,
-        "dropped": summary.dropped,
-        "undecodable": summary.undecodable,
-        "seconds": round(summary.seconds, 2),
-        "p50_ms": {k: round(v, 3) for k, v in p50.items()},
-        "adapter_over_backbone": round(p50["adapt"] / p50["backbone"], 4) if p50["backbone"] else None,
-        "model": str(args.model),
-        "video": str(args.video),
-        "adapter": name,
-        "threads": backbone.threads,
-        "cpus": len(os.sched_getaffinity(0)),
-        "loadavg_1min_before": load,
-    }
-    print(
-        f"bench stream: {summary.frames} frames of {args.video.name} through {args.model} + {name} "
-        f"(adapting every frame): {summary.fps:.1f} fps end to end, dropped {summary.dropped}"
+    # CPU time of every thread of this process per frame: on a shared machine, the work itself
+    summary.cpu_ms_per_frame = 1000 * (time.process_time() - cpu) / max(summary.frames, 1)
+    return summary
+
+
+def main_stream(args: argparse.Namespace) -> int:
+    backbone, adapter, classes, name = setup(args)
+    load = os.getloadavg()[0]
+    paths = ("before", "after") if args.before else ("after",)
+    runs: dict[str, list[Any]] = {p: [] for p in paths}
+    for _ in range(args.rounds if args.before else 1):
+        for path in paths:
+            runs[path].append(stream_once(args, backbone, adapter, classes, before=path == "before"))
+    result: dict[str, Any] = {}
+    for path, summaries in runs.items():
+        summary = summaries[-1]
+        # p50 per stage over every pass of this path; fps: the median pass
+        p50 = {
+            s: float(np.median(np.concatenate([x.stage_ms[s].values() for x in summaries]))) for s in summary.stage_ms
+        }
+        writer = np.concatenate([x.writer_ms.values() for x in summaries])
+        fps = float(np.median([x.fps for x in summaries]))
+        result[path] = {
+            "fps": round(fps, 2),
+            "fps_passes": [round(x.fps, 2) for x in summaries],
+            "frames": summary.frames,
+            "dropped": summary.dropped,
+            "undecodable": summary.undecodable,
+            "seconds": round(summary.seconds, 2),
+            "p50_ms": {k: round(v, 3) for k, v in p50.items()},
+            "cpu_ms_per_frame": round(float(np.median([x.cpu_ms_per_frame for x in summaries])), 3),
+            "writer_thread_p50_ms": round(float(np.median(writer)), 3) if writer.size else None,
+            "adapter_over_backbone": round(p50["adapt"] / p50["backbone"], 4) if p50["backbone"] else None,
+            "preprocess_and_sinks_over_backbone": round((p50["preprocess"] + p50["sinks"]) / p50["backbone"], 4)
+            if p50["backbone"]
+            else None,
+        }
+    what = f"{args.model} + {name} (adapting every frame)" + (
+        f", annotated video to {args.video_out}" if args.video_out else ""
+    )
+    for path, row in result.items():
+        label = (
+            {"before": "before (one loop, per-pixel preprocessing)", "after": "pipelined"}[path]
+            if args.before
+            else "bench stream"
+        )
+        print(
+            f"{label}: {row['frames']} frames of {args.video.name} through {what}: {row['fps']:.1f} fps end to end "
+            f"(passes {row['fps_passes']}), dropped {row['dropped']}; CPU {row['cpu_ms_per_frame']:.2f} ms per frame"
+        )
+        print(
+            "  p50 ms: "
+            + "  ".join(f"{k} {v:.2f}" for k, v in row["p50_ms"].items())
+            + (
+                f"  (writer thread {row['writer_thread_p50_ms']:.2f}, off the frame path)"
+                if row["writer_thread_p50_ms"]
+                else ""
+            )
+            + f"; adapter / backbone = {row['adapter_over_backbone']}; (preprocess + sinks) / backbone = "
+            f"{row['preprocess_and_sinks_over_backbone']}"
+        )
+    out = dict(result["after"])
+    if args.before:
+        out["before"] = result["before"]
+        out["fps_after_over_before"] = round(result["after"]["fps"] / result["before"]["fps"], 3)
+        print(f"  fps pipelined / before = {out['fps_after_over_before']} (same run, passes alternated)")
+    out.update(
+        {
+            "model": str(args.model),
+            "video": str(args.video),
+            "adapter": name,
+            "video_out": str(args.video_out) if args.video_out else None,
+            "threads": backbone.threads,
+            "cpus": len(os.sched_getaffinity(0)),
+            "loadavg_1min_before": load,
+            "loadavg_1min_after": os.getloadavg()[0],
+        }
     )
     print(
-        "  p50 ms: "
-        + "  ".join(f"{k} {v:.2f}" for k, v in p50.items())
-        + f"; adapter / backbone = {result['adapter_over_backbone']}"
+        f"  {out['cpus']} CPUs, backbone threads {out['threads']}, load average before the run {load:.2f}, "
+        f"after {out['loadavg_1min_after']:.2f}"
     )
-    print(f"  {result['cpus']} CPUs, backbone threads {result['threads']}, load average before the run {load:.2f}")
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

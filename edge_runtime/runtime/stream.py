@@ -6,6 +6,9 @@ the adapter on the unlabelled features (or only predicts with ``adapt=False``), 
 labels scheduled for that frame, and hands a ``Prediction`` to each sink. It writes a checkpoint
 every ``checkpoint_every`` seconds and a final one at the end, whatever the reason for ending.
 
+By default the stages run as a pipeline (``Stream._run_pipelined``): decode, preprocessing,
+inference + adapter, and writing each on a thread, joined by bounded FIFO queues, in frame order.
+
 With no adapter the ImageNet head of the backbone labels the frame (the card's label names).
 With a ``baseline`` adapter (a frozen copy of the source memory) each prediction also carries the
 source-only label, so one pass compares source-only with adapted accuracy.
@@ -13,6 +16,7 @@ source-only label, so one pass compares source-only with adapted accuracy.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from edge_runtime.model import Backbone
 from edge_runtime.numerics import softmax
 from edge_runtime.runtime.labels import LabelSchedule
 from edge_runtime.runtime.summary import Progress, Summary
+from edge_runtime.runtime.writer import Writer
 from edge_runtime.sinks import Prediction, Sink
 from edge_runtime.source.capture import Capture
 from edge_runtime.state import Checkpoints
@@ -50,6 +55,13 @@ class Stream:
     metrics: Any = None  # edge_runtime.runtime.metrics.Metrics when --metrics serves them
     stop: threading.Event = field(default_factory=threading.Event)
     fleet: Any = None  # edge_runtime.fleet.FleetSync: teaching goes through it; it runs between frames
+    # Decode, preprocessing, inference and writing on their own threads (see ``_run_pipelined``);
+    # False: one loop does everything in turn. ``reference``: the serial loop with the per-pixel
+    # preprocessing, i.e. the frame path before the pipeline (``edgert bench stream`` compares).
+    pipeline: bool = True
+    reference: bool = False
+    queue_size: int = 4
+    prepare_thread: bool = True  # preprocess on a thread of its own (else on the inference thread)
 
     def _teach(self, features: np.ndarray, labels: np.ndarray) -> None:
         (self.fleet.teach if self.fleet is not None else self.adapter.teach)(features, labels)  # type: ignore[union-attr]
@@ -77,6 +89,8 @@ class Stream:
         return self.adapter.predict_proba(features)
 
     def run(self, capture: Capture) -> Summary:
+        if self.pipeline and not self.reference:
+            return self._run_pipelined(capture)
         summary = Summary()
         stages = summary.stage_ms
         sinks_ms = 0.0
@@ -87,7 +101,8 @@ class Stream:
         try:
             for frame in capture:
                 t0 = time.perf_counter()
-                batch = self.backbone.preprocessor(frame.image)
+                prep = self.backbone.preprocessor
+                batch = (prep.reference if self.reference else prep)(frame.image)
                 t1 = time.perf_counter()
                 features, logits = self.backbone.run(batch)
                 t2 = time.perf_counter()
@@ -144,3 +159,165 @@ class Stream:
                 self.progress.close()
             self.checkpoint(summary)
         return summary
+
+    # -- the pipelined frame path ------------------------------------------------------------------
+    def _run_pipelined(self, capture: Capture) -> Summary:
+        """The loop of ``run`` with its stages on four threads joined by bounded FIFO queues.
+
+        capture thread (``Capture``: grab + decode, its drop policy unchanged) -> preprocessing
+        thread (``Preprocessor.into`` a pooled input buffer) -> this thread (backbone, adapter,
+        teaching, fleet, metrics, checkpoints: everything that touches the adapter's state, in
+        frame order) -> writer thread (source-only read-out, then every sink, in frame order).
+
+        OpenCV, the Numba resize and both runtimes release the GIL, so decode, preprocessing,
+        inference and video encoding overlap; the adapter's Numba kernels, JSON formatting and the
+        queue hand-offs hold it. Nothing is dropped between threads: a full queue makes its
+        producer wait (with ``--realtime`` or a live source the capture queue still drops the
+        oldest frame, as before). A stop (signal, ``max_frames``) finishes the frame in hand;
+        frames already predicted are still written; prepared but not yet inferred ones are not.
+        A sink that fails stops the run with its error, raised here.
+        """
+        summary = Summary()
+        stages = summary.stage_ms
+        live = capture.is_live or capture.realtime
+        prepared: queue.Queue = queue.Queue(maxsize=1 if live else self.queue_size)  # bounded: latency stays bounded
+        written: queue.Queue = queue.Queue(maxsize=2 * self.queue_size)
+        buffers: queue.Queue = queue.Queue()
+        for _ in range(prepared.maxsize + 2):  # one being filled, the queue, one being inferred
+            buffers.put(self.backbone.preprocessor.input_buffer())
+        done = threading.Event()  # this thread has finished: the preprocessing thread stops
+        writer = Writer(self.sinks, self.baseline, self.classes, written, summary.writer_ms)
+        preparer = threading.Thread(
+            target=self._prepare, args=(capture, prepared, buffers, done), name="edgert-preprocess", daemon=True
+        )
+        sinks_ms = 0.0
+        start = time.perf_counter()
+        last_checkpoint = time.monotonic()
+        if self.fleet is not None and self.checkpoints is not None:
+            self.fleet.persist = lambda: self.checkpoint(summary)
+        if self.prepare_thread:
+            preparer.start()
+        writer.start()
+        completed = False
+        try:
+            items = self._from_queue(prepared) if self.prepare_thread else self._inline(capture)
+            for frame, batch, prep_ms in items:
+                t1 = time.perf_counter()
+                features, logits = self.backbone.run(batch)
+                t2 = time.perf_counter()
+                if self.prepare_thread:
+                    buffers.put(batch)
+                proba = self._predict(features, logits)
+                k = int(proba[0].argmax())
+                taught = None
+                if self.labels is not None and self.adapter is not None:
+                    for label in self.labels.due(frame):
+                        self._teach(features, np.array([label]))
+                        taught = self.classes[label]
+                        summary.taught += 1
+                t3 = time.perf_counter()
+                ms = {
+                    "decode": frame.decode_ms,
+                    "preprocess": prep_ms,
+                    "backbone": 1000 * (t2 - t1),
+                    "adapt": 1000 * (t3 - t2),
+                    "sinks": sinks_ms,
+                }
+                prediction = Prediction(frame.index, frame.t, self.classes[k], float(proba[0, k]), ms, taught=taught)
+                if self.sinks:
+                    writer.put(prediction, frame.image, features if self.baseline is not None else None)
+                if self.fleet is not None:
+                    self.fleet.step()
+                sinks_ms = 1000 * (time.perf_counter() - t3)
+                for stage, value in ms.items():
+                    stages[stage].append(value)
+                summary.frames += 1
+                if self.metrics is not None:
+                    self.metrics.record(ms, proba, capture, self.adapter)
+                if self.progress is not None:
+                    self.progress.update(summary, capture, ms["adapt"])
+                if self.checkpoints is not None and time.monotonic() - last_checkpoint >= self.checkpoint_every:
+                    self.checkpoint(summary)
+                    last_checkpoint = time.monotonic()
+                if self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames):
+                    break
+            completed = True
+        finally:
+            done.set()
+            capture.stop()
+            if preparer.is_alive():
+                preparer.join()
+            error = writer.finish()  # writes every prediction handed over, unless a sink failed
+            summary.seconds = time.perf_counter() - start
+            stopped_here = self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames)
+            summary.ended = "stopped" if stopped_here else (capture.ended or "end")
+            summary.detail = capture.detail
+            summary.read, summary.dropped = capture.read, capture.dropped
+            summary.undecodable, summary.reconnected = capture.undecodable, capture.reconnected
+            try:
+                for sink in self.sinks:
+                    sink.close()
+            finally:
+                if self.progress is not None:
+                    self.progress.update(summary, capture, stages["adapt"].median(), force=True)
+                    self.progress.close()
+                self.checkpoint(summary)
+            if error is not None and completed:
+                raise error
+        return summary
+
+    def _from_queue(self, prepared: queue.Queue):
+        """(frame, input batch, preprocess ms) from the preprocessing thread, until it ends or a stop."""
+        while not self.stop.is_set():
+            try:
+                item = prepared.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _inline(self, capture: Capture):
+        """(frame, input batch, preprocess ms), preprocessed here into one preallocated input."""
+        preprocessor = self.backbone.preprocessor
+        batch = preprocessor.input_buffer()
+        for frame in capture:
+            if self.stop.is_set():
+                return
+            t0 = time.perf_counter()
+            preprocessor.into(frame.image, batch)
+            yield frame, batch, 1000 * (time.perf_counter() - t0)
+
+    def _prepare(self, capture: Capture, prepared: queue.Queue, buffers: queue.Queue, done: threading.Event) -> None:
+        """The preprocessing thread: frames from the capture into pooled input buffers, in order."""
+
+        def put(item: Any) -> bool:
+            while not done.is_set():
+                try:
+                    prepared.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        preprocessor = self.backbone.preprocessor
+        try:
+            for frame in capture:
+                batch = None
+                while batch is None and not done.is_set():
+                    try:
+                        batch = buffers.get(timeout=0.1)
+                    except queue.Empty:
+                        pass
+                if batch is None:
+                    return
+                t0 = time.perf_counter()
+                preprocessor.into(frame.image, batch)
+                if not put((frame, batch, 1000 * (time.perf_counter() - t0))):
+                    return
+        except BaseException as err:  # a frame the preprocessor refuses: the run ends with its error
+            put(err)
+            return
+        put(None)

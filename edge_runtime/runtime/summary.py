@@ -53,6 +53,9 @@ class Summary:
     ended: str = ""
     detail: str = ""
     stage_ms: dict[str, Ring] = field(default_factory=lambda: {s: Ring() for s in STAGES})
+    # Pipelined runs: ms the writer thread spent per frame (source-only read-out + every sink),
+    # off the frame path; "sinks" in stage_ms is then what the frame path spent handing over.
+    writer_ms: Ring = field(default_factory=Ring)
 
     @property
     def fps(self) -> float:
@@ -76,6 +79,7 @@ class Summary:
             "ended": self.ended,
             "detail": self.detail,
             "p50_ms": {k: round(v, 3) for k, v in self.p50().items()},
+            **({"writer_p50_ms": round(self.writer_ms.median(), 3)} if self.writer_ms.count else {}),
         }
 
 
