@@ -171,7 +171,7 @@ def numba_section(ctx: Context) -> dict[str, Any]:
         for name, bench in (
             ("memflow adapt vs snntorch/torch reference", memflow_vs_torch),
             ("dmn ring read-out vs plain numpy", dmn_vs_numpy),
-            ("knn predict vs plain numpy brute force", knn_vs_numpy),
+            ("knn exact search + vote vs plain numpy brute force", knn_vs_numpy),
         ):
             try:
                 rows[name] = bench(queries)

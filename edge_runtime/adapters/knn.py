@@ -119,6 +119,11 @@ class KNN(Adapter):
         self._check_fitted()
         x = as_features(features, self.dim)
         if self.pseudo_weight is None or not any(self._pseudo_ids):
+            if self._memory.exact_rank_vote(self.voting, self.k):
+                # What predict_proba(x) computes, minus re-checking the x just checked: its second
+                # L2 normalisation (as_features' own arithmetic) is kept, so every bit is the same.
+                x = x / np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True))
+                return self._memory.rank_proba(x, self._n_classes, self.k).astype(np.float32)
             return self._memory.predict_proba(
                 x, self._n_classes, k=self.k, voting=self.voting, temperature=self.temperature
             ).astype(np.float32)

@@ -44,6 +44,18 @@ BACKENDS = ("exact", "faiss")
 SHORTLIST_MARGIN = 16
 
 
+def _blas_tolerance(d: int) -> float:
+    """Twice a bound on |BLAS float32 similarity - exact dot product| of two unit vectors of width d.
+
+    Any float32 summation order (blocked, FMA) is within gamma_d = d u / (1 - d u) (u = 2^-24) of
+    the exact sum of |x_i y_i|, which Cauchy-Schwarz bounds by |x| |y| = 1 (+ a rounding of the
+    norms, covered by the factor 2 of safety); the float64 rescore is exact to ~1e-13 of it. Two
+    rows whose BLAS similarities differ by more than twice the bound are ordered by them exactly.
+    """
+    u = 2.0**-24
+    return 2 * 2 * d * u / (1 - d * u)
+
+
 def vote(
     labels: np.ndarray, distances: np.ndarray, n_classes: int, voting: str = "rank", temperature: float = 0.07
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -484,9 +496,28 @@ class VisualMemory:
         self, features: np.ndarray, n_classes: int, *, k: int = 10, voting: str = "rank", temperature: float = 0.07
     ) -> np.ndarray:
         """Class probabilities (n, n_classes) from the votes of the k nearest entries."""
+        if self.exact_rank_vote(voting, k):
+            return self.rank_proba(as_features(features, self.d), n_classes, k)
         distances, ids = self.search(features, k)
         proba, _ = vote(self.labels_of(ids), distances, n_classes, voting, temperature)
         return proba
+
+    def exact_rank_vote(self, voting: str, k: int) -> bool:
+        """Whether ``rank_proba`` answers for ``predict_proba`` (exact backend, rank voting, entries)."""
+        return voting == "rank" and self._ann is None and k >= 1 and self._n > 0
+
+    def rank_proba(self, x: np.ndarray, n_classes: int, k: int) -> np.ndarray:
+        """``predict_proba`` with rank voting for rows ``x`` that ``as_features`` returned: the exact
+        search and the vote in one kernel after the BLAS shortlist (kernels.knn.rank_vote): the same
+        neighbours (same fixed-order rescoring where it can matter, same tie rule), the same sums."""
+        sims = x @ self._matrix[: self._n].T
+        scores = np.zeros((len(x), n_classes))
+        bad = knn_kernels.rank_vote(
+            self._matrix, self._ids, self._labels, sims, x, k, k + SHORTLIST_MARGIN, _blas_tolerance(self.d), scores
+        )
+        if bad != -1:
+            raise InputError(f"the memory holds label {bad}, not one of the {n_classes} classes asked for")
+        return scores / scores.sum(axis=1, keepdims=True)  # the nearest neighbour always weighs 1/2 > 0
 
     def explain(
         self, feature: np.ndarray, n_classes: int, *, k: int = 10, voting: str = "rank", temperature: float = 0.07
