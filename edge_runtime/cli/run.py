@@ -221,7 +221,15 @@ def _run(args: argparse.Namespace, shutdown: Any) -> int:
         f"reconnected {summary.reconnected}, taught {summary.taught}; ended: {summary.ended}"
         + (f" ({summary.detail})" if summary.detail else "")
     )
-    print(f"  p50 ms per frame: {p50}")
+    print(
+        f"  p50 ms per frame: {p50}"
+        + (
+            f"  (writer thread {summary.writer_ms.median():.2f}: source-only read-out "
+            f"and outputs, off the frame path)"
+            if summary.writer_ms.count
+            else ""
+        )
+    )
     print(f"  backbone on {', '.join(backbone.execution.active)} ({backbone.execution.runtime})")
     if checkpoints is not None:
         print(f"  state: {summary.checkpoints} checkpoint(s) written to {args.state}")

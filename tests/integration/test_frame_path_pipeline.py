@@ -97,10 +97,13 @@ def no_pipeline_threads() -> bool:
     return False
 
 
-def test_pipeline_keeps_order_and_delivers_every_frame(backbone, video):
+@pytest.mark.parametrize("prepare_thread", [True, False])
+def test_pipeline_keeps_order_and_delivers_every_frame(backbone, video, prepare_thread):
     serial, piped = Recorder(), Recorder(delay=0.004)  # a slow writer: the queues fill and wait
     one = Stream(backbone, None, classes(backbone), [serial], reference=True).run(Capture(str(video)).start())
-    two = Stream(backbone, None, classes(backbone), [piped], queue_size=2).run(Capture(str(video)).start())
+    two = Stream(backbone, None, classes(backbone), [piped], queue_size=2, prepare_thread=prepare_thread).run(
+        Capture(str(video)).start()
+    )
     assert one.frames == two.frames == 60 and two.dropped == 0 and two.ended == "end"
     assert [r[0] for r in piped.rows] == list(range(60))
     assert piped.rows == serial.rows  # same frames, same images, same predictions, same order
