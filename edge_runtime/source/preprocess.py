@@ -8,11 +8,11 @@ and zero point. One frame in, one batch row out; ``preprocess_batch`` stacks sev
 The frame path does this in a few calls that release the GIL and write into preallocated arrays
 (``Preprocessor.into``): resize the centre square into a scratch image (a shrink by a non-integer
 factor through ``kernels.resize.AreaResize``, byte-identical to OpenCV's ``INTER_AREA`` at about
-half its cost), swap BGR -> RGB
-(NHWC) or extract each plane (NCHW), and map the 0..255 pixels through a 256-entry look-up table
-per channel straight into the input tensor. The table holds, for every pixel value, exactly what
-the per-pixel arithmetic (``Preprocessor.reference``) computes for it in float32 (normalise,
-then for int8 round and clip), so the tensor is bit-identical to the reference path.
+half its CPU time), swap BGR -> RGB (NHWC) or extract each plane (NCHW), and map the 0..255 pixels
+through a 256-entry look-up table per channel straight into the input tensor. The table holds,
+for every pixel value, exactly what the per-pixel arithmetic (``Preprocessor.reference``)
+computes for it in float32 (normalise, then for int8 round and clip), so the tensor is
+bit-identical to the reference path.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ class Preprocessor:
         """One frame -> ``out`` (a batch of one from ``input_buffer``; allocated when None), returned.
 
         Resize into a per-thread scratch image, then the look-up table writes each channel into
-        ``out``: no float temporaries, no transposes; every step is an OpenCV call (GIL released).
+        ``out``: no float temporaries, no transposes; every step is an OpenCV call or a Numba
+        kernel that releases the GIL.
         """
         if out is None:
             out = self.input_buffer()
