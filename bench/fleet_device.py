@@ -99,10 +99,10 @@ def device_main(argv: list[str]) -> int:
             predicted = int(adapter.adapt(x[r : r + 1]).argmax())
             if teach[r] and (args.reteach or frame < len(x)):  # by default a label is given once
                 (fleet.teach if fleet is not None else adapter.teach)(x[r : r + 1], y[r : r + 1])
+            out.write(f"{frame} {int(predicted == y[r])}\n")
+            frame += 1  # the frame's effects are in the state: a checkpoint from here on counts it
             if fleet is not None:
                 fleet.step()
-            out.write(f"{frame} {int(predicted == y[r])}\n")
-            frame += 1
             if checkpoints is not None and time.monotonic() - last_checkpoint >= 1.0:
                 save()
                 last_checkpoint = time.monotonic()

@@ -9,6 +9,12 @@ every ``checkpoint_every`` seconds and a final one at the end, whatever the reas
 With no adapter the ImageNet head of the backbone labels the frame (the card's label names).
 With a ``baseline`` adapter (a frozen copy of the source memory) each prediction also carries the
 source-only label, so one pass compares source-only with adapted accuracy.
+
+A checkpoint's ``frames`` (frames seen, over every run resumed from it) counts exactly the frames
+whose effects (adaptation, teaching) are in its state: a frame is counted as soon as the adapter
+has adapted on it and been taught its labels, before anything (a fleet publish, a periodic
+checkpoint) can save the state. Resuming a video at frame ``frames`` therefore neither applies a
+frame twice nor skips one, wherever the previous run was killed.
 """
 
 from __future__ import annotations
@@ -99,6 +105,9 @@ class Stream:
                         self._teach(features, np.array([label]))
                         taught = self.classes[label]
                         summary.taught += 1
+                # The frame's effects are in the state: every checkpoint from here on counts it
+                # (the fleet may write one in step() below, before it publishes).
+                summary.frames += 1
                 t3 = time.perf_counter()
                 ms = {
                     "decode": frame.decode_ms,
@@ -119,7 +128,6 @@ class Stream:
                 sinks_ms = 1000 * (time.perf_counter() - t3)
                 for stage, value in ms.items():
                     stages[stage].append(value)
-                summary.frames += 1
                 if self.metrics is not None:
                     self.metrics.record(ms, proba, capture, self.adapter)
                 if self.progress is not None:
