@@ -150,5 +150,7 @@ class Stream:
             if self.progress is not None:
                 self.progress.update(summary, capture, stages["adapt"].median(), force=True)
                 self.progress.close()
+            if self.fleet is not None:
+                self.fleet.finish()  # the final exchange: peers' last updates go into the last checkpoint
             self.checkpoint(summary)
         return summary

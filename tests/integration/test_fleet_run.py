@@ -71,7 +71,7 @@ def scene(tmp_path_factory, exported) -> dict:
         (root / "source" / name).mkdir(parents=True)
         for i, (fx, fy) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0.5)]):
             cv2.imwrite(str(root / "source" / name / f"{i}.png"), crop(photo, fx, fy, 0.8))
-        for _ in range(16):
+        for _ in range(40):
             view = crop(photo, rng.uniform(), rng.uniform(), rng.uniform(0.7, 0.95))
             view = cv2.convertScaleAbs(view, alpha=rng.uniform(0.7, 1.2), beta=rng.uniform(-30, 30))
             frames.append(cv2.resize(view, (224, 168), interpolation=cv2.INTER_AREA))
@@ -165,19 +165,30 @@ def wait_for_lines(path: Path, n: int, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+def own(checkpoint) -> np.ndarray:
+    """Frames per class a device was taught itself, from its checkpoint's ledger."""
+    return (checkpoint.extra["fleet.own.source"] + checkpoint.extra["fleet.pending.source"])[0, :, 0]
+
+
 def test_resume_after_kill_9_at_any_frame_teaches_every_frame_exactly_once(scene, tmp_path):
-    """Several SIGKILLs, each at another frame; every checkpoint found holds exactly the frames it
-    says it has seen, and the resumed runs end with every frame taught once."""
+    """Several SIGKILLs, each at another frame after the run's first publish (whose checkpoint
+    is then the newest); every checkpoint found holds exactly the frames it says it has seen, and
+    the resumed runs end with every frame taught once. Not --realtime: no frame may be dropped,
+    so that frame N of the stream is frame N of the video."""
     frames, truth = scene["frames"], scene["truth"]
     state, start, checked = tmp_path / "state", 0, 0
-    for run, kill_at in enumerate((23, 17, 29, None)):
+    for run, kill_after in enumerate((3, 0, 7, None)):
         video = write_video(tmp_path / f"from{start}.avi", frames[start:])
         labels = write_labels(tmp_path / f"from{start}.jsonl", truth[start:])
         out = tmp_path / f"run{run}.jsonl"
-        command = run_command(scene, video, labels, state, "d0", "resume", "--out", str(out), "--realtime")
+        command = run_command(scene, video, labels, state, "d0", "resume", "--out", str(out))
+        before = set(state.glob("checkpoint-*")) if state.is_dir() else set()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if kill_at is not None and start + kill_at < len(frames):
-            wait_for_lines(out, kill_at, proc)
+        if kill_after is not None:
+            while not (set(state.glob("checkpoint-*")) - before if state.is_dir() else False):
+                assert proc.poll() is None, proc.communicate()  # the video must outlast a publish
+                time.sleep(0.01)
+            wait_for_lines(out, len(out.read_text().splitlines()) + kill_after, proc)
             os.kill(proc.pid, signal.SIGKILL)
             proc.communicate()
         else:
@@ -189,8 +200,63 @@ def test_resume_after_kill_9_at_any_frame_teaches_every_frame_exactly_once(scene
         seen = int(checkpoint.meta["frames"])
         # the state holds exactly the frames it says it has seen: no more (taught twice on resume), no less
         np.testing.assert_array_equal(taught(scene, checkpoint.adapter), expected(scene, truth[:seen]))
-        own = checkpoint.extra["fleet.own.source"] + checkpoint.extra["fleet.pending.source"]
-        np.testing.assert_array_equal(own[0, :, 0], expected(scene, truth[:seen]))
+        np.testing.assert_array_equal(own(checkpoint), expected(scene, truth[:seen]))
         checked += seen > start
         start = seen
-    assert start == len(frames) and checked >= 2
+    assert start == len(frames) and checked == 4
+
+
+def three_devices(
+    scene: dict, tmp_path: Path, fleet: str, *extra: str
+) -> tuple[list[subprocess.Popen], list[Path], list[list[str]], list[Path]]:
+    """Three ``edgert run --fleet`` processes started together, each on its third of the video."""
+    frames, truth = scene["frames"], scene["truth"]
+    procs, states, truths, outs = [], [], [], []
+    for i, device in enumerate(("d1", "d2", "d3")):
+        part = slice(i * len(frames) // 3, (i + 1) * len(frames) // 3)
+        video = write_video(tmp_path / f"{device}.avi", frames[part])
+        labels = write_labels(tmp_path / f"{device}.jsonl", truth[part])
+        states.append(tmp_path / f"{device}.state")
+        outs.append(tmp_path / f"{device}.out.jsonl")
+        truths.append(truth[part])
+        procs.append(
+            subprocess.Popen(
+                run_command(
+                    scene, video, labels, states[-1], device, fleet, "--realtime", "--out", str(outs[-1]), *extra
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    return procs, states, truths, outs
+
+
+def test_after_the_streams_end_every_saved_state_holds_every_peers_taught_frames(scene, tmp_path):
+    procs, states, truths, _ = three_devices(scene, tmp_path, "final", "--fleet-final-wait", "30")
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr
+    # --realtime may drop a frame on a busy machine: what each device was taught is in its ledger
+    checkpoints = [newest(scene, state) for state in states]
+    assert all(own(c).sum() >= len(truth) // 2 for c, truth in zip(checkpoints, truths))
+    everything = sum(own(c) for c in checkpoints)
+    for checkpoint in checkpoints:
+        np.testing.assert_array_equal(taught(scene, checkpoint.adapter), everything)
+
+
+def test_sigterm_runs_the_final_exchange_before_the_last_save(scene, tmp_path):
+    procs, states, truths, outs = three_devices(scene, tmp_path, "sigterm", "--fleet-final-wait", "30")
+    for proc, out in zip(procs, outs):
+        wait_for_lines(out, 12, proc)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr
+    checkpoints = [newest(scene, state) for state in states]
+    seen = [int(c.meta["frames"]) for c in checkpoints]
+    assert all(12 <= n < len(truth) for n, truth in zip(seen, truths))
+    everything = sum(own(c) for c in checkpoints)
+    for checkpoint in checkpoints:
+        np.testing.assert_array_equal(taught(scene, checkpoint.adapter), everything)
