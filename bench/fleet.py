@@ -406,6 +406,14 @@ def markdown(r: dict[str, Any]) -> str:
             f"{t['payload_bytes']:,}-byte signed deltas, 4 publishers to 4 subscribers, Python clients on the "
             f"same 2 cores."
         )
+    if r.get("split") or r.get("exactness"):
+        from edge_runtime.bench import fleet_split
+
+        lines += fleet_split.markdown(r)
+    if "scale" in r:
+        from edge_runtime.bench import fleet_scale
+
+        lines += fleet_scale.markdown(r["scale"])
     if "faults" in r:
         lines += [
             "",
@@ -427,7 +435,31 @@ def markdown(r: dict[str, Any]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run for CI")
-    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument(
+        "--devices",
+        default="4",
+        metavar="N[,N...]",
+        help="devices of the gain and fault runs (default: 4); with --parts scale, the fleet sizes "
+        "to simulate, e.g. 10,100,1000 (edge_runtime.bench.fleet_scale)",
+    )
+    parser.add_argument(
+        "--split",
+        default="ncm:photo->clipart,memflow:photo->clipart",
+        metavar="ADAPTER:TASK,...",
+        help="split-world runs of --parts split (edge_runtime.bench.fleet_split)",
+    )
+    parser.add_argument(
+        "--exactness",
+        default="memflow:photo->clipart,ncm:photo->clipart",
+        metavar="ADAPTER:TASK,...",
+        help="fleet vs one device that saw every stream, --parts exactness",
+    )
+    parser.add_argument("--scale-workers", type=int, default=2, help="processes of the scale part (default: 2)")
+    parser.add_argument("--scale-dim", type=int, default=128, help="feature size of its NCM statistics (default: 128)")
+    parser.add_argument("--scale-window", type=float, default=20.0, help="seconds of teaching (default: 20)")
+    parser.add_argument(
+        "--scale-rate", type=float, default=2.0, help="taught frames per second, fleet-wide (default: 2)"
+    )
     parser.add_argument(
         "--gain",
         default=GAIN,
@@ -448,6 +480,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from edge_runtime.fleet.broker import Broker, find_mosquitto, write_private
 
     quick = args.quick
+    sizes = [int(n) for n in str(args.devices).split(",")]
+    devices = sizes[0]
     started = time.monotonic()
     version = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True).stdout.split("\n")[0]
     results: dict[str, Any] = {
@@ -460,7 +494,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         work = Path(tmp)
         key = os.urandom(32)
         key_file = write_private(work / "fleet.key", key.hex() + "\n")
-        names = [f"cam{i}" for i in range(max(args.devices, 4))]
+        names = [f"cam{i}" for i in range(max(devices, 4))]
         parts = set(args.parts.split(","))
         with Broker(work / "broker", FLEET, names) as broker:
             if "gain" in parts:
@@ -472,7 +506,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                         key_file,
                         adapter,
                         task,
-                        args.devices,
+                        devices,
                         args.teach_every,
                         args.orders or (1 if quick else 3),
                         120 if quick else None,
@@ -488,26 +522,47 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 results["throughput"] = throughput(broker, key, 250 if quick else 1000, log)
             if "faults" in parts:
                 results["faults"] = faults(
-                    work,
-                    broker,
-                    key_file,
-                    args.task,
-                    args.devices,
-                    args.teach_every,
-                    300 if quick else 1200,
-                    args.fps,
-                    log,
+                    work, broker, key_file, args.task, devices, args.teach_every, 300 if quick else 1200, args.fps, log
                 )
+            if parts & {"split", "exactness"}:
+                from edge_runtime.bench import fleet_split
+
+                limit, orders = 120 if quick else None, args.orders or (1 if quick else 3)
+                results["split"] = [
+                    fleet_split.split(
+                        work, broker, key_file, a, t, devices, args.teach_every, orders, limit, args.fps, log
+                    )
+                    for a, t in (spec.split(":", 1) for spec in args.split.split(","))
+                    if "split" in parts
+                ]
+                results["exactness"] = [
+                    fleet_split.exactness(work, broker, key_file, a, t, limit, args.fps, log)
+                    for a, t in (spec.split(":", 1) for spec in args.exactness.split(","))
+                    if "exactness" in parts
+                ]
+        if "scale" in parts:
+            from edge_runtime.bench import fleet_scale
+
+            results["scale"] = fleet_scale.run(
+                sizes, args.scale_workers, args.scale_dim, args.scale_window, args.scale_rate, work, log
+            )
     results["seconds"] = time.monotonic() - started
     return results
 
 
 def main(args: argparse.Namespace) -> int:
     results = run(args, lambda line: print(line, file=sys.stderr, flush=True))
+    if "scale" in results and (args.report is not None or args.json is not None):
+        from edge_runtime.bench import fleet_scale
+
+        where = (args.report or args.json).parent / "plots" / "fleet_scale.png"
+        results["scale"]["plot"] = str(fleet_scale.plot(results["scale"], where))
     publish(args, results, markdown(results), SECTION_TITLE)
     ok = all(g["all_exact"] for g in results.get("gain", [])) and all(
         row["ok"] for row in results.get("faults", {}).values()
     )
+    ok &= all(row["converged"] and row["exact"] for row in results.get("scale", {}).get("rows", []))
+    ok &= all(s["all_exact"] for s in results.get("split", []))
     return 0 if ok else 1
 
 

@@ -188,6 +188,7 @@ class FleetSync:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.merge_ms = Ring()
+        self.merge_cpu_ms = Ring()  # the same merges in this thread's CPU time (no preemption)
         self.ready = threading.Event()
         self._inbox: queue.Queue[tuple[str, str, int, dict[str, np.ndarray]]] = queue.Queue()
         self._lock = threading.Lock()  # the counters paho's thread writes
@@ -442,7 +443,7 @@ class FleetSync:
                 kind, device, seq, arrays = self._inbox.get_nowait()
             except queue.Empty:
                 return applied
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 outcome, change = self.ledger.receive(kind, device, seq, arrays)
             except PayloadError as err:
@@ -453,6 +454,7 @@ class FleetSync:
             if change is not None:
                 self.adapter.add_statistics(change)
                 self.merge_ms.append(1000 * (time.perf_counter() - t0))
+                self.merge_cpu_ms.append(1000 * (time.thread_time() - c0))
                 applied += 1
             self.counts[outcome] += 1
             if outcome == "gap" and self._client is not None and time.monotonic() - self._last_resync > 1.0:
