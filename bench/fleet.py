@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.fleet_device import SHA, Arm, check_exact, device_main
+from edge_runtime.bench.fleet_device import SHA, Arm, check_exact, device_main, prepare
 from edge_runtime.bench.sections import publish
 
 SECTION_TITLE = "## Fleet memory (MQTT)"
@@ -50,30 +50,6 @@ GAIN = "memflow:photo->clipart,memflow:mnist->uci-digits,ncm:photo->clipart,ncm:
 
 
 # -- the figures ---------------------------------------------------------------------------------------------
-def prepare(
-    work: Path, adapter: str, task: str, devices: int, teach_every: int, order: int, limit: int | None
-) -> tuple[Path, list[Path], Any]:
-    """The source memory (fitted once per adapter and task) and the shards of one stream order."""
-    from edge_runtime.adapters import make_adapter
-    from edge_runtime.bench.tasks import load_task
-    from edge_runtime.state import read_state, write_state
-
-    t = load_task(task)
-    fold = t.folds[0]
-    memory = work / f"memory-{adapter}-{re.sub(r'[^a-z0-9]+', '_', task)}.npz"
-    if not memory.is_file():
-        fitted = make_adapter(adapter).fit(fold.source_x, fold.source_y, t.n_classes)
-        write_state(memory, fitted, kind="memory", model_sha256=SHA, classes=list(t.classes), name=adapter)
-    rows = fold.order(order, "iid")[:limit]
-    shards = []
-    for i in range(devices):
-        mine = rows[i::devices]
-        path = work / f"shard-{re.sub(r'[^a-z0-9]+', '_', task)}-{order}-{i}.npz"
-        np.savez(path, x=fold.target_x[mine], y=fold.target_y[mine], teach=(np.arange(len(mine)) % teach_every) == 0)
-        shards.append(path)
-    return memory, shards, read_state(memory).adapter
-
-
 def curve(accuracy: list[np.ndarray], bins: int = 10) -> list[float]:
     """Mean online accuracy of all devices per tenth of their stream (percent)."""
     n = min(len(a) for a in accuracy)
