@@ -420,10 +420,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--split",
-        default="ncm:photo->clipart,memflow:photo->clipart",
+        default="ncm:photo-c,memflow:photo-c",
         metavar="ADAPTER:TASK,...",
-        help="split-world runs of --parts split (edge_runtime.bench.fleet_split)",
+        help="split-world runs of --parts split, photo-c: a corruption per device, another task: "
+        "its classes dealt out (edge_runtime.bench.fleet_split)",
     )
+    parser.add_argument("--split-teach-every", type=int, default=2, help="one frame in N taught in --parts split")
     parser.add_argument(
         "--exactness",
         default="memflow:photo->clipart,ncm:photo->clipart",
@@ -506,7 +508,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 limit, orders = 120 if quick else None, args.orders or (1 if quick else 3)
                 results["split"] = [
                     fleet_split.split(
-                        work, broker, key_file, a, t, devices, args.teach_every, orders, limit, args.fps, log
+                        work, broker, key_file, a, t, devices, args.split_teach_every, orders, limit, args.fps, log
                     )
                     for a, t in (spec.split(":", 1) for spec in args.split.split(","))
                     if "split" in parts

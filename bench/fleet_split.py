@@ -1,6 +1,11 @@
 """``edgert bench fleet --parts split,exactness``: a fleet whose devices see different parts of the world.
 
-**split**: the task's classes are dealt out among the devices (device d owns group d). Each
+**split**, task ``photo-c``: each device sees its own corruption of the photo target (gaussian
+noise, fog, pixelate, contrast: one per device, every class), all devices from the same photo
+source memory, one frame in ``teach_every`` taught; what a device learns from its peers' labels
+is the classes under corruptions it never sees. Online accuracy per device, isolated vs fleet.
+
+**split**, any other task: the task's classes are dealt out among the devices (device d owns group d). Each
 device's stream has two halves: first only frames of its own classes (a camera over its own
 aisle), then frames of every class (the rest of the shop passes by). A person labels one frame
 in ``--teach-every`` at each camera, always of that camera's own classes. Isolated, a device
@@ -23,6 +28,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+CORRUPTIONS = ("gaussian_noise", "fog", "pixelate", "contrast")
+
+
+def corruption_shards(work: Path, teach_every: int, order: int, limit: int | None) -> tuple[list[Path], list[int]]:
+    """One shard per corruption (device d streams photo->photo-c/CORRUPTIONS[d])."""
+    from edge_runtime.bench.tasks import load_task
+
+    paths = []
+    for name in CORRUPTIONS:
+        fold = load_task(f"photo->photo-c/{name}").folds[0]
+        rows = fold.order(order, "iid")[:limit]
+        path = work / f"corrupt-{name}-{order}.npz"
+        np.savez(path, x=fold.target_x[rows], y=fold.target_y[rows], teach=(np.arange(len(rows)) % teach_every) == 0)
+        paths.append(path)
+    return paths, [0] * len(paths)
 
 
 def split_shards(
@@ -74,8 +95,13 @@ def split(
 
     per_order = []
     for order in range(orders):
-        memory, _, base = prepare(work, adapter, task, devices, teach_every, order, limit)
-        shards, groups, halves = split_shards(work, task, devices, teach_every, order, limit)
+        if task == "photo-c":  # the corruptions share the photo source: one source memory for all
+            memory, _, base = prepare(work, adapter, f"photo->photo-c/{CORRUPTIONS[0]}", 1, teach_every, order, limit)
+            shards, halves = corruption_shards(work, teach_every, order, limit)
+            groups: Any = list(CORRUPTIONS)
+        else:
+            memory, _, base = prepare(work, adapter, task, devices, teach_every, order, limit)
+            shards, groups, halves = split_shards(work, task, devices, teach_every, order, limit)
         row: dict[str, Any] = {"order": order, "groups": groups}
         for mode in ("isolated", "fleet"):
             log(f"fleet: split world, {adapter} on {task}, order {order}: {devices} {mode} devices")
@@ -96,9 +122,12 @@ def split(
     return {
         "adapter": adapter,
         "task": task,
-        "devices": devices,
+        "devices": len(shards),
         "teach_every": teach_every,
         "orders": per_order,
+        "min_gain_per_device": np.min([np.subtract(r["fleet"]["all"], r["isolated"]["all"]) for r in per_order], axis=0)
+        .round(2)
+        .tolist(),
         "isolated": np.mean([r["isolated"]["all"] for r in per_order], axis=0).round(2).tolist(),
         "fleet": np.mean([r["fleet"]["all"] for r in per_order], axis=0).round(2).tolist(),
         "gain_per_device": gain.round(2).tolist(),
@@ -150,17 +179,19 @@ def markdown(r: dict[str, Any]) -> list[str]:
         s0 = r["split"][0]
         lines += [
             "",
-            f"Split world: {s0['devices']} devices, the task's classes dealt out among them; each device's "
-            f"stream is first its own classes only, then every class; one of its own-class frames in "
-            f"{s0['teach_every']} taught. Online accuracy (%) per device, isolated -> fleet (gain), mean over "
-            f"{len(s0['orders'])} order(s):",
+            f"Split world, {len(s0['orders'])} stream order(s), online accuracy (%) per device, isolated -> "
+            f"fleet (mean gain; the smallest gain over the orders). `photo-c`: device d sees only its own "
+            f"corruption ({', '.join(CORRUPTIONS)}), one frame in {s0['teach_every']} taught. Another task: "
+            f"its classes dealt out among the devices, each device's stream first its own classes only, "
+            f"then every class, one of its own-class frames in {s0['teach_every']} taught.",
             "",
-            "| adapter | task | per device: isolated -> fleet (gain) | gain on the second half | exact |",
+            "| adapter | task | per device: isolated -> fleet (gain; smallest) | gain on the second half | exact |",
             "|---|---|---|---|---|",
         ]
         for s in r["split"]:
             cells = ", ".join(
-                f"{i:.1f} -> {f:.1f} ({g:+.1f})" for i, f, g in zip(s["isolated"], s["fleet"], s["gain_per_device"])
+                f"{i:.1f} -> {f:.1f} ({g:+.1f}; {m:+.1f})"
+                for i, f, g, m in zip(s["isolated"], s["fleet"], s["gain_per_device"], s["min_gain_per_device"])
             )
             lines.append(
                 f"| {s['adapter']} | {s['task']} | {cells} | "
