@@ -403,6 +403,8 @@ class FleetSync:
             return False
         self._final = True
         self._client.publish(self.topic("presence", self.device), self._presence(True), qos=1, retain=True)
+        if timeout <= 0:
+            return False
         self._final_token = secrets.token_hex(8).encode()
         self._client.subscribe(self.topic("presence"), 1)
         self._client.publish(self.topic("sync", self.device), self._final_token, qos=1)
