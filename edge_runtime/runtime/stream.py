@@ -19,6 +19,7 @@ frame twice nor skips one, wherever the previous run was killed.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,6 +152,9 @@ class Stream:
                 self.progress.update(summary, capture, stages["adapt"].median(), force=True)
                 self.progress.close()
             if self.fleet is not None:
-                self.fleet.finish()  # the final exchange: peers' last updates go into the last checkpoint
+                try:
+                    self.fleet.finish()  # the final exchange: peers' last updates go into the last checkpoint
+                except Exception as err:  # noqa: BLE001 - whatever it was, the last checkpoint is written
+                    print(f"edgert run: fleet: final exchange failed: {err}", file=sys.stderr)
             self.checkpoint(summary)
         return summary
