@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.fleet_device import SHA, Arm, check_exact, device_main
+from edge_runtime.bench.fleet_device import SHA, Arm, check_exact, device_main, prepare
 from edge_runtime.bench.sections import publish
 
 SECTION_TITLE = "## Fleet memory (MQTT)"
@@ -50,30 +50,6 @@ GAIN = "memflow:photo->clipart,memflow:mnist->uci-digits,ncm:photo->clipart,ncm:
 
 
 # -- the figures ---------------------------------------------------------------------------------------------
-def prepare(
-    work: Path, adapter: str, task: str, devices: int, teach_every: int, order: int, limit: int | None
-) -> tuple[Path, list[Path], Any]:
-    """The source memory (fitted once per adapter and task) and the shards of one stream order."""
-    from edge_runtime.adapters import make_adapter
-    from edge_runtime.bench.tasks import load_task
-    from edge_runtime.state import read_state, write_state
-
-    t = load_task(task)
-    fold = t.folds[0]
-    memory = work / f"memory-{adapter}-{re.sub(r'[^a-z0-9]+', '_', task)}.npz"
-    if not memory.is_file():
-        fitted = make_adapter(adapter).fit(fold.source_x, fold.source_y, t.n_classes)
-        write_state(memory, fitted, kind="memory", model_sha256=SHA, classes=list(t.classes), name=adapter)
-    rows = fold.order(order, "iid")[:limit]
-    shards = []
-    for i in range(devices):
-        mine = rows[i::devices]
-        path = work / f"shard-{re.sub(r'[^a-z0-9]+', '_', task)}-{order}-{i}.npz"
-        np.savez(path, x=fold.target_x[mine], y=fold.target_y[mine], teach=(np.arange(len(mine)) % teach_every) == 0)
-        shards.append(path)
-    return memory, shards, read_state(memory).adapter
-
-
 def curve(accuracy: list[np.ndarray], bins: int = 10) -> list[float]:
     """Mean online accuracy of all devices per tenth of their stream (percent)."""
     n = min(len(a) for a in accuracy)
@@ -406,6 +382,14 @@ def markdown(r: dict[str, Any]) -> str:
             f"{t['payload_bytes']:,}-byte signed deltas, 4 publishers to 4 subscribers, Python clients on the "
             f"same 2 cores."
         )
+    if r.get("split") or r.get("exactness"):
+        from edge_runtime.bench import fleet_split
+
+        lines += fleet_split.markdown(r)
+    if "scale" in r:
+        from edge_runtime.bench import fleet_scale
+
+        lines += fleet_scale.markdown(r["scale"])
     if "faults" in r:
         lines += [
             "",
@@ -427,7 +411,33 @@ def markdown(r: dict[str, Any]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smaller run for CI")
-    parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument(
+        "--devices",
+        default="4",
+        metavar="N[,N...]",
+        help="devices of the gain and fault runs (default: 4); with --parts scale, the fleet sizes "
+        "to simulate, e.g. 10,100,1000 (edge_runtime.bench.fleet_scale)",
+    )
+    parser.add_argument(
+        "--split",
+        default="ncm:photo-c,memflow:photo-c",
+        metavar="ADAPTER:TASK,...",
+        help="split-world runs of --parts split, photo-c: a corruption per device, another task: "
+        "its classes dealt out (edge_runtime.bench.fleet_split)",
+    )
+    parser.add_argument("--split-teach-every", type=int, default=2, help="one frame in N taught in --parts split")
+    parser.add_argument(
+        "--exactness",
+        default="memflow:photo->clipart,ncm:photo->clipart",
+        metavar="ADAPTER:TASK,...",
+        help="fleet vs one device that saw every stream, --parts exactness",
+    )
+    parser.add_argument("--scale-workers", type=int, default=2, help="processes of the scale part (default: 2)")
+    parser.add_argument("--scale-dim", type=int, default=128, help="feature size of its NCM statistics (default: 128)")
+    parser.add_argument("--scale-window", type=float, default=20.0, help="seconds of teaching (default: 20)")
+    parser.add_argument(
+        "--scale-rate", type=float, default=2.0, help="taught frames per second, fleet-wide (default: 2)"
+    )
     parser.add_argument(
         "--gain",
         default=GAIN,
@@ -448,6 +458,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from edge_runtime.fleet.broker import Broker, find_mosquitto, write_private
 
     quick = args.quick
+    sizes = [int(n) for n in str(args.devices).split(",")]
+    devices = sizes[0]
     started = time.monotonic()
     version = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True).stdout.split("\n")[0]
     results: dict[str, Any] = {
@@ -460,7 +472,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         work = Path(tmp)
         key = os.urandom(32)
         key_file = write_private(work / "fleet.key", key.hex() + "\n")
-        names = [f"cam{i}" for i in range(max(args.devices, 4))]
+        names = [f"cam{i}" for i in range(max(devices, 4))]
         parts = set(args.parts.split(","))
         with Broker(work / "broker", FLEET, names) as broker:
             if "gain" in parts:
@@ -472,7 +484,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                         key_file,
                         adapter,
                         task,
-                        args.devices,
+                        devices,
                         args.teach_every,
                         args.orders or (1 if quick else 3),
                         120 if quick else None,
@@ -488,26 +500,47 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 results["throughput"] = throughput(broker, key, 250 if quick else 1000, log)
             if "faults" in parts:
                 results["faults"] = faults(
-                    work,
-                    broker,
-                    key_file,
-                    args.task,
-                    args.devices,
-                    args.teach_every,
-                    300 if quick else 1200,
-                    args.fps,
-                    log,
+                    work, broker, key_file, args.task, devices, args.teach_every, 300 if quick else 1200, args.fps, log
                 )
+            if parts & {"split", "exactness"}:
+                from edge_runtime.bench import fleet_split
+
+                limit, orders = 120 if quick else None, args.orders or (1 if quick else 3)
+                results["split"] = [
+                    fleet_split.split(
+                        work, broker, key_file, a, t, devices, args.split_teach_every, orders, limit, args.fps, log
+                    )
+                    for a, t in (spec.split(":", 1) for spec in args.split.split(","))
+                    if "split" in parts
+                ]
+                results["exactness"] = [
+                    fleet_split.exactness(work, broker, key_file, a, t, limit, args.fps, log)
+                    for a, t in (spec.split(":", 1) for spec in args.exactness.split(","))
+                    if "exactness" in parts
+                ]
+        if "scale" in parts:
+            from edge_runtime.bench import fleet_scale
+
+            results["scale"] = fleet_scale.run(
+                sizes, args.scale_workers, args.scale_dim, args.scale_window, args.scale_rate, work, log
+            )
     results["seconds"] = time.monotonic() - started
     return results
 
 
 def main(args: argparse.Namespace) -> int:
     results = run(args, lambda line: print(line, file=sys.stderr, flush=True))
+    if "scale" in results and (args.report is not None or args.json is not None):
+        from edge_runtime.bench import fleet_scale
+
+        where = (args.report or args.json).parent / "plots" / "fleet_scale.png"
+        results["scale"]["plot"] = str(fleet_scale.plot(results["scale"], where))
     publish(args, results, markdown(results), SECTION_TITLE)
     ok = all(g["all_exact"] for g in results.get("gain", [])) and all(
         row["ok"] for row in results.get("faults", {}).values()
     )
+    ok &= all(row["converged"] and row["exact"] for row in results.get("scale", {}).get("rows", []))
+    ok &= all(s["all_exact"] for s in results.get("split", []))
     return 0 if ok else 1
 
 

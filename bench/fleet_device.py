@@ -1,6 +1,7 @@
 """One device of the fleet bench: a separate process (``python -m edge_runtime.bench.fleet device ...``)
 that streams its shard, adapts, is taught now and then, checkpoints and shares through the broker;
-``DeviceProcess``, the parent's handle on it; ``Arm``, N of them in one run."""
+``DeviceProcess``, the parent's handle on it; ``Arm``, N of them in one run; ``prepare``, their
+source memory and shards."""
 
 from __future__ import annotations
 
@@ -99,10 +100,10 @@ def device_main(argv: list[str]) -> int:
             predicted = int(adapter.adapt(x[r : r + 1]).argmax())
             if teach[r] and (args.reteach or frame < len(x)):  # by default a label is given once
                 (fleet.teach if fleet is not None else adapter.teach)(x[r : r + 1], y[r : r + 1])
+            out.write(f"{frame} {int(predicted == y[r])}\n")
+            frame += 1  # the frame's effects are in the state: a checkpoint from here on counts it
             if fleet is not None:
                 fleet.step()
-            out.write(f"{frame} {int(predicted == y[r])}\n")
-            frame += 1
             if checkpoints is not None and time.monotonic() - last_checkpoint >= 1.0:
                 save()
                 last_checkpoint = time.monotonic()
@@ -334,3 +335,27 @@ def check_exact(base: dict[str, np.ndarray], finals: list[dict[str, np.ndarray]]
         "exact": counts_equal and worst <= 1e-9,
         "taught_total": float(sum(f[f"own.{k}"][0, :, 0].sum() for f in finals for k in base)),
     }
+
+
+def prepare(
+    work: Path, adapter: str, task: str, devices: int, teach_every: int, order: int, limit: int | None
+) -> tuple[Path, list[Path], Any]:
+    """The source memory (fitted once per adapter and task) and the shards of one stream order."""
+    from edge_runtime.adapters import make_adapter
+    from edge_runtime.bench.tasks import load_task
+    from edge_runtime.state import read_state, write_state
+
+    t = load_task(task)
+    fold = t.folds[0]
+    memory = work / f"memory-{adapter}-{re.sub(r'[^a-z0-9]+', '_', task)}.npz"
+    if not memory.is_file():
+        fitted = make_adapter(adapter).fit(fold.source_x, fold.source_y, t.n_classes)
+        write_state(memory, fitted, kind="memory", model_sha256=SHA, classes=list(t.classes), name=adapter)
+    rows = fold.order(order, "iid")[:limit]
+    shards = []
+    for i in range(devices):
+        mine = rows[i::devices]
+        path = work / f"shard-{re.sub(r'[^a-z0-9]+', '_', task)}-{order}-{i}.npz"
+        np.savez(path, x=fold.target_x[mine], y=fold.target_y[mine], teach=(np.arange(len(mine)) % teach_every) == 0)
+        shards.append(path)
+    return memory, shards, read_state(memory).adapter

@@ -49,6 +49,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fleet-ca", type=Path, metavar="FILE", help="CA certificate for mqtts://")
     group.add_argument("--fleet-cert", type=Path, metavar="FILE", help="client certificate for mqtts://")
     group.add_argument("--fleet-cert-key", type=Path, metavar="FILE", help="its private key")
+    group.add_argument(
+        "--fleet-final-wait",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="at the end of the stream and on SIGTERM, wait up to this long for the peers' last "
+        "updates before the last checkpoint (default: 5)",
+    )
 
 
 def attach(args: argparse.Namespace, adapter: Any, model_sha256: str, resume: Any) -> Any:
@@ -70,6 +78,7 @@ def attach(args: argparse.Namespace, adapter: Any, model_sha256: str, resume: An
         model_sha256,
         password=read_secret(args.fleet_password_file) if args.fleet_password_file else None,
         tls=tls or None,
+        final_wait=args.fleet_final_wait,
     )
     if resume is not None:
         fleet.restore(*resume)

@@ -16,7 +16,8 @@ Topics, all under ``edgert/<fleet>/<model sha256[:12]>/``:
   ``snapshot_seconds`` while updates go out (a snapshot holds every class: a delta is a tenth of
   it), by ``flush()``, and after every (re)connection, so a broker that lost its retained messages
   gets them back;
-- ``presence/<device>``: retained JSON (online, seq, bytes sent), with an LWT saying offline;
+- ``presence/<device>``: retained JSON (online, seq, bytes sent, final), with an LWT saying offline;
+  ``final`` once the device's stream has ended and its last update is out (``finish``);
 - ``sync/<device>``: a token a device sends itself after subscribing: when it comes back, every
   retained snapshot has arrived (``ready``), and only then does the device publish.
 
@@ -28,6 +29,13 @@ ignored). A peer update applied after the last checkpoint is lost by a crash, an
 from the peer's retained snapshot (its sequence number is newer than the checkpoint's). A device
 whose checkpoint is older than what it had published (its newest checkpoint was unreadable)
 takes its own retained snapshot back (``adopted``), as far as that snapshot goes.
+
+The final exchange (``finish``, before a stream's last checkpoint, at its end or on SIGTERM):
+the device publishes what is pending and its snapshot, says ``final`` in its presence, then
+applies peers' updates until every peer it knows of is final or offline and its last announced
+update is applied, or ``final_wait`` seconds have passed; so devices whose streams end together
+each save every peer's last taught frames. A peer still streaming keeps it waiting the whole
+``final_wait``.
 
 Payloads are signed (``edge_runtime.fleet.payload``); every rejected one is counted by kind and
 logged in one line, and never reaches the ledger or the memory.
@@ -121,6 +129,8 @@ class FleetSync:
         one delta payload, and how many taught batches ``forget`` can take back.
     persist
         Called before an update is published (write the checkpoint); None: no durability.
+    final_wait
+        The longest ``finish()`` waits for the peers' last updates (seconds).
     """
 
     def __init__(
@@ -138,6 +148,7 @@ class FleetSync:
         snapshot_seconds: float = 5.0,
         max_delta: int = MAX_DELTA,
         forgettable: int = 64,
+        final_wait: float = 5.0,
         persist: Callable[[], None] | None = None,
         log: Callable[[str], None] = _stderr,
     ) -> None:
@@ -161,6 +172,7 @@ class FleetSync:
         self.snapshot_seconds = snapshot_seconds
         self.max_delta = max_delta
         self.persist = persist
+        self.final_wait = final_wait
         self.log = log
         base = adapter.statistics()
         self.fingerprint = fingerprint(model_sha256, adapter, base)
@@ -176,6 +188,7 @@ class FleetSync:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.merge_ms = Ring()
+        self.merge_cpu_ms = Ring()  # the same merges in this thread's CPU time (no preemption)
         self.ready = threading.Event()
         self._inbox: queue.Queue[tuple[str, str, int, dict[str, np.ndarray]]] = queue.Queue()
         self._lock = threading.Lock()  # the counters paho's thread writes
@@ -190,6 +203,12 @@ class FleetSync:
         self._frames_since = 0
         self._last_publish = time.monotonic()
         self._snapshot = (0, -np.inf)  # (seq, time) of the last snapshot published
+        # peer -> its latest presence, read only by ``finish`` (subscribing to every peer's presence
+        # while running would cost a fleet of N devices N^2 messages at each start)
+        self._presences: dict[str, dict[str, Any]] = {}
+        self._presences_ready = threading.Event()
+        self._final_token = b""
+        self._final = False
         self._client: Any = None
 
     # -- topics ---------------------------------------------------------------------------------
@@ -197,8 +216,10 @@ class FleetSync:
         return topic(self.url.fleet, self.model_sha256, kind, device)
 
     # -- connection -----------------------------------------------------------------------------
-    def start(self) -> "FleetSync":
-        """Connect (in the background, reconnecting for ever) and subscribe."""
+    def start(self, loop: bool = True) -> "FleetSync":
+        """Connect (in the background, reconnecting for ever) and subscribe; ``loop=False``: the
+        caller drives paho's client (``reconnect()``, then ``loop_read``/``loop_write``/``loop_misc``
+        on its socket), as ``edgert bench fleet --parts scale`` does for many devices per thread."""
         try:
             import paho.mqtt.client as mqtt
             from paho.mqtt.packettypes import PacketTypes
@@ -224,7 +245,8 @@ class FleetSync:
         client.connect_async(self.url.host, self.url.port, keepalive=10, clean_start=False, properties=session)
         self._inflight = {}  # a previous connection's unacknowledged updates are sent again by this one
         self._client = client
-        client.loop_start()
+        if loop:
+            client.loop_start()
         return self
 
     def _presence(self, online: bool) -> bytes:
@@ -233,6 +255,7 @@ class FleetSync:
                 "device": self.device,
                 "online": online,
                 "seq": self.ledger.seq,
+                "final": self._final,
                 "bytes_sent": self.bytes_sent,
                 "t": time.time(),
                 "model": self.model_sha256[:12],
@@ -263,6 +286,18 @@ class FleetSync:
             if device == self.device and message.payload == self._token:
                 self._resend = True
                 self.ready.set()
+            elif device == self.device and self._final_token and message.payload == self._final_token:
+                self._presences_ready.set()  # every retained presence came before it
+            return
+        if kind == "presence":  # unsigned: it only tells ``finish`` when to stop waiting
+            if device != self.device:
+                try:
+                    row = json.loads(message.payload)
+                    row = {"online": bool(row["online"]), "final": bool(row.get("final")), "seq": int(row["seq"])}
+                except (ValueError, KeyError, TypeError):
+                    return
+                with self._lock:
+                    self._presences[device] = row
             return
         blob = bytes(message.payload)
         self.bytes_received += len(blob)
@@ -357,6 +392,43 @@ class FleetSync:
         self._prune()
         return not self._outbox
 
+    def finish(self, timeout: float | None = None) -> bool:
+        """The final exchange (module docstring), before the last checkpoint: publish everything,
+        announce ``final``, and apply peers' updates until every known peer is final or offline
+        with its last update applied, or ``timeout`` (default ``final_wait``) seconds have passed.
+        True if every peer's last update is in the memory."""
+        timeout = self.final_wait if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if self._client is None or not self.flush(timeout):
+            return False
+        self._final = True
+        self._client.publish(self.topic("presence", self.device), self._presence(True), qos=1, retain=True)
+        if timeout <= 0:
+            return False
+        self._final_token = secrets.token_hex(8).encode()
+        self._client.subscribe(self.topic("presence"), 1)
+        self._client.publish(self.topic("sync", self.device), self._final_token, qos=1)
+        while True:
+            self._apply_inbox()
+            with self._lock:
+                presences = dict(self._presences)
+            waiting = [
+                p
+                for p, row in presences.items()
+                if (row["online"] and not row["final"])
+                or row["seq"] > (self.ledger.peers[p].seq if p in self.ledger.peers else 0)
+            ]
+            if self._presences_ready.is_set() and not waiting:
+                return True
+            if time.monotonic() >= deadline:
+                self.log(
+                    f"{self.device}: final exchange ended after {timeout:g} s without the last updates of "
+                    f"{', '.join(sorted(waiting)[:5]) or 'the peers (no answer from the broker)'}"
+                    f"{' ...' if len(waiting) > 5 else ''}"
+                )
+                return False
+            time.sleep(0.02)
+
     def _prune(self) -> None:
         for number, info in list(self._inflight.items()):
             try:
@@ -373,7 +445,7 @@ class FleetSync:
                 kind, device, seq, arrays = self._inbox.get_nowait()
             except queue.Empty:
                 return applied
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 outcome, change = self.ledger.receive(kind, device, seq, arrays)
             except PayloadError as err:
@@ -384,6 +456,7 @@ class FleetSync:
             if change is not None:
                 self.adapter.add_statistics(change)
                 self.merge_ms.append(1000 * (time.perf_counter() - t0))
+                self.merge_cpu_ms.append(1000 * (time.thread_time() - c0))
                 applied += 1
             self.counts[outcome] += 1
             if outcome == "gap" and self._client is not None and time.monotonic() - self._last_resync > 1.0:

@@ -12,11 +12,18 @@ inference + adapter, and writing each on a thread, joined by bounded FIFO queues
 With no adapter the ImageNet head of the backbone labels the frame (the card's label names).
 With a ``baseline`` adapter (a frozen copy of the source memory) each prediction also carries the
 source-only label, so one pass compares source-only with adapted accuracy.
+
+A checkpoint's ``frames`` (frames seen, over every run resumed from it) counts exactly the frames
+whose effects (adaptation, teaching) are in its state: a frame is counted as soon as the adapter
+has adapted on it and been taught its labels, before anything (a fleet publish, a periodic
+checkpoint) can save the state. Resuming a video at frame ``frames`` therefore neither applies a
+frame twice nor skips one, wherever the previous run was killed.
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -114,6 +121,9 @@ class Stream:
                         self._teach(features, np.array([label]))
                         taught = self.classes[label]
                         summary.taught += 1
+                # The frame's effects are in the state: every checkpoint from here on counts it
+                # (the fleet may write one in step() below, before it publishes).
+                summary.frames += 1
                 t3 = time.perf_counter()
                 ms = {
                     "decode": frame.decode_ms,
@@ -134,7 +144,6 @@ class Stream:
                 sinks_ms = 1000 * (time.perf_counter() - t3)
                 for stage, value in ms.items():
                     stages[stage].append(value)
-                summary.frames += 1
                 if self.metrics is not None:
                     self.metrics.record(ms, proba, capture, self.adapter)
                 if self.progress is not None:
@@ -157,8 +166,18 @@ class Stream:
             if self.progress is not None:
                 self.progress.update(summary, capture, stages["adapt"].median(), force=True)
                 self.progress.close()
+            self._finish_fleet()
             self.checkpoint(summary)
         return summary
+
+    def _finish_fleet(self) -> None:
+        """The final fleet exchange, so that peers' last updates go into the last checkpoint."""
+        if self.fleet is None:
+            return
+        try:
+            self.fleet.finish()
+        except Exception as err:  # noqa: BLE001 - whatever it was, the last checkpoint is written
+            print(f"edgert run: fleet: final exchange failed: {err}", file=sys.stderr)
 
     # -- the pipelined frame path ------------------------------------------------------------------
     def _run_pipelined(self, capture: Capture) -> Summary:
@@ -215,6 +234,7 @@ class Stream:
                         self._teach(features, np.array([label]))
                         taught = self.classes[label]
                         summary.taught += 1
+                summary.frames += 1  # the frame's effects are in the state (see the module docstring)
                 t3 = time.perf_counter()
                 ms = {
                     "decode": frame.decode_ms,
@@ -231,7 +251,6 @@ class Stream:
                 sinks_ms = 1000 * (time.perf_counter() - t3)
                 for stage, value in ms.items():
                     stages[stage].append(value)
-                summary.frames += 1
                 if self.metrics is not None:
                     self.metrics.record(ms, proba, capture, self.adapter)
                 if self.progress is not None:
@@ -261,6 +280,7 @@ class Stream:
                 if self.progress is not None:
                     self.progress.update(summary, capture, stages["adapt"].median(), force=True)
                     self.progress.close()
+                self._finish_fleet()
                 self.checkpoint(summary)
             if error is not None and completed:
                 raise error
