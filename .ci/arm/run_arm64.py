@@ -1,0 +1,567 @@
+"""The device path, run in a real arm64 Debian bookworm root under qemu-user on this x86 machine.
+
+``make check-arm-run`` (root: it installs Debian packages, registers binfmt, mounts and chroots):
+
+1. host tools: ``qemu-user-static``, ``binfmt-support``, ``debootstrap`` (installed with apt when
+   missing); binfmt_misc mounted when absent and ``qemu-aarch64`` enabled (flag F: the
+   interpreter is opened at registration, so it works inside the chroot without a copy).
+2. root: ``debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip,
+   ca-certificates bookworm`` into ``.cache/arm64/root`` (Python 3.11.2, glibc 2.36, as Raspberry
+   Pi OS Bookworm), kept for the next run.
+3. wheels: ``pip download --only-binary=:all:`` of pyproject.toml's device requirements for cp311
+   and every manylinux aarch64 tag up to glibc 2.36 into ``.cache/arm64/wheels``; the project
+   wheeled on the host (``pip wheel --no-deps --no-build-isolation``).
+4. install: a venv in the root (``/opt/edgert``), the wheels installed with ``--no-index``
+   (again only when the set of wheels changed), the project wheel always; ``edgert --help`` there.
+5. inputs (host): the demo's shifted video (``edge_runtime.demo.shifted_video``: clipart, then
+   emoji, MJPG) decoded ONCE on the host to lossless PNGs, so both platforms classify the same
+   pixels (the two platforms' MJPG decoders differ: 59% of pixel values, shared/ARM.md); the
+   photo-domain memflow source memory for each backbone, built on the host as a board would
+   receive it; a bridge key.
+6. runs: ``edgert run --adapter memflow --compare`` over the PNG sequence with int8.tflite and
+   int8.onnx, on x86 (the host venv) and in the arm64 root, each under ``.ci/arm/guarded.py``
+   (torch, litert_torch, matplotlib, sklearn blocked and every attempt recorded). Then
+   ``.ci/arm/probe.py`` on both sides: ISA features, versions, a sha256 of the decoded pixels,
+   features of the first frames with both backbones.
+7. bridge: ``edgert bridge serve --key-file`` in the root on tcp://127.0.0.1, taught and queried
+   by ``edgert bridge send`` from the x86 host; a client with another key is refused.
+8. compare and write ``bench/arm64.json`` and ``bench/arm64.md``; exit 1 if a check fails.
+
+Mounts (/proc, /dev, the wheels, the work folder) are undone on any exit (finally, and SIGTERM/
+SIGHUP/SIGINT turned into SystemExit). Timings under emulation say nothing about a board.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "arm64"
+ROOT = CACHE / "root"
+WHEELS = CACHE / "wheels"
+PROJECT = CACHE / "project"
+WORK = CACHE / "work"
+MODELS = REPO / "models" / "efficientnet-lite0"
+BACKBONES = ("int8.tflite", "int8.onnx")
+IN_ROOT = "/arm"  # WORK, seen from inside the root
+VENV = "/opt/edgert"  # the device venv inside the root
+SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
+DEBOOTSTRAP_INCLUDE = "python3,python3-venv,python3-pip,ca-certificates"
+GLIBC_MAX = 36  # bookworm
+FORBIDDEN = ("torch", "litert_torch", "matplotlib", "sklearn")
+AGREEMENT_TARGET = 0.99
+PROBE_FRAMES = 32
+ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+
+phases: dict[str, float] = {}
+mounts: list[Path] = []
+children: list[subprocess.Popen] = []
+
+
+def log(text: str) -> None:
+    print(f"check-arm-run: {text}", flush=True)
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    log(f"{name} ...")
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = round(time.monotonic() - start, 1)
+        log(f"{name}: {phases[name]:.1f} s")
+
+
+def sh(*command: str | Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(c) for c in command], text=True, capture_output=True, **kw)
+    if check and done.returncode != 0:
+        raise SystemExit(f"check-arm-run: {' '.join(map(str, command))[:300]} failed ({done.returncode}):\n"
+                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def in_root(*command: str, qemu_cpu: str | None = None) -> list[str]:
+    env = [f"{k}={v}" for k, v in ENV.items()] + ([f"QEMU_CPU={qemu_cpu}"] if qemu_cpu else [])
+    return ["chroot", str(ROOT), "/usr/bin/env", "-i", *env, *command]
+
+
+# -- 1. host tools -----------------------------------------------------------------------------------------
+def host_tools() -> dict[str, Any]:
+    if os.geteuid() != 0:
+        raise SystemExit("check-arm-run: needs root (apt, binfmt_misc, mount, chroot)")
+    need = {"qemu-user-static": "qemu-aarch64-static", "binfmt-support": "update-binfmts",
+            "debootstrap": "debootstrap"}
+    missing = [p for p, tool in need.items() if shutil.which(tool) is None]
+    if missing:
+        log(f"installing Debian packages: {' '.join(missing)}")
+        sh("apt-get", "update", "-qq")
+        sh("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing,
+           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    binfmt = Path("/proc/sys/fs/binfmt_misc")
+    if not (binfmt / "register").exists():
+        sh("mount", "-t", "binfmt_misc", "binfmt_misc", binfmt)
+    entry = binfmt / "qemu-aarch64"
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        sh("update-binfmts", "--enable", "qemu-aarch64", check=False)
+    text = entry.read_text() if entry.exists() else ""
+    flags = re.search(r"^flags: (\S*)", text, re.M)
+    if not text.startswith("enabled") or flags is None or "F" not in flags.group(1):
+        raise SystemExit(f"check-arm-run: qemu-aarch64 is not registered with binfmt_misc (flag F):\n{text}")
+    qemu = sh("qemu-aarch64-static", "--version").stdout.splitlines()[0]
+    return {"qemu": qemu, "binfmt_flags": flags.group(1),
+            "debootstrap": sh("dpkg-query", "-W", "-f=${Version}", "debootstrap").stdout}
+
+
+# -- 2. root -----------------------------------------------------------------------------------------------
+def mounted_under(path: Path) -> list[Path]:
+    prefix = str(path.resolve())
+    points = [Path(line.split()[1].replace("\\040", " ")) for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return [p for p in points if str(p) == prefix or str(p).startswith(prefix + "/")]
+
+
+def unmount_all() -> None:
+    for point in reversed(mounts):
+        if sh("umount", point, check=False).returncode != 0:
+            sh("umount", "-l", point, check=False)
+    mounts.clear()
+    for point in sorted(mounted_under(ROOT), key=lambda p: len(str(p)), reverse=True):  # a killed run's leftovers
+        if sh("umount", point, check=False).returncode != 0:
+            sh("umount", "-l", point, check=False)
+
+
+def build_root() -> bool:
+    """True when the cached root was reused."""
+    marker = ROOT / ".edgert-root-complete"
+    if marker.exists():
+        return True
+    unmount_all()
+    if mounted_under(ROOT):
+        raise SystemExit(f"check-arm-run: still mounted under {ROOT}: {mounted_under(ROOT)}; not removing it")
+    if ROOT.exists():
+        sh("rm", "-rf", "--one-file-system", ROOT)
+    ROOT.parent.mkdir(parents=True, exist_ok=True)
+    sh("debootstrap", "--arch=arm64", "--variant=minbase", f"--include={DEBOOTSTRAP_INCLUDE}", SUITE, ROOT, MIRROR)
+    marker.write_text(f"{SUITE} {DEBOOTSTRAP_INCLUDE}\n")
+    return False
+
+
+def bind(source: Path, target: Path, read_only: bool = False) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    sh("mount", "--bind", source, target)
+    mounts.append(target)
+    if read_only:
+        sh("mount", "-o", "remount,bind,ro", target)
+
+
+def mount_all() -> None:
+    unmount_all()
+    WORK.mkdir(parents=True, exist_ok=True)
+    bind(Path("/proc"), ROOT / "proc")
+    bind(Path("/dev"), ROOT / "dev")
+    bind(WHEELS, ROOT / "mnt" / "wheels", read_only=True)
+    bind(PROJECT, ROOT / "mnt" / "project", read_only=True)
+    bind(WORK, ROOT / IN_ROOT.lstrip("/"))
+
+
+# -- 3. wheels ---------------------------------------------------------------------------------------------
+def requirements() -> list[str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<platform>.+)\.whl$")
+
+
+def download_wheels() -> list[dict[str, str]]:
+    WHEELS.mkdir(parents=True, exist_ok=True)
+    platforms = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in range(17, GLIBC_MAX + 1)]
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp",
+               "--python-version", "3.11", "--abi", "cp311", "-d", str(WHEELS)]
+    for p in platforms:
+        command += ["--platform", p]
+    sh(*command, *requirements())
+    shutil.rmtree(PROJECT, ignore_errors=True)
+    sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", PROJECT, REPO)
+    shutil.rmtree(REPO / "build", ignore_errors=True)
+    rows = []
+    for wheel in sorted(WHEELS.glob("*.whl")):
+        m = WHEEL.match(wheel.name)
+        rows.append({"package": m["name"], "version": m["version"], "tag": f"{m['py']}-{m['abi']}-{m['platform']}"})
+    return rows
+
+
+# -- 4. install --------------------------------------------------------------------------------------------
+def install(wheels: list[dict[str, str]]) -> dict[str, Any]:
+    key = hashlib.sha256("\n".join(sorted(p.name for p in WHEELS.glob("*.whl"))).encode()).hexdigest()[:16]
+    marker = ROOT / VENV.lstrip("/") / f".deps-{key}"
+    reused = marker.exists()
+    if not reused:
+        shutil.rmtree(ROOT / VENV.lstrip("/"), ignore_errors=True)
+        sh(*in_root("/usr/bin/python3", "-m", "venv", VENV))
+        sh(*in_root(f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", "--find-links",
+                    "/mnt/wheels", *requirements()))
+        marker.write_text("\n".join(f"{w['package']}=={w['version']}" for w in wheels) + "\n")
+    project = next(PROJECT.glob("*.whl"))
+    sh(*in_root(f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                "--force-reinstall", f"/mnt/project/{project.name}"))
+    helped = sh(*in_root(f"{VENV}/bin/edgert", "--help"))
+    installed = sh(*in_root(f"{VENV}/bin/python", "-m", "pip", "list", "--format=freeze")).stdout.split()
+    torch_present = sh(*in_root(f"{VENV}/bin/python", "-c", "import importlib.util as u; "
+                                "print(','.join(n for n in ('torch', 'litert_torch', 'matplotlib', 'sklearn') "
+                                "if u.find_spec(n)))")).stdout.strip()
+    return {"deps_reused": reused, "project_wheel": project.name, "installed": installed,
+            "edgert_help": helped.stdout.splitlines()[0], "host_packages_installed": torch_present or None}
+
+
+# -- 5. inputs ---------------------------------------------------------------------------------------------
+def inputs(every: int) -> dict[str, Any]:
+    import cv2
+
+    from edge_runtime.card import card_path
+    from edge_runtime.demo import shifted_video
+    from edge_runtime.memory_cli import build
+
+    for sub in ("inputs", "models", "out", "tools"):
+        shutil.rmtree(WORK / sub, ignore_errors=True)
+        (WORK / sub).mkdir(parents=True)
+    for name in BACKBONES:
+        for f in (MODELS / name, card_path(MODELS / name)):
+            shutil.copy2(f, WORK / "models" / f.name)
+    for tool in ("guarded.py", "probe.py"):
+        shutil.copy2(Path(__file__).with_name(tool), WORK / "tools" / tool)
+    video, truth = shifted_video(WORK / "inputs", seed=0)
+    frames = WORK / "inputs" / "frames"
+    frames.mkdir()
+    cap = cv2.VideoCapture(str(video))
+    n = 0
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        cv2.imwrite(str(frames / f"{n:05d}.png"), image)
+        n += 1
+    cap.release()
+    memories = {}
+    for name in BACKBONES:
+        out = WORK / "inputs" / f"memory-{name.replace('.', '-')}.npz"
+        report = build(WORK / "models" / name, "photo", "memflow", out)
+        memories[name] = {"file": out.name, "examples": report["examples"], "classes": report["classes"]}
+    sh(REPO / ".venv" / "bin" / "edgert", "bridge", "keygen", WORK / "inputs" / "key")
+    sh(REPO / ".venv" / "bin" / "edgert", "bridge", "keygen", WORK / "inputs" / "other-key")
+    return {"video": f"{video.name}: the demo's shifted video (edge_runtime.demo.shifted_video, seed 0, MJPG)",
+            "decoded_frames": n, "truth": len(truth), "every": every,
+            "frames_pattern": "frames/%05d.png (decoded once on the x86 host, lossless PNG)", "memories": memories}
+
+
+# -- 6. runs -----------------------------------------------------------------------------------------------
+def side_paths(side: str) -> tuple[list[str], str]:
+    """(the python command, WORK as that side sees it)."""
+    if side == "x86_64":
+        return [str(REPO / ".venv" / "bin" / "python")], str(WORK)
+    return in_root(f"{VENV}/bin/python"), IN_ROOT
+
+
+def edgert_run(side: str, name: str, every: int, qemu_cpu: str | None = None) -> dict[str, Any]:
+    python, work = side_paths(side)
+    if side != "x86_64" and qemu_cpu:
+        python = in_root(f"{VENV}/bin/python", qemu_cpu=qemu_cpu)
+    tag = f"{side}-{name.replace('.', '-')}" + (f"-{qemu_cpu}" if qemu_cpu else "")
+    memory = f"memory-{name.replace('.', '-')}.npz"
+    args = ["run", "--source", f"{work}/inputs/frames/%05d.png", "--model", f"{work}/models/{name}",
+            "--adapter", "memflow", "--memory", f"{work}/inputs/{memory}", "--state", f"{work}/out/{tag}-state",
+            "--checkpoint-every", "1000000", "--compare", "--every", str(every), "--out", f"{work}/out/{tag}.jsonl",
+            "--json", f"{work}/out/{tag}.json", "--quiet"]
+    start = time.monotonic()
+    done = sh(*python, f"{work}/tools/guarded.py", f"{work}/out/{tag}-imports.json", *args)
+    wall = time.monotonic() - start
+    summary = json.loads((WORK / "out" / f"{tag}.json").read_text())
+    imports = json.loads((WORK / "out" / f"{tag}-imports.json").read_text())
+    notes = sorted({line for line in done.stderr.splitlines() if line.strip()})
+    return {"tag": tag, "wall_s": round(wall, 1), "stream_s": round(summary["seconds"], 1), "frames": summary["frames"],
+            "fps": round(summary["fps"], 2), "p50_ms": summary["p50_ms"], "execution": summary["execution"],
+            "blocked_import_attempts": imports["blocked_attempts"], "forbidden_loaded": imports["forbidden_loaded"],
+            "modules_imported": len(imports["modules"]), "stderr": notes[:12]}
+
+
+def probe(side: str) -> dict[str, Any]:
+    python, work = side_paths(side)
+    out = f"{work}/out/probe-{side}.npz"
+    sh(*python, f"{work}/tools/probe.py", out, f"{work}/inputs/frames/%05d.png", str(PROBE_FRAMES),
+       *[f"{work}/models/{name}" for name in BACKBONES])
+    return json.loads((WORK / "out" / f"probe-{side}.json").read_text())
+
+
+# -- 7. bridge ---------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bridge(truth: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    memory = "memory-int8-tflite.npz"
+    log_file = open(WORK / "out" / "bridge-serve.log", "w")
+    server = subprocess.Popen(in_root(f"{VENV}/bin/python", f"{IN_ROOT}/tools/guarded.py",
+                                      f"{IN_ROOT}/out/bridge-imports.json", "bridge", "serve", "--port", url,
+                                      "--key-file", f"{IN_ROOT}/inputs/key", "--model", f"{IN_ROOT}/models/int8.tflite",
+                                      "--adapter", "memflow", "--memory", f"{IN_ROOT}/inputs/{memory}"),
+                              stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    children.append(server)
+    start = time.monotonic()
+    while time.monotonic() - start < 900:
+        if server.poll() is not None:
+            raise SystemExit(f"check-arm-run: bridge serve exited {server.returncode}:\n"
+                             f"{(WORK / 'out' / 'bridge-serve.log').read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(1)
+    ready = time.monotonic() - start
+    send = [str(REPO / ".venv" / "bin" / "edgert"), "bridge", "send", "--port", url, "--timeout", "120", "--json"]
+    key = ["--key-file", str(WORK / "inputs" / "key")]
+
+    def request(*args: str, with_key: list[str] = key, check: bool = True) -> list[dict[str, Any]] | str:
+        done = sh(send[0], *send[1:4], *with_key, *send[4:], *args, check=check)
+        if done.returncode != 0:
+            return (done.stderr.strip().splitlines() or ["?"])[-1]
+        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    frames = WORK / "inputs" / "frames"
+    hello = request("hello")[0]
+    label = classes.index("fish")
+    # Teach three emoji fish (the frames the memory knows worst), then ask for them and two others.
+    fish = [r["frame"] for r in truth if r["label"] == "fish" and r["domain"] == "emoji"][:3]
+    others = [r["frame"] for r in truth if r["label"] != "fish" and r["domain"] == "emoji"][:2]
+    before = request("frame", "--read-only", *[str(frames / f"{i:05d}.png") for i in fish])
+    taught = request("teach", str(label), *[str(frames / f"{i:05d}.png") for i in fish])[0]
+    after = request("frame", "--read-only", *[str(frames / f"{i:05d}.png") for i in fish + others])
+    stats = request("stats")[0]
+    refused = request("hello", with_key=["--key-file", str(WORK / "inputs" / "other-key")], check=False)
+    server.send_signal(signal.SIGTERM)
+    rc = server.wait(timeout=300)
+    children.remove(server)
+    log_file.close()
+    imports = json.loads((WORK / "out" / "bridge-imports.json").read_text())
+    return {"url": url, "key": "pre-shared key file (edgert bridge keygen), HMAC per session", "ready_s": round(ready, 1),
+            "hello": {k: hello[k] for k in hello if k in ("classes", "dim", "adapter", "version", "capabilities")},
+            "fish_frames": fish, "before_teach": [p.get("label") for p in before],
+            "taught": taught, "after_teach": [p.get("label") for p in after],
+            "truth_after": ["fish"] * len(fish) + [truth[i]["label"] for i in others],
+            "stats": stats, "other_key_refused": isinstance(refused, str), "other_key_reply": refused,
+            "serve_exit": rc, "blocked_import_attempts": imports["blocked_attempts"],
+            "forbidden_loaded": imports["forbidden_loaded"]}
+
+
+# -- 8. compare --------------------------------------------------------------------------------------------
+def predictions(tag: str) -> dict[int, dict[str, Any]]:
+    return {r["frame"]: r for r in map(json.loads, (WORK / "out" / f"{tag}.jsonl").read_text().splitlines())}
+
+
+def newest_checkpoint(tag: str) -> dict[str, np.ndarray]:
+    files = sorted((WORK / "out" / f"{tag}-state").glob("checkpoint-*.npz"))
+    with np.load(files[-1], allow_pickle=False) as z:
+        return {k[2:]: z[k] for k in z.files if k.startswith("a/")}
+
+
+def state_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per float array: ||a - b|| / ||a|| (0 when both are 0); integer arrays must be equal."""
+    rows, unequal = {}, []
+    for name in sorted(a):
+        x, y = a[name], b[name]
+        if x.shape != y.shape:
+            unequal.append(f"{name}: shape {x.shape} vs {y.shape}")
+            continue
+        if not np.issubdtype(x.dtype, np.floating):
+            if not np.array_equal(x, y):
+                unequal.append(f"{name}: {int((x != y).sum())} of {x.size} values differ")
+            continue
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        norm = float(np.linalg.norm(x64))
+        diff = float(np.linalg.norm(x64 - y64))
+        rows[name] = round(diff / norm, 8) if norm else (0.0 if diff == 0 else float("inf"))
+    return {"relative_l2": rows, "max_relative_l2": max(rows.values()) if rows else 0.0,
+            "worst_array": max(rows, key=rows.get) if rows else None, "unequal": unequal}
+
+
+def feature_difference(host: np.lib.npyio.NpzFile, arm: np.lib.npyio.NpzFile, k: int) -> dict[str, Any]:
+    x, y = host[f"features{k}"].astype(np.float64), arm[f"features{k}"].astype(np.float64)
+    rel = np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1)
+    cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    lx, ly = host[f"logits{k}"], arm[f"logits{k}"]
+    return {"frames": len(x), "relative_l2_max": round(float(rel.max()), 6), "relative_l2_mean": round(float(rel.mean()), 6),
+            "cosine_min": round(float(cos.min()), 6), "max_abs": round(float(np.abs(x - y).max()), 5),
+            "feature_scale": round(float(np.abs(x).max()), 3),
+            "exactly_equal": bool(np.array_equal(host[f"features{k}"], arm[f"features{k}"])),
+            "imagenet_top1_agree": int((lx.argmax(1) == ly.argmax(1)).sum())}
+
+
+def compare(name: str, truth: list[dict[str, Any]], features: dict[str, Any], arm_tag: str) -> dict[str, Any]:
+    x86_tag = f"x86_64-{name.replace('.', '-')}"
+    px, pa = predictions(x86_tag), predictions(arm_tag)
+    frames = sorted(set(px) & set(pa))
+    adapted = [px[i]["label"] == pa[i]["label"] for i in frames]
+    source = [px[i]["source_label"] == pa[i]["source_label"] for i in frames]
+    conf = [abs(px[i]["confidence"] - pa[i]["confidence"]) for i in frames]
+    label = {r["frame"]: r["label"] for r in truth}
+    state = state_difference(newest_checkpoint(x86_tag), newest_checkpoint(arm_tag))
+    tolerance = state_tolerance(features)
+    return {"frames": len(frames), "frames_only_one_side": len(set(px) ^ set(pa)),
+            "agreement_adapted": round(sum(adapted) / len(frames), 4),
+            "agreement_source_only": round(sum(source) / len(frames), 4),
+            "disagreeing_frames": [i for i, ok in zip(frames, adapted) if not ok],
+            "confidence_max_abs_diff": round(max(conf), 4),
+            "accuracy_adapted": {"x86_64": round(float(np.mean([px[i]["label"] == label[i] for i in frames])), 4),
+                                 "aarch64": round(float(np.mean([pa[i]["label"] == label[i] for i in frames])), 4)},
+            "features_first_frames": features, "state": state, "state_tolerance": tolerance,
+            "state_within_tolerance": state["max_relative_l2"] <= tolerance and not state["unequal"]}
+
+
+def state_tolerance(features: dict[str, Any]) -> float:
+    """Relative L2 bound for any state array, from the backbone's measured cross-platform difference.
+
+    The adapted state is built from running sums of the features (first moments: a relative
+    perturbation d of every feature moves them by at most d) and of their products (second
+    moments, covariances, the traces' spread: at most 2d + d^2); everything else in the state is
+    either copied from the source memory (identical bytes on both sides) or a count. With d the
+    largest per-frame relative L2 difference of the features on the probed frames, 4d (twice the
+    second-moment bound, for frames beyond the probed ones) with a floor of 1e-6 (float32
+    summation order) is the tolerance.
+    """
+    return round(max(4 * features["relative_l2_max"], 1e-6), 6)
+
+
+def isa(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info["cpu"].items()}
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    r = report
+    lines = ["## On Arm: the device path in an arm64 root under qemu-user (`make check-arm-run`)", "",
+             f"Measured {r['generated']} at {r['commit'][:7]}: Debian {r['root']['suite']} arm64 root "
+             f"(Python {r['arm64']['python']}, glibc {r['arm64']['glibc']}) under {r['host_tools']['qemu']}; "
+             f"{len(r['wheels'])} aarch64 wheels installed with --no-index. {r['input']['frames_processed']} frames "
+             f"of the demo's shifted video (every {r['input']['every']}th), decoded once on x86 to PNG: both sides "
+             f"read the same pixels (sha256 equal: {r['input']['pixels_identical']}).", "",
+             "| backbone | top-1 agreement, adapted | source-only read-out | accuracy x86 / arm64 | "
+             "feature rel. L2 max (first frames) | state rel. L2 max (tolerance) |", "|---|---|---|---|---|---|"]
+    for name, c in r["backbones"].items():
+        lines.append(f"| {name} | {c['agreement_adapted']:.1%} ({c['frames'] - len(c['disagreeing_frames'])}/"
+                     f"{c['frames']}) | {c['agreement_source_only']:.1%} | {c['accuracy_adapted']['x86_64']:.1%} / "
+                     f"{c['accuracy_adapted']['aarch64']:.1%} | {c['features_first_frames']['relative_l2_max']:.4f} | "
+                     f"{c['state']['max_relative_l2']:.2e} ({c['state_tolerance']:.2e}) |")
+    a, h = r["arm64"]["cpu"], r["x86_64"]["cpu"]
+    lines += ["", f"CPU features: arm64 root (what qemu's `max` CPU gives the process, AT_HWCAP): NEON "
+              f"{a['neon']}, dotprod (asimddp) {a['dotprod']}, i8mm {a['i8mm']}, SVE {a['sve']}; x86 host "
+              f"({h['model']}): {', '.join(h['flags'])}.",
+              f"torch never imported: {r['torch_free']}; bridge serve in the root, taught and queried from x86 over "
+              f"{r['bridge']['url']} with a key: {r['bridge']['ok']}.",
+              "Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phases_s"].items())
+              + f"; total {r['total_s'] / 60:.1f} min (emulated timings say nothing about a board)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--every", type=int, default=4, help="process one frame in N of the 625 (default: 4)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "arm64.json")
+    parser.add_argument("--qemu-cpu", help="also run int8.tflite with QEMU_CPU=this (e.g. cortex-a72: no dotprod)")
+    args = parser.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: sys.exit(128 + s))
+    started = time.monotonic()
+    report: dict[str, Any] = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                              "commit": sh("git", "-C", REPO, "rev-parse", "HEAD").stdout.strip(),
+                              "command": "make check-arm-run"}
+    try:
+        with phase("host tools"):
+            report["host_tools"] = host_tools()
+        with phase("root"):
+            reused = build_root()
+            report["root"] = {"suite": SUITE, "variant": "minbase", "include": DEBOOTSTRAP_INCLUDE, "reused": reused,
+                              "size_mb": int(sh("du", "-sm", "--one-file-system", ROOT).stdout.split()[0])}
+        with phase("wheels"):
+            report["wheels"] = download_wheels()
+        mount_all()
+        with phase("install"):
+            report["install"] = install(report["wheels"])
+        with phase("inputs"):
+            report["input"] = inputs(args.every)
+        truth = [json.loads(line) for line in (WORK / "inputs" / "shifted-truth.jsonl").read_text().splitlines()]
+        runs: dict[str, Any] = {}
+        for side in ("x86_64", "aarch64"):
+            for name in BACKBONES:
+                with phase(f"run {side} {name}"):
+                    runs[f"{side} {name}"] = edgert_run(side, name, args.every)
+        if args.qemu_cpu:
+            with phase(f"run aarch64 int8.tflite QEMU_CPU={args.qemu_cpu}"):
+                runs[f"aarch64 int8.tflite {args.qemu_cpu}"] = edgert_run("aarch64", "int8.tflite", args.every,
+                                                                          args.qemu_cpu)
+        report["runs"] = runs
+        with phase("probe"):
+            report["x86_64"], report["arm64"] = probe("x86_64"), probe("aarch64")
+        with phase("bridge"):
+            classes = report["input"]["memories"]["int8.tflite"]["classes"]
+            report["bridge"] = b = bridge(truth, classes)
+            b["ok"] = bool(b["taught"]["taught"] == len(b["fish_frames"]) and b["other_key_refused"]
+                           and b["serve_exit"] == 0 and not b["forbidden_loaded"] and not b["blocked_import_attempts"])
+    finally:
+        for child in children:
+            child.kill()
+        unmount_all()
+    host_npz, arm_npz = np.load(WORK / "out" / "probe-x86_64.npz"), np.load(WORK / "out" / "probe-aarch64.npz")
+    report["backbones"] = {}
+    for k, name in enumerate(BACKBONES):
+        features = feature_difference(host_npz, arm_npz, k)
+        report["backbones"][name] = compare(name, truth, features, f"aarch64-{name.replace('.', '-')}")
+    if args.qemu_cpu:
+        report["backbones"][f"int8.tflite QEMU_CPU={args.qemu_cpu}"] = compare(
+            "int8.tflite", truth, report["backbones"]["int8.tflite"]["features_first_frames"],
+            f"aarch64-int8-tflite-{args.qemu_cpu}")
+    report["input"]["frames_processed"] = report["runs"]["x86_64 int8.tflite"]["frames"]
+    report["input"]["pixels_identical"] = (report["x86_64"]["frames"]["pixels_sha256"]
+                                           == report["arm64"]["frames"]["pixels_sha256"])
+    report["isa"] = {"aarch64": isa(report["arm64"]), "x86_64": isa(report["x86_64"])}
+    report["torch_free"] = all(not r["forbidden_loaded"] and not r["blocked_import_attempts"] for r in runs.values()) \
+        and not report["install"]["host_packages_installed"] and not report["arm64"]["torch_loaded"]
+    report["phases_s"] = phases
+    report["total_s"] = round(time.monotonic() - started, 1)
+    failures = [f"{n}: top-1 agreement {c['agreement_adapted']:.1%} < {AGREEMENT_TARGET:.0%}"
+                for n, c in report["backbones"].items() if c["agreement_adapted"] < AGREEMENT_TARGET]
+    failures += [f"{n}: state differs by {c['state']['max_relative_l2']:.2e} > {c['state_tolerance']:.2e} "
+                 f"({c['state']['worst_array']}) {c['state']['unequal']}"
+                 for n, c in report["backbones"].items() if not c["state_within_tolerance"]]
+    failures += [] if report["torch_free"] else ["a host-only package was imported or installed"]
+    failures += [] if report["input"]["pixels_identical"] else ["the two sides decoded different pixels"]
+    failures += [] if report["bridge"]["ok"] else ["bridge: not taught/queried/refused as expected"]
+    report["failures"] = failures
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_markdown(report, args.out.with_suffix(".md"))
+    log(f"wrote {args.out} and {args.out.with_suffix('.md')} in {report['total_s'] / 60:.1f} min")
+    print(args.out.with_suffix(".md").read_text())
+    for failure in failures:
+        log(f"FAILED: {failure}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
