@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import runpy
 import sys
 
 FORBIDDEN = ("torch", "litert_torch", "matplotlib", "sklearn")
@@ -40,7 +39,10 @@ def main() -> None:
     sys.meta_path.insert(0, Blocker())
     atexit.register(report, out)
     sys.argv = ["edgert", *sys.argv[2:]]
-    runpy.run_module("edge_runtime.cli", run_name="__main__", alter_sys=True)
+    from importlib.metadata import entry_points  # the installed `edgert` script's own entry point
+
+    (edgert,) = entry_points(group="console_scripts", name="edgert")
+    sys.exit(edgert.load()())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """What a platform is and what the backbones compute on it: run on both sides of the arm64 run.
 
-Usage: python probe.py OUT.npz PATTERN N MODEL...
+Usage: python probe.py OUT.npz VIDEO STRIDE N MODEL...
 
-Writes OUT.npz (features and logits of the first N frames for each MODEL, in that order) and
+Writes OUT.npz (features and logits of N frames, one in STRIDE, for each MODEL, in that order) and
 OUT.json: machine, Python, glibc, the versions of the device packages, the CPU features the
 process is given (on aarch64 from AT_HWCAP/AT_HWCAP2 in /proc/self/auxv, which qemu-user fills
 with what its emulated CPU offers; on x86 from /proc/cpuinfo), and a sha256 over the pixels of
-every frame of PATTERN as ``cv2.VideoCapture`` decodes it (the way ``edgert run`` reads it), so
+every frame of VIDEO as ``cv2.VideoCapture`` decodes it (the way ``edgert run`` reads it), so
 the two sides can be shown to have classified the same pixels.
 """
 from __future__ import annotations
@@ -53,28 +53,32 @@ def cpu_features() -> dict:
             "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
 
 
-def frames_sha(pattern: str) -> tuple[str, int]:
+def decode(video: str, stride: int, keep: int) -> tuple[str, int, list]:
+    """(sha256 over every frame's pixels, frame count, ``keep`` frames: 0, stride, 2 stride, ...)."""
     import cv2
 
-    cap = cv2.VideoCapture(pattern)
-    digest, n = hashlib.sha256(), 0
+    cap = cv2.VideoCapture(video)
+    digest, n, first = hashlib.sha256(), 0, []
     while True:
         ok, image = cap.read()
         if not ok:
             break
         digest.update(image.tobytes())
+        if n % stride == 0 and len(first) < keep:
+            first.append(image)
         n += 1
-    return digest.hexdigest(), n
+    return digest.hexdigest(), n, first
 
 
-def main(out: Path, pattern: str, n: int, models: list[str]) -> None:
-    import cv2
+def main(out: Path, video: str, stride: int, n: int, models: list[str]) -> None:
     import numpy as np
 
-    from edge_runtime.backbones import load_backbone
+    try:
+        from edge_runtime.model import load_backbone
+    except ImportError:  # the layout before edge_runtime.model
+        from edge_runtime.backbones import load_backbone
 
-    sha, count = frames_sha(pattern)
-    frames = [cv2.imread(pattern % i) for i in range(n)]
+    sha, count, frames = decode(video, stride, n)
     arrays, runtimes = {}, {}
     for k, model in enumerate(models):
         backbone = load_backbone(model)
@@ -85,7 +89,8 @@ def main(out: Path, pattern: str, n: int, models: list[str]) -> None:
     np.savez(out, **arrays)
     info = {"machine": platform.machine(), "python": platform.python_version(),
             "glibc": "-".join(platform.libc_ver()), "packages": {}, "cpu": cpu_features(),
-            "frames": {"pattern": pattern, "count": count, "pixels_sha256": sha}, "backbones": runtimes,
+            "frames": {"video": video, "count": count, "pixels_sha256": sha,
+                                                 "probed": [i * stride for i in range(len(frames))]}, "backbones": runtimes,
             "torch_loaded": "torch" in sys.modules}
     for name in PACKAGES:
         try:
@@ -96,4 +101,4 @@ def main(out: Path, pattern: str, n: int, models: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:])
