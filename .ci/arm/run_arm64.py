@@ -27,7 +27,7 @@
    by ``edgert bridge send`` from the x86 host; a client with another key is refused.
 8. compare and write ``bench/arm64.json`` and ``bench/arm64.md``; exit 1 if a check fails.
 
-Mounts (/proc, /dev, the wheels, the work folder) are undone on any exit (finally, and SIGTERM/
+Mounts (/proc, /dev, a two-file /sys for cpuinfo, the wheels, the work folder) are undone on any exit (finally, and SIGTERM/
 SIGHUP/SIGINT turned into SystemExit). Timings under emulation say nothing about a board.
 """
 from __future__ import annotations
@@ -70,6 +70,12 @@ FORBIDDEN = ("torch", "litert_torch", "matplotlib", "sklearn")
 AGREEMENT_TARGET = 0.99
 PROBE_FRAMES, PROBE_STRIDE = 32, 20  # frames 0, 20, ..., 620: both domains of the video
 AGREEMENT_FLOOR = 0.97  # below this a run fails; the issue's 99% is reported as met or not
+# The emulated CPU model. qemu's default, `max`, offers every feature it knows (SVE2, SME, i8mm,
+# ...), and on it LiteRT's XNNPACK computes wrong features (top-1 the same class on every frame,
+# relative L2 ~1.07 from x86: see `qemu_max_check` in the JSON); on cortex-a72 (Raspberry Pi 4: NEON,
+# no dotprod) and cortex-a76 (Raspberry Pi 5: NEON + dotprod) XNNPACK's features are those of x86.
+# Real boards are these CPUs, so the runs pin them.
+QEMU_CPU = "cortex-a72"
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 
 phases: dict[str, float] = {}
@@ -110,7 +116,8 @@ def sh(*command: str | Path, check: bool = True, **kw: Any) -> subprocess.Comple
 
 
 def in_root(*command: str, qemu_cpu: str | None = None) -> list[str]:
-    env = [f"{k}={v}" for k, v in ENV.items()] + ([f"QEMU_CPU={qemu_cpu}"] if qemu_cpu else [])
+    """``command`` in the root, on the emulated CPU ``qemu_cpu`` (default: QEMU_CPU, see there)."""
+    env = [f"{k}={v}" for k, v in ENV.items()] + [f"QEMU_CPU={qemu_cpu or QEMU_CPU}"]
     return ["chroot", str(ROOT), "/usr/bin/env", "-i", *env, *command]
 
 
@@ -192,11 +199,31 @@ def bind(source: Path, target: Path, read_only: bool = False) -> None:
         sh("mount", "-o", "remount,bind,ro", target)
 
 
+def fake_sysfs() -> None:
+    """A tmpfs /sys holding only the CPU lists cpuinfo (pytorch/cpuinfo) needs to initialise.
+
+    Without any /sys, cpuinfo fails ("failed to parse both lists of possible and present
+    processors"): LiteRT then does not create its XNNPACK delegate and silently runs its built-in
+    kernels, and ONNX Runtime warns that CPU features are undetected, so the root would not run
+    what a board runs. The host's own /sys crashes cpuinfo's Arm code (x86 topology); these two
+    files are enough, and the ISA features then come from AT_HWCAP, as on a board.
+    """
+    target = ROOT / "sys"
+    target.mkdir(exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", "size=1m", "edgert-sys", target)
+    mounts.append(target)
+    cpus = target / "devices" / "system" / "cpu"
+    cpus.mkdir(parents=True)
+    for name in ("possible", "present", "online"):
+        (cpus / name).write_text(f"0-{(os.cpu_count() or 1) - 1}\n")
+
+
 def mount_all() -> None:
     unmount_all()
     WORK.mkdir(parents=True, exist_ok=True)
     bind(Path("/proc"), ROOT / "proc")
     bind(Path("/dev"), ROOT / "dev")
+    fake_sysfs()
     bind(WHEELS, ROOT / "mnt" / "wheels", read_only=True)
     bind(PROJECT, ROOT / "mnt" / "project", read_only=True)
     bind(WORK, ROOT / IN_ROOT.lstrip("/"))
@@ -351,6 +378,7 @@ def side_paths(side: str) -> tuple[list[str], str]:
 
 
 def edgert_run(side: str, name: str, every: int, qemu_cpu: str | None = None) -> dict[str, Any]:
+    """``edgert run`` on one side; ``qemu_cpu`` another emulated CPU than QEMU_CPU (its own tag)."""
     python, work = side_paths(side)
     if side != "x86_64" and qemu_cpu:
         python = in_root(f"{VENV}/bin/python", qemu_cpu=qemu_cpu)
@@ -372,12 +400,31 @@ def edgert_run(side: str, name: str, every: int, qemu_cpu: str | None = None) ->
             "modules_imported": len(imports["modules"]), "stderr": notes[:12]}
 
 
-def probe(side: str) -> dict[str, Any]:
+def probe(side: str, qemu_cpu: str | None = None, frames: int = PROBE_FRAMES, models: tuple = BACKBONES,
+          tag: str | None = None) -> dict[str, Any]:
     python, work = side_paths(side)
-    out = f"{work}/out/probe-{side}.npz"
-    sh(*python, f"{work}/tools/probe.py", out, f"{work}/inputs/{FRAMES}", str(PROBE_STRIDE), str(PROBE_FRAMES),
-       *[f"{work}/models/{name}" for name in BACKBONES])
-    return json.loads((WORK / "out" / f"probe-{side}.json").read_text())
+    if side != "x86_64" and qemu_cpu:
+        python = in_root(f"{VENV}/bin/python", qemu_cpu=qemu_cpu)
+    tag = tag or side
+    sh(*python, f"{work}/tools/probe.py", f"{work}/out/probe-{tag}.npz", f"{work}/inputs/{FRAMES}", str(PROBE_STRIDE),
+       str(frames), *[f"{work}/models/{name}" for name in models])
+    return json.loads((WORK / "out" / f"probe-{tag}.json").read_text())
+
+
+def cpu_of(qemu_cpu: str) -> dict[str, Any]:
+    """The features a process sees on the emulated CPU ``qemu_cpu`` (AT_HWCAP)."""
+    code = "import sys, json; sys.path.insert(0, '/arm/tools'); import probe; print(json.dumps(probe.cpu_features()))"
+    return json.loads(sh(*in_root("/usr/bin/python3", "-c", code, qemu_cpu=qemu_cpu)).stdout)
+
+
+def qemu_max_check() -> dict[str, Any]:
+    """int8.tflite on qemu's default `max` CPU against x86, on 4 probed frames: why QEMU_CPU is pinned."""
+    info = probe("aarch64", qemu_cpu="max", frames=4, models=("int8.tflite",), tag="aarch64-max")
+    x, y = np.load(WORK / "out" / "probe-x86_64.npz"), np.load(WORK / "out" / "probe-aarch64-max.npz")
+    fx, fy = x["features0"][:4].astype(np.float64), y["features0"].astype(np.float64)
+    rel = np.linalg.norm(fx - fy, axis=1) / np.linalg.norm(fx, axis=1)
+    return {"cpu": info["cpu"]["flags"], "features_relative_l2": rel.round(4).tolist(),
+            "imagenet_top1_x86": x["logits0"][:4].argmax(1).tolist(), "imagenet_top1_max": y["logits0"].argmax(1).tolist()}
 
 
 # -- 7. bridge ---------------------------------------------------------------------------------------------
@@ -570,9 +617,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                      f"{c['accuracy_adapted']['aarch64']:.1%} | {c['features_probed_frames']['relative_l2_max']:.4f} | "
                      f"{c['state']['max_relative_l2']:.2e} ({c['state_tolerance']:.2e}) |")
     a, h = r["arm64"]["cpu"], r["x86_64"]["cpu"]
+    xnn = r["isa"]["aarch64"]
     lines += ["", f"CPU features: arm64 root (what qemu's `max` CPU gives the process, AT_HWCAP): NEON "
-              f"{a['neon']}, dotprod (asimddp) {a['dotprod']}, i8mm {a['i8mm']}, SVE {a['sve']}; x86 host "
-              f"({h['model']}): {', '.join(h['flags'])}.",
+              f"{a['neon']}, dotprod (asimddp) {a['dotprod']}, i8mm {a['i8mm']}, SVE {a['sve']}; LiteRT's XNNPACK "
+              f"delegate created: {xnn['litert_xnnpack_delegate']}; ONNX Runtime's MLAS takes the same flags. x86 "
+              f"host ({h['model']}): {', '.join(h['flags'])}.",
               f"torch never imported: {r['torch_free']}; bridge serve in the root, taught and queried from x86 over "
               f"{r['bridge']['url']} with a key: {r['bridge']['ok']}.",
               "Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phases_s"].items())
@@ -588,8 +637,13 @@ def main() -> int:
                         help="keep the frames and memories of the last run if made from the same models (development)")
     parser.add_argument("--compare-only", action="store_true",
                         help="only compare again what the last run left in .cache/arm64/work/out (and --out)")
-    parser.add_argument("--qemu-cpu", help="also run int8.tflite with QEMU_CPU=this (e.g. cortex-a72: no dotprod)")
+    parser.add_argument("--qemu-cpu", default=QEMU_CPU,
+                        help=f"emulated CPU of the arm64 runs (default: {QEMU_CPU}, Raspberry Pi 4: no dotprod)")
+    parser.add_argument("--also-cpu", default="cortex-a76",
+                        help="run int8.tflite once more on this emulated CPU (default: cortex-a76, Raspberry Pi 5: "
+                             "dotprod); '' for none")
     args = parser.parse_args()
+    globals()["QEMU_CPU"] = args.qemu_cpu
     if args.compare_only:
         truth = [json.loads(line) for line in (WORK / "inputs" / "shifted-truth.jsonl").read_text().splitlines()]
         return finish(json.loads(args.out.read_text()), args, truth)
@@ -618,13 +672,16 @@ def main() -> int:
             for name in BACKBONES:
                 with phase(f"run {side} {name}"):
                     runs[f"{side} {name}"] = edgert_run(side, name, args.every)
-        if args.qemu_cpu:
-            with phase(f"run aarch64 int8.tflite QEMU_CPU={args.qemu_cpu}"):
-                runs[f"aarch64 int8.tflite {args.qemu_cpu}"] = edgert_run("aarch64", "int8.tflite", args.every,
-                                                                          args.qemu_cpu)
+        if args.also_cpu:
+            with phase(f"run aarch64 int8.tflite QEMU_CPU={args.also_cpu}"):
+                runs[f"aarch64 int8.tflite {args.also_cpu}"] = edgert_run("aarch64", "int8.tflite", args.every,
+                                                                          args.also_cpu)
         report["runs"] = runs
         with phase("probe"):
             report["x86_64"], report["arm64"] = probe("x86_64"), probe("aarch64")
+            report["arm64"]["qemu_cpu"] = QEMU_CPU
+            report["emulated_cpus"] = {cpu: cpu_of(cpu) for cpu in {QEMU_CPU, args.also_cpu or QEMU_CPU, "max"}}
+            report["qemu_max_check"] = qemu_max_check()
         with phase("bridge"):
             classes = report["input"]["memories"]["int8.tflite"]["classes"]
             report["bridge"] = b = bridge(truth, classes)
@@ -660,6 +717,11 @@ def finish(report: dict[str, Any], args: argparse.Namespace, truth: list[dict[st
                                            == report["arm64"]["frames"]["pixels_sha256"]
                                            == report["input"]["decoded_pixels_sha256"])
     report["isa"] = {"aarch64": isa(report["arm64"]), "x86_64": isa(report["x86_64"])}
+    for side in ("aarch64", "x86_64"):  # what the runtimes said about the CPU while running
+        said = runs[f"{side} int8.tflite"]["stderr"] + runs[f"{side} int8.onnx"]["stderr"]
+        report["isa"][side]["litert_xnnpack_delegate"] = any("XNNPACK delegate" in line for line in said)
+        report["isa"][side]["runtime_cpu_messages"] = sorted({line for line in said if "cpuinfo" in line
+                                                              or "cpuid" in line})
     report["torch_free"] = all(not r["forbidden_loaded"] and not r["blocked_import_attempts"] for r in runs.values()) \
         and not report["install"]["host_packages_installed"] and not report["arm64"]["torch_loaded"]
     failures = []
