@@ -301,7 +301,10 @@ def inputs(every: int, reuse: bool = False) -> dict[str, Any]:
             for tool in ("guarded.py", "probe.py"):
                 shutil.copy2(Path(__file__).with_name(tool), WORK / "tools" / tool)
             return {**record, "reused": True, "every": every}
+    start, start_cpu = time.monotonic(), cpu_seconds()
     record = make_inputs(every)
+    record["made_in_s"] = round(time.monotonic() - start, 1)
+    record["made_cpu_s"] = round(cpu_seconds() - start_cpu, 1)
     saved.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -605,9 +608,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     r = report
     lines = ["## On Arm: the device path in an arm64 root under qemu-user (`make check-arm-run`)", "",
              f"Measured {r['generated']} at {r['commit'][:7]}: Debian {r['root']['suite']} arm64 root "
-             f"(Python {r['arm64']['python']}, glibc {r['arm64']['glibc']}) under {r['host_tools']['qemu']}; "
+             f"(Python {r['arm64']['python']}, {r['arm64']['glibc']}) under {r['host_tools']['qemu']}; "
              f"{len(r['wheels'])} aarch64 wheels installed with --no-index. {r['input']['frames_processed']} frames "
-             f"of the demo's shifted video (every {r['input']['every']}th), decoded once on x86 to PNG: both sides "
+             f"of the demo's shifted video (every {r['input']['every']}th), decoded once on x86, re-encoded FFV1: both sides "
              f"read the same pixels (sha256 equal: {r['input']['pixels_identical']}).", "",
              "| backbone | top-1 agreement, adapted | source-only read-out | accuracy x86 / arm64 | "
              "feature rel. L2 max (32 probed frames) | state rel. L2 max (tolerance) |", "|---|---|---|---|---|---|"]
@@ -618,10 +621,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                      f"{c['state']['max_relative_l2']:.2e} ({c['state_tolerance']:.2e}) |")
     a, h = r["arm64"]["cpu"], r["x86_64"]["cpu"]
     xnn = r["isa"]["aarch64"]
-    lines += ["", f"CPU features: arm64 root (what qemu's `max` CPU gives the process, AT_HWCAP): NEON "
-              f"{a['neon']}, dotprod (asimddp) {a['dotprod']}, i8mm {a['i8mm']}, SVE {a['sve']}; LiteRT's XNNPACK "
-              f"delegate created: {xnn['litert_xnnpack_delegate']}; ONNX Runtime's MLAS takes the same flags. x86 "
-              f"host ({h['model']}): {', '.join(h['flags'])}.",
+    cpus = r.get("emulated_cpus", {})
+    described = "; ".join(f"{cpu}: {', '.join(info['flags'])}" for cpu, info in cpus.items() if cpu != "max")
+    mx = r.get("qemu_max_check", {})
+    lines += ["", f"Emulated CPU {r['arm64'].get('qemu_cpu')} (Raspberry Pi 4), AT_HWCAP: NEON {a['neon']}, dotprod "
+              f"(asimddp) {a['dotprod']}, i8mm {a['i8mm']}, SVE {a['sve']}; LiteRT's XNNPACK delegate created: "
+              f"{xnn['litert_xnnpack_delegate']}, ONNX Runtime's MLAS reads the same flags ({described}). x86 host "
+              f"({h['model']}): {', '.join(h['flags'])}. On qemu's default `max` CPU (SVE2, SME, i8mm, ...) XNNPACK "
+              f"computes wrong features (relative L2 {mx.get('features_relative_l2')} from x86, ImageNet top-1 "
+              f"{mx.get('imagenet_top1_max')} vs {mx.get('imagenet_top1_x86')}), hence the pinned CPU.",
               f"torch never imported: {r['torch_free']}; bridge serve in the root, taught and queried from x86 over "
               f"{r['bridge']['url']} with a key: {r['bridge']['ok']}.",
               "Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["phases_s"].items())
