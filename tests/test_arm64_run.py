@@ -17,7 +17,7 @@ BACKBONES = ("int8.tflite", "int8.onnx")
 @pytest.fixture(scope="module")
 def report() -> dict:
     if not REPORT.is_file():
-        pytest.skip(f"{REPORT.name} absent: `make check-arm-run` (root, qemu-user, ~30 min) writes it")
+        pytest.skip(f"{REPORT.name} absent: `make check-arm-run` (root, qemu-user, about 15 min from nothing) writes it")
     return json.loads(REPORT.read_text())
 
 
