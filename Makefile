@@ -4,7 +4,7 @@
 # and two checks of what a board installs:
 #   make check-device   a venv with only `pip install .` runs the device commands on a real video
 #   make check-arm      the device requirements resolve from aarch64 wheels for Python 3.10 and 3.11
-#   make check-arm-run  the device path run in an arm64 Debian root under qemu-user, against x86 (root; 11 CPU-min)
+#   make check-arm-run  the device path run in an arm64 Debian root under qemu-user, against x86 (root; 12 CPU-min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
