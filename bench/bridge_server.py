@@ -131,3 +131,14 @@ def memory_file(path: Path, adapter: Any, dim: int, seed: int = 0, model_sha256:
     return write_state(
         path, adapter.fit(x, y, n_classes=len(CLASSES)), kind="memory", model_sha256=model_sha256, classes=CLASSES
     )
+
+
+def numbered(t: int, rng: np.random.Generator) -> np.ndarray:
+    """A feature vector that carries its number t exactly through normalisation: x[1] / x[0] = t / 1024."""
+    x = rng.uniform(-1, 1, KILL_DIM).astype(np.float32)
+    x[0], x[1] = 1.0, t / 1024.0
+    return x
+
+
+def numbers_of(features: np.ndarray) -> np.ndarray:
+    return np.rint(features[:, 1] / features[:, 0] * 1024.0).astype(np.int64)

@@ -49,7 +49,8 @@ def auth_overhead(work: Path, requests: int, pairs: int = 2) -> dict[str, Any]:
             for _ in range(pairs)
             for keyed in (False, True)
         ]
-        clients = [connect(server.wait_listening(), key if i % 2 else None) for i, server in enumerate(servers)]
+        urls = [server.wait_listening() for server in servers]  # all started before any connects: a
+        clients = [connect(url, key if i % 2 else None) for i, url in enumerate(urls)]  # keyed peer must AUTH in 10 s
         for c in clients:
             c.hello()
         i = iter(range(10**9))

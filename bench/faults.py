@@ -43,27 +43,26 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_runtime.bench.bridge_server import CLASSES, KILL_DIM, ServerProcess, connect, memory_file, percentiles_ms
+from edge_runtime.bench.bridge_server import (
+    CLASSES,
+    KILL_DIM,
+    ServerProcess,
+    connect,
+    memory_file,
+    numbered,
+    numbers_of,
+    percentiles_ms,
+)
 from edge_runtime.bench.durability import auth_overhead, journal_cost
 from edge_runtime.bench.fuzz import Fuzzer, fuzz
 from edge_runtime.bench.sections import publish, write_section
 from edge_runtime.defaults import DEFAULT_MODEL
 
 SECTION_TITLE = "## Faults and load (bridge)"
+ATTACKS_TITLE = "## Attacks on the bridge (issue #24)"
 
 
 # -- kills ------------------------------------------------------------------------------------------------
-def numbered(t: int, rng: np.random.Generator) -> np.ndarray:
-    """A feature vector that carries its number t exactly through normalisation: x[1] / x[0] = t / 1024."""
-    x = rng.uniform(-1, 1, KILL_DIM).astype(np.float32)
-    x[0], x[1] = 1.0, t / 1024.0
-    return x
-
-
-def numbers_of(features: np.ndarray) -> np.ndarray:
-    return np.rint(features[:, 1] / features[:, 0] * 1024.0).astype(np.int64)
-
-
 class Acknowledged:
     """What the clients were told: acknowledged TEACHes and FORGETs, and operations whose fate is unknown."""
 
@@ -314,6 +313,11 @@ def load_test(
         "600",
         "--frame-timeout",
         "600",
+        # the idle peers stay (no eviction: this part measures serving beside them)
+        "--max-unproven",
+        str(connections),
+        "--max-per-address",
+        str(connections),
     ) as server:
         url = server.wait_listening()
         log(f"faults: load: one client alone, {alone} requests at {rate:g}/s")
@@ -369,6 +373,24 @@ def load_test(
 # -- report ------------------------------------------------------------------------------------------------
 def faults_markdown(r: dict[str, Any]) -> str:
     """The "Faults and load (bridge)" section: one table of goals and measurements, and how they were taken."""
+    if "kills" not in r:  # --attacks-only: the attack scenarios of bench/attacks.py alone
+        from .attacks import attacks_markdown
+
+        return (
+            "\n".join(
+                [
+                    ATTACKS_TITLE,
+                    "",
+                    f"`edgert bench faults --attacks-only{' --quick' if r.get('quick') else ''}` "
+                    f"({r['host']}, {r['time_utc']}; {r['seconds']:.0f} s).",
+                    "",
+                    "| what | measured | goal |",
+                    "|---|---:|---:|",
+                    *(f"| {a} | {b} | {c} |" for a, b, c in attacks_markdown(r.get("attacks", {}))),
+                ]
+            )
+            + "\n"
+        )
     k, ld, fz, au, jr = r["kills"], r["load"], r["fuzz"], r["auth"], r["journal"]
     by = ", ".join(f"{name} {v['trials']}" for name, v in sorted(k["by_signal"].items()))
     gc = jr.get("fsyncs_per_concurrent_teach")
@@ -416,6 +438,10 @@ def faults_markdown(r: dict[str, Any]) -> str:
             "report",
         ),
     ]
+    if r.get("attacks"):
+        from .attacks import attacks_markdown
+
+        rows += attacks_markdown(r["attacks"])
     replies = ", ".join(f"{name} {n}" for name, n in sorted(fz["replies"].items(), key=lambda kv: -kv[1]))
     lines = [
         SECTION_TITLE,
@@ -460,6 +486,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"backbone for FRAME requests in the fuzz (default: {DEFAULT_MODEL}; skipped if absent)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--attacks-only",
+        action="store_true",
+        help="run only the attack scenarios (bench/attacks.py: disk full, junk link, flood, fuzzed "
+        "payloads, base change)",
+    )
+    parser.add_argument("--no-attacks", action="store_true", help="skip the attack scenarios")
     parser.add_argument("--json", type=Path, help="write the figures as JSON to this file")
     parser.add_argument(
         "--report", type=Path, metavar="FILE", help="write the Markdown section into this report (e.g. bench/REPORT.md)"
@@ -479,6 +512,13 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="edgert-faults-") as tmp:
         work = Path(tmp)
+        if not getattr(args, "no_attacks", False):
+            from .attacks import run as attacks
+
+            results["attacks"] = attacks(work, quick, args.seed, log)
+        if getattr(args, "attacks_only", False):
+            results["seconds"] = time.monotonic() - started
+            return results
         log(f"faults: kills: {3 * trials} trials")
         results["kills"] = kill_trials(work, trials, args.seed, log)
         log("faults: load")
@@ -494,7 +534,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     results = run(args, lambda line: print(line, file=sys.stderr, flush=True))
-    publish(args, results, faults_markdown(results), SECTION_TITLE)
+    title = ATTACKS_TITLE if getattr(args, "attacks_only", False) else SECTION_TITLE
+    publish(args, results, faults_markdown(results), title)
     return 0
 
 

@@ -65,8 +65,17 @@ def read_keys(path: str | Path) -> list[bytes]:
         raise InputError(
             f"key file {path} has mode {stat.S_IMODE(mode):04o}: other users could read it; " f"run `chmod 600 {path}`"
         )
+    try:
+        text = path.read_bytes().decode("ascii")
+    except OSError as err:
+        raise InputError(f"cannot read key file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(
+            f"key file {path} is not text: a key file holds hex keys, one per line "
+            f"(make one with `edgert bridge keygen`)"
+        ) from None
     keys = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

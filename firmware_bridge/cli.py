@@ -84,6 +84,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="close a TCP peer whose frame has not completed this long after it started (default: 10)",
     )
     serve.add_argument(
+        "--max-per-address", type=int, default=16, metavar="N", help="TCP peers from one address (default: 16)"
+    )
+    serve.add_argument(
+        "--max-unproven",
+        type=int,
+        default=16,
+        metavar="N",
+        help="TCP peers not yet authenticated (without a key: not yet served); a new one takes the "
+        "place of the oldest when full (default: 16)",
+    )
+    serve.add_argument(
+        "--auth-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --key-file, close a TCP peer that has not authenticated this long after it "
+        "connected (default: 10)",
+    )
+    serve.add_argument(
+        "--max-pending",
+        type=int,
+        default=8,
+        metavar="N",
+        help="requests of one peer served before its replies are drained and more is read " "(default: 8)",
+    )
+    serve.add_argument(
+        "--export-rate",
+        type=float,
+        default=50.0,
+        metavar="PER_SECOND",
+        help="STATE_EXPORT requests served per second, all peers together (default: 50)",
+    )
+    serve.add_argument(
         "--checkpoint-every",
         type=float,
         default=60.0,
@@ -165,32 +198,70 @@ def _framing(args: argparse.Namespace) -> Any:
     return McuFraming if args.mcu else Framing
 
 
+def _network_host(url: str) -> Optional[str]:
+    """The host a link URL reaches over the network (tcp://, and pyserial's socket:// and rfc2217://),
+    or None for a local link (a serial device, loop://, stdio://)."""
+    from urllib.parse import urlsplit
+
+    from firmware_bridge.transport import parse_tcp
+
+    if url.startswith("tcp://"):
+        return parse_tcp(url)[0]
+    parts = urlsplit(url)
+    if parts.scheme in ("socket", "rfc2217"):
+        return parts.hostname or ""
+    return None
+
+
 def _check_exposure(args: argparse.Namespace, keys: Any) -> None:
     """Refuse a keyless server that anyone on a network could reach, unless told --insecure."""
-    from firmware_bridge.transport import is_loopback, parse_tcp
+    from firmware_bridge.transport import is_loopback
 
-    if not args.port.startswith("tcp://") or keys is not None:
-        return
-    host, port = parse_tcp(args.port)
-    if is_loopback(host):
+    host = _network_host(args.port)
+    if host is None or keys is not None or (host and is_loopback(host)):
         return
     if not args.insecure:
         raise InputError(
-            f"refusing to serve tcp://{host}:{port} without a key: any host that reaches it could "
-            f"teach, erase and read this memory. Pass --key-file FILE (edgert bridge keygen FILE), "
-            f"bind tcp://127.0.0.1:{port}, or add --insecure to accept that risk"
+            f"refusing to serve {args.port} without a key: it leaves this machine, and any host on "
+            f"that network could teach, erase and read this memory. Pass --key-file FILE (edgert "
+            f"bridge keygen FILE), use a loopback address, or add --insecure to accept that risk"
         )
     _log(
-        f"WARNING: serving tcp://{host}:{port} without a key (--insecure): any peer on that network can "
-        f"change or read this memory"
+        f"WARNING: serving {args.port} without a key (--insecure): any peer on that network can change or read "
+        f"this memory"
     )
+
+
+def _class_names(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _base(args: argparse.Namespace, memory: Any, backbone: Any, sha: Optional[str]) -> dict[str, Any]:
+    """What a state folder's journal and checkpoints are changes to (``firmware_bridge.journal.bind_base``)."""
+    from edge_runtime.adapters import make_adapter
+
+    if memory is not None:
+        params, classes, digest = memory.header.get("params", {}), memory.classes, memory.header.get("checksum", "")
+        dim = memory.adapter.dim if hasattr(memory.adapter, "_n_classes") else args.dim
+    else:
+        params, classes, digest = make_adapter(args.adapter).get_params(), _class_names(args.classes or ""), ""
+        dim = args.dim if args.dim is not None else (backbone.card.feature_dim if backbone is not None else None)
+    return {
+        "format": 1,
+        "adapter": args.adapter,
+        "params": params,
+        "memory": digest,
+        "dim": dim,
+        "classes": list(classes),
+        "model_sha256": sha or "",
+    }
 
 
 def _load_device(args: argparse.Namespace) -> Any:
     from edge_runtime.adapters import make_adapter
-    from edge_runtime.state import Checkpoints, read_state
+    from edge_runtime.state import Checkpoints, StateError, read_state
     from firmware_bridge.device import BridgeDevice
-    from firmware_bridge.journal import Journal
+    from firmware_bridge.journal import Journal, bind_base, make_folder
 
     backbone = None
     sha = None
@@ -215,13 +286,26 @@ def _load_device(args: argparse.Namespace) -> Any:
         )
     journal = None
     replay = None
+    loaded = None
     if args.state is not None:
+        base = _base(args, state, backbone, sha)
+        make_folder(args.state)
         checkpoints = Checkpoints(args.state, sha or "", args.adapter)
-        loaded = checkpoints.load()
-        for problem in checkpoints.problems:
-            _log(f"skipped state file: {problem}")
-        journal = Journal(checkpoints, every_records=args.compact_every, every_seconds=args.checkpoint_every)
         try:
+            # Checked before anything is read or written: a folder made for another base is refused whole.
+            digest = bind_base(args.state, base, record=False)
+            loaded = checkpoints.load()
+            if loaded is None and checkpoints.files():
+                raise StateError(
+                    f"no checkpoint in {args.state} can be used ({'; '.join(checkpoints.problems)}); "
+                    f"nothing was changed: move the folder away to start from --memory"
+                )
+            bind_base(args.state, base)
+            for problem in checkpoints.problems:
+                _log(f"skipped state file: {problem}")
+            journal = Journal(
+                checkpoints, every_records=args.compact_every, every_seconds=args.checkpoint_every, base=digest
+            )
             replay = journal.read(after=int(loaded.meta.get("journal_seq", 0)) if loaded else 0)
         except BaseException:
             checkpoints.close()
@@ -233,7 +317,7 @@ def _load_device(args: argparse.Namespace) -> Any:
         adapter, classes = state.adapter, state.classes
         _log(f"adapter {adapter.name} from {state.path} ({len(classes)} classes)")
     else:
-        adapter, classes = make_adapter(args.adapter), [c.strip() for c in args.classes.split(",") if c.strip()]
+        adapter, classes = make_adapter(args.adapter), _class_names(args.classes)
         _log(f"empty {args.adapter} adapter, {len(classes)} classes: teach it over the link")
     device = BridgeDevice(
         adapter,
@@ -245,8 +329,10 @@ def _load_device(args: argparse.Namespace) -> Any:
         dim=args.dim,
         journal=journal,
     )
+    if loaded is not None:
+        device.restore_requests(loaded.meta)
     if replay is not None and replay.records:
-        device.replay([record.op for record in replay.records])
+        device.replay(replay.records)
         _log(f"replayed {len(replay.records)} journal records ({replay.records[0].seq}..{replay.records[-1].seq})")
     if replay is not None and (replay.records or replay.problems):
         path = device.checkpoint({"recovered": True})
@@ -272,6 +358,11 @@ def _serve_tcp(args: argparse.Namespace, device: Any, keys: Any, shutdown: Any) 
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
         frame_timeout=args.frame_timeout,
+        max_per_address=args.max_per_address,
+        max_unproven=args.max_unproven,
+        auth_timeout=args.auth_timeout,
+        max_pending=args.max_pending,
+        export_rate=args.export_rate,
         once=args.once,
         log=_log,
     )
@@ -297,7 +388,7 @@ def _reload_keys_on_sighup(keys: Any) -> Optional[Any]:
     def reload(_signum: int, _frame: Any) -> None:
         try:
             _log(f"SIGHUP: {keys.reload()} key(s) accepted from {keys.path}; open connections keep their session")
-        except InputError as err:  # a bad file must not take the keys in use away
+        except Exception as err:  # a bad file (or any surprise) must not take the keys in use away
             _log(f"SIGHUP: key file not reloaded, the previous keys stay: {err}")
 
     return signal.signal(signal.SIGHUP, reload)

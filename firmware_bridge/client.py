@@ -1,5 +1,12 @@
 """The host side: one request at a time over any transport, replies matched by sequence number.
 
+TEACH and FORGET go as TEACH_ONCE / FORGET_ONCE with a random request id when the device
+announces IDEMPOTENT (its HELLO is asked once, before the first of them): a request resent after a
+damaged reply, or sent again by the caller after a dropped connection (``request_id=``, the id of
+the ``BridgeError``), is applied once. To a device without request ids a TEACH or FORGET is never
+resent (it may have been applied): the link error is raised. An unlabelled FEATURES/FRAME resent
+after a link error is marked READ_ONLY, so the device never adapts twice on one sample.
+
 With a key the client authenticates on its first request (HELLO, then AUTH answering the
 device's nonce), signs every later request with a rising counter, and accepts a reply only if
 it is signed for that request (an unsigned ERROR is still reported: it changes nothing).
@@ -17,8 +24,10 @@ array([127, 127, 127, 127], dtype=int8)
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -33,11 +42,13 @@ from firmware_bridge.messages import (
     Auth,
     AuthReply,
     Body,
+    Capability,
     Error,
     ErrorCode,
     FeatureDtype,
     Features,
     Forget,
+    ForgetOnce,
     ForgetScope,
     Frame,
     Hello,
@@ -49,16 +60,27 @@ from firmware_bridge.messages import (
     Stats,
     StatsRequest,
     Teach,
+    TeachOnce,
 )
 from firmware_bridge.transport import Transport
 
 
 class BridgeError(EdgeRuntimeError):
-    """The device answered ERROR, or did not answer in time."""
+    """The device answered ERROR, or did not answer in time.
+
+    ``request_id`` is the id a failed TEACH/FORGET was sent with (0: none): pass it again
+    (``teach(..., request_id=err.request_id)``) and the device applies the request at most once.
+    """
 
     def __init__(self, message: str, code: Optional[int] = None) -> None:
         super().__init__(message)
         self.code = code
+        self.request_id = 0
+
+
+def new_request_id() -> int:
+    """A random non-zero u64 request id."""
+    return secrets.randbits(64) or 1
 
 
 class BridgeClient:
@@ -86,6 +108,8 @@ class BridgeClient:
         self._pending: deque[Packet | FrameError] = deque()
         self._session = HostSession(key) if key is not None else None
         self._counters: dict[int, int] = {}  # seq -> counter of the signed request sent with it
+        self.capabilities: Optional[int] = None  # the device's, from its HELLO
+        self.last_request_id = 0  # the id of the last TEACH/FORGET sent with one
         # A leading delimiter ends whatever partial frame the device may hold from before we came.
         self.transport.write(b"\x00")
 
@@ -128,8 +152,15 @@ class BridgeClient:
         if self._session is not None and not self.authenticated and not isinstance(body, (Hello, Auth)):
             self.hello()
         renewed = False
-        for _ in range(self.retries + 1):
-            seq = self.send(body)
+        # A TEACH/FORGET without a request id must not be sent twice: the first may have been applied.
+        once = not isinstance(body, (Teach, Forget)) or isinstance(body, (TeachOnce, ForgetOnce))
+        for attempt in range(self.retries + 1):
+            if attempt and isinstance(body, (Features, Frame)):
+                body = replace(body, options=body.options | OPTION_READ_ONLY)  # never adapt twice on a sample
+            try:
+                seq = self.send(body)
+            except EOFError as err:
+                raise self._closed(err) from None
             while True:
                 event = self.receive()
                 if isinstance(event, Packet) and event.seq == seq and not isinstance(event.body, Error):
@@ -152,11 +183,31 @@ class BridgeClient:
                     isinstance(event.body, Error) and event.body.code in _LINK_ERRORS
                 )
                 if link_error:
+                    if not once:
+                        raise BridgeError(
+                            f"{type(body).__name__} may or may not have been applied: a link error "
+                            f"({_event_name(event)}) arrived while it was in flight, and this device "
+                            f"takes no request ids, so it is not sent again",
+                            ErrorCode.MALFORMED,
+                        )
                     break  # our frame or the reply was damaged on the line: send again
                 # else: a stale reply to an earlier, abandoned request; keep waiting for ours
         raise BridgeError(
             f"{type(body).__name__} failed {self.retries + 1} times on {self.transport.url}: " f"the line is too noisy"
         )
+
+    def _closed(self, err: EOFError) -> BridgeError:
+        """The device closed the link under a write: what it said last (BUSY, TIMEOUT), if anything."""
+        try:
+            while True:
+                event = self.receive(timeout=0.5)
+                if isinstance(event, Packet) and isinstance(event.body, Error):
+                    return BridgeError(
+                        f"device error {_code_name(event.body.code)}: {event.body.message}", event.body.code
+                    )
+        except BridgeError:
+            pass
+        return BridgeError(f"the device closed the link: {err}")
 
     def _check_signed(self, event: Packet, seq: int) -> None:
         """In an authenticated session a reply must be signed for the request it answers."""
@@ -174,6 +225,7 @@ class BridgeClient:
     def hello(self) -> HelloReply:
         """The device's capabilities; with a key, also authenticate to it (the reply carries its nonce)."""
         hello = self._expect(self.request(Hello(self._framing.MAX_PAYLOAD)), HelloReply)
+        self.capabilities = hello.capabilities
         if self._session is not None:
             if not hello.nonce:
                 raise BridgeError(
@@ -199,14 +251,48 @@ class BridgeClient:
         """Send a frame: JPEG bytes, or a BGR uint8 (h, w, 3) / grey (h, w) array sent raw."""
         return self._expect(self.request(self._frame(image, top_k=top_k, read_only=read_only)), Prediction)
 
-    def teach(self, label: int, sample: np.ndarray | bytes, *, dtype: FeatureDtype = FeatureDtype.FLOAT32) -> int:
-        """Teach one labelled sample: a 1-D float feature vector, or a frame (see ``classify_frame``)."""
+    def teach(
+        self,
+        label: int,
+        sample: np.ndarray | bytes,
+        *,
+        dtype: FeatureDtype = FeatureDtype.FLOAT32,
+        request_id: Optional[int] = None,
+    ) -> int:
+        """Teach one labelled sample: a 1-D float feature vector, or a frame (see ``classify_frame``).
+
+        ``request_id``: the id of an earlier attempt that failed (``BridgeError.request_id``), so that
+        the device applies the sample once whatever happened to that attempt.
+        """
         is_features = isinstance(sample, np.ndarray) and sample.ndim == 1
         body = Features.quantize(sample, dtype) if is_features else self._frame(sample)
-        return self._expect(self.request(Teach(label, body)), Ack).count
+        if not self.idempotent:
+            return self._expect(self._once(Teach(label, body), 0), Ack).count
+        rid = request_id or new_request_id()
+        return self._expect(self._once(TeachOnce(label, body, rid), rid), Ack).count
 
-    def forget(self, scope: ForgetScope = ForgetScope.ADAPTED, value: int = 0) -> int:
-        return self._expect(self.request(Forget(scope, value)), Ack).count
+    def forget(
+        self, scope: ForgetScope = ForgetScope.ADAPTED, value: int = 0, *, request_id: Optional[int] = None
+    ) -> int:
+        if not self.idempotent:
+            return self._expect(self._once(Forget(scope, value), 0), Ack).count
+        rid = request_id or new_request_id()
+        return self._expect(self._once(ForgetOnce(scope, value, rid), rid), Ack).count
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the device takes request ids (asks its HELLO the first time)."""
+        if self.capabilities is None:
+            self.hello()
+        return bool((self.capabilities or 0) & Capability.IDEMPOTENT)
+
+    def _once(self, body: Body, rid: int) -> Body:
+        self.last_request_id = rid
+        try:
+            return self.request(body)
+        except BridgeError as err:
+            err.request_id = rid
+            raise
 
     def stats(self) -> Stats:
         return self._expect(self.request(StatsRequest()), Stats)
@@ -258,6 +344,12 @@ _LINK_ERRORS = (ErrorCode.BAD_CRC, ErrorCode.MALFORMED, ErrorCode.OVERSIZED)
 _CLOSING = (ErrorCode.BUSY, ErrorCode.TIMEOUT)
 
 
+def _event_name(event: Packet | FrameError) -> str:
+    if isinstance(event, FrameError):
+        return event.code.name
+    return _code_name(event.body.code) if isinstance(event.body, Error) else type(event.body).__name__
+
+
 def _code_name(code: int) -> str:
     try:
         return ErrorCode(code).name
@@ -265,4 +357,4 @@ def _code_name(code: int) -> str:
         return str(code)
 
 
-__all__ = ["BridgeClient", "BridgeError"]
+__all__ = ["BridgeClient", "BridgeError", "new_request_id"]

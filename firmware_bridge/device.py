@@ -4,7 +4,13 @@
 touches a transport and is the only code that changes the adapter. Every request is checked in
 full before anything changes (width, finite values, range, label, image), so a bad request gets
 one BAD_INPUT line and leaves the memory as it was. With a ``Journal`` every change is recorded
-and the batch's TEACH/FORGET records are made durable with one fsync before any ACK is returned.
+*before* it is made (a change whose record cannot be written is refused with STORAGE and never
+made) and the batch's TEACH/FORGET records are made durable with one fsync before any ACK is
+returned; a failed fsync is answered by a checkpoint (the rewrite) or, if that fails too, STORAGE.
+
+TEACH_ONCE and FORGET_ONCE carry the client's request id: the device keeps the last
+``max_requests`` ids it applied (in the journal records and the checkpoints, so across restarts)
+and answers a repeat with the first reply, once that is durable, instead of applying it again.
 
 ``Link`` is one connection's view: the framing (bytes in, packets out) and, with a key, the
 authentication session. ``serve(transport, device)`` is the loop for one peer (serial, stdio);
@@ -24,6 +30,7 @@ import inspect
 import sys
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -34,7 +41,7 @@ from edge_runtime.errors import EdgeRuntimeError, InputError
 from firmware_bridge.auth import AuthError, DeviceSession, KeyRing
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import FrameError, Framing, Packet
-from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, Op, TeachOp
+from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, Op, Record, StorageError, TeachOp, op_digest
 from firmware_bridge.messages import (
     OPTION_READ_ONLY,
     Ack,
@@ -45,6 +52,7 @@ from firmware_bridge.messages import (
     ErrorCode,
     Features,
     Forget,
+    ForgetOnce,
     ForgetScope,
     Frame,
     Hello,
@@ -55,6 +63,7 @@ from firmware_bridge.messages import (
     Stats,
     StatsRequest,
     Teach,
+    TeachOnce,
 )
 from firmware_bridge.pixels import decode_frame
 from firmware_bridge.transport import Transport
@@ -62,6 +71,8 @@ from firmware_bridge.transport import Transport
 # Feature values beyond this are refused: their squares approach float32's range, and no backbone's
 # pooled features come near it (EfficientNet-Lite's are ReLU6 outputs, at most 6).
 MAX_FEATURE = 1e12
+MAX_REQUESTS = 4096  # request ids remembered (a host resends within seconds; thousands is ample)
+CHECKPOINT_RETRY_S = 5.0  # after a failed checkpoint (disk full), wait this long before the next try
 
 
 class Reply(NamedTuple):
@@ -95,6 +106,8 @@ class BridgeDevice:
         when those exist; required for an empty adapter without a backbone.
     journal
         Where changes are recorded (``firmware_bridge.journal``); None keeps them in memory only.
+    max_requests
+        How many request ids (TEACH_ONCE, FORGET_ONCE) are remembered with their first reply.
     """
 
     def __init__(
@@ -108,6 +121,7 @@ class BridgeDevice:
         framing: type[Framing] = Framing,
         dim: Optional[int] = None,
         journal: Optional[Journal] = None,
+        max_requests: int = MAX_REQUESTS,
     ) -> None:
         self.adapter = adapter
         self.classes = list(classes)
@@ -135,8 +149,17 @@ class BridgeDevice:
         self._compute_us_total = 0
         self._answered = 0
         self._state_blob: Optional[bytes] = None
+        self._state_version = -1  # ``version`` the snapshot was taken at
+        self.version = 0  # changes made to the adapter (a snapshot of an unchanged adapter is reused)
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.max_requests = max_requests
+        # request id -> (digest of the operation, count acknowledged, journal seq of its record)
+        self.requests: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        self.repeats = 0  # requests answered from the table instead of applied again
+        self.storage_errors = 0
+        self._checkpoint_retry_at = 0.0
+        self._rescue_retry_at = 0.0
 
     @property
     def _forget(self) -> dict[ForgetScope, Callable[[int], int]]:
@@ -158,16 +181,21 @@ class BridgeDevice:
     def handle_batch(self, packets: Sequence[Packet]) -> list[list[Reply]]:
         """Replies to each request, in order; the journal is committed once, before any reply is returned."""
         replies = [self._handle(packet) for packet in packets]
-        if self.journal is not None:
+        if self.journal is not None and any(isinstance(r.body, Ack) for rs in replies for r in rs):
             try:
-                self.journal.commit()
-            except OSError as err:  # the disk failed: nothing in this batch may be acknowledged
-                print(f"edgert bridge: journal commit failed: {err}", file=sys.stderr)
+                self.make_durable()
+            except StorageError as err:  # nothing in this batch may be acknowledged
+                self.storage_errors += 1
+                print(f"edgert bridge: {err}", file=sys.stderr)
                 replies = [
                     [
                         Reply(
                             r.seq,
-                            Error(ErrorCode.INTERNAL, f"journal write failed ({err.strerror}): " f"not acknowledged"),
+                            Error(
+                                ErrorCode.STORAGE,
+                                f"{err}; the change is applied but not on disk "
+                                f"yet: send it again with the same request id",
+                            ),
                         )
                         if isinstance(r.body, Ack)
                         else r
@@ -175,7 +203,47 @@ class BridgeDevice:
                     ]
                     for rs in replies
                 ]
+        elif self.journal is not None:
+            try:
+                self.journal.commit()
+            except StorageError as err:
+                print(f"edgert bridge: {err}", file=sys.stderr)
         return replies
+
+    def make_durable(self) -> None:
+        """Every record so far on stable storage: one fsync, or after a failed one (never retried on
+        the same descriptor) a checkpoint holding them all. ``StorageError`` if neither worked."""
+        journal = self.journal
+        if journal is None:
+            return
+        if not journal.needs_rescue:
+            try:
+                journal.commit()
+                return
+            except StorageError as err:
+                print(
+                    f"edgert bridge: {err}: rewriting every record since the last checkpoint as a new one",
+                    file=sys.stderr,
+                )
+        self._rescue()
+
+    def _rescue(self) -> None:
+        """After a lost fsync: the memory as a new checkpoint (fresh file, fsync, rename)."""
+        journal = self.journal
+        assert journal is not None
+        if not self.ready:
+            raise StorageError("journal fsync failed and there is no memory to checkpoint yet")
+        if time.monotonic() < self._rescue_retry_at:
+            raise StorageError("journal fsync failed and the checkpoint that replaces it too; retry later")
+        try:
+            self.checkpoint({"rescued": True})
+        except OSError as err:
+            from firmware_bridge.journal import describe_oserror
+
+            self._rescue_retry_at = time.monotonic() + 1.0
+            raise StorageError(
+                f"journal fsync failed and the checkpoint that replaces it too: " f"{describe_oserror(err)}", err
+            ) from None
 
     def _handle(self, packet: Packet) -> list[Reply]:
         if packet.body.REPLY:
@@ -192,6 +260,9 @@ class BridgeDevice:
             ]
         try:
             return [Reply(packet.seq, handler(self, packet.body))]
+        except StorageError as err:
+            self.storage_errors += 1
+            code, message = ErrorCode.STORAGE, str(err)
         except (_Unsupported, NotImplementedError) as err:
             code, message = ErrorCode.UNSUPPORTED, str(err)
         except (EdgeRuntimeError, ValueError) as err:
@@ -216,6 +287,7 @@ class BridgeDevice:
             caps |= Capability.ADAPTS
         if self.journal is not None:
             caps |= Capability.DURABLE
+        caps |= Capability.IDEMPOTENT
         sha = bytes.fromhex(self.model_sha256) if self.model_sha256 else bytes(32)
         return HelloReply(
             self.framing.MAX_PAYLOAD,
@@ -241,10 +313,14 @@ class BridgeDevice:
 
     def _predict(self, x: np.ndarray, options: int, top_k: int, start: float) -> Prediction:
         self._check_ready()
+        probs = None
         if self.adapt and not options & OPTION_READ_ONLY:
-            probs = self.apply(AdaptOp(x))
-            self._counts["adapted"] += 1
-        else:
+            try:
+                probs = self.apply(AdaptOp(x))
+                self._counts["adapted"] += 1
+            except StorageError:  # the disk is full: predict without adapting rather than not at all
+                probs = None
+        if probs is None:
             probs = self.adapter.predict_proba(x)[0]
         elapsed = int((time.perf_counter() - start) * 1e6)
         self._compute_us_total += elapsed
@@ -260,10 +336,46 @@ class BridgeDevice:
                 f"(0..{len(self.classes) - 1})"
             )
         sample = body.sample
+        rid = body.request_id if isinstance(body, TeachOnce) else 0
+        if rid and rid in self.requests:  # a repeat: features are compared, a frame is not run again
+            seen = (
+                TeachOp(body.label, self._checked(sample.to_float32())[0], rid)
+                if isinstance(sample, Features)
+                else None
+            )
+            return self._repeat(rid, seen)
         x = self._checked(sample.to_float32() if isinstance(sample, Features) else self._frame_features(sample))
-        self.apply(TeachOp(body.label, x[0]))
+        count = self.apply(TeachOp(body.label, x[0], rid))
         self._counts["teaches"] += 1
-        return Ack(1)
+        return Ack(int(count))
+
+    def _repeat(self, rid: int, op: Optional[Op]) -> Ack:
+        """The first reply to request ``rid`` (once its record is durable), never a second change."""
+        digest, count, seq = self.requests[rid]
+        if op is not None and op_digest(op) != digest:
+            raise InputError(f"request id {rid:#x} was used for another request: draw a new id per request")
+        self.requests.move_to_end(rid)
+        self.repeats += 1
+        if self.journal is not None and seq > self.journal.synced_seq:
+            self.make_durable()
+        return Ack(count)
+
+    def _remember(self, rid: int, op: Op, count: int, seq: int) -> None:
+        self.requests[rid] = (op_digest(op), int(count), seq)
+        self.requests.move_to_end(rid)
+        while len(self.requests) > self.max_requests:
+            self.requests.popitem(last=False)
+
+    def restore_requests(self, meta: dict[str, Any]) -> int:
+        """The request ids a checkpoint remembered (``checkpoint`` stores them); returns how many."""
+        entries = meta.get("request_ids") or []
+        for entry in entries[-self.max_requests :]:
+            try:
+                rid, digest, count = (int(v) for v in entry)
+            except (TypeError, ValueError):
+                continue
+            self.requests[rid] = (digest, count, 0)
+        return len(self.requests)
 
     def _forget_request(self, body: Forget) -> Ack:
         self._check_ready()
@@ -272,7 +384,11 @@ class BridgeDevice:
                 f"adapter {self.adapter.name} cannot forget {body.scope.name.lower()} "
                 f"(it supports: {', '.join(s.name for s in self._forget) or 'nothing'})"
             )
-        removed = self.apply(ForgetOp(int(body.scope), body.value))
+        rid = body.request_id if isinstance(body, ForgetOnce) else 0
+        op = ForgetOp(int(body.scope), body.value, rid)
+        if rid and rid in self.requests:
+            return self._repeat(rid, op)
+        removed = self.apply(op)
         self._counts["forgets"] += 1
         return Ack(int(removed))
 
@@ -293,8 +409,9 @@ class BridgeDevice:
     def _state_export(self, body: StateExportRequest) -> StateChunk:
         # Offset 0 takes a fresh snapshot; later offsets read that same snapshot, so a host
         # assembling chunks never mixes two states while the device keeps adapting.
-        if body.offset == 0 or self._state_blob is None:
+        if self._state_blob is None or (body.offset == 0 and self._state_version != self.version):
             self._state_blob = self.state_bytes()
+            self._state_version = self.version
         blob = self._state_blob
         if body.offset > len(blob):
             raise InputError(f"STATE_EXPORT offset {body.offset} is past the state's {len(blob)} bytes")
@@ -303,8 +420,27 @@ class BridgeDevice:
         return StateChunk(body.offset, len(blob), crc32(blob), chunk)
 
     # -- changes: the one path for live requests and journal replay -------------------------------
-    def apply(self, op: Op, *, record: bool = True) -> Any:
-        """Change the adapter by one checked operation and, with ``record``, journal it."""
+    def apply(self, op: Op, *, record: bool = True, seq: int = 0) -> Any:
+        """Journal one checked operation (with ``record``) and then make it: a change whose record
+        cannot be written raises ``StorageError`` and is not made. ``seq``: a replayed record's."""
+        journal = self.journal if record else None
+        if journal is not None:
+            if journal.needs_rescue:
+                self._rescue()  # a lost fsync: nothing new before a checkpoint holds what came before
+            seq = journal.append(op)
+        try:
+            result = self._change(op)
+        except BaseException:
+            if journal is not None:
+                journal.undo(seq)
+            raise
+        self.version += 1
+        rid = getattr(op, "rid", 0)
+        if rid:
+            self._remember(rid, op, result, seq)
+        return result
+
+    def _change(self, op: Op) -> Any:
         if isinstance(op, TeachOp):
             label = np.array([op.label])
             if self.ready:
@@ -317,30 +453,44 @@ class BridgeDevice:
             result = self._forget[ForgetScope(op.scope)](op.value)
         else:
             result = self.adapter.adapt(op.x)[0]
-        if record and self.journal is not None:
-            self.journal.append(op)
         return result
 
-    def replay(self, ops: Sequence[Op]) -> None:
-        """Apply journal records at start-up (they are already on disk: nothing is written)."""
-        for op in ops:
-            self.apply(op, record=False)
+    def replay(self, ops: Sequence[Op | Record]) -> None:
+        """Apply journal records at start-up (they are already on disk: nothing is written).
+
+        A record whose change fails is reported and skipped: it was never acknowledged (its live
+        change failed the same way), and the device must start.
+        """
+        for item in ops:
+            seq, op = (item.seq, item.op) if isinstance(item, Record) else (0, item)
+            try:
+                self.apply(op, record=False, seq=seq)
+            except Exception as err:
+                print(f"edgert bridge: journal record {seq}: {type(err).__name__}: {err}; skipped", file=sys.stderr)
 
     def checkpoint(self, meta: Optional[dict[str, Any]] = None) -> Any:
         """Compact the journal into a new checkpoint now (None if there is nothing new to hold)."""
         if self.journal is None or not self.ready:
             return None
         frames = self._counts["frames"] + self._counts["features"]
+        requests = [[rid, digest, count] for rid, (digest, count, _) in self.requests.items()]
         return self.journal.checkpoint(
-            self.adapter, self.classes, {"source": "bridge", "frames": frames, **(meta or {})}
+            self.adapter, self.classes, {"source": "bridge", "frames": frames, "request_ids": requests, **(meta or {})}
         )
 
     def maintain(self) -> None:
-        """Between batches: compact the journal when it is due (a failed write is reported, not fatal)."""
-        if self.journal is not None and self.ready and self.journal.due():
+        """Between batches: compact the journal when it is due (a failed write is reported, not fatal,
+        and tried again ``CHECKPOINT_RETRY_S`` later)."""
+        if (
+            self.journal is not None
+            and self.ready
+            and self.journal.due()
+            and time.monotonic() >= self._checkpoint_retry_at
+        ):
             try:
                 self.checkpoint()
             except (OSError, EdgeRuntimeError) as err:
+                self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
                 print(f"edgert bridge: checkpoint failed, the journal keeps every change: {err}", file=sys.stderr)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -386,6 +536,8 @@ class BridgeDevice:
         Frame: _frame,
         Teach: _teach,
         Forget: _forget_request,
+        TeachOnce: _teach,
+        ForgetOnce: _forget_request,
         StatsRequest: _stats,
         StateExportRequest: _state_export,
     }

@@ -25,7 +25,7 @@ from typing import Callable, ClassVar, NamedTuple, Optional
 
 from firmware_bridge import cobs
 from firmware_bridge.crc import crc32
-from firmware_bridge.messages import BODIES, Body, ErrorCode, PayloadError
+from firmware_bridge.messages import BODIES, Body, ErrorCode, Hello, PayloadError
 
 PROTOCOL_VERSION = 1
 FLAG_REPLY = 0x01
@@ -96,7 +96,7 @@ class Framing:
         With ``sign`` (a MAC function, ``firmware_bridge.auth.frame_signer``) and ``counter`` the
         frame is SIGNED: the MAC covers the header, the payload and the counter as sent.
         """
-        payload = body.pack()
+        payload = body.pack(self.MAX_PAYLOAD) if isinstance(body, Hello) else body.pack()
         if len(payload) > self.MAX_PAYLOAD:
             raise ValueError(
                 f"{type(body).__name__} payload of {len(payload)} bytes exceeds "

@@ -31,6 +31,8 @@ class MessageType(IntEnum):
     PREDICTION = 0x12
     TEACH = 0x20
     FORGET = 0x21
+    TEACH_ONCE = 0x22  # TEACH with a request id: applied once however often it arrives
+    FORGET_ONCE = 0x23  # FORGET with a request id
     STATS = 0x30
     STATE_EXPORT = 0x31
 
@@ -51,6 +53,7 @@ class ErrorCode(IntEnum):
     REPLAYED = 13  # the request's counter is not above the last one accepted on this connection
     BUSY = 14  # the device serves its maximum number of connections (seq 0; the connection is closed)
     TIMEOUT = 15  # idle too long, or a frame did not complete in time (seq 0; the connection is closed)
+    STORAGE = 16  # the change could not be made durable (disk full, I/O error): see the message; retry later
 
 
 class PixelFormat(IntEnum):
@@ -85,6 +88,7 @@ class Capability(IntEnum):
     ADAPTS = 1 << 5
     AUTH = 1 << 6  # requests must be authenticated (HELLO carries the nonce, then AUTH)
     DURABLE = 1 << 7  # an ACK to TEACH/FORGET is sent only once the operation is on stable storage
+    IDEMPOTENT = 1 << 8  # TEACH_ONCE/FORGET_ONCE: a request id sent again is answered with the first reply
 
 
 class ForgetScope(IntEnum):
@@ -107,6 +111,19 @@ def _text(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise PayloadError(f"text field is not UTF-8: {err.reason}") from None
+
+
+def utf8_prefix(text: str, limit: int) -> bytes:
+    """The UTF-8 bytes of ``text``, cut to at most ``limit`` bytes without splitting a character.
+
+    >>> utf8_prefix("caf\u00e9", 4), utf8_prefix("caf\u00e9", 5)
+    (b'caf', b'caf\xc3\xa9')
+    """
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return raw
+    cut = raw[:limit]
+    return cut.decode("utf-8", "ignore").encode("utf-8")
 
 
 def _enum(enum: type[IntEnum], value: int) -> IntEnum:
@@ -153,20 +170,34 @@ class Hello:
     classes: tuple[str, ...] = ()
     nonce: bytes = b""
 
-    def pack(self) -> bytes:
-        adapter = self.adapter.encode()[:255]
+    def pack(self, max_size: int = 0) -> bytes:
+        """The payload; names are cut to 255 bytes on a UTF-8 character boundary, and with ``max_size``
+        (the framing's MAX_PAYLOAD) trailing class names are left out so the whole HELLO fits
+        (``n_classes`` still counts every class: a host names the rest by index)."""
+        adapter = utf8_prefix(self.adapter, 255)
+        nonce = [bytes([len(self.nonce)]), bytes(self.nonce)] if self.nonce else []
+        room = (max_size or (1 << 62)) - self._FIXED.size - len(adapter) - 2 - sum(map(len, nonce))
+        names = []
+        for name in self.classes[:0xFFFF]:
+            raw = utf8_prefix(name, 255)
+            if 1 + len(raw) > room:
+                break
+            room -= 1 + len(raw)
+            names += [bytes([len(raw)]), raw]
         out = [
             self._FIXED.pack(
-                self.max_payload, self.feature_dim, self.n_classes, self.capabilities, self.model_sha256, len(adapter)
+                self.max_payload & 0xFFFFFFFF,
+                self.feature_dim & 0xFFFF,
+                self.n_classes & 0xFFFF,
+                self.capabilities & 0xFFFF,
+                bytes(self.model_sha256)[:32],
+                len(adapter),
             ),
             adapter,
-            struct.pack("<H", len(self.classes)),
+            struct.pack("<H", len(names) // 2),
+            *names,
+            *nonce,
         ]
-        for name in self.classes:
-            raw = name.encode()[:255]
-            out += [bytes([len(raw)]), raw]
-        if self.nonce:
-            out += [bytes([len(self.nonce)]), bytes(self.nonce)]
         return b"".join(out)
 
     @classmethod
@@ -245,7 +276,7 @@ class Error:
     message: str = ""
 
     def pack(self) -> bytes:
-        raw = self.message.encode()[: self.MAX_TEXT]
+        raw = utf8_prefix(self.message, self.MAX_TEXT)
         return self._FIXED.pack(self.code, len(raw)) + raw
 
     @classmethod
@@ -412,6 +443,53 @@ class Forget:
         return cls(_enum(ForgetScope, scope), value)
 
 
+_RID = struct.Struct("<Q")
+
+
+def _rid_split(name: str, payload: bytes) -> tuple[int, bytes]:
+    if len(payload) < _RID.size:
+        raise PayloadError(f"{name} payload of {len(payload)} bytes is shorter than its 8-byte request id")
+    (rid,) = _RID.unpack_from(payload)
+    if rid == 0:
+        raise PayloadError(f"{name} request id 0 is reserved: draw a random non-zero u64")
+    return rid, payload[_RID.size :]
+
+
+@dataclass(frozen=True)
+class TeachOnce(Teach):
+    """TEACH with a client-chosen request id (u64, not 0) before the TEACH payload: a device that
+    has applied that id answers a repeat with the first reply instead of teaching again."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TEACH_ONCE
+    request_id: int = 0
+
+    def pack(self) -> bytes:
+        return _RID.pack(self.request_id) + Teach.pack(self)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "TeachOnce":
+        rid, rest = _rid_split("TEACH_ONCE", payload)
+        teach = Teach.unpack(rest)
+        return cls(teach.label, teach.sample, rid)
+
+
+@dataclass(frozen=True)
+class ForgetOnce(Forget):
+    """FORGET with a request id (as ``TeachOnce``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FORGET_ONCE
+    request_id: int = 0
+
+    def pack(self) -> bytes:
+        return _RID.pack(self.request_id) + Forget.pack(self)
+
+    @classmethod
+    def unpack(cls, payload: bytes) -> "ForgetOnce":
+        rid, rest = _rid_split("FORGET_ONCE", payload)
+        forget = Forget.unpack(rest)
+        return cls(forget.scope, forget.value, rid)
+
+
 @dataclass(frozen=True)
 class StatsRequest:
     TYPE: ClassVar[MessageType] = MessageType.STATS
@@ -495,6 +573,8 @@ Body = Union[
     Prediction,
     Teach,
     Forget,
+    TeachOnce,
+    ForgetOnce,
     StatsRequest,
     Stats,
     StateExportRequest,
@@ -516,6 +596,8 @@ BODIES: dict[tuple[int, bool], type] = {
         Prediction,
         Teach,
         Forget,
+        TeachOnce,
+        ForgetOnce,
         StatsRequest,
         Stats,
         StateExportRequest,
@@ -536,6 +618,7 @@ __all__ = [
     "FeatureDtype",
     "Features",
     "Forget",
+    "ForgetOnce",
     "ForgetScope",
     "Frame",
     "Hello",
@@ -551,4 +634,6 @@ __all__ = [
     "StateChunk",
     "StateExportRequest",
     "Teach",
+    "TeachOnce",
+    "utf8_prefix",
 ]

@@ -5,11 +5,25 @@ decodes go to the ``Worker``, the one thread that touches the adapter, which ser
 arrival order across all connections. The worker takes every request that is waiting as one
 batch, so concurrent TEACHes share one journal fsync (group commit).
 
-Bounded by design: at most ``max_connections`` peers (one more is told BUSY and closed), an idle
-peer is closed after ``idle_timeout`` seconds, a frame that has started arriving must end within
-``frame_timeout`` seconds, and a peer that does not read its replies is closed after the same
-time. ``stop()`` stops accepting, lets each connection finish the request in hand, and returns
-once every connection is closed.
+Bounded by design, each bound a parameter (and an ``edgert bridge serve`` option):
+
+- ``max_connections`` peers in all (one more is told BUSY and closed), ``max_per_address`` from
+  one address and ``max_unproven`` not yet proven (on a keyed device: not authenticated; without
+  a key: no request served yet). A connection that would pass one of the last two takes the place
+  of the oldest unproven one that counts towards it (told BUSY and closed); if there is none it
+  is told BUSY and closed itself. Idle sockets therefore never lock a key holder out.
+- ``auth_timeout``: a keyed connection must authenticate within it (TIMEOUT otherwise);
+  ``idle_timeout``: an idle peer is closed; ``frame_timeout``: a frame that has started arriving
+  must end within it, and a peer that does not read its replies is closed after the same time.
+- ``max_pending`` requests of one connection are served at a time: their replies are written and
+  drained before the next ones are taken, and nothing more is read from that peer meanwhile
+  (backpressure through TCP, not a queue), so a read of thousands of small requests never
+  queues thousands of replies.
+- ``export_rate``: STATE_EXPORT requests per second for the whole device (a token bucket with one
+  second of burst); a connection over it waits, reading nothing more.
+
+``stop()`` stops accepting, lets each connection finish the request in hand, and returns once every
+connection is closed.
 """
 
 from __future__ import annotations
@@ -21,12 +35,52 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from firmware_bridge.auth import KeyRing
 from firmware_bridge.device import BridgeDevice, Link, Reply, Step
 from firmware_bridge.framing import Packet
-from firmware_bridge.messages import Error, ErrorCode
+from firmware_bridge.messages import Error, ErrorCode, StateExportRequest
+
+
+@dataclass
+class _Connection:
+    address: str
+    opened: float
+    writer: asyncio.StreamWriter
+    link: Link
+    busy: bool = False  # a request in hand: answered even when stopping
+    served: int = 0  # requests served
+    evicted: bool = False
+
+    @property
+    def proven(self) -> bool:
+        """Authenticated (keyed device) or served a request (keyless): not an idle stranger."""
+        session = self.link.session
+        return session.authenticated if session is not None else self.served > 0
+
+
+@dataclass
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, at most ``rate`` (one second) in hand."""
+
+    rate: float
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.rate
+
+    def wait(self, n: int) -> float:
+        """Take ``n`` tokens; the seconds to wait before using them (0 if in hand)."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= n
+        return max(0.0, -self.tokens / self.rate)
 
 
 class Worker:
@@ -98,6 +152,11 @@ class BridgeServer:
         max_connections: int = 64,
         idle_timeout: float = 60.0,
         frame_timeout: float = 10.0,
+        max_per_address: int = 16,
+        max_unproven: int = 16,
+        auth_timeout: float = 10.0,
+        max_pending: int = 8,
+        export_rate: float = 50.0,
         once: bool = False,
         log: Callable[[str], None] = lambda line: print(f"edgert bridge: {line}", file=sys.stderr),
     ) -> None:
@@ -108,12 +167,19 @@ class BridgeServer:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.frame_timeout = frame_timeout
+        self.max_per_address = max_per_address
+        self.max_unproven = max_unproven
+        self.auth_timeout = auth_timeout
+        self.max_pending = max(1, max_pending)
+        self.export_bucket = _Bucket(export_rate)
         self.once = once
         self.log = log
         self.refused = 0
+        self.evicted = 0
         self.timed_out = 0
         self.served_connections = 0
-        self._connections: dict[asyncio.Task, bool] = {}  # task -> busy with a request
+        self.export_waits = 0
+        self._connections: dict[asyncio.Task, _Connection] = {}
         self._stopping: Optional[asyncio.Event] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._worker: Optional[Worker] = None
@@ -135,8 +201,8 @@ class BridgeServer:
     def _begin_stop(self) -> None:
         assert self._stopping is not None
         self._stopping.set()
-        for task, busy in self._connections.items():
-            if not busy:
+        for task, conn in self._connections.items():
+            if not conn.busy:
                 task.cancel()  # waiting for bytes: nothing in hand
 
     async def serve(self, started: Callable[[], None] = lambda: None) -> None:
@@ -166,28 +232,28 @@ class BridgeServer:
             writer.close()
             return
         link = Link(self.device, self.keys)
-        if len(self._connections) >= self.max_connections:
+        address = peer[0] if peer else "?"
+        refusal = self._make_room(address)
+        if refusal:
             self.refused += 1
-            self.log(f"refused {name}: {self.max_connections} connections open (--max-connections)")
-            await self._close(
-                writer,
-                link,
-                Error(
-                    ErrorCode.BUSY,
-                    f"this device serves at most {self.max_connections} " f"connections; try again later",
-                ),
-            )
+            self.log(f"refused {name}: {refusal}")
+            await self._close(writer, link, Error(ErrorCode.BUSY, f"{refusal}; try again later"))
             return
         task = asyncio.current_task()
         assert task is not None
-        self._connections[task] = False
+        self._connections[task] = _Connection(address, time.monotonic(), writer, link)
         self.served_connections += 1
         self.log(f"connection from {name} ({len(self._connections)} open)")
         reason = "closed by the peer"
         try:
             reason = await self._converse(task, reader, writer, link)
         except asyncio.CancelledError:
-            reason = "server stopping"
+            conn = self._connections.get(task)
+            reason = (
+                "evicted: an unproven connection made room for a new one"
+                if conn and conn.evicted
+                else "server stopping"
+            )
         except (ConnectionError, OSError) as err:
             reason = f"connection error: {err}"
         except Exception as err:  # a defect behind this connection: the others keep being served
@@ -199,16 +265,80 @@ class BridgeServer:
             if self.once and self._stopping is not None:
                 self._stopping.set()
 
+    def _make_room(self, address: str) -> str:
+        """'' if a new connection from ``address`` may be served (evicting the oldest unproven
+        connection that counts towards a full bound, if need be), else why it may not."""
+        live = [c for c in self._connections.values() if not c.evicted]
+        if len(live) >= self.max_connections:  # the cap itself: refused, as since revision 2
+            return f"{self.max_connections} connections open (--max-connections)"
+        bounds = [
+            (self.max_per_address, f"connections from {address} (--max-per-address)", lambda c: c.address == address),
+            (self.max_unproven, "connections not yet authenticated (--max-unproven)", lambda c: not c.proven),
+        ]
+        for limit, what, counts in bounds:
+            live = [c for c in self._connections.values() if not c.evicted and counts(c)]
+            if len(live) < limit:
+                continue
+            victims = sorted((c for c in live if not c.proven and not c.busy), key=lambda c: c.opened)
+            if not victims:
+                return f"{limit} {what}"
+            self._evict(victims[0], f"{limit} {what}")
+        return ""
+
+    def _evict(self, conn: _Connection, why: str) -> None:
+        conn.evicted = True
+        self.evicted += 1
+        try:
+            conn.writer.write(
+                conn.link.render(
+                    [
+                        Step(
+                            [
+                                Reply(
+                                    0,
+                                    Error(
+                                        ErrorCode.BUSY,
+                                        f"closing: {why}, and this "
+                                        f"connection is the oldest "
+                                        f"unauthenticated one",
+                                    ),
+                                )
+                            ]
+                        )
+                    ],
+                    [],
+                )
+            )
+        except (ConnectionError, OSError, RuntimeError):
+            pass
+        for task, c in self._connections.items():
+            if c is conn:
+                task.cancel()
+                break
+
     async def _converse(
         self, task: asyncio.Task, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link
     ) -> str:
         assert self._worker is not None and self._stopping is not None
+        conn = self._connections[task]
         frame_deadline: Optional[float] = None
+        auth_deadline = time.monotonic() + self.auth_timeout if link.session is not None else None
+        try:
+            writer.transport.set_write_buffer_limits(high=256 * 1024)
+        except (AttributeError, RuntimeError):
+            pass
         while not self._stopping.is_set():
             if frame_deadline is None:
                 wait, why = self.idle_timeout, f"idle for {self.idle_timeout:g} s"
             else:
                 wait, why = frame_deadline - time.monotonic(), f"a frame took over {self.frame_timeout:g} s to arrive"
+            if link.session is not None:  # the deadline runs while unauthenticated: from connect, or a new HELLO
+                if link.session.authenticated:
+                    auth_deadline = None
+                elif auth_deadline is None:
+                    auth_deadline = time.monotonic() + self.auth_timeout
+            if auth_deadline is not None and auth_deadline - time.monotonic() < wait:
+                wait, why = auth_deadline - time.monotonic(), f"not authenticated within {self.auth_timeout:g} s"
             try:
                 data = await asyncio.wait_for(reader.read(65536), max(wait, 0.0))
             except asyncio.TimeoutError:
@@ -217,21 +347,35 @@ class BridgeServer:
                 return f"closed: {why}"
             if not data:
                 return "closed by the peer"
-            self._connections[task] = True  # from here the request in hand is answered, even when stopping
+            conn.busy = True  # from here the requests in hand are answered, even when stopping
             self.device.rx_bytes += len(data)
-            requests, steps = link.plan(data)
-            replies: list[list[Reply]] = []
-            if requests:
-                replies = await asyncio.wrap_future(self._worker.submit(requests))
-            wire = link.render(steps, replies)
-            if wire:
-                writer.write(wire)
-                try:
-                    await asyncio.wait_for(writer.drain(), self.frame_timeout)
-                except asyncio.TimeoutError:
-                    self.timed_out += 1
-                    return f"closed: replies unread for {self.frame_timeout:g} s"
-            self._connections[task] = False
+            # Frames are decoded (and their MACs checked) max_pending at a time too: one read of
+            # thousands of tiny requests never holds the event loop for all of them at once.
+            for piece in _pieces(data, self.max_pending):
+                requests, steps = link.plan(piece)
+                # At most max_pending requests at a time: their replies are drained before the next
+                # ones are served, and the peer is not read meanwhile (backpressure, not a queue).
+                for group_steps, group in _groups(steps, requests, self.max_pending):
+                    exports = sum(isinstance(r.body, StateExportRequest) for r in group)
+                    if exports:
+                        pause = self.export_bucket.wait(exports)
+                        if pause > 0:
+                            self.export_waits += 1
+                            await asyncio.sleep(pause)
+                    replies: list[list[Reply]] = []
+                    if group:
+                        replies = await asyncio.wrap_future(self._worker.submit(group))
+                        conn.served += len(group)
+                    wire = link.render(group_steps, replies)
+                    if wire:
+                        writer.write(wire)
+                        try:
+                            await asyncio.wait_for(writer.drain(), self.frame_timeout)
+                        except asyncio.TimeoutError:
+                            self.timed_out += 1
+                            return f"closed: replies unread for {self.frame_timeout:g} s"
+                await asyncio.sleep(0)  # let the other connections in between
+            conn.busy = False
             if link.framing.partial:
                 frame_deadline = frame_deadline or time.monotonic() + self.frame_timeout
             else:
@@ -247,6 +391,36 @@ class BridgeServer:
         except (asyncio.TimeoutError, ConnectionError, OSError):
             pass
         writer.close()
+
+
+def _pieces(data: bytes, frames: int):
+    """``data`` cut after every ``frames``-th 0x00 delimiter (the last piece holds the rest)."""
+    start = 0
+    while start < len(data):
+        end = start
+        for _ in range(frames):
+            zero = data.find(0, end)
+            if zero < 0:
+                end = len(data)
+                break
+            end = zero + 1
+        yield data[start:end]
+        start = end
+
+
+def _groups(steps: list[Step], requests: list, size: int):
+    """``(steps, requests)`` in consecutive groups holding at most ``size`` requests each, the
+    steps' request indices renumbered within their group."""
+    group_steps: list[Step] = []
+    start = 0
+    for step in steps:
+        if step.replies is None:
+            if step.index - start >= size:
+                yield group_steps, requests[start : step.index]
+                group_steps, start = [], step.index
+            step = step._replace(index=step.index - start)
+        group_steps.append(step)
+    yield group_steps, requests[start:]
 
 
 __all__ = ["BridgeServer", "Worker"]

@@ -133,11 +133,13 @@ def collect(url: str, user: str, password: str | None, ca: Path | None, timeout:
             if message.payload == token:
                 done.set()
             return
-        try:
-            row = json.loads(message.payload)
-            seen[f"{row['model']}/{row['device']}"] = row
-        except (ValueError, KeyError, TypeError):
-            seen[message.topic] = {"device": message.topic.split("/")[-1], "model": "?", "unreadable": True}
+        if len(seen) >= MAX_DEVICES:
+            return
+        row = presence_row(message.topic, message.payload)
+        seen[f"{row['model']}/{row['device']}"] = row
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
 
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgert-status-{os.getpid()}", protocol=mqtt.MQTTv5
@@ -145,9 +147,17 @@ def collect(url: str, user: str, password: str | None, ca: Path | None, timeout:
     client.username_pw_set(user, password)
     if where.tls:
         client.tls_set(ca_certs=str(ca) if ca else None)
+    elif password:
+        print(
+            f"edgert fleet: WARNING: the password of {user!r} goes over mqtt:// in clear text; use mqtts:// "
+            f"(--ca) beyond a trusted network",
+            file=sys.stderr,
+        )
     client.on_connect, client.on_message = on_connect, on_message
+    limits = Properties(PacketTypes.CONNECT)
+    limits.MaximumPacketSize = MAX_PRESENCE  # presence is a few hundred bytes: never read a retained flood
     try:
-        client.connect(where.host, where.port, keepalive=10)
+        client.connect(where.host, where.port, keepalive=10, properties=limits)
     except OSError as err:
         raise InputError(f"cannot reach the broker at {where.host}:{where.port}: {err}") from None
     client.loop_start()
@@ -159,6 +169,39 @@ def collect(url: str, user: str, password: str | None, ca: Path | None, timeout:
     if not finished:
         raise InputError(f"no answer from the broker at {where.host}:{where.port} within {timeout} s")
     return [seen[k] for k in sorted(seen)]
+
+
+MAX_PRESENCE = 64 * 1024
+MAX_DEVICES = 100_000
+
+
+def presence_row(topic: str, payload: bytes) -> dict[str, Any]:
+    """A presence message as a row of plain, printable fields, whatever the message holds
+    (``unreadable`` marks one that was not the JSON object a device publishes)."""
+
+    def text(value: Any, default: str = "?") -> str:
+        value = default if value is None else str(value)
+        return "".join(ch if ch.isprintable() else "?" for ch in value)[:64]
+
+    def number(value: Any) -> Any:
+        return value if type(value) in (int, float) and value == value and abs(value) < 1e18 else None
+
+    try:
+        row = json.loads(payload)
+    except (ValueError, RecursionError):
+        row = None
+    device = text(topic.split("/")[-1])
+    if not isinstance(row, dict):
+        return {"device": device, "model": "?", "unreadable": True}
+    clean: dict[str, Any] = {
+        "device": text(row.get("device"), device),
+        "model": text(row.get("model")),
+        "online": row.get("online") is True,
+    }
+    for name in ("seq", "bytes_sent", "t"):
+        if number(row.get(name)) is not None:
+            clean[name] = number(row.get(name))
+    return clean
 
 
 def main(args: argparse.Namespace) -> int:

@@ -106,7 +106,8 @@ def load_adapter(args: argparse.Namespace, backbone: Any) -> tuple[Any, list[str
             checkpoints.close()
         where = f"no usable checkpoint in {args.state} and " if args.state else ""
         raise InputError(f"{where}no --memory FILE: build one with `edgert memory build --adapter {args.adapter}`")
-    meta = {k: v for k, v in state.meta.items() if k == "frames"}
+    # journal_seq and request_ids: a bridge journal in the same folder replays from where this checkpoint stands
+    meta = {k: v for k, v in state.meta.items() if k in ("frames", "journal_seq", "request_ids")}
     if "fleet" in state.meta:  # popped by _run: (the ledger's meta, its arrays)
         meta["fleet"] = (state.meta["fleet"], state.extra)
     return state.adapter, state.classes, checkpoints, meta

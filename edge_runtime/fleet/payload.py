@@ -13,7 +13,10 @@ One payload is one MQTT message::
          end   32   HMAC-SHA256(key, every byte before it), when signed
 
 No pickle: the reader accepts only the dtypes in ``DTYPES`` and checks that the arrays fill the
-bytes exactly. ``decode`` checks, in this order and before anything is parsed that the MAC does
+bytes exactly. A signature proves who sent a payload, not that it is well formed, so a signed
+header is checked as strictly as any input: at most ``MAX_HEADER`` bytes of JSON (nesting that
+exhausts the parser is ``malformed``), at most ``MAX_ARRAYS`` arrays of at most ``MAX_NDIM``
+dimensions whose sizes (exact integers, no overflow) fit the bytes present. ``decode`` checks, in this order and before anything is parsed that the MAC does
 not cover: the size limit (``oversized``), the prefix (``malformed``), the signature
 (``unsigned``, ``bad_signature``; compared with ``hmac.compare_digest`` against every key of the
 ring, for rotation), then the header and arrays (``malformed``). ``wrong_model`` is the
@@ -51,7 +54,11 @@ FORMAT = 1
 FLAG_SIGNED = 1
 PREFIX = struct.Struct("<4sBBHI")
 DTYPES = ("<f8", "<i8", "<i4", "<i2", "|u1")
-KINDS = ("unsigned", "bad_signature", "oversized", "wrong_model", "malformed")
+KINDS = ("unsigned", "bad_signature", "oversized", "wrong_model", "malformed", "overflow")
+MAX_HEADER = 64 * 1024
+MAX_ARRAYS = 64
+MAX_NDIM = 8
+MAX_NAME = 128
 KEY_ENV = "EDGERT_FLEET_KEY"
 
 
@@ -93,31 +100,47 @@ def _parse(body: bytes, size: int) -> tuple[dict[str, Any], dict[str, np.ndarray
     start = PREFIX.size + size
     if start > len(body):
         raise PayloadError(f"header of {size} bytes runs past the payload", kind="malformed")
+    if size > MAX_HEADER:
+        raise PayloadError(f"header of {size} bytes, the limit is {MAX_HEADER}", kind="malformed")
     try:
         header = json.loads(body[PREFIX.size : start].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PayloadError(f"header is not JSON ({err})", kind="malformed") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise PayloadError(f"header is not JSON ({type(err).__name__})", kind="malformed") from None
     described = header.get("arrays") if isinstance(header, dict) else None
-    if not isinstance(described, list):
-        raise PayloadError("header is not an object with an 'arrays' list", kind="malformed")
+    if not isinstance(described, list) or len(described) > MAX_ARRAYS:
+        raise PayloadError(f"header is not an object with an 'arrays' list of at most {MAX_ARRAYS}", kind="malformed")
     arrays, offset = {}, start
     for entry in described:
-        try:
-            name, dtype, shape = entry
-            shape = tuple(int(n) for n in shape)
-            valid = isinstance(name, str) and dtype in DTYPES and all(n >= 0 for n in shape)
-        except (TypeError, ValueError):
-            valid = False
-        if not valid or name in arrays:
-            raise PayloadError(f"bad array entry {entry!r}", kind="malformed")
-        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if not _valid_entry(entry) or entry[0] in arrays:
+            raise PayloadError(f"bad array entry {str(entry)[:80]}", kind="malformed")
+        name, dtype, shape = entry[0], entry[1], tuple(entry[2])
+        count = 1
+        for n in shape:  # exact integers: a huge shape cannot overflow into a small size
+            count *= n
+        n = count * np.dtype(dtype).itemsize
         if offset + n > len(body):
             raise PayloadError(f"array {name!r} {shape} runs past the payload", kind="malformed")
-        arrays[name] = np.frombuffer(body, dtype, count=n // np.dtype(dtype).itemsize, offset=offset).reshape(shape)
+        arrays[name] = np.frombuffer(body, dtype, count=count, offset=offset).reshape(shape)
         offset += n
     if offset != len(body):
         raise PayloadError(f"{len(body) - offset} bytes after the last array", kind="malformed")
     return header, arrays
+
+
+def _valid_entry(entry: Any) -> bool:
+    """``[name, dtype, shape]`` with a short str name, a known dtype and at most MAX_NDIM int sizes."""
+    if not isinstance(entry, list) or len(entry) != 3:
+        return False
+    name, dtype, shape = entry
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME
+        and isinstance(dtype, str)
+        and dtype in DTYPES
+        and isinstance(shape, list)
+        and len(shape) <= MAX_NDIM
+        and all(type(n) is int and 0 <= n <= 1 << 40 for n in shape)
+    )
 
 
 def fleet_keys(path: str | Path | None = None) -> list[bytes]:
@@ -140,4 +163,4 @@ def fleet_keys(path: str | Path | None = None) -> list[bytes]:
     return keys
 
 
-__all__ = ["DTYPES", "KINDS", "KEY_ENV", "MAC_SIZE", "PayloadError", "decode", "encode", "fleet_keys"]
+__all__ = ["DTYPES", "KINDS", "KEY_ENV", "MAC_SIZE", "MAX_HEADER", "PayloadError", "decode", "encode", "fleet_keys"]

@@ -64,6 +64,7 @@ from edge_runtime.fleet.payload import PayloadError, decode, encode
 from edge_runtime.runtime.summary import Ring
 
 MAX_DELTA = 64 * 1024
+MAX_INBOX = 1024  # verified updates waiting for the stream's thread; more are dropped (a gap: the snapshot covers it)
 OUTCOMES = ("applied", "duplicate", "gap", "resynced", "stale", "adopted", "own")
 
 
@@ -131,6 +132,11 @@ class FleetSync:
         Called before an update is published (write the checkpoint); None: no durability.
     final_wait
         The longest ``finish()`` waits for the peers' last updates (seconds).
+    max_inbox, max_message
+        Verified updates waiting for ``step()`` (more are dropped and counted as ``overflow``: the
+        peer's snapshot covers the gap), and the largest MQTT message the broker may send this
+        client (MQTT 5 Maximum Packet Size; default: the snapshot limit plus headroom), so a
+        retained 256 MB message is never read.
     """
 
     def __init__(
@@ -149,6 +155,8 @@ class FleetSync:
         max_delta: int = MAX_DELTA,
         forgettable: int = 64,
         final_wait: float = 5.0,
+        max_inbox: int = MAX_INBOX,
+        max_message: int | None = None,
         persist: Callable[[], None] | None = None,
         log: Callable[[str], None] = _stderr,
     ) -> None:
@@ -190,7 +198,9 @@ class FleetSync:
         self.merge_ms = Ring()
         self.merge_cpu_ms = Ring()  # the same merges in this thread's CPU time (no preemption)
         self.ready = threading.Event()
-        self._inbox: queue.Queue[tuple[str, str, int, dict[str, np.ndarray]]] = queue.Queue()
+        self._inbox: queue.Queue[tuple[str, str, int, dict[str, np.ndarray]]] = queue.Queue(maxsize=max(1, max_inbox))
+        self.max_message = max_message or (max(self.max_snapshot, self.max_delta) + 64 * 1024)
+        self._last_drop_log = 0.0
         self._lock = threading.Lock()  # the counters paho's thread writes
         # Updates the broker has not acknowledged: number -> payload, and paho's handle of each
         # one sent by this process (a restarted device's outbox has none until sent again).
@@ -232,6 +242,11 @@ class FleetSync:
         client.username_pw_set(self.device, self.password)
         if self.url.tls:
             client.tls_set(**(self.tls or {}))  # type: ignore[arg-type]
+        elif self.password:
+            self.log(
+                f"WARNING: the broker password of {self.device} goes over mqtt:// in clear text; "
+                f"use mqtts:// (--fleet-ca) beyond a trusted network"
+            )
         client.will_set(self.topic("presence", self.device), self._presence(False), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=8)
         client.on_connect = self._on_connect
@@ -242,6 +257,7 @@ class FleetSync:
         # while it is away (and if it drops some, the snapshot covers them).
         session = Properties(PacketTypes.CONNECT)
         session.SessionExpiryInterval = 7 * 24 * 3600
+        session.MaximumPacketSize = self.max_message  # the broker drops larger messages for us
         client.connect_async(self.url.host, self.url.port, keepalive=10, clean_start=False, properties=session)
         self._inflight = {}  # a previous connection's unacknowledged updates are sent again by this one
         self._client = client
@@ -278,6 +294,18 @@ class FleetSync:
             self.log(f"{self.device} lost the broker ({reason}); reconnecting")
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        """paho's thread: verify, then queue for ``step()``. Nothing a peer sends may end this
+        thread: an unexpected error is counted as malformed and logged."""
+        try:
+            self._receive(message)
+        except Exception as err:  # a defect of ours on a hostile payload: the thread lives on
+            with self._lock:
+                self.rejected["malformed"] += 1
+            self.log(
+                f"dropped a message on {str(getattr(message, 'topic', '?'))[:120]!r}: " f"{type(err).__name__}: {err}"
+            )
+
+    def _receive(self, message: Any) -> None:
         parts = message.topic.split("/")
         if len(parts) != 5:
             return
@@ -299,12 +327,15 @@ class FleetSync:
                 with self._lock:
                     self._presences[device] = row
             return
-        blob = bytes(message.payload)
-        self.bytes_received += len(blob)
+        limit = self.max_delta if kind == "delta" else self.max_snapshot
+        self.bytes_received += len(message.payload)
         try:
-            header, arrays = decode(blob, self.keys, self.max_delta if kind == "delta" else self.max_snapshot)
+            if len(message.payload) > limit:
+                raise PayloadError(f"{len(message.payload)} bytes, the limit is {limit}", kind="oversized")
+            blob = bytes(message.payload)
+            header, arrays = decode(blob, self.keys, limit)
             seq = header.get("seq")
-            if header.get("kind") != kind or header.get("device") != device or not isinstance(seq, int) or seq < 1:
+            if header.get("kind") != kind or header.get("device") != device or type(seq) is not int or seq < 1:
                 raise PayloadError(
                     f"header {header.get('kind')!r}/{header.get('device')!r} seq {seq!r} " f"does not match its topic",
                     kind="malformed",
@@ -314,9 +345,19 @@ class FleetSync:
         except PayloadError as err:
             with self._lock:
                 self.rejected[err.kind] += 1
-            self.log(f"dropped {kind} from {device!r} ({len(blob)} bytes): {err}")
+            self.log(f"dropped {kind} from {device!r} ({len(message.payload)} bytes): {err}")
             return
-        self._inbox.put((kind, device, seq, arrays))
+        try:
+            self._inbox.put_nowait((kind, device, seq, arrays))
+        except queue.Full:
+            with self._lock:
+                self.rejected["overflow"] += 1
+            if time.monotonic() - self._last_drop_log > 10:
+                self._last_drop_log = time.monotonic()
+                self.log(
+                    f"inbox full ({self._inbox.maxsize} updates waiting for the stream): dropped {kind} from "
+                    f"{device!r}; its snapshot will cover the gap"
+                )
 
     def close(self, timeout: float = 10.0) -> None:
         """Publish what is pending, wait (up to ``timeout``) for the broker to take it, say offline."""
@@ -448,7 +489,12 @@ class FleetSync:
             t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 outcome, change = self.ledger.receive(kind, device, seq, arrays)
-            except PayloadError as err:
+            except (PayloadError, ValueError, TypeError, KeyError, IndexError) as err:
+                err = (
+                    err
+                    if isinstance(err, PayloadError)
+                    else PayloadError(f"{type(err).__name__}: {err}", kind="malformed")
+                )
                 with self._lock:
                     self.rejected[err.kind] += 1
                 self.log(f"dropped {kind} from {device!r}: {err}")

@@ -151,12 +151,13 @@ def test_a_knn_checkpoint_reads_back(tmp_path: Path) -> None:
     np.testing.assert_array_equal(restored.predict_proba(x), knn.predict_proba(x))
 
 
-def test_journal_segment_of_another_adapter_is_skipped_by_name(tmp_path: Path) -> None:
+def test_journal_segment_of_another_adapter_is_refused_by_name(tmp_path: Path) -> None:
+    # Issue #24: skipping it let the next compaction delete it; the start is refused instead.
     device, journal, _ = _journaled(tmp_path)
     device.handle_batch([Packet(1, Teach(0, Features.quantize(_rows(1)[0])))])
     journal.close()
     journal.checkpoints.close()
     checkpoints = Checkpoints(tmp_path, "", "ncm")
-    replay = Journal(checkpoints).read(after=0)
-    assert replay.records == [] and "written for adapter 'knn'" in replay.problems[0]
+    with pytest.raises(StateError, match="written for adapter 'knn'"):
+        Journal(checkpoints).read(after=0)
     checkpoints.close()

@@ -24,6 +24,7 @@ from firmware_bridge.messages import (
     FeatureDtype,
     Features,
     Forget,
+    ForgetOnce,
     ForgetScope,
     Frame,
     Hello,
@@ -35,6 +36,7 @@ from firmware_bridge.messages import (
     Stats,
     StatsRequest,
     Teach,
+    TeachOnce,
 )
 
 # (decoded, encoded) from the COBS article on Wikipedia (delimiter not included).
@@ -103,7 +105,9 @@ SAMPLE_BODIES = [
     Prediction(2, 0.75, ((2, 0.75), (0, 0.125)), 321),
     Teach(4, Features.quantize(np.ones(8, np.float32), FeatureDtype.FLOAT32)),
     Teach(1, Frame(PixelFormat.GRAY8, 3, 1, b"\x01\x02\x03")),
+    TeachOnce(2, Features.quantize(np.ones(8, np.float32), FeatureDtype.FLOAT32), 0x0123456789ABCDEF),
     Forget(ForgetScope.ITEM, 99),
+    ForgetOnce(ForgetScope.ITEM, 99, 2**64 - 1),
     StatsRequest(),
     Stats(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
     StateExportRequest(4096, 1024),
