@@ -4,8 +4,9 @@ Every method is fitted on the labelled source of a task, then meets the target s
 online: one feature row at a time, ``adapt(row)`` returns the prediction that is scored, and the
 adapter never receives a label (``run_stream`` is given the target features only; labels are
 compared afterwards). Each task runs over 3 seeded streams of each order kind (``--order``:
-``iid`` shuffled, and the camera-like ``dirichlet`` and ``runs``, see
-``edge_runtime.bench.tasks``); a task's accuracy per kind is the mean over its streams (two-fold
+``iid`` shuffled, the camera-like ``dirichlet`` and ``runs``, and the long camera orders
+``dwell`` and ``dirichlet-long``, 5,000 frames drawn with replacement within a stay, ``--frames``;
+see ``edge_runtime.bench.tasks``); a task's accuracy per kind is the mean over its streams (two-fold
 tasks: mean of the folds per stream), the headline the mean over the kinds, the spread the max -
 min over every stream. Times are the adapter's own ``adapt`` cost per sample (backbone excluded:
 features are cached).
@@ -24,7 +25,13 @@ How the baselines' defaults were chosen (never on a reported target):
 - ``t3a``: filter size M = 5 from {1, 5, 20, 50, 100} (T3A's own grid without "all", which is not
   fixed memory), best mean on the dev tasks;
 - ``shift``: EMA momentum 0.95 from {0.8, 0.9, 0.95, 0.98, 0.99} on the dev tasks (0.9 and 0.95
-  within 0.1 point of each other; the slower one kept for the longer reported streams).
+  within 0.1 point of each other; the slower one kept for the longer reported streams). Since
+  issue 23 the default target mean is class-balanced (``balanced``, MemFlow's rule, its
+  slot_prior 1 and gate 0.9, not tuned for the linear head); ``shift@balanced=false`` is the EMA.
+- ``lame``: the paper's settings (kNN affinity k = 5, lambda 1, window 64 = its batch size).
+- ``--drift``: the drift under dwell (``drift_table``): for each class of the no-shift controls'
+  source domain, 1,000 frames of it, then how far each domain statistic moved, how many of the
+  other classes' read-only predictions changed and the accuracy of a shuffled pass right after.
 Reproduce the sweeps with ``edgert bench accuracy --tasks dev --methods
 linear,t3a@filter_k=1,t3a@filter_k=5,...,shift@momentum=0.8,...``.
 """
@@ -47,7 +54,7 @@ ORACLE = "target-oracle"
 # Quick runs subsample the source too; with 40 per class the mnist->uci-digits linear head fell to
 # chance (0.18), 200 per class gives 0.28 (all of mnist: 0.34) and leaves the photo tasks whole.
 QUICK_SOURCE_PER_CLASS = 200
-DEFAULT_BASELINES = ("ncm", "linear", "t3a", "tda", "shift", "shift+t3a")
+DEFAULT_BASELINES = ("ncm", "linear", "t3a", "tda", "shift", "shift+t3a", "lame")
 _PYTHON_LITERALS = {"True": "true", "False": "false", "None": "null"}
 
 
@@ -111,9 +118,10 @@ def run_stream(adapter: Any, stream: np.ndarray) -> tuple[np.ndarray, float]:
 class Runner:
     """Fits each method once per source (the photo halves are shared by 12 tasks) and runs streams."""
 
-    def __init__(self, orders: tuple[int, ...], kinds: tuple[str, ...] = ("iid",)) -> None:
+    def __init__(self, orders: tuple[int, ...], kinds: tuple[str, ...] = ("iid",), frames: int | None = None) -> None:
         self.orders = orders
         self.kinds = kinds
+        self.frames = frames  # camera orders' stream length (None: tasks.STREAM_FRAMES)
         self._fitted: dict[tuple[str, str], Any] = {}
 
     def _fit(self, spec: MethodSpec, source_key: str, x: np.ndarray, y: np.ndarray, n_classes: int) -> Any:
@@ -137,7 +145,7 @@ class Runner:
             if spec.name == ORACLE:
                 fitted = oracle_heads(fold, task.n_classes)
             for (q, kind), (o, seed) in itertools.product(enumerate(self.kinds), enumerate(self.orders)):
-                order = fold.order(seed, kind)
+                order = fold.order(seed, kind, self.frames)
                 if spec.name == ORACLE:
                     predictions, seconds = run_oracle(fitted, fold, order)
                 else:
@@ -221,6 +229,7 @@ def markdown_table(
 ) -> str:
     """Accuracy (%) +- spread per task and method (mean over order kinds), the mean over shifted
     tasks, and per order kind: the mean, the worst task, and the worst fall below ``linear``."""
+    from edge_runtime.bench.tasks import CONTROLS
 
     def label(m: str) -> str:
         return f"{m} (not adaptation)" if m == ORACLE else m
@@ -272,6 +281,17 @@ def markdown_table(
                 ]
                 cells.append(f"{100 * min(gaps):+.1f}" if gaps and m != "linear" else "")
             lines.append(f"| {kind}: worst vs linear | " + " | ".join(cells) + " |")
+            controls = [t for t in results if t in CONTROLS]
+            if controls:
+                cells = []
+                for m in methods:
+                    gaps = [
+                        results[t][m]["orders"][kind]["accuracy"] - results[t]["linear"]["orders"][kind]["accuracy"]
+                        for t in controls
+                        if m in results[t] and "linear" in results[t]
+                    ]
+                    cells.append(f"{100 * min(gaps):+.1f}" if gaps and m != "linear" else "")
+                lines.append(f"| {kind}: controls, worst vs linear | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,7 +345,7 @@ def resolve_tasks(text: str | None, quick: bool) -> list[str]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from edge_runtime.bench.tasks import ORDERS
+    from edge_runtime.bench.tasks import ALL_ORDERS, STREAM_FRAMES
 
     parser.add_argument(
         "--methods",
@@ -342,9 +362,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--order",
-        default=",".join(ORDERS),
-        help=f"comma-separated stream order kinds: {', '.join(ORDERS)} (default: all; the "
+        default=",".join(ALL_ORDERS),
+        help=f"comma-separated stream order kinds: {', '.join(ALL_ORDERS)} (default: all; the "
         "headline mean is over those given)",
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        help=f"frames per stream of the camera orders dwell and dirichlet-long (default {STREAM_FRAMES}, "
+        "--quick 1500); frames repeat within a stay when a task has fewer",
+    )
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="also report the drift under dwell: how far each adapter's domain statistics move "
+        "after 1,000 frames of one source class (photo and mnist halves)",
     )
     parser.add_argument("--orders", type=int, default=3, help="seeded streams of each order kind per task (default 3)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -376,15 +408,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_runtime.bench.tasks import ORDER_SEEDS, ORDERS
+    from edge_runtime.bench.tasks import ALL_ORDERS, ORDER_SEEDS, QUICK_STREAM_FRAMES, STREAM_FRAMES
     from edge_runtime.defaults import bench_model
     from edge_runtime.errors import InputError
 
     specs = [parse_method(m) for m in (args.methods.split(",") if args.methods else default_methods()) if m.strip()]
     task_names = resolve_tasks(args.tasks, args.quick)
     kinds = tuple(k.strip() for k in args.order.split(",") if k.strip())
-    if not kinds or not set(kinds) <= set(ORDERS):
-        raise InputError(f"--order {args.order!r}: the order kinds are {', '.join(ORDERS)}")
+    if not kinds or not set(kinds) <= set(ALL_ORDERS):
+        raise InputError(f"--order {args.order!r}: the order kinds are {', '.join(ALL_ORDERS)}")
+    frames = args.frames if getattr(args, "frames", None) else (QUICK_STREAM_FRAMES if args.quick else None)
+    if frames is not None and frames < 10:
+        raise InputError(f"--frames must be >= 10, got {frames}")
     orders = 1 if args.quick else args.orders
     if not 1 <= orders <= 100:
         raise InputError(f"--orders must be between 1 and 100, got {args.orders}")
@@ -398,7 +433,11 @@ def run(args: argparse.Namespace) -> int:
     )
     runs, tables = [], []
     for model in models:
-        run_ = evaluate_model(Path(model), specs, task_names, Runner(seeds, kinds), args.quick)
+        run_ = evaluate_model(Path(model), specs, task_names, Runner(seeds, kinds, frames), args.quick)
+        if getattr(args, "drift", False):
+            drift = drift_table(specs, Path(model))
+            run_["drift"] = drift["rows"]
+            run_["table"] += "\n" + drift["markdown"]
         runs.append(run_)
         table = run_.pop("table")
         tables.append(
@@ -413,6 +452,8 @@ def run(args: argparse.Namespace) -> int:
             "orders": orders,
             "order_kinds": list(kinds),
             "quick": bool(args.quick),
+            "camera_stream_frames": frames or STREAM_FRAMES,
+            "camera_orders": "frames drawn with replacement within a stay (a camera's frames repeat)",
             "accuracy": "fraction correct, online, mean over the order kinds",
             "accuracy_spread": "max - min over every stream order",
             "not_adaptation": [ORACLE],
@@ -459,3 +500,100 @@ def evaluate_model(
         table += ("\n" if table else "") + "Dev tasks (held out; used to choose defaults):\n\n"
         table += markdown_table(dev, methods, summary(dev, methods, list(dev)))
     return {"model": str(model), "tasks": bench, "summary": means, "dev_tasks": dev, "table": table}
+
+
+# -- drift under dwell -------------------------------------------------------------------------
+DRIFT_TASKS = ("photo->photo", "mnist->mnist")  # no-shift controls: nothing to adapt to
+DRIFT_FRAMES = 1000
+
+
+def _dwell_frames(y: np.ndarray, label: int, n: int, seed: int) -> np.ndarray:
+    """``n`` rows of class ``label`` dealt from a shuffled deck (reshuffled when it runs out)."""
+    rows = np.flatnonzero(y == label)
+    rng = np.random.default_rng([seed, label, n])
+    return np.concatenate([rng.permutation(rows) for _ in range(-(-n // len(rows)))])[:n]
+
+
+def dwell_drift(adapter: Any, fold: Any, label: int, frames: int = DRIFT_FRAMES, seed: int = 0) -> dict[str, Any]:
+    """One fitted ``adapter`` (not modified: a copy runs) under a dwell on a no-shift ``fold``:
+    ``frames`` frames of class ``label`` from its target half, then one shuffled pass of the target.
+
+    Returns {"stats": {name: drift in the statistic's own unit}, "probe_change": fraction of the
+    other classes' target rows whose read-only prediction changed, "probe_delta": their accuracy
+    after minus before, "tail": accuracy on the shuffled pass after the dwell}. Statistics come
+    from the adapter's ``domain_statistics()`` when it has one: {name: (array, unit)}, drift =
+    ||after - before|| / unit."""
+    model = copy.deepcopy(adapter)
+    x, y = fold.target_x, fold.target_y
+    others = y != label
+    before_stats = model.domain_statistics() if hasattr(model, "domain_statistics") else {}
+    before_stats = {k: (np.array(v, np.float64, copy=True), u) for k, (v, u) in before_stats.items()}
+    before = np.asarray(model.predict_proba(x[others])).argmax(axis=1)
+    run_stream(model, x[_dwell_frames(y, label, frames, seed)])
+    after = np.asarray(model.predict_proba(x[others])).argmax(axis=1)
+    stats = {}
+    if before_stats:
+        now = model.domain_statistics()
+        stats = {
+            k: float(np.linalg.norm(np.asarray(now[k][0], np.float64) - v) / max(u, 1e-30))
+            for k, (v, u) in before_stats.items()
+        }
+    order = np.random.default_rng([seed, 7]).permutation(len(y))
+    tail, _ = run_stream(model, x[order])
+    return {
+        "stats": stats,
+        "probe_change": float((after != before).mean()),
+        "probe_delta": float((after == y[others]).mean() - (before == y[others]).mean()),
+        "tail": float((tail == y[order]).mean()),
+    }
+
+
+def drift_table(specs: list[MethodSpec], model_path: Path, frames: int = DRIFT_FRAMES) -> dict[str, Any]:
+    """The drift under dwell of every method (oracle excluded) on the no-shift controls: for each
+    class of the source domain, ``frames`` frames of it (fold 0), worst over the classes."""
+    from edge_runtime.bench.tasks import load_task
+
+    rows: dict[str, dict[str, Any]] = {}
+    runner = Runner((0,))
+    for name in DRIFT_TASKS:
+        task = load_task(name, model_path=model_path)
+        fold = task.folds[0]
+        linear = None
+        for spec in specs:
+            if spec.name == ORACLE:
+                continue
+            fitted = runner._fit(spec, fold.source_key, fold.source_x, fold.source_y, task.n_classes)
+            per_class = [dwell_drift(fitted, fold, k, frames) for k in range(task.n_classes)]
+            if spec.name == "linear":
+                linear = per_class[0]["tail"]
+            stats: dict[str, float] = {}
+            for r in per_class:
+                for k, v in r["stats"].items():
+                    stats[k] = max(stats.get(k, 0.0), v)
+            rows.setdefault(name, {})[spec.label] = {
+                "stats_max": stats,
+                "probe_change_max": max(r["probe_change"] for r in per_class),
+                "probe_delta_min": min(r["probe_delta"] for r in per_class),
+                "tail_min": min(r["tail"] for r in per_class),
+            }
+            print(f"  drift {name} {spec.label:22s} {rows[name][spec.label]}", file=sys.stderr)
+        if linear is not None:
+            for r in rows[name].values():
+                r["tail_vs_linear_min"] = r["tail_min"] - linear
+    lines = [
+        f"Drift under dwell ({frames} frames of one class of a no-shift control's target half, each class in "
+        "turn; worst class): statistics moved (in their own units, see `domain_statistics`), share of the other "
+        "classes' read-only predictions changed, their accuracy change, and accuracy of a shuffled pass right "
+        "after vs `linear`:",
+        "",
+        "| control | method | statistics moved (max) | predictions changed | other classes Δacc | tail vs linear |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, by_method in rows.items():
+        for label, r in by_method.items():
+            stats = ", ".join(f"{k} {v:.3f}" for k, v in r["stats_max"].items()) or "-"
+            lines.append(
+                f"| {name} | {label} | {stats} | {100 * r['probe_change_max']:.1f}% | "
+                f"{100 * r['probe_delta_min']:+.1f} | {100 * r.get('tail_vs_linear_min', float('nan')):+.1f} |"
+            )
+    return {"rows": rows, "markdown": "\n".join(lines) + "\n"}

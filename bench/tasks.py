@@ -29,6 +29,24 @@ look like a camera, where one object stays in view for many frames and classes c
   like an object held in view; the next run's class is drawn in proportion to the frames each
   class has left (never the class just shown while another remains).
 
+Camera orders (``CAMERA_ORDERS``), streams of ``STREAM_FRAMES`` (5,000) frames whatever the
+task's size, where a class stays in view for minutes:
+
+- ``dwell``: stays of one class whose lengths have a mean of ~250 frames and a long tail: 5% of
+  stays last 1,500-2,500 frames, the rest are log-normal (mean 158, sigma 1); every stream has at
+  least one stay of 1,500+ frames. The next stay's class is drawn in proportion to the target's
+  class frequencies, never the class just shown.
+- ``dirichlet-long``: RoTTA's Dirichlet order (concentration 0.1) with slots of ``SLOT_FRAMES``
+  (250) frames: 20 slots over 5,000 frames, each class's share of the stream (its frequency in
+  the target) spread over them by Dirichlet(0.1).
+
+A task has a few hundred target frames (a photo half: ~107), so the camera orders draw frames
+**with replacement** within a stay, as a camera's frames repeat: each class's frames are dealt
+from a shuffled deck that is reshuffled when it runs out, so a frame comes back only after every
+frame of its class has been shown. Accuracy is the fraction of the stream's frames right
+(repeated frames count each time they are shown). Unlike the permutation orders, their labels'
+histogram is the order's, not the target's.
+
 Target labels travel with a fold only for scoring and for ordering the stream; the accuracy
 runner hands an adapter one feature row at a time and nothing else (see
 ``edge_runtime.bench.accuracy.run_stream``).
@@ -51,16 +69,26 @@ from edge_runtime.errors import InputError
 CROSS_DOMAIN = (("photo", "clipart"), ("photo", "emoji"), ("clipart", "photo"), ("mnist", "uci-digits"))
 
 CONTROL = "photo->photo"
+DIGITS_CONTROL = "mnist->mnist"  # the 10,000 mnist digits in two stratified halves, each streamed against the other
+CONTROLS = (CONTROL, DIGITS_CONTROL)
 SHIFTED_TASKS = tuple(f"{s}->{t}" for s, t in CROSS_DOMAIN) + tuple(f"photo->photo-c/{c}" for c in BENCH_CORRUPTIONS)
-BENCH_TASKS = SHIFTED_TASKS + (CONTROL,)
+BENCH_TASKS = SHIFTED_TASKS + CONTROLS
 DEV_TASKS = tuple(f"photo->photo-c/{c}" for c in DEV_CORRUPTIONS)
 QUICK_TASKS = ("photo->clipart", "mnist->uci-digits", "photo->photo-c/gaussian_noise", CONTROL)
 
 SPLIT_SEED = 0  # the photo halves; fixed so every method and every run sees the same folds
 ORDER_SEEDS = (0, 1, 2)  # the three stream orders of each kind
-ORDERS = ("iid", "dirichlet", "runs")
+ORDERS = ("iid", "dirichlet", "runs")  # permutations of the target rows
+CAMERA_ORDERS = ("dwell", "dirichlet-long")  # long streams, frames drawn with replacement within a stay
+ALL_ORDERS = ORDERS + CAMERA_ORDERS
 DIRICHLET_CONCENTRATION = 0.1
 MEAN_RUN = 20
+STREAM_FRAMES = 5000  # length of a camera-order stream
+QUICK_STREAM_FRAMES = 1500  # ... in --quick runs
+MEAN_STAY = 250.0  # dwell: mean stay length (frames)
+LONG_STAY = (1500, 2500)  # dwell: the long tail's stays, uniform in this range
+LONG_STAY_SHARE = 0.05  # dwell: share of stays drawn from the long tail
+SLOT_FRAMES = 250  # dirichlet-long: frames per slot
 
 
 def iid_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -119,16 +147,155 @@ def runs_order(labels: np.ndarray, seed: int, mean_run: float = MEAN_RUN) -> np.
     return np.concatenate(out)
 
 
-_ORDER_MAKERS = {"iid": iid_order, "dirichlet": dirichlet_order, "runs": runs_order}
+class _Decks:
+    """Each class's rows dealt from a shuffled deck, reshuffled when it runs out: draws with
+    replacement that show every frame of a class before any comes back."""
+
+    def __init__(self, labels: np.ndarray, rng: np.random.Generator) -> None:
+        self.classes = np.unique(labels)
+        self.rows = [np.flatnonzero(labels == k) for k in self.classes]
+        self.rng = rng
+        self.decks = [rng.permutation(r) for r in self.rows]
+
+    def deal(self, c: int, n: int) -> np.ndarray:
+        """``n`` rows of the c-th class (index into ``classes``)."""
+        out = []
+        while n > 0:
+            if not len(self.decks[c]):
+                self.decks[c] = self.rng.permutation(self.rows[c])
+            take = self.decks[c][:n]
+            self.decks[c] = self.decks[c][n:]
+            out.append(take)
+            n -= len(take)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def stream_order(labels: np.ndarray, seed: int, kind: str = "iid") -> np.ndarray:
-    """The stream order ``kind`` (one of ``ORDERS``) seeded by ``seed``: a permutation of the rows."""
+def stay_lengths(seed: int, frames: int) -> np.ndarray:
+    """The dwell order's stay lengths (they sum to ``frames``; the last is cut to fit): 5% from
+    the long tail (uniform 1,500-2,500), the rest log-normal with mean 158 and sigma 1 (overall
+    mean ~250); at least one stay of the long tail when the stream is long enough to hold it.
+
+    >>> lengths = stay_lengths(0, 5000)
+    >>> int(lengths.sum()), bool(lengths.max() >= 1500)
+    (5000, True)
+    """
+    rng = np.random.default_rng([seed, frames, 3])
+    short_mean = (MEAN_STAY - LONG_STAY_SHARE * np.mean(LONG_STAY)) / (1 - LONG_STAY_SHARE)
+    sigma = 1.0
+    lengths: list[int] = []
+    while sum(lengths) < frames:
+        if rng.random() < LONG_STAY_SHARE:
+            lengths.append(int(rng.integers(LONG_STAY[0], LONG_STAY[1] + 1)))
+        else:
+            lengths.append(max(1, int(round(rng.lognormal(np.log(short_mean) - sigma**2 / 2, sigma)))))
+    if max(lengths) < LONG_STAY[0] and frames >= 2 * LONG_STAY[0]:
+        i = int(rng.integers(len(lengths) // 2 + 1))  # somewhere in the first half
+        lengths[i] = int(rng.integers(LONG_STAY[0], LONG_STAY[1] + 1))
+    out = np.array(lengths, np.int64)
+    ends = np.cumsum(out)
+    last = int(np.searchsorted(ends, frames))  # the stay in which the stream ends
+    out = out[: last + 1]
+    out[-1] -= int(ends[last] - frames)
+    return out
+
+
+def dwell_order(labels: np.ndarray, seed: int, frames: int = STREAM_FRAMES) -> np.ndarray:
+    """Stays of one class (``stay_lengths``), frames with replacement within a stay (see the
+    module docstring): ``frames`` row indices, rows repeat.
+
+    >>> labels = np.repeat(np.arange(3), 10)
+    >>> order = dwell_order(labels, seed=0, frames=4000)
+    >>> len(order), bool((np.diff(labels[order]) != 0).sum() < 40)
+    (4000, True)
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, len(labels), 4])
+    decks = _Decks(labels, rng)
+    freq = np.array([len(r) for r in decks.rows], np.float64)
+    out, previous = [], -1
+    for n in stay_lengths(seed, frames):
+        weight = freq.copy()
+        if previous >= 0 and len(weight) > 1:
+            weight[previous] = 0.0
+        c = int(rng.choice(len(weight), p=weight / weight.sum()))
+        out.append(decks.deal(c, int(n)))
+        previous = c
+    return np.concatenate(out)
+
+
+def dirichlet_long_order(
+    labels: np.ndarray,
+    seed: int,
+    frames: int = STREAM_FRAMES,
+    slot: int = SLOT_FRAMES,
+    concentration: float = DIRICHLET_CONCENTRATION,
+) -> np.ndarray:
+    """RoTTA's Dirichlet order with slots of ``slot`` frames over ``frames`` frames, drawn with
+    replacement within a class (see the module docstring): ``frames`` row indices.
+
+    >>> labels = np.repeat(np.arange(3), 10)
+    >>> order = dirichlet_long_order(labels, seed=0, frames=3000)
+    >>> len(order), np.bincount(labels[order]).tolist()
+    (3000, [1000, 1000, 1000])
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, len(labels), 5])
+    decks = _Decks(labels, rng)
+    freq = np.array([len(r) for r in decks.rows], np.float64)
+    # each class's frames: its share of the stream (largest remainders, so they sum to frames)
+    exact = frames * freq / freq.sum()
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: frames - counts.sum()]] += 1
+    n_slots = max(1, frames // slot)
+    chunks: list[list[tuple[int, int]]] = [[] for _ in range(n_slots)]
+    for c, share in enumerate(rng.dirichlet(np.full(n_slots, concentration), size=len(counts))):
+        cuts = np.diff(np.concatenate([[0], (np.cumsum(share)[:-1] * counts[c]).astype(np.int64), [counts[c]]]))
+        for s, n in enumerate(cuts):
+            if n > 0:
+                chunks[s].append((c, int(n)))
+    out = [
+        decks.deal(c, n)
+        for slot_chunks in chunks
+        for c, n in (slot_chunks[i] for i in rng.permutation(len(slot_chunks)))
+    ]
+    return np.concatenate(out)
+
+
+_ORDER_MAKERS = {
+    "iid": iid_order,
+    "dirichlet": dirichlet_order,
+    "runs": runs_order,
+    "dwell": dwell_order,
+    "dirichlet-long": dirichlet_long_order,
+}
+
+
+def stream_order(labels: np.ndarray, seed: int, kind: str = "iid", frames: int | None = None) -> np.ndarray:
+    """The stream order ``kind`` (one of ``ALL_ORDERS``) seeded by ``seed``: a permutation of the
+    rows (``ORDERS``), or ``frames`` (default ``STREAM_FRAMES``) row indices drawn with
+    replacement within each stay (``CAMERA_ORDERS``)."""
     try:
         make = _ORDER_MAKERS[kind]
     except KeyError:
-        raise InputError(f"unknown stream order {kind!r}; known: {', '.join(ORDERS)}") from None
+        raise InputError(f"unknown stream order {kind!r}; known: {', '.join(ALL_ORDERS)}") from None
+    if kind in CAMERA_ORDERS:
+        return make(np.asarray(labels), seed, STREAM_FRAMES if frames is None else int(frames))
     return make(np.asarray(labels), seed)
+
+
+def order_profile(labels: np.ndarray, order: np.ndarray) -> dict[str, float]:
+    """What a stream looks like: its stays (maximal runs of one class) and how often frames repeat."""
+    y = np.asarray(labels)[order]
+    change = np.flatnonzero(np.diff(y) != 0)
+    stays = np.diff(np.concatenate([[0], change + 1, [len(y)]]))
+    return {
+        "frames": int(len(y)),
+        "stays": int(len(stays)),
+        "mean_stay": float(stays.mean()),
+        "longest_stay": int(stays.max()),
+        "stays_1500": int((stays >= 1500).sum()),
+        "shows_per_frame": float(len(y) / max(len(np.unique(order)), 1)),
+    }
 
 
 @dataclass(frozen=True)
@@ -144,9 +311,10 @@ class Fold:
     target_y: np.ndarray  # for scoring only
     target_ids: tuple[str, ...]
 
-    def order(self, order_seed: int, kind: str = "iid") -> np.ndarray:
-        """The target rows' stream order ``kind`` seeded by ``order_seed`` (a permutation)."""
-        return stream_order(self.target_y, order_seed, kind)
+    def order(self, order_seed: int, kind: str = "iid", frames: int | None = None) -> np.ndarray:
+        """The target rows' stream order ``kind`` seeded by ``order_seed`` (row indices; see
+        ``stream_order``)."""
+        return stream_order(self.target_y, order_seed, kind, frames)
 
 
 @dataclass(frozen=True)
@@ -162,7 +330,7 @@ class Task:
 
 
 def group_of(name: str) -> str:
-    if name == CONTROL:
+    if name in CONTROLS:
         return "control"
     if name in DEV_TASKS:
         return "dev"
@@ -198,6 +366,21 @@ def load_task(name: str, model_path=None) -> Task:
     source = load_features(source_name, model_path=model_path)
     classes = tuple(source.classes)
     sx, sy, sid = np.asarray(source.X, np.float32), np.asarray(source.y, np.int64), tuple(source.ids)
+    if source_name == target_name != "photo":  # a no-shift control: the domain's two halves
+        folds = []
+        for k, (src, tgt) in enumerate((photo_halves(sy), photo_halves(sy)[::-1])):
+            folds.append(
+                Fold(
+                    f"{source_name}[half {k} of 2, seed {SPLIT_SEED}]",
+                    sx[src],
+                    sy[src],
+                    pick(sid, src),
+                    sx[tgt],
+                    sy[tgt],
+                    pick(sid, tgt),
+                )
+            )
+        return Task(name, group, classes, tuple(folds))
     if source_name != "photo" or not target_name.startswith("photo"):
         target = load_features(target_name, model_path=model_path)
         fold = Fold(

@@ -114,6 +114,7 @@ class DMN(Adapter):
     name = "dmn"
     can_teach = True
     can_forget = True
+    LEGACY = {"shift_balanced": False}  # states written before the balanced stage keep the EMA
 
     def __init__(
         self,
@@ -131,6 +132,7 @@ class DMN(Adapter):
         shift_momentum: float | None = MOMENTUM,
         skip_own_slot: bool = True,
         seed: int = 0,
+        shift_balanced: bool = True,
     ) -> None:
         self.prior = prior
         self.text_embeddings = text_embeddings
@@ -146,6 +148,7 @@ class DMN(Adapter):
         self.shift_momentum = shift_momentum
         self.skip_own_slot = skip_own_slot
         self.seed = seed
+        self.shift_balanced = shift_balanced
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, features: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> "DMN":
@@ -183,7 +186,11 @@ class DMN(Adapter):
         # The anchors are the prior's class vectors in feature space: what an empty ring reads as.
         self._anchors = np.ascontiguousarray(anchors)
         self._n_classes, self._dim = n_classes, d
-        self._stage = None if self.shift_momentum is None else FeatureShift(self.shift_momentum).fit(x)
+        self._stage = (
+            None
+            if self.shift_momentum is None
+            else FeatureShift(self.shift_momentum, balanced=self.shift_balanced).fit(x, y, n_classes)
+        )
         self._allocate()
         rng = np.random.default_rng(self.seed)
         for c in range(n_classes):
@@ -252,7 +259,7 @@ class DMN(Adapter):
             self._scratch_logits,
         )
         if write and self._stage is not None:
-            self._stage.update(raw)
+            self._stage.update(raw, out)
         return out
 
     def _max_entropy(self) -> np.float32:
@@ -261,6 +268,11 @@ class DMN(Adapter):
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return self._run(features, write=False)
+
+    def domain_statistics(self) -> dict[str, tuple[np.ndarray, float]]:
+        """The shift stage's domain statistics (empty without the stage), for the bench's drift."""
+        self._check_fitted()
+        return {} if self._stage is None else self._stage.statistics()
 
     def adapt(self, features: np.ndarray) -> np.ndarray:
         """Sample by sample: write into the pseudo-label's ring, read without the own slot, fuse.
@@ -330,8 +342,7 @@ class DMN(Adapter):
         self._ring_fill[:] = 0
         self._ring_gram[:] = 0.0
         if self._stage is not None:  # the target mean restarts at the source mean, as after fit
-            source = self._stage.arrays()["source_mean"]
-            self._stage.load_arrays({"source_mean": source, "target_mean": source.copy()})
+            self._stage.reset()
         return freed
 
     def prepare(self) -> None:
@@ -391,7 +402,7 @@ class DMN(Adapter):
         head = {"linear": Linear, "prototypes": NCM}.get(self.prior)
         self._stage = None
         if self.shift_momentum is not None:
-            self._stage = FeatureShift(self.shift_momentum)
+            self._stage = FeatureShift(self.shift_momentum, balanced=self.shift_balanced)
             # Copies: the stage updates its target mean in place, and the state's arrays may be shared.
             self._stage.load_arrays(
                 {k[len("shift.") :]: np.array(v) for k, v in arrays.items() if k.startswith("shift.")}

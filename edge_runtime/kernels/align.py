@@ -220,3 +220,162 @@ def apply(
                 z[j] += basis[q, j] * tq
     for j in range(z.shape[0]):
         z[j] *= factor[j]
+
+
+# -- class-balanced domain statistics ------------------------------------------------------------
+# Domain statistics kept per pseudo-class (a slot per class) and combined with fixed weights pi_k
+# (the source's class frequencies), each slot shrunk to the source by P pseudo-frames:
+#
+#   offset   delta = sum_k pi_k (S1_k - W_k mu^s_k) / (P + W_k)      (input centre mu_s + delta)
+#   traces   tau   = sum_k pi_k (T_k - W_k t^s_k) / (P + W_k)        (neuron centre t_s + tau)
+#   subspace M = sum_k pi_k (P M^s_k + Y2_k) / (P + W_k), m = sum_k pi_k (P m^s_k + Y1_k) / (P + W_k),
+#            C_t = M - m m^T, whitened and re-coloured to the source's as ``refresh_mix`` does,
+#
+# with W_k, S1_k, T_k, Y1_k, Y2_k the slot's EMA sums (weight, frames, traces, projections and
+# their products) of the frames pseudo-labelled k, each weighted by its evidence e (novelty times
+# confidence). A slot ages only when its class is seen, so one class in view for 10,000 frames
+# refines its own slot and moves the combined statistics by at most pi_k times how far its slot
+# can go: nothing else moves. The offsets are kept up to date incrementally (O(d + N) a frame).
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
+def ring_novelty(y: np.ndarray, ring: np.ndarray, count: np.ndarray, rho: float, variance: float) -> float:
+    """Evidence novelty of a frame from its projection y (r,) on the source's principal
+    directions: min(1, min_j ||y - y_j||^2 / (rho v)) over the last frames in ``ring`` (M, r),
+    v the source variance in those directions; then y joins the ring. A frame seen again (a
+    camera holding an object, a bench stream drawing with replacement) weighs ~0: an object held
+    in view is one piece of evidence, not hundreds. rho = 0: every frame weighs 1."""
+    n = count[0]
+    slots = ring.shape[0]
+    best = np.inf
+    for j in range(min(n, slots)):
+        acc = 0.0
+        for q in range(y.shape[0]):
+            diff = float(y[q]) - float(ring[j, q])
+            acc += diff * diff
+        best = min(best, acc)
+    row = ring[n % slots]
+    for q in range(y.shape[0]):
+        row[q] = y[q]
+    count[0] = n + 1
+    if rho <= 0.0 or n == 0 or variance <= 0.0:
+        return 1.0
+    return min(1.0, best / (rho * variance))
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
+def learn_slot(
+    k: int,
+    e: float,
+    gamma: float,
+    prior: float,
+    pi: float,
+    x: np.ndarray,
+    source_mean: np.ndarray,
+    sums: np.ndarray,
+    weight: np.ndarray,
+    offset: np.ndarray,
+) -> None:
+    """Fold x (n,) of evidence e into slot k (sums (K, n), weight (K,), EMA factor gamma) and
+    keep ``offset`` (n,) = sum_k pi_k (sums_k - weight_k source_mean_k) / (prior + weight_k) up to
+    date: slot k's term is taken out and put back. ``weight`` is the caller's to update (it is
+    shared by every statistic of the slot): here w_old = weight[k], w_new = gamma w_old + e."""
+    w_old = weight[k]
+    w_new = gamma * w_old + e
+    a_old = pi / (prior + w_old) if prior + w_old > 0.0 else 0.0
+    a_new = pi / (prior + w_new) if prior + w_new > 0.0 else 0.0
+    for j in range(x.shape[0]):
+        s_old = sums[k, j]
+        s_new = gamma * s_old + e * float(x[j])
+        mean = source_mean[k, j]
+        offset[j] += a_new * (s_new - w_new * mean) - a_old * (s_old - w_old * mean)
+        sums[k, j] = s_new
+
+
+@njit(cache=True, error_model="numpy")
+def learn_slot_moments(k: int, e: float, gamma: float, y: np.ndarray, y1: np.ndarray, y2: np.ndarray) -> None:
+    """Slot k's projected sums: y1 (K, r) and y2 (K, r, r) <- gamma (.) + e (y, y y^T)."""
+    r = y.shape[0]
+    for q in range(r):
+        y1[k, q] = gamma * y1[k, q] + e * y[q]
+        for s in range(r):
+            y2[k, q, s] = gamma * y2[k, q, s] + e * y[q] * y[s]
+
+
+@njit(cache=True, error_model="numpy")
+def balanced_offset(
+    sums: np.ndarray, weight: np.ndarray, source_mean: np.ndarray, prior: float, pi: np.ndarray, offset: np.ndarray
+) -> None:
+    """offset (n,) = sum_k pi_k (sums_k - weight_k source_mean_k) / (prior + weight_k), from scratch."""
+    offset[:] = 0.0
+    for k in range(sums.shape[0]):
+        total = prior + weight[k]
+        if total <= 0.0 or weight[k] <= 0.0:
+            continue
+        a = pi[k] / total
+        for j in range(sums.shape[1]):
+            offset[j] += a * (sums[k, j] - weight[k] * source_mean[k, j])
+
+
+@njit(cache=True, error_model="numpy")
+def slot_gain(weight: np.ndarray, prior: float, pi: np.ndarray, floor: float) -> float:
+    """1 / max(mass, floor), mass = sum_k pi_k W_k / (P + W_k) the evidence mass of the slots
+    (<= 1): with floor 1 the slots' terms are combined with their fixed weights pi_k alone (a
+    class moves the combined statistic by at most pi_k times its own slot's move); a lower floor
+    lets the classes seen so far stand for the others once they hold ``floor`` of the mass (a
+    class then moves it by at most pi_k / floor times its slot's move)."""
+    mass = 0.0
+    for k in range(weight.shape[0]):
+        if prior + weight[k] > 0.0:
+            mass += pi[k] * weight[k] / (prior + weight[k])
+    return 1.0 / max(mass, floor)
+
+
+@njit(cache=True, error_model="numpy")
+def refresh_mix_balanced(
+    basis_var: np.ndarray,
+    weight: np.ndarray,
+    y1: np.ndarray,
+    y2: np.ndarray,
+    source_y1: np.ndarray,
+    source_y2: np.ndarray,
+    prior: float,
+    pi: np.ndarray,
+    floor: float,
+    mix: np.ndarray,
+) -> None:
+    """mix = A - I from the class-balanced subspace covariance (see above); the identity map
+    while no slot has weight."""
+    r = basis_var.shape[0]
+    if r == 0:
+        return
+    if weight.sum() <= 0.0:
+        mix[:] = 0.0
+        return
+    # source part sum_k pi_k (m^s_k, M^s_k) plus the slots' part sum_k pi_k (Y_k - W_k src_k) / (P + W_k)
+    # scaled by the gain (``slot_gain``)
+    gain = slot_gain(weight, prior, pi, floor)
+    second = np.zeros((r, r))
+    mean = np.zeros(r)
+    for k in range(weight.shape[0]):
+        total = prior + weight[k]
+        a = gain * pi[k] / total if total > 0.0 else 0.0
+        for q in range(r):
+            mean[q] += pi[k] * source_y1[k, q] + a * (y1[k, q] - weight[k] * source_y1[k, q])
+            for s in range(r):
+                second[q, s] += pi[k] * source_y2[k, q, s] + a * (y2[k, q, s] - weight[k] * source_y2[k, q, s])
+    cov = np.empty((r, r))
+    for q in range(r):
+        for s in range(r):
+            cov[q, s] = second[q, s] - mean[q] * mean[s]
+    values, vectors = np.linalg.eigh(cov)
+    low, high = basis_var.min() * _SPREAD_FLOOR, basis_var.max() / _SPREAD_FLOOR
+    for q in range(r):
+        values[q] = 1.0 / math.sqrt(min(max(values[q], low), high))
+    for q in range(r):
+        root = math.sqrt(basis_var[q])
+        for s in range(r):
+            acc = 0.0
+            for t in range(r):
+                acc += vectors[q, t] * values[t] * vectors[s, t]
+            mix[q, s] = root * acc - (1.0 if q == s else 0.0)

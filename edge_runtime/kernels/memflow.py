@@ -61,7 +61,6 @@ Symbols follow the paper (Lv et al., arXiv 2402.14598):
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -70,6 +69,15 @@ from edge_runtime.kernels import align
 from edge_runtime.kernels.common import FAST, argmax, softmax
 from edge_runtime.kernels.memflow_memory import memorise, refresh_class, reinforce, retrieve, scores
 from edge_runtime.kernels.memflow_net import bridge_links, normalise, propagate
+from edge_runtime.kernels.memflow_state import (  # noqa: F401 - the kernels' state types, K.<Name>
+    Head,
+    Memory,
+    Net,
+    Slots,
+    Stage,
+    Temporal,
+    Work,
+)
 from edge_runtime.kernels.temporal import step as temporal_step
 
 
@@ -146,119 +154,6 @@ def shift_traces(
             trace_sum[i] = gamma * trace_sum[i] + w * raw
 
 
-class Stage(NamedTuple):
-    """The input and neuron shift stages: switches, source statistics, running sums (see
-    ``edge_runtime.kernels.align`` and ``shift_traces``)."""
-
-    shift: bool
-    spread: bool
-    prior: float  # source pseudo-frames
-    fade: bool
-    gamma: float  # EMA factor of every running sum
-    rho: float  # novelty scale (0: every frame weighs 1)
-    every: int  # frames between refreshes of the subspace map
-    centre_source: np.ndarray  # (d,) float32
-    scale: np.ndarray  # (d,) float32
-    input_var: np.ndarray  # (d,) source variance
-    basis: np.ndarray  # (r, d) float32, source principal directions
-    basis_var: np.ndarray  # (r,) source variance along them
-    sums: np.ndarray  # (d,)
-    squares: np.ndarray  # (d,)
-    weight: np.ndarray  # (1,)
-    proj_sum: np.ndarray  # (r,)
-    proj_sq: np.ndarray  # (r, r)
-    mix: np.ndarray  # (r, r) float32, A - I
-    recent: np.ndarray  # (d,) float32, short EMA of the frames (novelty)
-    frames: np.ndarray  # (1,) int64, frames learnt from
-    trace_mean: np.ndarray  # (N,) source mean trace
-    trace_sum: np.ndarray  # (N,)
-
-
-class Net(NamedTuple):
-    """The fixed random network (``bridge_links`` splits the bridges' links)."""
-
-    w_entry_hub: np.ndarray
-    w_hub_hub: np.ndarray
-    order: np.ndarray
-    entry_width: np.ndarray
-    entry_src: np.ndarray
-    entry_w: np.ndarray
-    rec_width: np.ndarray
-    rec_src: np.ndarray
-    rec_w: np.ndarray
-    rounds: int
-    spiking: bool
-
-
-class Memory(NamedTuple):
-    """Statistics, the Gaussians derived from them, the read-out and reinforcement settings."""
-
-    source: np.ndarray  # (3, K, N)
-    target: np.ndarray  # (3, K, N)
-    source_weight: float
-    per_class: bool
-    tv: np.ndarray
-    floor_v: np.ndarray
-    blur_v: np.ndarray
-    alive: np.ndarray
-    mu: np.ndarray  # (N, K)
-    hiv: np.ndarray  # (N, K)
-    lnorm: np.ndarray  # (N, K)
-    present: np.ndarray  # (K,)
-    product: bool
-    confidence: bool
-    tau: float
-    reinforce: bool
-    gate: float
-    gamma: float
-    confidence_update: bool
-
-
-class Head(NamedTuple):
-    """The source linear head the memory's posterior is multiplied with (``combine_prior``)."""
-
-    on: bool
-    w: np.ndarray  # (K, d)
-    b: np.ndarray  # (K,)
-    scale: float  # of the head's logits
-    memory_weight: float
-    unit: bool
-
-
-class Temporal(NamedTuple):
-    """The temporal filter's settings and state (``edge_runtime.kernels.temporal``)."""
-
-    on: bool
-    class_prior: np.ndarray  # (K,)
-    belief: np.ndarray  # (K,)
-    history: np.ndarray  # (L, K) float32, the last L frames' own posteriors
-    moments: np.ndarray  # (7,)
-    frames: np.ndarray  # (1,) int64
-    gamma: float
-    trust: float
-    most: float
-
-
-class Work(NamedTuple):
-    """Per-frame buffers: a batch-1 call allocates nothing."""
-
-    centre: np.ndarray  # (d,) float32
-    factor: np.ndarray  # (d,) float32
-    z: np.ndarray  # (d,) float32
-    a: np.ndarray  # (N,) float32, and h, o, o_prev, m
-    h: np.ndarray
-    o: np.ndarray
-    o_prev: np.ndarray
-    m: np.ndarray
-    row: np.ndarray  # (K,) float32, and part
-    part: np.ndarray
-    vote: np.ndarray  # (K,) float64
-    logits: np.ndarray  # (K,) float32
-    y: np.ndarray  # (r,) float32, and t
-    t: np.ndarray
-    y64: np.ndarray  # (r,) float64
-
-
 @njit(cache=True, error_model="numpy")
 def run_batch(
     xs: np.ndarray,
@@ -269,6 +164,7 @@ def run_batch(
     head: Head,
     temporal: Temporal,
     work: Work,
+    slots: Slots,
     out: np.ndarray,
 ) -> int:
     """Frames xs in order, no allocation: each row is normalised, aligned (its own statistics join
@@ -280,6 +176,9 @@ def run_batch(
     for r in range(xs.shape[0]):
         if normalise(xs[r], z) != 0:
             return r
+        if slots.on:
+            _run_balanced(z, learn, stage, net, memory, head, temporal, work, slots, out[r])
+            continue
         out_r = out[r]
         weight = stage.weight[0]  # the frames before this one
         prior = align.prior_weight(stage.prior, stage.fade, stage.gamma, weight)
@@ -348,68 +247,7 @@ def run_batch(
         )
         if stage.shift:
             shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, aged, learn, w)
-        scores(
-            work.m,
-            memory.mu,
-            memory.hiv,
-            memory.lnorm,
-            memory.per_class,
-            memory.present,
-            memory.alive,
-            memory.product,
-            memory.confidence,
-            memory.tau,
-            work.row,
-            work.part,
-            work.vote,
-            out_r,
-        )
-        k_memory = argmax(out_r)
-        k_prior = k_memory
-        if head.on:
-            k_prior = combine_prior(
-                z,
-                stage.centre_source,
-                work.factor,
-                head.w,
-                head.b,
-                head.scale,
-                head.memory_weight,
-                head.unit,
-                work.centre,
-                work.logits,
-                out_r,
-            )
-        else:
-            softmax(out_r)
-        if learn and memory.reinforce:
-            k = argmax(out_r)
-            if out_r[k] >= memory.gate and k == k_memory and k == k_prior:
-                # a frame counts by its novelty weight here too: an object held in view is learnt once
-                reinforce(
-                    work.m,
-                    k,
-                    w * float(out_r[k]),
-                    memory.gamma**w,
-                    memory.confidence_update,
-                    memory.mu,
-                    memory.hiv,
-                    memory.target,
-                )
-                refresh_class(
-                    k,
-                    memory.source,
-                    memory.target,
-                    memory.source_weight,
-                    memory.per_class,
-                    memory.tv,
-                    memory.floor_v,
-                    memory.blur_v,
-                    memory.mu,
-                    memory.hiv,
-                    memory.lnorm,
-                    memory.present,
-                )
+        _read_out(z, learn, w, stage, memory, head, temporal, work, out_r)
         if learn and temporal.on:
             temporal_step(
                 out_r,
@@ -423,6 +261,200 @@ def run_batch(
                 temporal.most,
             )
     return -1
+
+
+@njit(cache=True, error_model="numpy")
+def _read_out(
+    z: np.ndarray,
+    learn: bool,
+    w: float,
+    stage: Stage,
+    memory: Memory,
+    head: Head,
+    temporal: Temporal,
+    work: Work,
+    out_r: np.ndarray,
+) -> None:
+    """Memory read-out, head product, reinforcement (weight w) and temporal filter of one frame
+    whose aligned input is z and traces work.m."""
+    scores(
+        work.m,
+        memory.mu,
+        memory.hiv,
+        memory.lnorm,
+        memory.per_class,
+        memory.present,
+        memory.alive,
+        memory.product,
+        memory.confidence,
+        memory.tau,
+        work.row,
+        work.part,
+        work.vote,
+        out_r,
+    )
+    k_memory = argmax(out_r)
+    k_prior = k_memory
+    if head.on:
+        k_prior = combine_prior(
+            z,
+            stage.centre_source,
+            work.factor,
+            head.w,
+            head.b,
+            head.scale,
+            head.memory_weight,
+            head.unit,
+            work.centre,
+            work.logits,
+            out_r,
+        )
+    else:
+        softmax(out_r)
+    if learn and memory.reinforce:
+        k = argmax(out_r)
+        if out_r[k] >= memory.gate and k == k_memory and k == k_prior:
+            # a frame counts by its novelty weight here too: an object held in view is learnt once
+            reinforce(
+                work.m,
+                k,
+                w * float(out_r[k]),
+                memory.gamma**w,
+                memory.confidence_update,
+                memory.mu,
+                memory.hiv,
+                memory.target,
+            )
+            refresh_class(
+                k,
+                memory.source,
+                memory.target,
+                memory.source_weight,
+                memory.per_class,
+                memory.tv,
+                memory.floor_v,
+                memory.blur_v,
+                memory.mu,
+                memory.hiv,
+                memory.lnorm,
+                memory.present,
+            )
+
+
+@njit(cache=True, error_model="numpy")
+def _run_balanced(
+    z: np.ndarray,
+    learn: bool,
+    stage: Stage,
+    net: Net,
+    memory: Memory,
+    head: Head,
+    temporal: Temporal,
+    work: Work,
+    slots: Slots,
+    out_r: np.ndarray,
+) -> None:
+    """One frame with the class-balanced domain statistics (``Slots``): read through the slots as
+    they stand, classified, then (``learn``) folded into its pseudo-class's slot by its evidence;
+    the temporal filter reads the frame's own posterior afterwards and feeds nothing back."""
+    d = z.shape[0]
+    gain = align.slot_gain(slots.weight, slots.prior, slots.pi, slots.floor) if stage.shift else 0.0
+    for j in range(d):
+        slots.zraw[j] = z[j]
+        work.centre[j] = stage.centre_source[j] + gain * slots.offset[j]
+        work.factor[j] = stage.scale[j]
+    w = 1.0
+    learning = learn and stage.shift
+    if learning:
+        r = stage.basis.shape[0]
+        v = 0.0
+        for q in range(r):
+            acc = 0.0
+            for j in range(d):
+                acc += float(stage.basis[q, j]) * (float(z[j]) - float(stage.centre_source[j]))
+            work.y64[q] = acc
+            v += stage.basis_var[q]
+        w = align.ring_novelty(work.y64, slots.ring, slots.count, slots.rho, v)
+        stage.frames[0] += 1
+    align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
+    propagate(
+        z,
+        net.w_entry_hub,
+        net.w_hub_hub,
+        net.order,
+        net.entry_width,
+        net.entry_src,
+        net.entry_w,
+        net.rec_width,
+        net.rec_src,
+        net.rec_w,
+        net.rounds,
+        net.spiking,
+        work.a,
+        work.h,
+        work.o,
+        work.o_prev,
+        work.m,
+    )
+    if stage.shift:
+        for i in range(work.m.shape[0]):
+            slots.mraw[i] = work.m[i]
+            work.m[i] -= gain * slots.trace_offset[i]
+    _read_out(z, learn, w, stage, memory, head, temporal, work, out_r)
+    if learning:
+        best = argmax(out_r)
+        for k in range(out_r.shape[0]):
+            # hard: the pseudo-class alone, if confident enough; soft: every class by its posterior
+            if slots.soft:
+                p = float(out_r[k])
+            else:
+                p = float(out_r[k]) if k == best else 0.0
+            e = w * p
+            if p < slots.gate or e <= 0.0:
+                continue
+            g = slots.gamma**e
+            align.learn_slot(
+                k, e, g, slots.prior, slots.pi[k], slots.zraw, slots.source_mean, slots.sums, slots.weight, slots.offset
+            )
+            align.learn_slot(
+                k,
+                e,
+                g,
+                slots.prior,
+                slots.pi[k],
+                slots.mraw,
+                slots.trace_source,
+                slots.trace_sums,
+                slots.weight,
+                slots.trace_offset,
+            )
+            align.learn_slot_moments(k, e, g, work.y64, slots.y1, slots.y2)
+            slots.weight[k] = g * slots.weight[k] + e
+        if stage.frames[0] % stage.every == 0:
+            align.refresh_mix_balanced(
+                stage.basis_var,
+                slots.weight,
+                slots.y1,
+                slots.y2,
+                slots.source_y1,
+                slots.source_y2,
+                slots.cov_prior,
+                slots.pi,
+                slots.floor,
+                stage.mix,
+            )
+    if learn and temporal.on:
+        temporal_step(
+            out_r,
+            temporal.class_prior,
+            temporal.belief,
+            temporal.history,
+            temporal.moments,
+            temporal.frames,
+            temporal.gamma,
+            temporal.trust,
+            temporal.most,
+        )
 
 
 @njit(cache=True, error_model="numpy")

@@ -12,6 +12,7 @@ from edge_runtime.adapters import ADAPTERS
 from edge_runtime.adapters.linear import Linear
 from edge_runtime.bench import accuracy
 from edge_runtime.bench.tasks import (
+    ALL_ORDERS,
     BENCH_TASKS,
     CONTROL,
     DEV_TASKS,
@@ -226,19 +227,20 @@ def test_quick_run_writes_the_documented_outputs(quick_run):
         for cell in row.values():
             assert set(cell) == {"accuracy", "accuracy_spread", "adapt_us_per_sample", "orders"}
             assert 0.0 <= cell["accuracy"] <= 1.0 and cell["accuracy_spread"] >= 0 and cell["adapt_us_per_sample"] > 0
-            assert list(cell["orders"]) == list(ORDERS)
+            assert list(cell["orders"]) == list(ALL_ORDERS)
             assert cell["accuracy"] == pytest.approx(np.mean([o["accuracy"] for o in cell["orders"].values()]))
     means = payload["summary"]["linear"]
     assert means["n_tasks"] == len(SHIFTED_TASKS)
     assert means["mean_shifted_accuracy"] == pytest.approx(
         np.mean([payload["tasks"][t]["linear"]["accuracy"] for t in SHIFTED_TASKS])
     )
-    for kind in ORDERS:
+    for kind in ALL_ORDERS:
         per_task = {t: payload["tasks"][t]["shift"]["orders"][kind]["accuracy"] for t in SHIFTED_TASKS}
         assert payload["summary"]["shift"]["orders"][kind]["worst_task"] == min(per_task, key=per_task.get)
-    # The source head never sees a target frame learn anything: every order gives it the same score.
+    # The source head never sees a target frame learn anything: every permutation order gives it
+    # the same score (the camera orders repeat frames, so their mix of frames differs).
     for row in payload["tasks"].values():
-        assert len({round(o["accuracy"], 9) for o in row["linear"]["orders"].values()}) == 1
+        assert len({round(row["linear"]["orders"][o]["accuracy"], 9) for o in ORDERS}) == 1
     table = (quick_run / "a.md").read_text()
     assert "mean over shifted tasks" in table and "photo->photo-c/fog" in table
     assert "dirichlet: worst task" in table and "runs: worst vs linear" in table

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions
+from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions, trace_shift
 from edge_runtime.adapters.memflow.calibration import (
     MEMORY_WEIGHTS,
     SCALES,
@@ -28,15 +28,23 @@ from edge_runtime.adapters.memflow.calibration import (
     source_head,
 )
 from edge_runtime.adapters.memflow.kernel_args import kernel_args
-from edge_runtime.adapters.memflow.statistics import STREAM, SUMS, add_statistics, load_arrays, merge
+from edge_runtime.adapters.memflow.statistics import (
+    SLOT_SOURCE,
+    STREAM,
+    SUMS,
+    add_statistics,
+    c_export,
+    check_params,
+    domain_statistics,
+    load_arrays,
+    merge,
+    refresh_slots,
+)
 from edge_runtime.errors import InputError
 from edge_runtime.kernels import align
 from edge_runtime.kernels import memflow as K
 from edge_runtime.kernels import temporal as T
 from edge_runtime.kernels.prng import make_graph
-
-_READOUTS = ("product", "mixture")
-_VARIANCES = ("pooled", "class")
 
 
 class MemFlow(Adapter):
@@ -79,6 +87,11 @@ class MemFlow(Adapter):
 
     How each default was chosen (never on a reported bench task): ``docs/memflow.md``.
 
+    balanced, slot_prior, slot_decay, slot_gate, slot_novelty, slot_ring, slot_soft, slot_floor, slot_cov_prior
+        The class-balanced domain statistics (a slot per pseudo-class, fixed class weights): on/off,
+        and the slots' prior, ageing, evidence gate, novelty guard, confidence spreading, weight floor
+        and second-moment prior; how each was chosen: ``docs/memflow.md``.
+
     Example
     -------
     >>> rng = np.random.default_rng(0)
@@ -97,7 +110,13 @@ class MemFlow(Adapter):
     can_merge = True
     # Parameters added after the first state format (0.1.0), set so that a state written without
     # them predicts as it did: no spread, subspace, novelty or temporal stage.
-    LEGACY: ClassVar[dict[str, Any]] = {"shift_spread": False, "shift_rank": 0, "shift_novelty": 0.0, "temporal": False}
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "shift_spread": False,
+        "shift_rank": 0,
+        "shift_novelty": 0.0,
+        "temporal": False,
+        "balanced": False,
+    }
 
     def __init__(
         self,
@@ -134,6 +153,15 @@ class MemFlow(Adapter):
         temporal: bool = True,
         temporal_lag: int = 16,
         temporal_max: float = 0.95,
+        balanced: bool = True,
+        slot_prior: float = 1.0,
+        slot_decay: float = 0.98,
+        slot_gate: float = 0.9,
+        slot_novelty: float = 0.25,
+        slot_ring: int = 32,
+        slot_soft: bool = False,
+        slot_floor: float = 1.0,
+        slot_cov_prior: float = 10.0,
     ) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
@@ -168,29 +196,19 @@ class MemFlow(Adapter):
         self.temporal = temporal
         self.temporal_lag = temporal_lag
         self.temporal_max = temporal_max
+        self.balanced = balanced
+        self.slot_prior = slot_prior
+        self.slot_decay = slot_decay
+        self.slot_gate = slot_gate
+        self.slot_novelty = slot_novelty
+        self.slot_ring = slot_ring
+        self.slot_soft = slot_soft
+        self.slot_floor = slot_floor
+        self.slot_cov_prior = slot_cov_prior
 
     # -- construction ----------------------------------------------------------------------
     def _check_params(self) -> None:
-        if self.readout not in _READOUTS:
-            raise InputError(f"readout must be one of {_READOUTS}, got {self.readout!r}")
-        if self.variance not in _VARIANCES:
-            raise InputError(f"variance must be one of {_VARIANCES}, got {self.variance!r}")
-        if self.n_hub < 0 or self.n_bridge < 0 or self.n_hub + self.n_bridge == 0:
-            raise InputError(f"need at least one neuron, got n_hub={self.n_hub}, n_bridge={self.n_bridge}")
-        if self.rounds < 1:
-            raise InputError(f"rounds must be >= 1, got {self.rounds}")
-        if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.shift_decay < 1.0:
-            raise InputError("decay and shift_decay must be in [0, 1)")
-        if self.shift_rank < 0 or self.shift_every < 1 or self.shift_novelty < 0:
-            raise InputError(
-                f"need shift_rank >= 0, shift_every >= 1 and shift_novelty >= 0, got "
-                f"{self.shift_rank}, {self.shift_every} and {self.shift_novelty}"
-            )
-        if self.temporal_lag < 2 or not 0.0 <= self.temporal_max < 1.0:
-            raise InputError(
-                f"need temporal_lag >= 2 and temporal_max in [0, 1), got {self.temporal_lag} and "
-                f"{self.temporal_max}"
-            )
+        check_params(self)
 
     def _build(self, dim: int, n_classes: int) -> None:
         """Regenerate the network from the seed and allocate state and work buffers."""
@@ -215,6 +233,23 @@ class MemFlow(Adapter):
         self._input_stats = np.zeros((3, dim))
         self._basis_stats = np.zeros((3, rank))
         self._trace_sum = np.zeros(self.n_neurons)
+        # class-balanced domain statistics: a slot per class (see ``K.Slots``)
+        self._slot_weight = np.zeros(n_classes)
+        self._slot_sums = np.zeros((n_classes, dim))
+        self._slot_trace_sums = np.zeros((n_classes, n))
+        self._slot_y1 = np.zeros((n_classes, rank))
+        self._slot_y2 = np.zeros((n_classes, rank, rank))
+        self._slot_source_mean = np.zeros((n_classes, dim))
+        self._slot_source_y1 = np.zeros((n_classes, rank))
+        self._slot_source_y2 = np.zeros((n_classes, rank, rank))
+        self._slot_ring = np.zeros((max(int(self.slot_ring), 1), rank))
+        self._slot_count = np.zeros(1, np.int64)
+        self._slot_offset = np.zeros(dim)
+        self._slot_trace_offset = np.zeros(n)
+        self._slot_trace_source = np.zeros((n_classes, n))
+        self._slot_pi = np.full(n_classes, 1.0 / n_classes)
+        self._slot_zraw = np.zeros(dim, np.float32)
+        self._slot_mraw = np.zeros(n, np.float32)
         self._tau = np.ones(1)
         self._weights = np.ones(2)  # the head's scale and the memory's weight in the product
         # NLL of each (scale, weight) on the grid: per held-out source row, and summed over taught frames
@@ -265,6 +300,7 @@ class MemFlow(Adapter):
         self._basis_var = np.maximum(var, 1e-12 * max(float(self._input_var.sum()), 1e-30))
         counts = self._source[0, :, 0] if self.n_neurons else np.zeros(self._n_classes)
         self._class_prior = (counts + 1.0) / (counts.sum() + self._n_classes)
+        self._refresh_slots()
         src = self._source
         tot0, tot1, tot2 = (src[j].sum(axis=0) for j in range(3))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -296,6 +332,9 @@ class MemFlow(Adapter):
                 self._lnorm,
                 self._present,
             )
+
+    def _refresh_slots(self) -> None:
+        refresh_slots(self)
 
     def _net(self) -> K.Net:
         return K.Net(*self._graph[:2], *self._links, int(self.rounds), bool(self.spiking))
@@ -350,6 +389,14 @@ class MemFlow(Adapter):
             self._basis_stats[0] = len(x)
             self._basis_stats[1] = proj.sum(axis=0)
             self._basis_stats[2] = (proj * proj).sum(axis=0)
+        for c in range(k):
+            rows = y == c
+            if rows.any():
+                self._slot_source_mean[c] = x64[rows].mean(axis=0)
+                if rank:
+                    p = proj[rows]
+                    self._slot_source_y1[c] = p.mean(axis=0)
+                    self._slot_source_y2[c] = p.T @ p / len(p)
         m = self._traces(centred.astype(np.float32) * self._scale)
         if self.prior:
             self._prior_w, self._prior_b, l2 = source_head(x, y, k, self.prior_l2)
@@ -416,6 +463,11 @@ class MemFlow(Adapter):
         """The map the next frame enters the network through (see ``InputStage``)."""
         self._check_fitted()
         centre, factor = np.empty(self._dim, np.float32), np.empty(self._dim, np.float32)
+        if self.balanced:
+            gain = align.slot_gain(self._slot_weight, float(self.slot_prior), self._slot_pi, float(self.slot_floor))
+            centre[:] = self._centre_source + (gain * self._slot_offset if self.shift else 0.0)
+            factor[:] = self._scale
+            return InputStage(centre, factor, self._basis.copy(), self._mix.copy())
         align.stage(
             self._centre_source,
             self._scale,
@@ -431,23 +483,13 @@ class MemFlow(Adapter):
         )
         return InputStage(centre, factor, self._basis.copy(), self._mix.copy())
 
+    def domain_statistics(self) -> dict[str, tuple[np.ndarray, float]]:
+        """The domain statistics as they stand, each with its unit (the bench's drift under dwell)."""
+        return domain_statistics(self)
+
     def trace_shift(self) -> np.ndarray:
-        """(N,) float32: the neuron-level shift the next frame's traces get (see
-        ``K.shift_traces``); zeros with the shift stage off or no weight at all."""
-        self._check_fitted()
-        delta = np.zeros(self.n_neurons, np.float32)
-        if self.shift:
-            K.shift_traces(
-                delta,
-                self._trace_mean,
-                self._trace_sum,
-                float(self._shift_weight[0]),
-                self._prior_weight(),
-                float(self.shift_decay),
-                False,
-                0.0,
-            )
-        return delta
+        """(N,) float32: the neuron-level shift the next frame's traces get (see ``alignment.trace_shift``)."""
+        return trace_shift(self)
 
     def _run(self, features: Any, learn: bool, out: np.ndarray | None) -> np.ndarray:
         self._check_fitted()
@@ -502,25 +544,8 @@ class MemFlow(Adapter):
         probe.predict_proba(x)
 
     def c_export(self) -> dict[str, Any]:
-        """What the C read-out classifies with: the Gaussians neuron-major (N, K), which classes and
-        neurons are live, the input stage and trace shift as they stand, the source head and the
-        read-out temperature."""
-        self._check_fitted()
-        return {
-            "mu": self._mu,
-            "hiv": self._hiv,
-            "lnorm": self._lnorm,
-            "present": self._present,
-            "alive": self._alive,
-            "stage": self.input_stage(),
-            "trace_shift": self.trace_shift(),
-            "prior_w": self._prior_w,
-            "prior_b": self._prior_b,
-            "centre_source": self._centre_source,
-            "head_scale": float(self._weights[0]),
-            "memory_weight": float(self._weights[1]),
-            "tau": float(self._tau[0]),
-        }
+        """What the C read-out classifies with (see ``statistics.c_export``)."""
+        return c_export(self)
 
     def merge(self, other: "MemFlow") -> "MemFlow":
         """Add another memory of the same network (seed, sizes, centre, basis): exact, by addition.
@@ -539,7 +564,7 @@ class MemFlow(Adapter):
             "tau": self._tau,
             "weights": self._weights,
             "calibration": self._calibration,
-            **{name[1:]: getattr(self, name) for name in SUMS + STREAM},
+            **{name[1:]: getattr(self, name) for name in SUMS + STREAM + SLOT_SOURCE},
         }
 
     def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:

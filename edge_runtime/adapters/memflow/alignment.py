@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from edge_runtime.kernels import align
+from edge_runtime.kernels import memflow as K
 
 
 class InputStage(NamedTuple):
@@ -37,3 +40,25 @@ def principal_directions(centred: np.ndarray, rank: int) -> np.ndarray:
     out = np.zeros((rank, d), np.float32)
     out[: len(top)] = top
     return out
+
+
+def trace_shift(model: Any) -> np.ndarray:
+    """(N,) float32: the neuron-level shift the next frame's traces get (see
+    ``K.shift_traces``); zeros with the shift stage off or no weight at all."""
+    model._check_fitted()
+    delta = np.zeros(model.n_neurons, np.float32)
+    if model.shift and model.balanced:
+        gain = align.slot_gain(model._slot_weight, float(model.slot_prior), model._slot_pi, float(model.slot_floor))
+        delta[:] = -gain * model._slot_trace_offset
+    elif model.shift:
+        K.shift_traces(
+            delta,
+            model._trace_mean,
+            model._trace_sum,
+            float(model._shift_weight[0]),
+            model._prior_weight(),
+            float(model.shift_decay),
+            False,
+            0.0,
+        )
+    return delta

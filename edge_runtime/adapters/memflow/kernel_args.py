@@ -76,4 +76,30 @@ def kernel_args(model: Any) -> tuple:
         _TEMPORAL_TRUST,
         float(model.temporal_max),
     )
-    return stage, model._net(), memory, head, temporal, model._work
+    slots = K.Slots(
+        bool(model.balanced),
+        bool(model.slot_soft),
+        float(model.slot_prior),
+        float(model.slot_decay),
+        float(model.slot_gate),
+        float(model.slot_cov_prior),
+        float(model.slot_floor),
+        float(model.slot_novelty),
+        model._slot_pi,
+        model._slot_source_mean,
+        model._slot_weight,
+        model._slot_sums,
+        model._slot_offset,
+        model._slot_trace_source,
+        model._slot_trace_sums,
+        model._slot_trace_offset,
+        model._slot_y1,
+        model._slot_y2,
+        model._slot_source_y1,
+        model._slot_source_y2,
+        model._slot_ring,
+        model._slot_count,
+        model._slot_zraw,
+        model._slot_mraw,
+    )
+    return stage, model._net(), memory, head, temporal, model._work, slots

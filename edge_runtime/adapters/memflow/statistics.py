@@ -1,4 +1,5 @@
-"""What of a MemFlow memory adds up across devices, and its state arrays: merge, load, statistics deltas."""
+"""What of a MemFlow memory adds up across devices, and its state arrays: merge, load, statistics deltas;
+the parameter check, the class-balanced slots' refresh and the views of the state (drift, C export)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,17 @@ SUMS = (
     "_input_stats",
     "_basis_stats",
     "_trace_sum",
+    "_slot_weight",
+    "_slot_sums",
+    "_slot_trace_sums",
+    "_slot_y1",
+    "_slot_y2",
 )
-STREAM = ("_mix", "_recent", "_belief", "_history", "_moments", "_temporal_frames")
+STREAM = ("_mix", "_recent", "_belief", "_history", "_moments", "_temporal_frames", "_slot_ring", "_slot_count")
+# the source's class statistics the slots are read against (fixed at fit, like the centre)
+SLOT_SOURCE = ("_slot_source_mean", "_slot_source_y1", "_slot_source_y2")
+_READOUTS = ("product", "mixture")
+_VARIANCES = ("pooled", "class")
 
 
 def merge(model: Any, other: Any) -> Any:
@@ -44,14 +54,28 @@ def merge(model: Any, other: Any) -> Any:
         )
     for name in SUMS:
         getattr(model, name)[...] += getattr(other, name)
-    align.refresh_mix(
-        model._basis_var,
-        model._proj_sum,
-        model._proj_sq,
-        float(model._shift_weight[0]),
-        model._prior_weight(),
-        model._mix,
-    )
+    if model.balanced:
+        align.refresh_mix_balanced(
+            model._basis_var,
+            model._slot_weight,
+            model._slot_y1,
+            model._slot_y2,
+            model._slot_source_y1,
+            model._slot_source_y2,
+            float(model.slot_cov_prior),
+            model._slot_pi,
+            float(model.slot_floor),
+            model._mix,
+        )
+    else:
+        align.refresh_mix(
+            model._basis_var,
+            model._proj_sum,
+            model._proj_sq,
+            float(model._shift_weight[0]),
+            model._prior_weight(),
+            model._mix,
+        )
     model._refresh()
     return model
 
@@ -73,7 +97,7 @@ def load_arrays(model: Any, arrays: dict[str, np.ndarray]) -> None:
     # Arrays added after the first format are absent from older states, whose parameters
     # (``LEGACY``) switch off the stages that read them; without "calibration" teaching leaves
     # the weights as they are.
-    for name in ("_basis", "_calibration") + SUMS + STREAM:
+    for name in ("_basis", "_calibration") + SUMS + STREAM + SLOT_SOURCE:
         if name[1:] in arrays:
             target = getattr(model, name)
             value = np.asarray(arrays[name[1:]])
@@ -99,3 +123,84 @@ def add_statistics(model: Any, delta: dict[str, np.ndarray]) -> None:
         )
     model._source += source
     model._refresh()
+
+
+def check_params(model: Any) -> None:
+    """``MemFlow`` parameters that no network can have: refused before anything is built."""
+    if model.readout not in _READOUTS:
+        raise InputError(f"readout must be one of {_READOUTS}, got {model.readout!r}")
+    if model.variance not in _VARIANCES:
+        raise InputError(f"variance must be one of {_VARIANCES}, got {model.variance!r}")
+    if model.n_hub < 0 or model.n_bridge < 0 or model.n_hub + model.n_bridge == 0:
+        raise InputError(f"need at least one neuron, got n_hub={model.n_hub}, n_bridge={model.n_bridge}")
+    if model.rounds < 1:
+        raise InputError(f"rounds must be >= 1, got {model.rounds}")
+    if not 0.0 <= model.decay < 1.0 or not 0.0 <= model.shift_decay < 1.0:
+        raise InputError("decay and shift_decay must be in [0, 1)")
+    if model.shift_rank < 0 or model.shift_every < 1 or model.shift_novelty < 0:
+        raise InputError(
+            f"need shift_rank >= 0, shift_every >= 1 and shift_novelty >= 0, got "
+            f"{model.shift_rank}, {model.shift_every} and {model.shift_novelty}"
+        )
+    if model.temporal_lag < 2 or not 0.0 <= model.temporal_max < 1.0:
+        raise InputError(
+            f"need temporal_lag >= 2 and temporal_max in [0, 1), got {model.temporal_lag} and " f"{model.temporal_max}"
+        )
+
+
+def refresh_slots(model: Any) -> None:
+    """The slots' fixed weights (the source class frequencies), the source class mean traces
+    and both combined offsets, from scratch (after fit, teach, merge or load)."""
+    counts = model._source[0, :, 0] if model.n_neurons else np.ones(model._n_classes)
+    model._slot_pi[:] = counts / counts.sum() if counts.sum() > 0 else 1.0 / model._n_classes
+    with np.errstate(divide="ignore", invalid="ignore"):
+        model._slot_trace_source[:] = np.where(model._source[0] > 0, model._source[1] / model._source[0], 0.0)
+    prior = float(model.slot_prior)
+    align.balanced_offset(
+        model._slot_sums, model._slot_weight, model._slot_source_mean, prior, model._slot_pi, model._slot_offset
+    )
+    align.balanced_offset(
+        model._slot_trace_sums,
+        model._slot_weight,
+        model._slot_trace_source,
+        prior,
+        model._slot_pi,
+        model._slot_trace_offset,
+    )
+
+
+def domain_statistics(model: Any) -> dict[str, tuple[np.ndarray, float]]:
+    """The domain statistics as they stand, each with its unit (for the bench's drift under
+    dwell): the input centre (unit: the source's total standard deviation), the subspace map
+    A - I (unit 1), the neuron-level shift (unit: the source traces' total standard deviation)
+    and the reinforced memory's class means (same unit)."""
+    stage = model.input_stage()
+    trace_unit = float(np.sqrt(model._tv.sum())) if model.n_neurons else 1.0
+    return {
+        "centre": (stage.centre.astype(np.float64), float(np.sqrt(model._input_var.sum()))),
+        "subspace": (stage.mix.astype(np.float64), 1.0),
+        "trace_shift": (model.trace_shift().astype(np.float64), trace_unit),
+        "memory": (model._mu.astype(np.float64), trace_unit),
+    }
+
+
+def c_export(model: Any) -> dict[str, Any]:
+    """What the C read-out classifies with: the Gaussians neuron-major (N, K), which classes and
+    neurons are live, the input stage and trace shift as they stand, the source head and the
+    read-out temperature."""
+    model._check_fitted()
+    return {
+        "mu": model._mu,
+        "hiv": model._hiv,
+        "lnorm": model._lnorm,
+        "present": model._present,
+        "alive": model._alive,
+        "stage": model.input_stage(),
+        "trace_shift": model.trace_shift(),
+        "prior_w": model._prior_w,
+        "prior_b": model._prior_b,
+        "centre_source": model._centre_source,
+        "head_scale": float(model._weights[0]),
+        "memory_weight": float(model._weights[1]),
+        "tau": float(model._tau[0]),
+    }
