@@ -280,6 +280,16 @@ MEMFLOW_PARAMS = frozenset(
         "temporal",
         "temporal_lag",
         "temporal_max",
+        # the class-balanced slots only decide the input stage and trace shift, exported as they stand
+        "balanced",
+        "slot_prior",
+        "slot_decay",
+        "slot_gate",
+        "slot_novelty",
+        "slot_ring",
+        "slot_soft",
+        "slot_floor",
+        "slot_cov_prior",
     }
 )
 
@@ -401,6 +411,7 @@ DMN_PARAMS = frozenset(
         "write_gate",
         "anchors",
         "shift_momentum",
+        "shift_balanced",  # decides the exported feature shift only
         "skip_own_slot",
         "seed",
     }

@@ -47,6 +47,8 @@ ADAPTERS["memflow-static"] = _lazy("memflow", "MemFlow", reinforce=False)
 ADAPTERS["memflow-no-temporal"] = _lazy("memflow", "MemFlow", temporal=False)
 ADAPTERS["memflow-no-subspace"] = _lazy("memflow", "MemFlow", shift_rank=0)
 ADAPTERS["memflow-no-novelty"] = _lazy("memflow", "MemFlow", shift_novelty=0.0)
+# the class-balanced domain statistics (issue #23): safe under long stays, not yet the default
+ADAPTERS["memflow-balanced"] = _lazy("memflow", "MemFlow", balanced=True)
 
 
 def make_adapter(name: str, **params: Any) -> Adapter:

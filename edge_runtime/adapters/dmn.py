@@ -132,7 +132,7 @@ class DMN(Adapter):
         shift_momentum: float | None = MOMENTUM,
         skip_own_slot: bool = True,
         seed: int = 0,
-        shift_balanced: bool = True,
+        shift_balanced: bool = False,
     ) -> None:
         self.prior = prior
         self.text_embeddings = text_embeddings

@@ -200,7 +200,7 @@ class Shifted(Adapter):
         inner: str = "linear",
         inner_params: dict[str, Any] | None = None,
         momentum: float = MOMENTUM,
-        balanced: bool = True,
+        balanced: bool = False,
         slot_prior: float = SLOT_PRIOR,
         slot_gate: float = SLOT_GATE,
     ) -> None:

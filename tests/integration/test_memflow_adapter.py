@@ -99,7 +99,8 @@ def test_state_size_depends_on_neurons_and_classes_only(photo) -> None:
     large = MemFlow(**SMALL).fit(x, y, k)
     assert small.state_bytes() == large.state_bytes()
     wider = MemFlow(**dict(SMALL, n_bridge=128)).fit(x, y, k)
-    assert wider.state_bytes() - small.state_bytes() == 2 * 3 * k * 64 * 8 + 64 * 8
+    # per added neuron: source and target (3, K) float64 sums, its running trace sum, its K slot trace sums
+    assert wider.state_bytes() - small.state_bytes() == 2 * 3 * k * 64 * 8 + 64 * 8 + k * 64 * 8
 
 
 def test_batch_adapt_equals_row_by_row_and_out_buffer(photo, clipart) -> None:

@@ -191,11 +191,27 @@ def test_merged_statistics_equal_teaching(name: str) -> None:
         np.testing.assert_allclose(adapter.statistics()[key], value, rtol=1e-9, err_msg=key)
 
 
-# Adapters that still lose accuracy over a long single-class stay: T3A's supports (kept per class,
-# lowest entropy first) fill with the class in view (DESIGN.md, "Running statistics on a camera
-# stream"). Strict: once one holds, its entry must go.
-_STAYS = "issue #23: T3A's support sets follow the class in view"
-STAY_FAILURES: dict[str, str] = {name: _STAYS for name in ("shift+t3a", "t3a")}
+# Adapters that lose accuracy over a long single-class stay today: their running statistics follow
+# the class in view (DESIGN.md, "Running statistics on a camera stream"); `memflow-balanced` keeps
+# them per class and holds. Strict: once one holds, its entry must go.
+_STAYS = "issue #23: the running statistics follow the class in view"
+STAY_FAILURES: dict[str, str] = {
+    name: _STAYS
+    for name in (
+        "dmn",
+        "memflow",
+        "memflow-no-blur",
+        "memflow-no-cu",
+        "memflow-no-novelty",
+        "memflow-no-spike",
+        "memflow-no-subspace",
+        "memflow-no-temporal",
+        "memflow-static",
+        "shift",
+        "shift+t3a",
+        "t3a",
+    )
+}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -153,7 +153,7 @@ class MemFlow(Adapter):
         temporal: bool = True,
         temporal_lag: int = 16,
         temporal_max: float = 0.95,
-        balanced: bool = True,
+        balanced: bool = False,
         slot_prior: float = 1.0,
         slot_decay: float = 0.98,
         slot_gate: float = 0.9,
