@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -278,6 +277,7 @@ def main_stream(args: argparse.Namespace) -> int:
 
 
 def main_soak(args: argparse.Namespace) -> int:
+    from edge_runtime.runtime.shutdown import Shutdown
     from edge_runtime.runtime.stream import Stream
     from edge_runtime.runtime.summary import Progress
     from edge_runtime.source.capture import Capture
@@ -301,15 +301,10 @@ def main_soak(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         capture = Capture(str(args.video), loop=True)
         # Ctrl-C / SIGTERM end a long soak early with its figures so far, as `edgert run` does.
-        previous = {
-            s: signal.signal(s, lambda *_: (stream.stop.set(), capture.request_stop()))
-            for s in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
+        with Shutdown() as shutdown:
+            shutdown.on_request(stream.stop.set)
+            shutdown.on_request(capture.request_stop)
             summary = stream.run(capture.start())
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
         checkpoints.close()
         seconds = time.perf_counter() - start
         fds_after = open_fds()

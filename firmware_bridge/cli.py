@@ -378,20 +378,12 @@ def _serve_tcp(args: argparse.Namespace, device: Any, keys: Any, shutdown: Any) 
     return server
 
 
-def _reload_keys_on_sighup(keys: Any) -> Optional[Any]:
-    """SIGHUP re-reads the key file (rotation without a restart); returns the previous handler."""
-    import signal
-
-    if keys is None:
-        return None
-
-    def reload(_signum: int, _frame: Any) -> None:
-        try:
-            _log(f"SIGHUP: {keys.reload()} key(s) accepted from {keys.path}; open connections keep their session")
-        except Exception as err:  # a bad file (or any surprise) must not take the keys in use away
-            _log(f"SIGHUP: key file not reloaded, the previous keys stay: {err}")
-
-    return signal.signal(signal.SIGHUP, reload)
+def _reload_keys(keys: Any) -> None:
+    """SIGHUP: re-read the key file (rotation without a restart)."""
+    try:
+        _log(f"SIGHUP: {keys.reload()} key(s) accepted from {keys.path}; open connections keep their session")
+    except Exception as err:  # a bad file (or any surprise) must not take the keys in use away
+        _log(f"SIGHUP: key file not reloaded, the previous keys stay: {err}")
 
 
 def main_serve(args: argparse.Namespace) -> int:
@@ -405,8 +397,9 @@ def main_serve(args: argparse.Namespace) -> int:
     keys = KeyRing.from_file(args.key_file) if args.key_file else None
     _check_exposure(args, keys)
     with Shutdown() as shutdown:
+        if keys is not None:
+            shutdown.on_signal(signal.SIGHUP, lambda: _reload_keys(keys))
         device = _load_device(args)
-        previous_hup = _reload_keys_on_sighup(keys)
         server = None
         try:
             if shutdown.requested.is_set():
@@ -418,8 +411,6 @@ def main_serve(args: argparse.Namespace) -> int:
                     _log(f"serving on {args.port} ({'key required' if keys else 'no key'})")
                     serve(link, device, keys=keys, should_stop=shutdown.requested.is_set)
         finally:
-            if previous_hup is not None:
-                signal.signal(signal.SIGHUP, previous_hup)
             if device.journal is not None:
                 path = device.checkpoint()
                 journal = device.journal

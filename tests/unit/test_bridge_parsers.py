@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,18 +135,19 @@ def test_a_key_file_of_raw_bytes_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_sighup_with_a_bad_key_file_keeps_the_old_keys(tmp_path: Path, capsys) -> None:
-    from firmware_bridge.cli import _reload_keys_on_sighup
+    from edge_runtime.runtime.shutdown import Shutdown
+    from firmware_bridge.cli import _reload_keys
 
     path = write_key_file(tmp_path / "k", [KEY])
     ring = KeyRing.from_file(path)
-    previous = _reload_keys_on_sighup(ring)
-    try:
+    reloaded = threading.Event()
+    with Shutdown() as shutdown:
+        shutdown.on_signal(signal.SIGHUP, lambda: (_reload_keys(ring), reloaded.set()))
         path.write_bytes(b"\xff\xfe raw")
-        os.kill(os.getpid(), signal.SIGHUP)  # the handler runs here, in the main thread
-        assert ring.keys == [KEY]
-        assert "not reloaded, the previous keys stay" in capsys.readouterr().err
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert reloaded.wait(10)
+    assert ring.keys == [KEY] and not shutdown.requested.is_set()
+    assert "not reloaded, the previous keys stay" in capsys.readouterr().err
 
 
 def test_export_c_refuses_a_crafted_sha_and_escapes_every_string(tmp_path: Path) -> None:
