@@ -47,7 +47,7 @@ def _present_counts(url: str) -> dict[int, int]:
 
     from edge_runtime.state import read_state
     from firmware_bridge.client import BridgeError
-    from firmware_bridge.messages import ErrorCode
+    from firmware_bridge.codes import ErrorCode
 
     client = connect(url)
     try:
@@ -97,7 +97,7 @@ def _fill(folder: Path) -> Path:
 
 def disk_full(work: Path, cycles: int, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     from firmware_bridge.client import BridgeError
-    from firmware_bridge.messages import ErrorCode
+    from firmware_bridge.codes import ErrorCode
 
     mount = work / "tmpfs"
     why = _mount_tmpfs(mount, DISK_MB)

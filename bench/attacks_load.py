@@ -147,11 +147,12 @@ def payload_fuzz(n: int, seed: int, log: Callable[[str], None]) -> dict[str, Any
     from types import SimpleNamespace
 
     from edge_runtime.adapters.ncm import NCM
+    from edge_runtime.errors import PayloadError
     from edge_runtime.fleet.payload import PREFIX, encode
     from edge_runtime.fleet.sync import FleetSync
     from firmware_bridge.device import BridgeDevice
     from firmware_bridge.framing import Framing, McuFraming, Packet
-    from firmware_bridge.messages import Hello, HelloReply, PayloadError
+    from firmware_bridge.messages import Hello, HelloReply
 
     rng = random.Random(seed)
     key = os.urandom(32)

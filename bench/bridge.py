@@ -91,10 +91,11 @@ def main(args: argparse.Namespace) -> int:
     from edge_runtime.adapters import make_adapter
     from edge_runtime.bench.features import load_features
     from firmware_bridge.client import BridgeClient
-    from firmware_bridge.device import BridgeDevice, serve
+    from firmware_bridge.device import BridgeDevice
     from firmware_bridge.export_c import EXPORTERS, export_c
     from firmware_bridge.framing import Framing
-    from firmware_bridge.messages import Features, Prediction
+    from firmware_bridge.link import serve
+    from firmware_bridge.samples import Features, Prediction
     from firmware_bridge.transport import FdTransport, SerialTransport
 
     feats = load_features(args.domain)

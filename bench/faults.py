@@ -92,7 +92,7 @@ class Acknowledged:
 def _stream(url: str, ledger: Acknowledged, targets: list[tuple[int, int]], seed: int, stop: threading.Event) -> None:
     """One client: TEACH new numbered vectors, FORGET ``targets`` (number, id) now and then, until the link dies."""
     from firmware_bridge.client import BridgeError
-    from firmware_bridge.messages import ForgetScope
+    from firmware_bridge.codes import ForgetScope
 
     rng = np.random.default_rng(seed)
     try:
@@ -130,7 +130,7 @@ def _present(url: str) -> dict[int, int]:
     """number -> item id of every item in the device's kNN memory (via STATE_EXPORT)."""
     from edge_runtime.state import read_state
     from firmware_bridge.client import BridgeError
-    from firmware_bridge.messages import ErrorCode
+    from firmware_bridge.codes import ErrorCode
 
     client = connect(url)
     try:
@@ -295,8 +295,9 @@ def load_test(
     import socket
 
     from edge_runtime.adapters.ncm import NCM
+    from firmware_bridge.codes import ErrorCode
     from firmware_bridge.framing import Framing
-    from firmware_bridge.messages import ErrorCode, Features
+    from firmware_bridge.samples import Features
 
     memory = memory_file(work / "load-memory.npz", NCM(), 1280)
     rows = np.random.default_rng(1).normal(size=(64, 1280)).astype(np.float32)

@@ -62,7 +62,8 @@ class Fuzzer:
         return Framing().pack(0, body)  # seq 0: never the seq of a probe
 
     def _features(self) -> Any:
-        from firmware_bridge.messages import FeatureDtype, Features
+        from firmware_bridge.codes import FeatureDtype
+        from firmware_bridge.samples import Features
 
         rng = self.rng
         dim = self.dim if rng.random() < 0.6 else int(rng.choice([0, 1, 5, self.dim - 1, self.dim + 1, 4000]))
@@ -82,7 +83,8 @@ class Fuzzer:
         return Features(values, dtype, options=options, top_k=top_k)
 
     def _frame(self) -> Any:
-        from firmware_bridge.messages import Frame, PixelFormat
+        from firmware_bridge.codes import PixelFormat
+        from firmware_bridge.samples import Frame
 
         rng = self.rng
         r = rng.random()
@@ -125,18 +127,11 @@ class Fuzzer:
     def case(self) -> tuple[str, bytes]:
         """(kind, bytes to write) for one fuzzed frame."""
         from firmware_bridge import cobs
+        from firmware_bridge.codes import ForgetScope
         from firmware_bridge.crc import crc32
         from firmware_bridge.framing import CRC, TRAILER, Framing
-        from firmware_bridge.messages import (
-            BODIES,
-            Auth,
-            Forget,
-            ForgetScope,
-            Hello,
-            StateExportRequest,
-            StatsRequest,
-            Teach,
-        )
+        from firmware_bridge.messages import BODIES, Auth, Hello, StateExportRequest, StatsRequest
+        from firmware_bridge.samples import Forget, Teach
 
         rng = self.rng
         kind = str(rng.choice(list(self.KINDS), p=np.array(list(self.KINDS.values())) / sum(self.KINDS.values())))
@@ -211,7 +206,8 @@ def fuzz(work: Path, frames: int, model: Optional[Path], seed: int, log: Callabl
     from edge_runtime.adapters.knn import KNN
     from firmware_bridge.auth import write_key_file
     from firmware_bridge.client import BridgeError
-    from firmware_bridge.messages import Error, ErrorCode
+    from firmware_bridge.codes import ErrorCode
+    from firmware_bridge.messages import Error
 
     key = os.urandom(32)
     key_file = write_key_file(work / "fuzz.key", [key])

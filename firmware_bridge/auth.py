@@ -31,7 +31,8 @@ from typing import Callable, Optional
 
 from edge_runtime.keys import MAC_SIZE, MIN_KEY_SIZE, frame_signer, read_keys, write_key_file
 from edge_runtime.keys import mac as _mac
-from firmware_bridge.messages import Auth, AuthReply, ErrorCode
+from firmware_bridge.codes import ErrorCode
+from firmware_bridge.messages import Auth, AuthReply
 
 NONCE_SIZE = 16
 HOST_LABEL = b"edgert host"

@@ -261,7 +261,8 @@ def _load_device(args: argparse.Namespace) -> Any:
     from edge_runtime.adapters import make_adapter
     from edge_runtime.state import Checkpoints, StateError, read_state
     from firmware_bridge.device import BridgeDevice
-    from firmware_bridge.journal import Journal, bind_base, make_folder
+    from firmware_bridge.journal import Journal
+    from firmware_bridge.state_folder import bind_base, make_folder
 
     backbone = None
     sha = None
@@ -391,7 +392,7 @@ def main_serve(args: argparse.Namespace) -> int:
 
     from edge_runtime.runtime.shutdown import Shutdown
     from firmware_bridge.auth import KeyRing
-    from firmware_bridge.device import serve
+    from firmware_bridge.link import serve
     from firmware_bridge.transport import open_transport
 
     keys = KeyRing.from_file(args.key_file) if args.key_file else None
@@ -474,7 +475,7 @@ def main_send(args: argparse.Namespace) -> int:
 
     from firmware_bridge.auth import read_keys
     from firmware_bridge.client import BridgeClient
-    from firmware_bridge.messages import FeatureDtype, ForgetScope
+    from firmware_bridge.codes import FeatureDtype, ForgetScope
     from firmware_bridge.transport import open_transport
 
     key = read_keys(args.key_file)[0] if args.key_file else None

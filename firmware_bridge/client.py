@@ -34,34 +34,23 @@ import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
 from firmware_bridge.auth import AuthError, HostSession
+from firmware_bridge.codes import OPTION_READ_ONLY, Capability, ErrorCode, FeatureDtype, ForgetScope, PixelFormat
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import FrameError, Framing, Packet
 from firmware_bridge.messages import (
-    OPTION_READ_ONLY,
     Ack,
     Auth,
     AuthReply,
     Body,
-    Capability,
     Error,
-    ErrorCode,
-    FeatureDtype,
-    Features,
-    Forget,
-    ForgetOnce,
-    ForgetScope,
-    Frame,
     Hello,
     HelloReply,
-    PixelFormat,
-    Prediction,
     StateChunk,
     StateExportRequest,
     Stats,
     StatsRequest,
-    Teach,
-    TeachOnce,
 )
+from firmware_bridge.samples import Features, Forget, ForgetOnce, Frame, Prediction, Teach, TeachOnce
 from firmware_bridge.transport import Transport
 
 

@@ -12,9 +12,7 @@ TEACH_ONCE and FORGET_ONCE carry the client's request id: the device keeps the l
 ``max_requests`` ids it applied (in the journal records and the checkpoints, so across restarts)
 and answers a repeat with the first reply, once that is durable, instead of applying it again.
 
-``Link`` is one connection's view: the framing (bytes in, packets out) and, with a key, the
-authentication session. ``serve(transport, device)`` is the loop for one peer (serial, stdio);
-``firmware_bridge.server`` serves many TCP peers through the same ``Link`` and ``handle_batch``.
+Connections (framing, authentication, the serving loop) are ``firmware_bridge.link``'s.
 
 >>> import numpy as np
 >>> from edge_runtime.adapters.ncm import NCM
@@ -30,48 +28,35 @@ import inspect
 import sys
 import time
 import traceback
-from collections import OrderedDict
-from dataclasses import replace
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features
 from edge_runtime.errors import EdgeRuntimeError, InputError
-from firmware_bridge.auth import AuthError, DeviceSession, KeyRing
+from firmware_bridge.codes import OPTION_READ_ONLY, Capability, ErrorCode, ForgetScope
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import FrameError, Framing, Packet
-from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, Op, Record, StorageError, TeachOp, op_digest
+from firmware_bridge.journal import Journal, StorageError, describe_oserror
 from firmware_bridge.messages import (
-    OPTION_READ_ONLY,
     Ack,
-    Auth,
     Body,
-    Capability,
     Error,
-    ErrorCode,
-    Features,
-    Forget,
-    ForgetOnce,
-    ForgetScope,
-    Frame,
     Hello,
     HelloReply,
-    Prediction,
     StateChunk,
     StateExportRequest,
     Stats,
     StatsRequest,
-    Teach,
-    TeachOnce,
 )
 from firmware_bridge.pixels import decode_frame
-from firmware_bridge.transport import Transport
+from firmware_bridge.records import AdaptOp, ForgetOp, Op, Record, TeachOp
+from firmware_bridge.request_ids import MAX_REQUESTS, RequestIds
+from firmware_bridge.samples import Features, Forget, ForgetOnce, Frame, Prediction, Teach, TeachOnce
 
 # Feature values beyond this are refused: their squares approach float32's range, and no backbone's
 # pooled features come near it (EfficientNet-Lite's are ReLU6 outputs, at most 6).
 MAX_FEATURE = 1e12
-MAX_REQUESTS = 4096  # request ids remembered (a host resends within seconds; thousands is ample)
 CHECKPOINT_RETRY_S = 5.0  # after a failed checkpoint (disk full), wait this long before the next try
 
 
@@ -153,9 +138,7 @@ class BridgeDevice:
         self.version = 0  # changes made to the adapter (a snapshot of an unchanged adapter is reused)
         self.rx_bytes = 0
         self.tx_bytes = 0
-        self.max_requests = max_requests
-        # request id -> (digest of the operation, count acknowledged, journal seq of its record)
-        self.requests: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        self.requests = RequestIds(max_requests)
         self.repeats = 0  # requests answered from the table instead of applied again
         self.storage_errors = 0
         self._checkpoint_retry_at = 0.0
@@ -238,8 +221,6 @@ class BridgeDevice:
         try:
             self.checkpoint({"rescued": True})
         except OSError as err:
-            from firmware_bridge.journal import describe_oserror
-
             self._rescue_retry_at = time.monotonic() + 1.0
             raise StorageError(
                 f"journal fsync failed and the checkpoint that replaces it too: " f"{describe_oserror(err)}", err
@@ -351,31 +332,15 @@ class BridgeDevice:
 
     def _repeat(self, rid: int, op: Optional[Op]) -> Ack:
         """The first reply to request ``rid`` (once its record is durable), never a second change."""
-        digest, count, seq = self.requests[rid]
-        if op is not None and op_digest(op) != digest:
-            raise InputError(f"request id {rid:#x} was used for another request: draw a new id per request")
-        self.requests.move_to_end(rid)
+        count, seq = self.requests.first_reply(rid, op)
         self.repeats += 1
         if self.journal is not None and seq > self.journal.synced_seq:
             self.make_durable()
         return Ack(count)
 
-    def _remember(self, rid: int, op: Op, count: int, seq: int) -> None:
-        self.requests[rid] = (op_digest(op), int(count), seq)
-        self.requests.move_to_end(rid)
-        while len(self.requests) > self.max_requests:
-            self.requests.popitem(last=False)
-
     def restore_requests(self, meta: dict[str, Any]) -> int:
         """The request ids a checkpoint remembered (``checkpoint`` stores them); returns how many."""
-        entries = meta.get("request_ids") or []
-        for entry in entries[-self.max_requests :]:
-            try:
-                rid, digest, count = (int(v) for v in entry)
-            except (TypeError, ValueError):
-                continue
-            self.requests[rid] = (digest, count, 0)
-        return len(self.requests)
+        return self.requests.restore(meta.get("request_ids") or [])
 
     def _forget_request(self, body: Forget) -> Ack:
         self._check_ready()
@@ -437,7 +402,7 @@ class BridgeDevice:
         self.version += 1
         rid = getattr(op, "rid", 0)
         if rid:
-            self._remember(rid, op, result, seq)
+            self.requests.remember(rid, op, result, seq)
         return result
 
     def _change(self, op: Op) -> Any:
@@ -473,9 +438,10 @@ class BridgeDevice:
         if self.journal is None or not self.ready:
             return None
         frames = self._counts["frames"] + self._counts["features"]
-        requests = [[rid, digest, count] for rid, (digest, count, _) in self.requests.items()]
         return self.journal.checkpoint(
-            self.adapter, self.classes, {"source": "bridge", "frames": frames, "request_ids": requests, **(meta or {})}
+            self.adapter,
+            self.classes,
+            {"source": "bridge", "frames": frames, "request_ids": self.requests.entries(), **(meta or {})},
         )
 
     def maintain(self) -> None:
@@ -561,139 +527,4 @@ def _forget_verbs(adapter: Adapter) -> dict[ForgetScope, Callable[[int], int]]:
     return {ForgetScope.ADAPTED: lambda _value: adapter.forget()}
 
 
-class Step(NamedTuple):
-    """One received frame's answer: given at once (``replies``) or by the device (request ``index``).
-
-    ``sign`` and ``counter`` sign the answer to a signed request; ``nonce`` goes into a HELLO reply.
-    """
-
-    replies: Optional[list[Reply]] = None
-    index: int = -1  # type: ignore[assignment]
-    sign: Optional[Callable[[bytes], bytes]] = None
-    counter: Optional[int] = None
-    nonce: bytes = b""
-
-
-class Link:
-    """One connection: the framing and, on a keyed device, its authentication session.
-
-    ``plan(data)`` decodes received bytes into the requests the device must serve and the
-    answers known at once (link errors, HELLO nonces, AUTH, refused MACs), in arrival order;
-    ``render(steps, replies)`` turns them into bytes, signing replies to signed requests.
-    """
-
-    def __init__(self, device: BridgeDevice, keys: Optional[KeyRing] = None) -> None:
-        self.device = device
-        self.framing = device.framing()
-        self.session = DeviceSession(keys) if keys is not None else None
-
-    def plan(self, data: bytes) -> tuple[list[Packet], list[Step]]:
-        requests: list[Packet] = []
-        steps: list[Step] = []
-        for event in self.framing.feed(data):
-            if isinstance(event, FrameError):
-                steps.append(self._refused(event))
-                continue
-            if event.body.REPLY:
-                continue
-            try:
-                answer, nonce = self._screen(event)
-            except AuthError as err:
-                self.device.count_error()
-                steps.append(Step([Reply(event.seq, Error(err.code, str(err)))]))
-                continue
-            if answer is not None:
-                steps.append(Step([Reply(event.seq, answer)]))
-                continue
-            signed = event.signed
-            steps.append(
-                Step(
-                    None,
-                    len(requests),
-                    self.session.signer if self.session and signed else None,
-                    signed.counter if signed else None,
-                    nonce,
-                )
-            )
-            requests.append(event)
-        return requests, steps
-
-    def _refused(self, event: FrameError) -> Step:
-        """A frame the framing refused. A signed one on a keyed device is checked first: tampered is BAD_MAC."""
-        self.device.count_error()
-        signed = event.signed
-        if signed is None or self.session is None:
-            return Step([Reply(event.seq or 0, Error(event.code, event.detail))])
-        try:
-            self.session.admit(signed.counter, signed.mac, signed.message)
-        except AuthError as err:
-            return Step([Reply(event.seq or 0, Error(err.code, str(err)))])
-        return Step(
-            [Reply(event.seq or 0, Error(event.code, event.detail))], sign=self.session.signer, counter=signed.counter
-        )
-
-    def _screen(self, event: Packet) -> tuple[Optional[Body], bytes]:
-        """(an answer given at once or None, a new HELLO nonce or b""); ``AuthError`` if refused.
-
-        Session state changes here, in arrival order, so a HELLO and an AUTH that arrive in one
-        read are checked against the nonce that HELLO's reply will carry.
-        """
-        body = event.body
-        if self.session is None:
-            if event.signed is not None or isinstance(body, Auth):
-                raise AuthError(ErrorCode.UNSUPPORTED, "this device has no key: send unsigned requests, no AUTH")
-            return None, b""
-        if isinstance(body, Hello):
-            return None, self.session.new_nonce()
-        if isinstance(body, Auth):
-            return self.session.authenticate(body), b""
-        signed = event.signed
-        self.session.admit(
-            signed.counter if signed else None, signed.mac if signed else b"", signed.message if signed else b""
-        )
-        return None, b""
-
-    def render(self, steps: list[Step], replies: list[list[Reply]]) -> bytes:
-        out = []
-        for step in steps:
-            for reply in step.replies if step.replies is not None else replies[step.index]:
-                body = reply.body
-                if step.nonce and isinstance(body, HelloReply):  # a keyed device: AUTH required, over this nonce
-                    body = replace(body, nonce=step.nonce, capabilities=body.capabilities | Capability.AUTH)
-                out.append(self.framing.pack(reply.seq, body, counter=step.counter, sign=step.sign))
-        wire = b"".join(out)
-        self.device.tx_bytes += len(wire)
-        return wire
-
-
-def serve(
-    transport: Transport,
-    device: BridgeDevice,
-    *,
-    keys: Optional[KeyRing] = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> None:
-    """Answer requests from one peer on ``transport`` until it goes away (EOF) or ``should_stop()``.
-
-    ``should_stop`` is checked between requests: a request that has arrived is always answered.
-    """
-    link = Link(device, keys)
-    while not should_stop():
-        try:
-            data = transport.read(65536)
-        except EOFError:
-            return
-        if not data:
-            continue
-        device.rx_bytes += len(data)
-        requests, steps = link.plan(data)
-        wire = link.render(steps, device.handle_batch(requests))
-        device.maintain()
-        if wire:
-            try:
-                transport.write(wire)
-            except EOFError:
-                return
-
-
-__all__ = ["BridgeDevice", "Link", "MAX_FEATURE", "Reply", "Step", "serve"]
+__all__ = ["BridgeDevice", "MAX_FEATURE", "Reply"]

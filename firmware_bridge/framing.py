@@ -23,9 +23,11 @@ from __future__ import annotations
 import struct
 from typing import Callable, ClassVar, NamedTuple, Optional
 
+from edge_runtime.errors import PayloadError
 from firmware_bridge import cobs
+from firmware_bridge.codes import ErrorCode
 from firmware_bridge.crc import crc32
-from firmware_bridge.messages import BODIES, Body, ErrorCode, Hello, PayloadError
+from firmware_bridge.messages import BODIES, Body, Hello
 
 PROTOCOL_VERSION = 1
 FLAG_REPLY = 0x01

@@ -17,26 +17,8 @@ Compaction writes a new checkpoint (every ``every_records`` records or ``every_s
 shutdown) and starts a new segment; segments only the deleted checkpoints needed are removed, so
 the previous good checkpoint can always be brought up to date too.
 
-A segment starts with ``EDGERTJ1``, a u32 length, a JSON header (format, model sha256, adapter
-name, first seq) and its CRC-32. A record is::
-
-    offset 0   4s   magic b"REC1"
-           4   u32  length L of the body
-           8   u64  seq
-          16   u8   kind: 1 TEACH, 2 FORGET, 3 ADAPT
-          17   L    body: TEACH u16 label + f32 values; FORGET u8 scope + u32 value; ADAPT f32 values
-        17+L   u32  CRC-32 of bytes [0, 17+L)
-
-Reading stops at the first record that is incomplete, fails its CRC or breaks the sequence: a
-write cut short by a power cut or ``kill -9`` is dropped, never misread. Kinds 4 (TEACH) and 5
-(FORGET) are the same operations sent with a request id: their body starts with the u64 id, which
-replay puts back into the device's table of answered requests (``firmware_bridge.device``).
-
-**Bound to its base.** ``bridge-base.json`` (mode 0600, written once) names what the journal and
-the checkpoints are changes *to*: the model, the adapter and its parameters, the source memory's
-checksum, the feature width and the class names; every segment header carries its digest. A start
-with another base is refused (``BaseMismatch``, one line naming both) before anything is written
-or deleted.
+The records and segment headers are laid out in ``firmware_bridge.records``; the folder's base
+and its private, atomic files are ``firmware_bridge.state_folder``'s.
 
 **Failures.** A write that fails (disk full) is cut back to the last whole record before anything
 else is appended, and the operation is refused (``StorageError``) before it changes the memory.
@@ -44,46 +26,35 @@ An fsync that fails is never retried on the same descriptor (the kernel may alre
 the pages it could not write, and report success the second time, as PostgreSQL learned in 2018):
 the segment is abandoned and every record since the last checkpoint is rewritten as a new
 checkpoint (``needs_rescue``) before anything is acknowledged again.
-
->>> import numpy as np
->>> rec = encode_record(7, TeachOp(2, np.ones(3, np.float32)))
->>> records, end = decode_records(rec + rec[:10])  # a second record, torn after 10 bytes
->>> records, end == len(rec)
-([Record(seq=7, op=TeachOp(label=2, x=array([1., 1., 1.], dtype=float32), rid=0))], True)
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import re
-import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
-
-import numpy as np
+from typing import Any, NamedTuple, Optional
 
 from edge_runtime.adapters import Adapter
 from edge_runtime.errors import EdgeRuntimeError
 from edge_runtime.files import fsync_dir
 from edge_runtime.state import Checkpoints, StateError
-from firmware_bridge.crc import crc32
+from firmware_bridge.records import (
+    SEGMENT_FORMAT,
+    AdaptOp,
+    Op,
+    Record,
+    decode_records,
+    encode_record,
+    read_segment_header,
+    segment_header,
+)
+from firmware_bridge.state_folder import FILE_MODE, BaseMismatch
 
-SEGMENT_MAGIC = b"EDGERTJ1"
-SEGMENT_FORMAT = 1
-RECORD = struct.Struct("<4sIQB")
-RECORD_MAGIC = b"REC1"
-CRC = struct.Struct("<I")
 SEGMENT_RE = re.compile(r"^journal-(\d{16})\.log$")
-TEACH, FORGET, ADAPT, TEACH_ID, FORGET_ID = 1, 2, 3, 4, 5
-MAX_BODY = 1 << 20  # a record longer than this is damage, not data (features are a few kB)
-RID = struct.Struct("<Q")
-BASE_FILE = "bridge-base.json"
-FILE_MODE = 0o600  # journal records are the memory's contents: its owner's only
 
 
 class StorageError(EdgeRuntimeError):
@@ -107,221 +78,9 @@ def describe_oserror(err: OSError) -> str:
     return f"{words} ({name})"
 
 
-class BaseMismatch(StateError):
-    """A state folder made for another model, adapter, memory, width or classes."""
-
-
-class TeachOp(NamedTuple):
-    label: int
-    x: np.ndarray  # (d,) float32, exactly as passed to the adapter
-    rid: int = 0  # the client's request id (0: none)
-
-    def body(self) -> bytes:
-        return struct.pack("<H", self.label) + np.ascontiguousarray(self.x, "<f4").tobytes()
-
-
-class ForgetOp(NamedTuple):
-    scope: int
-    value: int
-    rid: int = 0
-
-    def body(self) -> bytes:
-        return struct.pack("<BI", self.scope, self.value)
-
-
-class AdaptOp(NamedTuple):
-    x: np.ndarray
-
-    def body(self) -> bytes:
-        return np.ascontiguousarray(self.x, "<f4").tobytes()
-
-
-Op = Union[TeachOp, ForgetOp, AdaptOp]
-KIND = {TeachOp: TEACH, ForgetOp: FORGET, AdaptOp: ADAPT}
-
-
-class Record(NamedTuple):
-    seq: int
-    op: Op
-
-
-def encode_record(seq: int, op: Op) -> bytes:
-    body = op.body()
-    kind = KIND[type(op)]
-    if getattr(op, "rid", 0):
-        body = RID.pack(op.rid) + body  # type: ignore[union-attr]
-        kind = TEACH_ID if kind == TEACH else FORGET_ID
-    head = RECORD.pack(RECORD_MAGIC, len(body), seq, kind)
-    return head + body + CRC.pack(crc32(body, crc32(head)))
-
-
-def op_digest(op: Op) -> int:
-    """CRC-32 of what an operation does (its body without the request id): a request id sent
-    again with other content is refused, not answered with the first reply."""
-    return crc32(op.body())
-
-
-def _decode_op(kind: int, body: bytes) -> Optional[Op]:
-    if kind in (TEACH_ID, FORGET_ID):
-        if len(body) < RID.size:
-            return None
-        (rid,) = RID.unpack_from(body)
-        inner = _decode_op(TEACH if kind == TEACH_ID else FORGET, body[RID.size :])
-        return inner._replace(rid=rid) if inner is not None and rid else None  # type: ignore[union-attr,call-arg]
-    if kind == TEACH and len(body) >= 2 and (len(body) - 2) % 4 == 0:
-        return TeachOp(struct.unpack_from("<H", body)[0], np.frombuffer(body, "<f4", offset=2).copy())
-    if kind == FORGET and len(body) == 5:
-        return ForgetOp(*struct.unpack("<BI", body))
-    if kind == ADAPT and len(body) % 4 == 0:
-        return AdaptOp(np.frombuffer(body, "<f4").copy())
-    return None
-
-
-def decode_records(data: bytes, offset: int = 0) -> tuple[list[Record], int]:
-    """The valid records of ``data`` from ``offset`` on, and the offset where they end.
-
-    Stops at the first record that is incomplete, damaged (magic, CRC, layout) or whose seq
-    does not follow the previous one; everything from there on is the torn tail.
-    """
-    records: list[Record] = []
-    pos = offset
-    while pos + RECORD.size + CRC.size <= len(data):
-        magic, length, seq, kind = RECORD.unpack_from(data, pos)
-        end = pos + RECORD.size + length
-        if magic != RECORD_MAGIC or length > MAX_BODY or end + CRC.size > len(data):
-            break
-        if crc32(data[pos:end]) != CRC.unpack_from(data, end)[0]:
-            break
-        if records and seq != records[-1].seq + 1:
-            break
-        op = _decode_op(kind, data[pos + RECORD.size : end])
-        if op is None:
-            break
-        records.append(Record(seq, op))
-        pos = end + CRC.size
-    return records, pos
-
-
-def _segment_header(first_seq: int, model_sha256: str, adapter: str, base: str = "") -> bytes:
-    fields: dict[str, Any] = {
-        "format": SEGMENT_FORMAT,
-        "first_seq": first_seq,
-        "model_sha256": model_sha256,
-        "adapter": adapter,
-    }
-    if base:
-        fields["base"] = base
-    meta = json.dumps(fields, sort_keys=True).encode()
-    return SEGMENT_MAGIC + struct.pack("<I", len(meta)) + meta + CRC.pack(crc32(meta))
-
-
-def _read_segment_header(data: bytes) -> tuple[Optional[dict[str, Any]], int]:
-    if not data.startswith(SEGMENT_MAGIC) or len(data) < len(SEGMENT_MAGIC) + 4:
-        return None, 0
-    (n,) = struct.unpack_from("<I", data, len(SEGMENT_MAGIC))
-    start = len(SEGMENT_MAGIC) + 4
-    meta = data[start : start + n]
-    if len(meta) != n or len(data) < start + n + 4 or crc32(meta) != CRC.unpack_from(data, start + n)[0]:
-        return None, 0
-    try:
-        return json.loads(meta), start + n + 4
-    except (ValueError, UnicodeDecodeError):
-        return None, 0
-
-
 class Replay(NamedTuple):
     records: list[Record]
     problems: list[str]  # torn tails and skipped segments, one line each, for stderr
-
-
-# -- the base a state folder is bound to ---------------------------------------------------------------
-def base_digest(base: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _describe_base(base: dict[str, Any], keys: list[str]) -> str:
-    """The fields ``keys`` of a base, for one line of text."""
-    parts = []
-    for key in keys:
-        value = base.get(key)
-        if key == "classes":
-            names = [str(c) for c in (value or [])]
-            text = f"{len(names)} classes [{','.join(names[:6])}{',...' if len(names) > 6 else ''}]"
-        elif key in ("memory", "model_sha256"):
-            text = f"{key} {str(value)[:12] + '...' if value else 'none'}"
-        elif key == "params":
-            text = f"adapter parameters {json.dumps(value, sort_keys=True, default=str)[:120]}"
-        else:
-            text = f"{key} {value}"
-        parts.append(text)
-    return ", ".join(parts)
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """``path`` = ``data``, durably and atomically, mode 0600 (temp file, fsync, rename, fsync the folder)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def make_folder(folder: Path) -> Path:
-    """Create the state folder (mode 0700) and make its name durable: fsync every parent that gained an entry."""
-    folder = Path(folder)
-    missing = []
-    probe = folder
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        fsync_dir(path.parent)
-    return folder
-
-
-def bind_base(folder: Path, base: dict[str, Any], *, record: bool = True) -> str:
-    """Check (or, in a folder without one and with ``record``, record) the base the folder's state
-    is changes to. Returns the base's digest. ``BaseMismatch`` (one line naming both) when the folder was made
-    for another base: nothing in the folder is changed.
-    """
-    base = json.loads(json.dumps(base, sort_keys=True, default=str))
-    path = Path(folder) / BASE_FILE
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-            if not isinstance(old, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError, UnicodeDecodeError) as err:
-            raise StateError(f"{path} is unreadable ({err}): move the folder away to start afresh") from None
-        if old != base:
-            diff = [
-                k
-                for k in ("adapter", "params", "memory", "dim", "classes", "model_sha256", "format")
-                if old.get(k) != base.get(k)
-            ]
-            raise BaseMismatch(
-                f"state folder {folder} holds changes to {_describe_base(old, diff)}; this start asks "
-                f"for {_describe_base(base, diff)}. Nothing was changed: start with the folder's "
-                f"options, or give another --state folder"
-            )
-        return base_digest(base)
-    if record:
-        write_file(path, (json.dumps(base, sort_keys=True, indent=1) + "\n").encode())
-    return base_digest(base)
 
 
 class Journal:
@@ -372,7 +131,7 @@ class Journal:
         ckpt = self.checkpoints
         for first, path in self.segments():
             data = path.read_bytes()
-            meta, start = _read_segment_header(data)
+            meta, start = read_segment_header(data)
             if meta is None or meta.get("format") != SEGMENT_FORMAT:
                 problems.append(f"{path}: not a journal segment this runtime reads; skipped")
                 continue
@@ -519,10 +278,10 @@ class Journal:
         path = self.folder / f"journal-{first:016d}.log"
         if path.exists():
             data = path.read_bytes()
-            meta, start = _read_segment_header(data)
+            meta, start = read_segment_header(data)
             if meta is not None and decode_records(data, start)[0]:
                 raise StateError(f"{path} exists and holds records: refusing to overwrite it")
-        header = _segment_header(first, self.checkpoints.model_sha256, self.checkpoints.adapter, self.base)
+        header = segment_header(first, self.checkpoints.model_sha256, self.checkpoints.adapter, self.base)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         try:
@@ -600,28 +359,4 @@ class Journal:
         return path
 
 
-__all__ = [
-    "ADAPT",
-    "AdaptOp",
-    "BASE_FILE",
-    "BaseMismatch",
-    "FORGET",
-    "FORGET_ID",
-    "ForgetOp",
-    "Journal",
-    "Op",
-    "Record",
-    "Replay",
-    "StorageError",
-    "TEACH",
-    "TEACH_ID",
-    "TeachOp",
-    "base_digest",
-    "bind_base",
-    "decode_records",
-    "describe_oserror",
-    "encode_record",
-    "make_folder",
-    "op_digest",
-    "write_file",
-]
+__all__ = ["Journal", "Replay", "StorageError", "describe_oserror"]

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from edge_runtime.errors import InputError
-from firmware_bridge.messages import CHANNELS, Frame, PixelFormat
+from firmware_bridge.codes import CHANNELS, PixelFormat
+from firmware_bridge.samples import Frame
 
 MIN_SIDE = 2  # the preprocessor's smallest frame
 MAX_PIXELS = 40_000_000  # 40 MP: above any camera sensor a device here would read

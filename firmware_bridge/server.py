@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from firmware_bridge.auth import KeyRing
-from firmware_bridge.device import BridgeDevice, Link, Reply, Step
+from firmware_bridge.codes import ErrorCode
+from firmware_bridge.device import BridgeDevice, Reply
 from firmware_bridge.framing import Packet
-from firmware_bridge.messages import Error, ErrorCode, StateExportRequest
+from firmware_bridge.link import Link, Step
+from firmware_bridge.messages import Error, StateExportRequest
 
 
 @dataclass

@@ -17,29 +17,15 @@ import pytest
 
 from edge_runtime.state import Checkpoints, StateError
 from firmware_bridge import journal as journal_mod
+from firmware_bridge import state_folder
 from firmware_bridge.cli import _load_device, configure
+from firmware_bridge.codes import Capability, ErrorCode, ForgetScope
 from firmware_bridge.framing import Packet
-from firmware_bridge.journal import (
-    BASE_FILE,
-    BaseMismatch,
-    Journal,
-    TeachOp,
-    _segment_header,
-    encode_record,
-    make_folder,
-)
-from firmware_bridge.messages import (
-    Ack,
-    Capability,
-    Error,
-    ErrorCode,
-    Features,
-    ForgetOnce,
-    ForgetScope,
-    Hello,
-    Teach,
-    TeachOnce,
-)
+from firmware_bridge.journal import Journal
+from firmware_bridge.messages import Ack, Error, Hello
+from firmware_bridge.records import TeachOp, encode_record, segment_header
+from firmware_bridge.samples import Features, ForgetOnce, Teach, TeachOnce
+from firmware_bridge.state_folder import BASE_FILE, BaseMismatch, make_folder
 
 CLASSES = "a,b,c"
 DIM = 16
@@ -127,7 +113,7 @@ def test_a_folder_without_a_base_file_whose_checkpoints_do_not_fit_is_refused_no
 def test_an_existing_segment_is_never_truncated(tmp_path: Path) -> None:
     checkpoints = Checkpoints(tmp_path, "", "knn")
     segment = tmp_path / "journal-0000000000000001.log"
-    data = _segment_header(1, "", "knn") + encode_record(1, TeachOp(0, _row(0)))
+    data = segment_header(1, "", "knn") + encode_record(1, TeachOp(0, _row(0)))
     segment.write_bytes(data)
     journal = Journal(checkpoints)  # seq 0: the next segment would be journal-...1.log
     with pytest.raises(StateError, match="holds records"):
@@ -138,8 +124,8 @@ def test_an_existing_segment_is_never_truncated(tmp_path: Path) -> None:
 
 def test_journal_and_base_files_are_private_and_the_folder_name_is_synced(tmp_path: Path, monkeypatch) -> None:
     synced = []
-    real = journal_mod.fsync_dir
-    monkeypatch.setattr(journal_mod, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder)))
+    real = state_folder.fsync_dir
+    monkeypatch.setattr(state_folder, "fsync_dir", lambda folder: (synced.append(Path(folder)), real(folder)))
     folder = tmp_path / "deep" / "state"
     make_folder(folder)
     assert tmp_path in synced and tmp_path / "deep" in synced
@@ -272,7 +258,8 @@ def test_junk_on_the_link_before_a_teach_does_not_teach_it_twice() -> None:
 
     from edge_runtime.adapters.knn import KNN
     from firmware_bridge.client import BridgeClient
-    from firmware_bridge.device import BridgeDevice, serve
+    from firmware_bridge.device import BridgeDevice
+    from firmware_bridge.link import serve
     from firmware_bridge.transport import FdTransport
 
     device = BridgeDevice(KNN(), classes=["a", "b", "c"], dim=DIM)

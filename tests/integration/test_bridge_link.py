@@ -20,18 +20,12 @@ from edge_runtime.adapters.ncm import NCM
 from edge_runtime.state import read_state, write_state
 from firmware_bridge import cobs
 from firmware_bridge.client import BridgeClient, BridgeError
-from firmware_bridge.device import BridgeDevice, serve
+from firmware_bridge.codes import Capability, ErrorCode, FeatureDtype, ForgetScope
+from firmware_bridge.device import BridgeDevice
 from firmware_bridge.framing import Framing, Packet
-from firmware_bridge.messages import (
-    BODIES,
-    Capability,
-    ErrorCode,
-    FeatureDtype,
-    Features,
-    ForgetScope,
-    Prediction,
-    Teach,
-)
+from firmware_bridge.link import serve
+from firmware_bridge.messages import BODIES
+from firmware_bridge.samples import Features, Prediction, Teach
 from firmware_bridge.transport import FdTransport, SerialTransport, TcpListener, open_transport
 
 CLASSES = ["north", "east", "south", "west"]

@@ -22,19 +22,11 @@ from edge_runtime.state import read_state, write_state
 from firmware_bridge import cobs
 from firmware_bridge.auth import write_key_file
 from firmware_bridge.client import BridgeError
+from firmware_bridge.codes import Capability, ErrorCode, FeatureDtype, PixelFormat
 from firmware_bridge.crc import crc32
 from firmware_bridge.framing import CRC, Framing
-from firmware_bridge.messages import (
-    Capability,
-    ErrorCode,
-    FeatureDtype,
-    Features,
-    Frame,
-    PixelFormat,
-    Stats,
-    StatsRequest,
-    Teach,
-)
+from firmware_bridge.messages import Stats, StatsRequest
+from firmware_bridge.samples import Features, Frame, Teach
 
 DIM = 32
 

@@ -21,9 +21,11 @@ from edge_runtime.errors import InputError
 from firmware_bridge.auth import KeyRing
 from firmware_bridge.cli import _check_exposure
 from firmware_bridge.client import BridgeClient
-from firmware_bridge.device import BridgeDevice, Reply, Step
+from firmware_bridge.codes import ErrorCode
+from firmware_bridge.device import BridgeDevice, Reply
 from firmware_bridge.framing import Framing, Packet
-from firmware_bridge.messages import Error, ErrorCode, StateExportRequest
+from firmware_bridge.link import Step
+from firmware_bridge.messages import Error, StateExportRequest
 from firmware_bridge.server import BridgeServer, _groups
 from firmware_bridge.transport import open_transport
 

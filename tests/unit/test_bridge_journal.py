@@ -14,8 +14,10 @@ from edge_runtime.adapters.knn import KNN
 from edge_runtime.state import Checkpoints, StateError, read_state, write_state
 from firmware_bridge.device import BridgeDevice
 from firmware_bridge.framing import Packet
-from firmware_bridge.journal import AdaptOp, ForgetOp, Journal, TeachOp, decode_records, encode_record
-from firmware_bridge.messages import Ack, Features, Teach
+from firmware_bridge.journal import Journal
+from firmware_bridge.messages import Ack
+from firmware_bridge.records import AdaptOp, ForgetOp, TeachOp, decode_records, encode_record
+from firmware_bridge.samples import Features, Teach
 
 CLASSES = ["a", "b", "c"]
 DIM = 16

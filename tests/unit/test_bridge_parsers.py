@@ -26,7 +26,8 @@ from firmware_bridge.auth import KeyRing, read_keys, write_key_file
 from firmware_bridge.device import BridgeDevice
 from firmware_bridge.export_c import _c_comment, _c_string, export_c
 from firmware_bridge.framing import McuFraming, Packet
-from firmware_bridge.messages import Hello, HelloReply, utf8_prefix
+from firmware_bridge.messages import Hello, HelloReply
+from firmware_bridge.payload import utf8_prefix
 
 KEY = bytes(range(32))
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge import cobs
+from firmware_bridge.codes import ErrorCode, FeatureDtype, ForgetScope, PixelFormat
 from firmware_bridge.crc import CHECK_VALUE, crc32
 from firmware_bridge.framing import CRC, HEADER, FrameError, Framing, McuFraming, Packet
 from firmware_bridge.messages import (
@@ -20,24 +21,14 @@ from firmware_bridge.messages import (
     Auth,
     AuthReply,
     Error,
-    ErrorCode,
-    FeatureDtype,
-    Features,
-    Forget,
-    ForgetOnce,
-    ForgetScope,
-    Frame,
     Hello,
     HelloReply,
-    PixelFormat,
-    Prediction,
     StateChunk,
     StateExportRequest,
     Stats,
     StatsRequest,
-    Teach,
-    TeachOnce,
 )
+from firmware_bridge.samples import Features, Forget, ForgetOnce, Frame, Prediction, Teach, TeachOnce
 
 # (decoded, encoded) from the COBS article on Wikipedia (delimiter not included).
 _RUN_1_FE = bytes(range(1, 0xFF))
