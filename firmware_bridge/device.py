@@ -24,7 +24,6 @@ Connections (framing, authentication, the serving loop) are ``firmware_bridge.li
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 import traceback
@@ -151,7 +150,7 @@ class BridgeDevice:
     @property
     def ready(self) -> bool:
         """True once the adapter holds a memory (fitted, restored, or built by a TEACH)."""
-        return hasattr(self.adapter, "_n_classes")
+        return self.adapter.fitted
 
     # -- dispatch ---------------------------------------------------------------------------------
     def handle(self, event: Packet | FrameError) -> list[Reply]:
@@ -510,16 +509,11 @@ class BridgeDevice:
 
 
 def _forget_verbs(adapter: Adapter) -> dict[ForgetScope, Callable[[int], int]]:
-    """The FORGET scopes an adapter supports, as calls. Adapters spell unlearning differently:
-    ``forget()`` drops what adaptation learned (DMN), ``forget(ids=..., origin=...)`` removes stored
-    items (kNN, whose adaptation adds items of origin "pseudo"); a wrapper (``shift+...``) forwards."""
-    inner = adapter
-    while hasattr(inner, "_inner"):  # a feature stage in front of the memory (set once fitted)
-        inner = inner._inner
-    if type(inner).forget is Adapter.forget:
+    """The FORGET scopes an adapter supports, as calls (``Adapter.can_forget_items`` says which
+    spelling of ``forget`` it takes: a kNN memory removes stored items, DMN empties its rings)."""
+    if not adapter.can_forget:
         return {}
-    params = inspect.signature(inner.forget).parameters
-    if "ids" in params:
+    if adapter.can_forget_items:
         return {
             ForgetScope.ADAPTED: lambda _value: adapter.forget(origin="pseudo"),
             ForgetScope.ITEM: lambda value: adapter.forget(ids=[value]),

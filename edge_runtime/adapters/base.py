@@ -44,6 +44,10 @@ class Adapter(ABC):
     can_teach: ClassVar[bool] = False
     can_forget: ClassVar[bool] = False
     can_merge: ClassVar[bool] = False
+    # With ``can_forget``, how unlearning is asked for: a memory of stored items takes
+    # ``forget(ids=[...])`` (those items) or ``forget(origin="pseudo")`` (what adaptation added);
+    # any other adapter takes ``forget()``, which drops everything adaptation learned.
+    can_forget_items: ClassVar[bool] = False
 
     def memory_usage(self) -> tuple[int, int | None] | None:
         """(entries held, capacity or None) of a memory that grows as it adapts; None for a

@@ -61,6 +61,7 @@ class KNN(Adapter):
     name = "knn"
     can_teach = True
     can_forget = True
+    can_forget_items = True
 
     def __init__(
         self,

@@ -223,6 +223,10 @@ class Shifted(Adapter):
     def can_forget(self) -> bool:  # type: ignore[override]
         return self._inner_class().can_forget
 
+    @property
+    def can_forget_items(self) -> bool:  # type: ignore[override]
+        return self._inner_class().can_forget_items
+
     def memory_usage(self) -> tuple[int, int | None] | None:
         return self._inner.memory_usage() if self.fitted else None
 

@@ -10,7 +10,6 @@ fails them.
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import numpy as np
@@ -68,7 +67,7 @@ def stream(adapter: Adapter, x: np.ndarray) -> np.ndarray:
 
 def forget_adaptation(adapter: Adapter) -> int:
     # Adapters spell unlearning differently: stored items by origin, or the whole adapted memory.
-    if "origin" in inspect.signature(adapter.forget).parameters:
+    if adapter.can_forget_items:
         return adapter.forget(origin="pseudo")
     return adapter.forget()
 
