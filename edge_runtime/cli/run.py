@@ -21,7 +21,10 @@ from edge_runtime.errors import EdgeRuntimeError, InputError
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--source", required=True, help="a video file, a camera index (0), or a capture URL/pipeline OpenCV accepts"
+        "--source",
+        required=True,
+        help="a video file, an image sequence (frames/%%05d.png), a camera index (0), or a capture URL/pipeline "
+        "OpenCV accepts",
     )
     parser.add_argument(
         "--model",

@@ -12,6 +12,9 @@ Capture runs ahead of inference in its own thread and hands frames over through 
 - A live source that fails is reopened with exponential backoff, at most ``reconnects`` times in
   a row; then the capture ends with ``ended == "lost"``. Live means a camera index, a URL or a
   GStreamer pipeline (or a ``/dev`` device); a file path that does not exist fails at once.
+- An image sequence is a file name with a printf-style frame number, ``frames/%05d.png``, as
+  OpenCV's image reader takes it (numbered from 0 or 1); it is checked like a file: its folder and
+  its first frame must exist.
 - FFmpeg's own log lines are silenced (``OPENCV_FFMPEG_LOGLEVEL``, unless already set): every
   failure is reported once, by this module, naming the file and the frames read.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +37,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edge_runtime.errors import InputError  # noqa: E402
+
+# The frame number of an image sequence's file name ("%05d", "%d"): the one form OpenCV expands.
+SEQUENCE_NUMBER = re.compile(r"%\d*d")
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,29 @@ def parse_source(source: str | int) -> str | int:
     if isinstance(source, int):
         return source
     return int(source) if source.strip().isdigit() else source
+
+
+def sequence_first_frame(source: str) -> Path | None:
+    """The first frame of an image-sequence pattern such as ``frames/%05d.png`` (number 0, else 1,
+    where OpenCV's image reader starts); None when ``source`` is not such a pattern. ``InputError``
+    when it is one whose folder or first frame is missing.
+
+    >>> sequence_first_frame("clip.avi") is None, sequence_first_frame("rate_100%.avi") is None
+    (True, True)
+    """
+    path = Path(source)
+    if path.name.count("%") != 1 or not SEQUENCE_NUMBER.search(path.name):
+        return None
+    if not path.parent.is_dir():
+        raise InputError(f"cannot open image sequence {source!r}: no folder {str(path.parent)!r}")
+    candidates = [path.with_name(path.name % n) for n in (0, 1)]
+    for first in candidates:
+        if first.is_file():
+            return first
+    raise InputError(
+        f"cannot open image sequence {source!r}: its first frame is missing "
+        f"(neither {candidates[0].name} nor {candidates[1].name} is in {str(path.parent)!r})"
+    )
 
 
 def is_live_source(source: str | int) -> bool:
@@ -126,13 +156,16 @@ class Capture:
         After ``request_stop()`` it gives up quietly: ``ended`` is "stopped" and nothing is open.
         """
         if isinstance(self.source, str) and not self.is_live:
-            if not Path(self.source).exists() and "%" not in self.source:  # "%04d.png": an image sequence
+            first = sequence_first_frame(self.source)
+            if first is None and not Path(self.source).exists():
                 raise InputError(
                     f"cannot open video source {self.source!r}: no such file (a camera is an index "
-                    f"such as 0, a stream a URL)"
+                    f"such as 0, a stream a URL, an image sequence a pattern such as frames/%05d.png)"
                 )
-            if not os.access(self.source, os.R_OK):
-                raise InputError(f"video file not readable: {self.source}")
+            if not os.access(first or self.source, os.R_OK):
+                raise InputError(
+                    f"{'image sequence frame' if first else 'video file'} not readable: {first or self.source}"
+                )
         if self.every < 1:
             raise InputError(f"--every must be >= 1, got {self.every}")
         cap = None if self._stop.is_set() else self._open_once()

@@ -90,6 +90,31 @@ def test_missing_and_junk_files_raise_input_errors(tmp_path):
         Capture(str(junk)).open()
 
 
+def test_an_image_sequence_pattern_is_read_in_order(tmp_path):
+    # What `edgert run --source frames/%05d.png` opens: OpenCV's printf-style image sequence.
+    photos = [cv2.resize(cv2.imread(str(OPENCV_DATA / n)), (160, 120)) for n in ("orange.jpg", "baboon.jpg")]
+    for i in range(1, 7):  # numbered from 1, as most exporters number them
+        frame = photos[i % 2].copy()
+        frame[:16, :16] = 8 * i
+        assert cv2.imwrite(str(tmp_path / f"{i:05d}.png"), frame)
+    with Capture(str(tmp_path / "%05d.png")) as capture:
+        frames = list(capture)
+    assert [frame_id(f.image) for f in frames] == [1, 2, 3, 4, 5, 6]
+    assert all(f.image.shape == (120, 160, 3) for f in frames)
+    np.testing.assert_array_equal(frames[2].image, cv2.imread(str(tmp_path / "00003.png")))  # lossless PNG
+    assert capture.ended == "end" and capture.read == 6 and capture.undecodable == 0
+
+
+def test_an_image_sequence_without_its_folder_or_first_frame_is_refused(tmp_path):
+    with pytest.raises(InputError, match="no folder"):
+        Capture(str(tmp_path / "absent" / "%05d.png")).open()
+    cv2.imwrite(str(tmp_path / "00007.png"), np.zeros((8, 8, 3), np.uint8))  # a sequence that starts late
+    with pytest.raises(InputError, match="first frame is missing .*00000.png nor 00001.png"):
+        Capture(str(tmp_path / "%05d.png")).open()
+    with pytest.raises(InputError, match="cannot open video source"):  # a "%" that is no frame number
+        Capture(str(tmp_path / "rate_100%.avi")).open()
+
+
 class MjpegCamera:
     """An MJPEG-over-HTTP camera on localhost; ``hang_up`` ends the current connection, ``unplug`` all."""
 
