@@ -437,8 +437,19 @@ def main_serve(args: argparse.Namespace) -> int:
 
 
 # -- send -----------------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """A reply's fields as JSON holds them: bytes (a sha256, a nonce) as hex, tuples as lists."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _show(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
-    print(json.dumps(record) if args.json else text)
+    print(json.dumps(_plain(record)) if args.json else text)
 
 
 def _prediction(args: argparse.Namespace, name: str, pred: Any, classes: list[str]) -> None:
@@ -484,7 +495,7 @@ def main_send(args: argparse.Namespace) -> int:
         action = args.send_action
         if action == "hello":
             hello = client.hello()
-            record = {**asdict(hello), "model_sha256": hello.model_sha256.hex(), "classes": list(hello.classes)}
+            record = _plain(asdict(hello))
             _show(args, record, "\n".join(f"{k}: {v}" for k, v in record.items()))
         elif action == "stats":
             stats = client.stats()
