@@ -201,6 +201,10 @@ class Ledger:
         missing: wait for the snapshot), ``resynced`` (a newer snapshot), ``stale`` (an older one),
         ``adopted`` (this device's own snapshot is newer than its state: it was restarted from an
         older checkpoint, and takes back what it had published), ``own``.
+
+        On ``adopted`` the checkpoint's pending change is already in the memory and was published
+        in the snapshot (every ``take`` publishes all that is pending), so the change is the
+        snapshot minus ``own`` minus ``pending``, and nothing stays pending.
         """
         if kind not in ("delta", "snapshot"):
             raise PayloadError(f"unknown update kind {kind!r}", kind="malformed")
@@ -208,8 +212,8 @@ class Ledger:
             if kind != "snapshot" or seq <= self.seq:
                 return "own", None
             snap = unpack(arrays, self._zeros)
-            change = {name: snap[name] - self.own[name] for name in snap}
-            self.own, self.seq = snap, seq
+            change = {name: snap[name] - self.own[name] - self.pending[name] for name in snap}
+            self.own, self.seq, self.pending = snap, seq, self.zeros()
             return "adopted", change
         peer = self.peers.get(device)
         last = peer.seq if peer is not None else 0
@@ -234,7 +238,8 @@ class Ledger:
 
     # -- persistence ------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """(JSON-able meta, arrays) for the device's checkpoint."""
+        """(JSON-able meta, arrays) for the device's checkpoint: copies, which a checkpoint written
+        in the background keeps as they were while the ledger goes on."""
         peers = sorted(self.peers)
         meta = {
             "device": self.device,
@@ -245,12 +250,12 @@ class Ledger:
         }
         arrays = {}
         for name in self._zeros:
-            arrays[f"own.{name}"] = self.own[name]
-            arrays[f"pending.{name}"] = self.pending[name]
+            arrays[f"own.{name}"] = self.own[name].copy()
+            arrays[f"pending.{name}"] = self.pending[name].copy()
             for i, p in enumerate(peers):
-                arrays[f"peer{i}.{name}"] = self.peers[p].contribution[name]
+                arrays[f"peer{i}.{name}"] = self.peers[p].contribution[name].copy()
             for number, delta in self.batches.items():
-                arrays[f"batch{number}.{name}"] = delta[name]
+                arrays[f"batch{number}.{name}"] = delta[name].copy()
         return meta, arrays
 
     @classmethod

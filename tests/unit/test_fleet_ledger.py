@@ -131,6 +131,40 @@ def test_fleet_statistics_equal_one_device_taught_everything(kind):
         np.testing.assert_allclose(device.predict_proba(x), alone.predict_proba(x), rtol=0, atol=1e-5)
 
 
+def test_a_restart_from_an_older_checkpoint_adopts_its_snapshot_once():
+    """The checkpoint held a taught change still pending (in the memory, not yet published); it
+    was published afterwards, then more was taught and published. Restored from that checkpoint,
+    the device takes its own snapshot back: every taught change counted once, nothing sent again."""
+    model, x, y = small_memflow()
+    zeros = {"source": np.zeros_like(model.statistics()["source"])}
+    base = model.statistics()["source"].copy()
+    ledger = Ledger("d0", zeros)
+    parts = [model.taught_statistics(x[i::3], y[i::3]) for i in range(3)]
+    memory = base.copy()
+
+    def teach(part: dict) -> None:
+        nonlocal memory
+        memory = memory + part["source"]
+        ledger.record(part)
+
+    teach(parts[0])
+    ledger.take(1 << 20)
+    teach(parts[1])  # pending when the checkpoint is written
+    meta, arrays = ledger.state()
+    checkpoint_memory = memory.copy()
+    ledger.take(1 << 20)
+    teach(parts[2])
+    ledger.take(1 << 20)
+    seq, snapshot = ledger.snapshot()
+
+    restored = Ledger.restore(meta, arrays, zeros)
+    outcome, change = restored.receive("snapshot", "d0", seq, snapshot)
+    assert outcome == "adopted" and change is not None
+    np.testing.assert_allclose(checkpoint_memory + change["source"], memory, rtol=1e-12, atol=1e-12)
+    assert not restored.has_pending and restored.take(1 << 20) == []
+    assert restored.receive("snapshot", "d0", seq, snapshot)[0] == "own"
+
+
 def test_forget_takes_a_taught_batch_back_everywhere():
     model, x, y = small_memflow()
     zeros = {"source": np.zeros_like(model.statistics()["source"])}
