@@ -10,7 +10,8 @@ _TEMPORAL_TRUST = 10.0  # lagged pairs before the measured stay probability coun
 
 
 def kernel_args(model: Any) -> tuple:
-    """``K.run_batch``'s state tuples (between the learn flag and ``out``): gathered once per
+    """The state tuples of ``K.run_batch`` (``K.run_batch_balanced`` with ``balanced``, which also
+    takes ``Slots``), between the learn flag and ``out``: gathered once per
     state and parameter set (reading them per frame cost 3-5 µs of a ~100 µs adapt)."""
     stage = K.Stage(
         bool(model.shift),
@@ -76,6 +77,8 @@ def kernel_args(model: Any) -> tuple:
         _TEMPORAL_TRUST,
         float(model.temporal_max),
     )
+    if not model.balanced:  # K.run_batch: no slots to pass
+        return stage, model._net(), memory, head, temporal, model._work
     slots = K.Slots(
         bool(model.balanced),
         bool(model.slot_soft),
