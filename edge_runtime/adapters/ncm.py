@@ -93,6 +93,14 @@ class NCM(Adapter):
     def add_statistics(self, delta: dict[str, np.ndarray]) -> None:
         """Add a delta of ``statistics()`` (a peer's taught examples, or minus a forgotten batch);
         checked before anything changes."""
+        self.check_statistics(delta)
+        source = delta["source"]
+        self._counts += source[0, :, 0].astype(np.int64)
+        self._sums += source[1]
+        self._refresh()
+
+    def check_statistics(self, delta: dict[str, np.ndarray]) -> None:
+        """InputError unless ``delta`` would fit ``add_statistics``; nothing changes."""
         self._check_fitted()
         source = delta.get("source")
         shape = (2,) + self._sums.shape
@@ -109,9 +117,8 @@ class NCM(Adapter):
                 f"a statistics delta is {{'source': finite float64 array {shape}}} with whole counts "
                 f"equal along d, got {sorted(delta)}"
             )
-        self._counts += source[0, :, 0].astype(np.int64)
-        self._sums += source[1]
-        self._refresh()
+        if np.any(self._counts + source[0, :, 0] < 0):
+            raise InputError("a statistics delta would leave a class with a negative count")
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {"sums": self._sums, "counts": self._counts}

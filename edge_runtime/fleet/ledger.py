@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -194,8 +194,17 @@ class Ledger:
         return self.seq, pack(self.own)
 
     # -- updates from the fleet -------------------------------------------------------------------
-    def receive(self, kind: str, device: str, seq: int, arrays: dict[str, np.ndarray]) -> tuple[str, Stats | None]:
+    def receive(
+        self,
+        kind: str,
+        device: str,
+        seq: int,
+        arrays: dict[str, np.ndarray],
+        check: Callable[[Stats], None] | None = None,
+    ) -> tuple[str, Stats | None]:
         """Bookkeeping of one verified update: (outcome, change to add to the memory or None).
+        ``check`` (the memory's ``check_statistics``) sees the change before the ledger takes
+        it: an update the memory would refuse leaves the ledger as it was.
 
         Outcomes: ``applied`` (the next delta), ``duplicate`` (already applied), ``gap`` (deltas
         missing: wait for the snapshot), ``resynced`` (a newer snapshot), ``stale`` (an older one),
@@ -213,6 +222,8 @@ class Ledger:
                 return "own", None
             snap = unpack(arrays, self._zeros)
             change = {name: snap[name] - self.own[name] - self.pending[name] for name in snap}
+            if check is not None:
+                check(change)
             self.own, self.seq, self.pending = snap, seq, self.zeros()
             return "adopted", change
         peer = self.peers.get(device)
@@ -223,6 +234,8 @@ class Ledger:
             if seq != last + 1:
                 return "gap", None
             delta = unpack(arrays, self._zeros)
+            if check is not None:
+                check(delta)
             if peer is None:
                 peer = self.peers[device] = Peer(0, self.zeros())
             _add(peer.contribution, delta)
@@ -233,6 +246,8 @@ class Ledger:
         snap = unpack(arrays, self._zeros)
         before = peer.contribution if peer is not None else self._zeros
         change = {name: snap[name] - before[name] for name in snap}
+        if check is not None:
+            check(change)
         self.peers[device] = Peer(seq, snap)
         return "resynced", change
 

@@ -160,7 +160,7 @@ class FleetSync:
         persist: Callable[[], None] | None = None,
         log: Callable[[str], None] = _stderr,
     ) -> None:
-        for verb in ("statistics", "add_statistics", "taught_statistics"):
+        for verb in ("statistics", "add_statistics", "check_statistics", "taught_statistics"):
             if not callable(getattr(adapter, verb, None)):
                 raise InputError(
                     f"adapter {adapter.name!r} cannot join a fleet: it has no {verb}() "
@@ -488,8 +488,8 @@ class FleetSync:
                 return applied
             t0, c0 = time.perf_counter(), time.thread_time()
             try:
-                outcome, change = self.ledger.receive(kind, device, seq, arrays)
-            except (PayloadError, ValueError, TypeError, KeyError, IndexError) as err:
+                outcome, change = self.ledger.receive(kind, device, seq, arrays, check=self.adapter.check_statistics)
+            except (PayloadError, InputError, ValueError, TypeError, KeyError, IndexError) as err:
                 err = (
                     err
                     if isinstance(err, PayloadError)

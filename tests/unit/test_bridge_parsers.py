@@ -87,6 +87,28 @@ def test_hostile_mqtt_messages_never_end_the_client_thread_and_the_inbox_is_boun
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_a_signed_delta_the_memory_refuses_leaves_the_ledger_untouched() -> None:
+    """Fractional NCM counts, well signed: refused before the ledger takes the peer's update, so
+    the same sequence number, sent again well-formed, is applied (before, the ledger recorded the
+    bad delta, then add_statistics raised out of the stream's step)."""
+    from edge_runtime.fleet.ledger import pack
+
+    sync = _sync()
+    peer = NCM.from_state_dict(sync.adapter.state_dict())
+    x = np.ones((1, 8), np.float32)
+    good = peer.taught_statistics(x, np.array([1]))
+    bad = {"source": good["source"] * 0.5}
+    header = {"kind": "delta", "device": "cam2", "seq": 1, "model": sync.model_sha256, "memory": sync.fingerprint}
+    topic = sync.topic("delta", "cam2")
+    before = sync.adapter.statistics()["source"].copy()
+    sync._on_message(None, None, SimpleNamespace(topic=topic, payload=encode(header, pack(bad), KEY)))
+    assert sync._apply_inbox() == 0 and sync.rejected["malformed"] == 1
+    assert np.array_equal(sync.adapter.statistics()["source"], before) and "cam2" not in sync.ledger.peers
+    sync._on_message(None, None, SimpleNamespace(topic=topic, payload=encode(header, pack(good), KEY)))
+    assert sync._apply_inbox() == 1 and sync.ledger.peers["cam2"].seq == 1
+    np.testing.assert_array_equal(sync.adapter.statistics()["source"], before + good["source"])
+
+
 def test_the_broker_is_asked_not_to_send_large_messages() -> None:
     sync = _sync()
     assert sync.max_message < 64 << 20

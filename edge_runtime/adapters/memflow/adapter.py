@@ -35,6 +35,7 @@ from edge_runtime.adapters.memflow.statistics import (
     add_statistics,
     c_export,
     check_params,
+    check_statistics,
     domain_statistics,
     load_arrays,
     merge,
@@ -510,7 +511,8 @@ class MemFlow(Adapter):
             )
         if self._state_args is None:
             self._state_args = self._kernel_args()  # type: ignore[assignment]
-        bad = K.run_batch(x, learn, *self._state_args, out)  # type: ignore[call-arg, misc]
+        kernel = K.run_batch_balanced if self.balanced else K.run_batch
+        bad = kernel(x, learn, *self._state_args, out)  # type: ignore[call-arg, misc]
         if bad >= 0:
             what = "is all zero" if np.isfinite(x[bad]).all() else "holds NaN or inf"
             done = " (rows before it were processed)" if bad else ""
@@ -598,3 +600,7 @@ class MemFlow(Adapter):
         """Add a delta of ``statistics()`` (a peer's taught examples, or minus a forgotten batch)
         and refresh the Gaussians; checked before anything changes."""
         add_statistics(self, delta)
+
+    def check_statistics(self, delta: dict[str, np.ndarray]) -> None:
+        """InputError unless ``delta`` would fit ``add_statistics``; nothing changes."""
+        check_statistics(self, delta)

@@ -109,6 +109,13 @@ def load_arrays(model: Any, arrays: dict[str, np.ndarray]) -> None:
 
 def add_statistics(model: Any, delta: dict[str, np.ndarray]) -> None:
     """``MemFlow.add_statistics``: a delta of ``statistics()``, checked before anything changes."""
+    check_statistics(model, delta)
+    model._source += delta["source"]
+    model._refresh()
+
+
+def check_statistics(model: Any, delta: dict[str, np.ndarray]) -> None:
+    """``MemFlow.check_statistics``: InputError unless ``delta`` fits; nothing changes."""
     model._check_fitted()
     source = delta.get("source")
     if (
@@ -121,8 +128,8 @@ def add_statistics(model: Any, delta: dict[str, np.ndarray]) -> None:
         raise InputError(
             f"a statistics delta is {{'source': finite float64 array {model._source.shape}}}, " f"got {sorted(delta)}"
         )
-    model._source += source
-    model._refresh()
+    if np.any(model._source[0] + source[0] < 0):
+        raise InputError("a statistics delta would leave a class with a negative count")
 
 
 def check_params(model: Any) -> None:
