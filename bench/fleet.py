@@ -172,7 +172,7 @@ def throughput(broker: Any, key: bytes, messages: int, log: Callable[[str], None
     import paho.mqtt.client as mqtt
 
     from edge_runtime.fleet.payload import encode
-    from edge_runtime.fleet.sync import topic
+    from edge_runtime.fleet.topics import topic
 
     payload = encode({"kind": "delta", "device": "x", "seq": 1}, {"v": np.zeros((2, 640))}, key)
     users = broker.devices[:4]

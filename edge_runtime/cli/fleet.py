@@ -112,7 +112,7 @@ def collect(url: str, user: str, password: str | None, ca: Path | None, timeout:
     retained messages come before it)."""
     import paho.mqtt.client as mqtt
 
-    from edge_runtime.fleet.sync import FleetURL
+    from edge_runtime.fleet.topics import FleetURL
 
     where = FleetURL.parse(url)
     token = secrets.token_hex(8).encode()

@@ -43,7 +43,6 @@ logged in one line, and never reaches the ledger or the memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import secrets
@@ -51,60 +50,20 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 import numpy as np
 
 from edge_runtime.errors import InputError
 from edge_runtime.fleet.broker import check_name
-from edge_runtime.fleet.ledger import Ledger, Stats
+from edge_runtime.fleet.ledger import Ledger
 from edge_runtime.fleet.payload import PayloadError, decode, encode
+from edge_runtime.fleet.topics import FleetURL, fingerprint, topic
 from edge_runtime.runtime.summary import Ring
 
 MAX_DELTA = 64 * 1024
 MAX_INBOX = 1024  # verified updates waiting for the stream's thread; more are dropped (a gap: the snapshot covers it)
 OUTCOMES = ("applied", "duplicate", "gap", "resynced", "stale", "adopted", "own")
-
-
-@dataclass(frozen=True)
-class FleetURL:
-    """``mqtt://HOST:PORT/FLEET`` (``mqtts://`` for TLS, default ports 1883 and 8883).
-
-    >>> FleetURL.parse("mqtt://10.0.0.5:1883/shop")
-    FleetURL(host='10.0.0.5', port=1883, fleet='shop', tls=False)
-    """
-
-    host: str
-    port: int
-    fleet: str
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> "FleetURL":
-        parts = urlparse(url)
-        fleet = parts.path.strip("/")
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or not fleet:
-            raise InputError(f"fleet URL {url!r}: expected mqtt://HOST:PORT/FLEET (or mqtts:// for TLS)")
-        check_name(fleet, "fleet")
-        return cls(
-            parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883), fleet, parts.scheme == "mqtts"
-        )
-
-
-def topic(fleet: str, model_sha256: str, kind: str, device: str = "+") -> str:
-    return f"edgert/{fleet}/{model_sha256[:12]}/{kind}/{device}"
-
-
-def fingerprint(model_sha256: str, adapter: Any, stats: Stats) -> str:
-    """What fleet members must share: the model, the adapter and its parameters, and the
-    statistics of the memory they started from (payloads with another one are ``wrong_model``)."""
-    digest = hashlib.sha256(f"{model_sha256}|{adapter.name}|".encode())
-    digest.update(json.dumps(adapter.get_params(), sort_keys=True, default=str).encode())
-    for name in sorted(stats):
-        digest.update(name.encode() + np.ascontiguousarray(stats[name], np.float64).tobytes())
-    return digest.hexdigest()
 
 
 def _stderr(line: str) -> None:

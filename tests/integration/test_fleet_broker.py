@@ -20,7 +20,8 @@ from edge_runtime.adapters.memflow import MemFlow
 from edge_runtime.fleet.broker import Broker, write_private
 from edge_runtime.fleet.ledger import pack
 from edge_runtime.fleet.payload import encode
-from edge_runtime.fleet.sync import FleetSync, topic
+from edge_runtime.fleet.sync import FleetSync
+from edge_runtime.fleet.topics import topic
 from edge_runtime.state import Checkpoints
 
 KEY = bytes(range(32))

@@ -334,8 +334,7 @@ class MemFlow(Adapter):
                 self._present,
             )
 
-    def _refresh_slots(self) -> None:
-        refresh_slots(self)
+    _refresh_slots = refresh_slots
 
     def _net(self) -> K.Net:
         return K.Net(*self._graph[:2], *self._links, int(self.rounds), bool(self.spiking))
@@ -433,11 +432,9 @@ class MemFlow(Adapter):
             )
         return b
 
-    def _memory_logp(self, m: np.ndarray) -> np.ndarray:
-        return memory_logp(self, m)
+    _memory_logp = memory_logp
 
-    def _calibrate(self, m: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        return calibrate(self, m, y)
+    _calibrate = calibrate
 
     def teach(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Memorise labelled examples online (aligned like the frames being adapted to)."""
@@ -452,8 +449,7 @@ class MemFlow(Adapter):
         self._memorise(m, y, self._source)
         self._refresh()
 
-    def _recalibrate(self, stage: InputStage, z: np.ndarray, m: np.ndarray, y: np.ndarray) -> None:
-        recalibrate(self, stage, z, m, y)
+    _recalibrate = recalibrate
 
     def _prior_weight(self) -> float:
         return align.prior_weight(
@@ -519,8 +515,7 @@ class MemFlow(Adapter):
             raise InputError(f"features row {bad} {what}{done}")
         return out
 
-    def _kernel_args(self) -> tuple:
-        return kernel_args(self)
+    _kernel_args = kernel_args
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A changed parameter (``model.gate = 0.8``) must reach the kernel's cached arguments.
@@ -569,8 +564,7 @@ class MemFlow(Adapter):
             **{name[1:]: getattr(self, name) for name in SUMS + STREAM + SLOT_SOURCE},
         }
 
-    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        load_arrays(self, arrays)
+    _load_arrays = load_arrays
 
     def state_bytes(self) -> int:
         """Bytes of learned state (statistics grow with neurons x classes only)."""
