@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_runtime.adapters.base import Adapter, as_features, as_labels
-from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions, trace_shift
+from edge_runtime.adapters.memflow.alignment import InputStage, principal_directions, source_traces, trace_shift
 from edge_runtime.adapters.memflow.calibration import (
     MEMORY_WEIGHTS,
     SCALES,
@@ -437,17 +437,19 @@ class MemFlow(Adapter):
     _calibrate = calibrate
 
     def teach(self, features: np.ndarray, labels: np.ndarray) -> None:
-        """Memorise labelled examples online (aligned like the frames being adapted to)."""
+        """Memorise labelled examples online: scored for the calibration as the frames being
+        adapted to are read, memorised through the source's map (``taught_statistics``)."""
         self._check_fitted()
         x = as_features(features, self._dim)
         y = as_labels(labels, x.shape[0], self._n_classes)
-        stage = self.input_stage()
-        z = stage.apply(x)
-        m = self._traces(z) + self.trace_shift()
         if self.prior and self.memory_weight is None and self._calibration[0].any():
-            self._recalibrate(stage, z, m, y)
-        self._memorise(m, y, self._source)
+            stage = self.input_stage()
+            z = stage.apply(x)
+            self._recalibrate(stage, z, self._traces(z) + self.trace_shift(), y)
+        self._memorise(self._source_traces(x), y, self._source)
         self._refresh()
+
+    _source_traces = source_traces
 
     _recalibrate = recalibrate
 
@@ -585,9 +587,8 @@ class MemFlow(Adapter):
         self._check_fitted()
         x = as_features(features, self._dim)
         y = as_labels(labels, x.shape[0], self._n_classes)
-        m = self._traces(self.input_stage().apply(x)) + self.trace_shift()
         delta = np.zeros_like(self._source)
-        self._memorise(m, y, delta)
+        self._memorise(self._source_traces(x), y, delta)
         return {"source": delta}
 
     def add_statistics(self, delta: dict[str, np.ndarray]) -> None:
