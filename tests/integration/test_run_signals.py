@@ -106,7 +106,7 @@ def test_a_video_path_that_does_not_exist_fails_at_once(tmp_path, memory):
     last = done.stderr.strip().splitlines()[-1]
     assert (
         last == f"edgert run: error: cannot open video source '{tmp_path / 'absent.avi'}': no such file "
-        f"(a camera is an index such as 0, a stream a URL)"
+        f"(a camera is an index such as 0, a stream a URL, an image sequence a pattern such as frames/%05d.png)"
     )
     assert "retries" not in done.stderr
 
