@@ -8,9 +8,7 @@ STATE_EXPORT requests and reads nothing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
-import threading
 import time
 
 import numpy as np
@@ -39,22 +37,6 @@ def _device(dim: int = DIM) -> BridgeDevice:
     return BridgeDevice(NCM().fit(x, np.arange(40) % 4), classes=["a", "b", "c", "d"])
 
 
-class _Running:
-    def __init__(self, server: BridgeServer) -> None:
-        self.server = server
-        self.started = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(server.serve(started=self.started.set)), daemon=True)
-
-    def __enter__(self) -> BridgeServer:
-        self.thread.start()
-        assert self.started.wait(30)
-        return self.server
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-        self.thread.join(30)
-
-
 def _read_error(sock: socket.socket, timeout: float) -> int:
     sock.settimeout(timeout)
     framing = Framing()
@@ -76,7 +58,7 @@ def test_groups_keep_order_and_bound_each_batch() -> None:
     assert [[s.index for s in st] for st, _ in groups] == [[0, -1, 1], [0, 1], [0]]
 
 
-def test_idle_strangers_never_lock_out_a_key_holder() -> None:
+def test_idle_strangers_never_lock_out_a_key_holder(serving) -> None:
     server = BridgeServer(
         _device(),
         "127.0.0.1",
@@ -87,7 +69,7 @@ def test_idle_strangers_never_lock_out_a_key_holder() -> None:
         max_per_address=16,
         log=lambda line: None,
     )
-    with _Running(server):
+    with serving(server):
         strangers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(40)]
         try:
             client = BridgeClient(open_transport(server.url), key=KEY, timeout=10)
@@ -100,9 +82,9 @@ def test_idle_strangers_never_lock_out_a_key_holder() -> None:
                 sock.close()
 
 
-def test_a_peer_that_does_not_authenticate_in_time_is_closed() -> None:
+def test_a_peer_that_does_not_authenticate_in_time_is_closed(serving) -> None:
     server = BridgeServer(_device(), "127.0.0.1", 0, keys=KeyRing([KEY]), auth_timeout=0.5, log=lambda line: None)
-    with _Running(server):
+    with serving(server):
         sock = socket.create_connection(("127.0.0.1", server.port))
         started = time.monotonic()
         assert _read_error(sock, 10) == ErrorCode.TIMEOUT
@@ -110,10 +92,10 @@ def test_a_peer_that_does_not_authenticate_in_time_is_closed() -> None:
         sock.close()
 
 
-def test_pipelined_exports_are_served_a_few_at_a_time_not_queued() -> None:
+def test_pipelined_exports_are_served_a_few_at_a_time_not_queued(serving) -> None:
     device = _device(8192)  # a state of about 130 kB
     server = BridgeServer(device, "127.0.0.1", 0, max_pending=4, export_rate=0, log=lambda line: None)
-    with _Running(server):
+    with serving(server):
         sock = socket.create_connection(("127.0.0.1", server.port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         framing = Framing()
@@ -127,9 +109,9 @@ def test_pipelined_exports_are_served_a_few_at_a_time_not_queued() -> None:
         sock.close()
 
 
-def test_the_export_rate_is_a_bound_for_the_whole_device() -> None:
+def test_the_export_rate_is_a_bound_for_the_whole_device(serving) -> None:
     server = BridgeServer(_device(), "127.0.0.1", 0, export_rate=20, log=lambda line: None)
-    with _Running(server):
+    with serving(server):
         client = BridgeClient(open_transport(server.url), timeout=10)
         started = time.monotonic()
         for _ in range(40):  # 20 in hand, then 20 a second
@@ -158,9 +140,9 @@ def test_keyless_links_that_leave_the_machine_are_refused(url: str, refused: boo
     _check_exposure(argparse.Namespace(port=url, insecure=True), None)  # told so: a warning only
 
 
-def test_the_auth_deadline_runs_from_the_last_hello_not_from_connect() -> None:
+def test_the_auth_deadline_runs_from_the_last_hello_not_from_connect(serving) -> None:
     server = BridgeServer(_device(), "127.0.0.1", 0, keys=KeyRing([KEY]), auth_timeout=0.6, log=lambda line: None)
-    with _Running(server):
+    with serving(server):
         client = BridgeClient(open_transport(server.url), key=KEY, timeout=10)
         client.stats()
         time.sleep(1.0)  # authenticated: no deadline

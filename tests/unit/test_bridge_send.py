@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +25,11 @@ def _device() -> BridgeDevice:
     return BridgeDevice(NCM().fit(x, np.arange(40) % 4), classes=CLASSES, model_sha256=SHA)
 
 
-class _Running:
-    def __init__(self, server: BridgeServer) -> None:
-        self.server = server
-        self.started = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(server.serve(started=self.started.set)), daemon=True)
-
-    def __enter__(self) -> BridgeServer:
-        self.thread.start()
-        assert self.started.wait(30)
-        return self.server
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop()
-        self.thread.join(30)
-
-
 @pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
-def test_send_json_prints_bytes_fields_as_hex(tmp_path: Path, capsys, keyed: bool) -> None:
+def test_send_json_prints_bytes_fields_as_hex(tmp_path: Path, capsys, keyed: bool, serving) -> None:
     # HELLO's sha256 and nonce are bytes: --json crashed on them ("not JSON serializable").
     server = BridgeServer(_device(), "127.0.0.1", 0, keys=KeyRing([KEY]) if keyed else None, log=lambda line: None)
-    with _Running(server):
+    with serving(server):
         argv = ["bridge", "send", "--port", server.url, "--json"]
         if keyed:
             argv += ["--key-file", str(write_key_file(tmp_path / "host.key", [KEY]))]
