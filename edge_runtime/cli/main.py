@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edge_runtime.export.cli", "host: export a pretrained backbone to ONNX fp32/int8 and TFLite int8"),
     "bench": ("edge_runtime.bench.cli", "measure latency, accuracy under domain shift, and cost"),
     "run": ("edge_runtime.cli.run", "classify a video, camera or stream, adapting on the unlabelled frames"),
-    "memory": ("edge_runtime.cli.memory", "build a source memory from labelled images, or show a state file"),
+    "memory": ("edge_runtime.bench.memory_command", "build a source memory from labelled images, or show a state file"),
     "demo": (
         "edge_runtime.bench.demo",
         "the main job: export, memorise photos, stream a shifted video: adapted vs source-only",

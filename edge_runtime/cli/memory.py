@@ -3,7 +3,8 @@
 ``edgert memory build --model M --images SRC --adapter A --out FILE`` runs the backbone over
 labelled source images and fits the adapter on their features. SRC is a folder with one
 sub-folder per class (the sub-folder names are the class names), or the name of a packaged bench
-domain (``photo``, ``clipart``, ``emoji``, ...; ``edge_runtime.bench.datasets``). The file is a
+domain (``photo``, ``clipart``, ``emoji``, ...), which ``edgert`` composes in on the host side
+(``edge_runtime.bench.memory_command``): this module never imports the bench. The file is a
 state file (``edge_runtime.state``) tied to the model's sha256; ``edgert run --memory FILE`` starts from it.
 """
 
@@ -14,10 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from edge_runtime.defaults import DEFAULT_MODEL
 from edge_runtime.errors import InputError
+from edge_runtime.runtime.source_memory import Domains
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,16 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     show.set_defaults(main=main)
 
 
-def packaged_domain(name: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    """A packaged bench domain's labelled images (host side: imported only when asked for)."""
-    try:
-        from edge_runtime.bench.datasets import labelled_images
-    except ImportError as err:
-        raise InputError(f"packaged domains need the bench extra ({err}): pip install -e '.[bench]'") from None
-    return labelled_images(name)
-
-
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, domains: Domains | None = None) -> int:
+    """The command; ``domains`` resolves an image-set name that is not a folder (the host's
+    ``edgert`` passes the bench's packaged domains: ``edge_runtime.bench.memory_command``)."""
     from edge_runtime.state import read_header
 
     if args.action == "show":
@@ -74,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--params must be a JSON object, got {args.params!r}")
     from edge_runtime.runtime.source_memory import build
 
-    report = build(args.model, args.images, args.adapter, args.out, params, args.threads, domains=packaged_domain)
+    report = build(args.model, args.images, args.adapter, args.out, params, args.threads, domains=domains)
     print(
         f"edgert memory build: {report['examples']} examples of {len(report['classes'])} classes "
         f"({', '.join(report['classes'])}) -> {report['out']} (adapter {report['adapter']}, "
