@@ -40,6 +40,7 @@ from edge_runtime.adapters.memflow.statistics import (
     load_arrays,
     merge,
     refresh_slots,
+    taught_statistics,
 )
 from edge_runtime.errors import InputError
 from edge_runtime.kernels import align
@@ -582,20 +583,7 @@ class MemFlow(Adapter):
         self._check_fitted()
         return {"source": self._source.copy()}
 
-    def taught_statistics(self, features: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-        """What ``teach(features, labels)`` would add to ``statistics()``, without adding it."""
-        self._check_fitted()
-        x = as_features(features, self._dim)
-        y = as_labels(labels, x.shape[0], self._n_classes)
-        delta = np.zeros_like(self._source)
-        self._memorise(self._source_traces(x), y, delta)
-        return {"source": delta}
-
-    def add_statistics(self, delta: dict[str, np.ndarray]) -> None:
-        """Add a delta of ``statistics()`` (a peer's taught examples, or minus a forgotten batch)
-        and refresh the Gaussians; checked before anything changes."""
-        add_statistics(self, delta)
-
-    def check_statistics(self, delta: dict[str, np.ndarray]) -> None:
-        """InputError unless ``delta`` would fit ``add_statistics``; nothing changes."""
-        check_statistics(self, delta)
+    # what teach would add (without adding it), add a peer's or a forgotten batch's, check one
+    taught_statistics = taught_statistics
+    add_statistics = add_statistics
+    check_statistics = check_statistics

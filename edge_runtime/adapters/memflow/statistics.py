@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import InputError
+from edge_runtime.features import as_features, as_labels
 from edge_runtime.kernels import align
 
 # Running sums that merge by addition, and the state of one stream (kept by ``merge``), as the
@@ -107,8 +108,20 @@ def load_arrays(model: Any, arrays: dict[str, np.ndarray]) -> None:
     model._refresh()
 
 
+def taught_statistics(model: Any, features: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """``MemFlow.taught_statistics``: what ``teach(features, labels)`` would add to
+    ``statistics()``, without adding it (through the source's map: ``alignment.source_traces``)."""
+    model._check_fitted()
+    x = as_features(features, model._dim)
+    y = as_labels(labels, x.shape[0], model._n_classes)
+    delta = np.zeros_like(model._source)
+    model._memorise(model._source_traces(x), y, delta)
+    return {"source": delta}
+
+
 def add_statistics(model: Any, delta: dict[str, np.ndarray]) -> None:
-    """``MemFlow.add_statistics``: a delta of ``statistics()``, checked before anything changes."""
+    """``MemFlow.add_statistics``: add a delta of ``statistics()`` (a peer's taught examples, or
+    minus a forgotten batch) and refresh the Gaussians; checked before anything changes."""
     check_statistics(model, delta)
     model._source += delta["source"]
     model._refresh()
