@@ -155,6 +155,46 @@ def shift_traces(
 
 
 @njit(cache=True, error_model="numpy")
+def _propagate(z: np.ndarray, net: Net, work: Work) -> None:
+    """The frame z through the fixed network into work.m (``memflow_net.propagate``)."""
+    propagate(
+        z,
+        net.w_entry_hub,
+        net.w_hub_hub,
+        net.order,
+        net.entry_width,
+        net.entry_src,
+        net.entry_w,
+        net.rec_width,
+        net.rec_src,
+        net.rec_w,
+        net.rounds,
+        net.spiking,
+        work.a,
+        work.h,
+        work.o,
+        work.o_prev,
+        work.m,
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _filter(out_r: np.ndarray, temporal: Temporal) -> None:
+    """The temporal filter's step on the frame's posterior (``kernels.temporal.step``)."""
+    temporal_step(
+        out_r,
+        temporal.class_prior,
+        temporal.belief,
+        temporal.history,
+        temporal.moments,
+        temporal.frames,
+        temporal.gamma,
+        temporal.trust,
+        temporal.most,
+    )
+
+
+@njit(cache=True, error_model="numpy")
 def run_batch(
     xs: np.ndarray,
     learn: bool,
@@ -224,40 +264,12 @@ def run_batch(
                 align.prior_weight(stage.prior, stage.fade, stage.gamma, after),
                 stage.mix,
             )
-        propagate(
-            z,
-            net.w_entry_hub,
-            net.w_hub_hub,
-            net.order,
-            net.entry_width,
-            net.entry_src,
-            net.entry_w,
-            net.rec_width,
-            net.rec_src,
-            net.rec_w,
-            net.rounds,
-            net.spiking,
-            work.a,
-            work.h,
-            work.o,
-            work.o_prev,
-            work.m,
-        )
+        _propagate(z, net, work)
         if stage.shift:
             shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, aged, learn, w)
         _read_out(z, learn, w, stage, memory, head, temporal, work, out_r)
         if learn and temporal.on:
-            temporal_step(
-                out_r,
-                temporal.class_prior,
-                temporal.belief,
-                temporal.history,
-                temporal.moments,
-                temporal.frames,
-                temporal.gamma,
-                temporal.trust,
-                temporal.most,
-            )
+            _filter(out_r, temporal)
     return -1
 
 
@@ -375,25 +387,7 @@ def _run_balanced(
         w = align.ring_novelty(work.y64, slots.ring, slots.count, slots.rho, v)
         stage.frames[0] += 1
     align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
-    propagate(
-        z,
-        net.w_entry_hub,
-        net.w_hub_hub,
-        net.order,
-        net.entry_width,
-        net.entry_src,
-        net.entry_w,
-        net.rec_width,
-        net.rec_src,
-        net.rec_w,
-        net.rounds,
-        net.spiking,
-        work.a,
-        work.h,
-        work.o,
-        work.o_prev,
-        work.m,
-    )
+    _propagate(z, net, work)
     if stage.shift:
         for i in range(work.m.shape[0]):
             slots.mraw[i] = work.m[i]
@@ -442,17 +436,7 @@ def _run_balanced(
                 stage.mix,
             )
     if learn and temporal.on:
-        temporal_step(
-            out_r,
-            temporal.class_prior,
-            temporal.belief,
-            temporal.history,
-            temporal.moments,
-            temporal.frames,
-            temporal.gamma,
-            temporal.trust,
-            temporal.most,
-        )
+        _filter(out_r, temporal)
 
 
 @njit(cache=True, error_model="numpy")
