@@ -73,6 +73,31 @@ class Stream:
     def _teach(self, features: np.ndarray, labels: np.ndarray) -> None:
         (self.fleet.teach if self.fleet is not None else self.adapter.teach)(features, labels)  # type: ignore[union-attr]
 
+    def _account(
+        self,
+        summary: Summary,
+        capture: Any,
+        ms: dict[str, float],
+        proba: np.ndarray,
+        stages: dict[str, Any],
+        last_checkpoint: float,
+    ) -> float:
+        """A frame's bookkeeping, the same in both loops: stage times, metrics, progress, and a
+        checkpoint when one is due; returns when the last checkpoint was written."""
+        for stage, value in ms.items():
+            stages[stage].append(value)
+        if self.metrics is not None:
+            self.metrics.record(ms, proba, capture, self.adapter)
+        if self.progress is not None:
+            self.progress.update(summary, capture, ms["adapt"])
+        if self.checkpoints is not None and time.monotonic() - last_checkpoint >= self.checkpoint_every:
+            self.checkpoint(summary)
+            return time.monotonic()
+        return last_checkpoint
+
+    def _should_stop(self, summary: Summary) -> bool:
+        return self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames)
+
     def checkpoint(self, summary: Summary) -> None:
         if self.checkpoints is None or self.adapter is None:
             return
@@ -142,21 +167,13 @@ class Stream:
                 if self.fleet is not None:
                     self.fleet.step()
                 sinks_ms = 1000 * (time.perf_counter() - t3)
-                for stage, value in ms.items():
-                    stages[stage].append(value)
-                if self.metrics is not None:
-                    self.metrics.record(ms, proba, capture, self.adapter)
-                if self.progress is not None:
-                    self.progress.update(summary, capture, ms["adapt"])
-                if self.checkpoints is not None and time.monotonic() - last_checkpoint >= self.checkpoint_every:
-                    self.checkpoint(summary)
-                    last_checkpoint = time.monotonic()
-                if self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames):
+                last_checkpoint = self._account(summary, capture, ms, proba, stages, last_checkpoint)
+                if self._should_stop(summary):
                     break
         finally:
             summary.seconds = time.perf_counter() - start
             capture.stop()
-            stopped_here = self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames)
+            stopped_here = self._should_stop(summary)
             summary.ended = "stopped" if stopped_here else (capture.ended or "end")
             summary.detail = capture.detail
             summary.read, summary.dropped = capture.read, capture.dropped
@@ -249,16 +266,8 @@ class Stream:
                 if self.fleet is not None:
                     self.fleet.step()
                 sinks_ms = 1000 * (time.perf_counter() - t3)
-                for stage, value in ms.items():
-                    stages[stage].append(value)
-                if self.metrics is not None:
-                    self.metrics.record(ms, proba, capture, self.adapter)
-                if self.progress is not None:
-                    self.progress.update(summary, capture, ms["adapt"])
-                if self.checkpoints is not None and time.monotonic() - last_checkpoint >= self.checkpoint_every:
-                    self.checkpoint(summary)
-                    last_checkpoint = time.monotonic()
-                if self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames):
+                last_checkpoint = self._account(summary, capture, ms, proba, stages, last_checkpoint)
+                if self._should_stop(summary):
                     break
             completed = True
         finally:
@@ -268,7 +277,7 @@ class Stream:
                 preparer.join()
             error = writer.finish()  # writes every prediction handed over, unless a sink failed
             summary.seconds = time.perf_counter() - start
-            stopped_here = self.stop.is_set() or (self.max_frames is not None and summary.frames >= self.max_frames)
+            stopped_here = self._should_stop(summary)
             summary.ended = "stopped" if stopped_here else (capture.ended or "end")
             summary.detail = capture.detail
             summary.read, summary.dropped = capture.read, capture.dropped
