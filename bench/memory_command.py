@@ -11,8 +11,6 @@ import numpy as np
 from edge_runtime.cli import memory as device
 from edge_runtime.errors import InputError
 
-configure = device.configure
-
 
 def packaged_domain(name: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """A packaged domain's labelled images; the datasets are imported only when one is asked for."""
@@ -25,3 +23,7 @@ def packaged_domain(name: str) -> tuple[list[np.ndarray], np.ndarray, list[str]]
 
 def main(args: argparse.Namespace) -> int:
     return device.main(args, domains=packaged_domain)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    device.configure(parser, command=main)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edge_runtime.defaults import DEFAULT_MODEL
@@ -20,7 +21,10 @@ from edge_runtime.errors import InputError
 from edge_runtime.runtime.source_memory import Domains
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser, command: Callable[[argparse.Namespace], int] | None = None) -> None:
+    """The ``build`` and ``show`` actions; ``command`` replaces this module's ``main`` (the host's
+    ``edgert`` hands in one that knows the packaged domains)."""
+    command = command or main
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = sub.add_parser(
         "build",
@@ -39,14 +43,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--params", default="{}", help="adapter parameters as a JSON object, e.g. '{\"k\": 10}'")
     build.add_argument("--out", type=Path, required=True, help="memory file to write (.npz)")
     build.add_argument("--threads", type=int, help="backbone threads (default: all cores)")
-    build.set_defaults(main=main)
+    build.set_defaults(main=command)
     show = sub.add_parser(
         "show",
         help="print the header of a memory or checkpoint file",
         description="print the header of a memory or checkpoint file",
     )
     show.add_argument("file", type=Path)
-    show.set_defaults(main=main)
+    show.set_defaults(main=command)
 
 
 def main(args: argparse.Namespace, domains: Domains | None = None) -> int:

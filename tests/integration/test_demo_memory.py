@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edge_runtime.bench.datasets import labelled_images
 from edge_runtime.bench.demo import source_memory
+from edge_runtime.cli import main as edgert
 from edge_runtime.runtime.source_memory import build
 from edge_runtime.state import read_state
 
@@ -19,3 +20,13 @@ def test_demo_rebuilds_a_source_memory_made_with_other_parameters(exported, tmp_
     assert read_state(path).adapter.temporal is True
     source_memory(model, "memflow", tmp_path)
     assert "already built" in capsys.readouterr().out
+
+
+def test_edgert_memory_build_knows_the_packaged_domains(exported, tmp_path) -> None:
+    # The host's `edgert memory build --images photo` is what the arm run and README give; the
+    # device command alone takes only folders, so the host command must be the one dispatched.
+    out = tmp_path / "photo.npz"
+    code = edgert(["memory", "build", "--model", str(exported["int8.tflite"]), "--images", "photo", "--out", str(out)])
+    assert code == 0
+    classes = read_state(out).classes
+    assert classes == labelled_images("photo")[2]
