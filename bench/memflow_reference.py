@@ -55,6 +55,9 @@ class TorchMemFlow:
         self.basis, self.basis_var = f64(model._basis), f64(model._basis_var)
         self.proj_sum, self.proj_sq, self.mix = f64(model._proj_sum), f64(model._proj_sq), f64(model._mix)
         self.recent, self.frames = f64(model._recent), int(model._frames[0])
+        count, size = int(model._ring_count[0]), len(model._ring)
+        oldest = count % size if count > size else 0  # the ring's rows from the oldest frame on
+        self.ring = [f64(model._ring[(oldest + i) % size]) for i in range(min(count, size))]
         self.head_scale, self.memory_weight = (float(v) for v in model._weights)
         self.class_prior = f64(model._class_prior)
         self.belief = f64(model._belief)
@@ -200,7 +203,13 @@ class TorchMemFlow:
             centre = self.centre_source
         w = 1.0
         if model.shift and learn:
-            if model.shift_novelty > 0:  # weight of a frame close to the last few
+            if model.shift_ring and len(self.basis_var):  # weight of a frame close to one of the last M
+                y = self.basis @ (z - self.centre_source)
+                if self.ring and model.shift_novelty > 0:
+                    gap = min(float(((y - row) ** 2).sum()) for row in self.ring)
+                    w = min(1.0, gap / (model.shift_novelty * float(self.basis_var.sum())))
+                self.ring = (self.ring + [y])[-model.shift_ring :]
+            elif model.shift_novelty > 0:  # weight of a frame close to the last few
                 if self.frames > 0:
                     w = min(1.0, float(((z - self.recent) ** 2).sum()) / (model.shift_novelty * variance))
                     self.recent = 0.8 * self.recent + 0.2 * z

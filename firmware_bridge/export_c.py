@@ -272,6 +272,7 @@ MEMFLOW_PARAMS = frozenset(
         "shift_rank",
         "shift_every",
         "shift_novelty",
+        "shift_ring",
         "standardise",
         "prior",
         "memory_weight",

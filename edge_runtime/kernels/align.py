@@ -20,16 +20,21 @@ them (a frame centred partly on itself loses part of its own deviation from the 
   mapped as c <- c + U^T (A - I) U c on c = z - mu_t: second moments, not only the mean, move back
   to the source's in the directions where the source varies most. ``mix`` = A - I is refreshed
   every few frames (an r x r eigendecomposition), not per frame.
-- Novelty weights: w_t = min(1, ||z_t - z_recent||^2 / (rho v_t)) with z_recent a short EMA of
-  the frames before and v_t the target's total variance; rho = 0 gives every frame weight 1. A
-  camera that looks at one object for a minute sends near-identical frames: they add almost no
-  weight and age nothing, so the statistics neither become that object's (a plain running mean
-  would, and subtracting it would erase the object's class) nor forget the frames before it.
-  Distinct images, even of one class, are far apart (their distance is most of the total
-  variance) and keep weight 1.
+- Novelty weights: w_t = min(1, min_j ||y_t - y_j||^2 / (rho v)) over the projections y_j of
+  the last M frames (a ring; ``ring_novelty``), with v = sum(lambda) the source's variance in
+  the subspace; rho = 0 gives every frame weight 1. A camera that looks at
+  one object for a minute sends near-identical frames, and a view it comes back to after a few
+  seconds is still in the ring: they add almost no weight and age nothing, so the statistics
+  neither become that object's (a plain running mean would, and subtracting it would erase the
+  object's class) nor forget the frames before it. Distinct images of one class lie closer to
+  each other than to other classes' images, so a stay of them weighs less than a mixed stream,
+  but not nothing. Without a ring (M = 0, states written before it), z_t is compared with a
+  short EMA of the last few frames in the full space against the target's total variance
+  (``novelty``), which misses a view seen again after ~5 frames.
 
-With a window many times longer than a class stays in view, and the novelty weights, a statistic
-follows the domain, not the class in view.
+These statistics are label-free, not class-balanced: a stay of many distinct images of one class
+still moves them towards that class (``edge_runtime.adapters.memflow``, ``balanced``, keeps them
+per pseudo-class instead; ``docs/memflow.md`` has the figures of both).
 """
 
 from __future__ import annotations
@@ -130,32 +135,35 @@ def project(c: np.ndarray, basis: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, error_model="numpy")
+def source_projection(z: np.ndarray, centre_source: np.ndarray, basis: np.ndarray, y: np.ndarray) -> None:
+    """y (r,) float64 = U (z - mu_s): the frame in the source's principal directions."""
+    for q in range(basis.shape[0]):
+        acc = 0.0
+        for j in range(z.shape[0]):
+            acc += float(basis[q, j]) * (float(z[j]) - float(centre_source[j]))
+        y[q] = acc
+
+
+@njit(cache=True, error_model="numpy")
 def learn(
     z: np.ndarray,
+    y: np.ndarray,
     w: float,
     gamma: float,
-    centre_source: np.ndarray,
-    basis: np.ndarray,
     sums: np.ndarray,
     squares: np.ndarray,
     weight: np.ndarray,
     proj_sum: np.ndarray,
     proj_sq: np.ndarray,
-    y: np.ndarray,
 ) -> None:
-    """Fold frame z, of weight w, into the running sums, aged by ``gamma`` (gamma^w of the window's
-    factor); y (r,) float64 is a buffer (y = U (z - mu_s))."""
+    """Fold frame z, of weight w, and its projection y (``source_projection``) into the running
+    sums, aged by ``gamma`` (gamma^w of the window's factor)."""
     for j in range(z.shape[0]):
         v = float(z[j])
         sums[j] = gamma * sums[j] + w * v
         squares[j] = gamma * squares[j] + w * v * v
     weight[0] = gamma * weight[0] + w
-    r = basis.shape[0]
-    for q in range(r):
-        acc = 0.0
-        for j in range(z.shape[0]):
-            acc += float(basis[q, j]) * (float(z[j]) - float(centre_source[j]))
-        y[q] = acc
+    r = y.shape[0]
     for q in range(r):
         proj_sum[q] = gamma * proj_sum[q] + w * y[q]
         for s in range(r):

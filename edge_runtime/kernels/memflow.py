@@ -237,21 +237,13 @@ def run_batch(
         learning = learn and stage.shift
         if learning:
             frames = stage.frames[0]
-            w = align.novelty(z, stage.recent, frames, stage.rho, variance)
+            align.source_projection(z, stage.centre_source, stage.basis, work.y64)
+            if stage.ring.shape[0] and stage.basis.shape[0]:
+                w = align.ring_novelty(work.y64, stage.ring, stage.ring_count, stage.rho, stage.basis_var.sum())
+            else:
+                w = align.novelty(z, stage.recent, frames, stage.rho, variance)
             aged = stage.gamma**w  # a frame of weight w ages the running statistics by gamma^w
-            align.learn(
-                z,
-                w,
-                aged,
-                stage.centre_source,
-                stage.basis,
-                stage.sums,
-                stage.squares,
-                stage.weight,
-                stage.proj_sum,
-                stage.proj_sq,
-                work.y64,
-            )
+            align.learn(z, work.y64, w, aged, stage.sums, stage.squares, stage.weight, stage.proj_sum, stage.proj_sq)
             stage.frames[0] = frames + 1
         align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
         if learning and stage.frames[0] % stage.every == 0:
@@ -376,15 +368,8 @@ def _run_balanced(
     w = 1.0
     learning = learn and stage.shift
     if learning:
-        r = stage.basis.shape[0]
-        v = 0.0
-        for q in range(r):
-            acc = 0.0
-            for j in range(d):
-                acc += float(stage.basis[q, j]) * (float(z[j]) - float(stage.centre_source[j]))
-            work.y64[q] = acc
-            v += stage.basis_var[q]
-        w = align.ring_novelty(work.y64, slots.ring, slots.count, slots.rho, v)
+        align.source_projection(z, stage.centre_source, stage.basis, work.y64)
+        w = align.ring_novelty(work.y64, slots.ring, slots.count, slots.rho, stage.basis_var.sum())
         stage.frames[0] += 1
     align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
     _propagate(z, net, work)

@@ -30,7 +30,9 @@ class Stage(NamedTuple):
     proj_sum: np.ndarray  # (r,)
     proj_sq: np.ndarray  # (r, r)
     mix: np.ndarray  # (r, r) float32, A - I
-    recent: np.ndarray  # (d,) float32, short EMA of the frames (novelty)
+    recent: np.ndarray  # (d,) float32, short EMA of the frames (novelty without a ring)
+    ring: np.ndarray  # (M, r) float64, the last M frames' subspace projections (novelty; M = 0: off)
+    ring_count: np.ndarray  # (1,) int64, frames that entered the ring
     frames: np.ndarray  # (1,) int64, frames learnt from
     trace_mean: np.ndarray  # (N,) source mean trace
     trace_sum: np.ndarray  # (N,)

@@ -57,6 +57,32 @@ def test_novelty_weighs_a_repeated_frame_down_and_a_new_one_fully(rng) -> None:
     assert align.novelty(near, recent.copy(), 3, 0.0, 10.0) == 1.0  # rho 0: every frame counts
 
 
+def test_a_frame_seen_again_in_the_ring_weighs_nothing_where_the_short_average_misses_it(rng) -> None:
+    # A camera's stay, as the bench deals it: a dozen views of one object in a shuffled order. The
+    # short average of the last few frames forgets a view after ~5 frames and weighs it afresh; the
+    # ring of the last M projections recognises every view seen before.
+    basis = np.linalg.qr(rng.normal(size=(D, R)))[0].T.astype(np.float32)
+    centre = np.zeros(D, np.float32)
+    views = rng.normal(size=(12, D)).astype(np.float32)
+    order = np.concatenate([np.arange(12), rng.integers(0, 12, 188)])
+    stay = views[order]
+    seen = np.array([t > 0 and order[t] in order[max(t - 32, 0) : t] for t in range(len(order))])
+    ring, count, y = np.zeros((32, R)), np.zeros(1, np.int64), np.zeros(R)
+    recent = np.zeros(D, np.float32)
+    variance = float(((views @ basis.T) ** 2).sum(axis=1).mean())
+    in_ring = []
+    for z in stay:
+        align.source_projection(z, centre, basis, y)
+        in_ring.append(align.ring_novelty(y, ring, count, 0.25, variance))
+    averaged = [align.novelty(z, recent, t, 0.25, float((views**2).sum(axis=1).mean())) for t, z in enumerate(stay)]
+    np.testing.assert_allclose(y, basis.astype(np.float64) @ stay[-1], rtol=1e-5)
+    assert count[0] == len(stay)
+    in_ring, averaged = np.array(in_ring), np.array(averaged)
+    assert in_ring[~seen].min() > 0.5  # a view not among the last 32 frames counts
+    assert in_ring[seen].max() == pytest.approx(0.0, abs=1e-9) and seen.sum() > 150  # one seen again does not
+    assert averaged[seen].sum() > 0.5 * seen.sum()  # the short average weighs most of those as new
+
+
 def test_learn_folds_the_frame_into_every_sum(rng) -> None:
     mu_s = rng.normal(size=D).astype(np.float32)
     basis = np.linalg.qr(rng.normal(size=(D, R)))[0].T.astype(np.float32)
@@ -64,8 +90,10 @@ def test_learn_folds_the_frame_into_every_sum(rng) -> None:
     proj_sum, proj_sq = rng.normal(size=R), np.eye(R)
     want = [a.copy() for a in (sums, squares, weight, proj_sum, proj_sq)]
     z = rng.normal(size=D).astype(np.float32)
-    align.learn(z, 0.5, 0.9, mu_s, basis, sums, squares, weight, proj_sum, proj_sq, np.empty(R))
-    y = basis.astype(np.float64) @ (z.astype(np.float64) - mu_s)
+    y = np.empty(R)
+    align.source_projection(z, mu_s, basis, y)
+    np.testing.assert_allclose(y, basis.astype(np.float64) @ (z.astype(np.float64) - mu_s), rtol=1e-6)
+    align.learn(z, y, 0.5, 0.9, sums, squares, weight, proj_sum, proj_sq)
     np.testing.assert_allclose(sums, 0.9 * want[0] + 0.5 * z, rtol=1e-12)
     np.testing.assert_allclose(squares, 0.9 * want[1] + 0.5 * z.astype(np.float64) ** 2, rtol=1e-12)
     assert weight[0] == pytest.approx(0.9 * 3.0 + 0.5)

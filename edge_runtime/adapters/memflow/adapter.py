@@ -68,13 +68,14 @@ class MemFlow(Adapter):
     source_weight, decay, gate
         Reinforcement: source pseudo-samples per class, per-class EMA factor of the target memory,
         minimum confidence p* of a frame to be learnt from.
-    shift, shift_prior, shift_decay, shift_fade, shift_spread, shift_rank, shift_every, shift_novelty
+    shift, shift_prior, shift_decay, shift_fade, shift_spread, shift_rank, shift_every, shift_novelty, shift_ring
         The alignment stages (``edge_runtime.kernels.align``): on/off, source pseudo-frames, EMA
         factor of the running statistics (a window of 1 / (1 - decay) frames), whether the
         pseudo-frames fade with the EMA (else they anchor the statistics for good), the spread
         stage (per-dimension variance), the rank of the subspace whose covariance is aligned (0:
-        none) and the frames between refreshes of its map, and the novelty scale rho of the
-        frames' weights (0: every frame weighs 1).
+        none) and the frames between refreshes of its map, the novelty scale rho of the frames'
+        weights (0: every frame weighs 1), and how many recent frames a frame's novelty is measured
+        against (0: a short average of the last few, in the full feature space).
     temporal, temporal_lag, temporal_max
         The temporal filter (``edge_runtime.kernels.temporal``): on/off, the lag L whose frames
         stand for independent ones when it measures the stay probability, and that probability's
@@ -116,6 +117,7 @@ class MemFlow(Adapter):
         "shift_spread": False,
         "shift_rank": 0,
         "shift_novelty": 0.0,
+        "shift_ring": 0,
         "temporal": False,
         "balanced": False,
     }
@@ -146,7 +148,8 @@ class MemFlow(Adapter):
         shift_spread: bool = False,
         shift_rank: int = 16,
         shift_every: int = 8,
-        shift_novelty: float = 0.25,
+        shift_novelty: float = 0.5,
+        shift_ring: int = 64,
         standardise: bool = False,
         prior: bool = True,
         memory_weight: float | None = None,
@@ -190,6 +193,7 @@ class MemFlow(Adapter):
         self.shift_rank = shift_rank
         self.shift_every = shift_every
         self.shift_novelty = shift_novelty
+        self.shift_ring = shift_ring
         self.standardise = standardise
         self.prior = prior
         self.memory_weight = memory_weight
@@ -231,6 +235,8 @@ class MemFlow(Adapter):
         self._proj_sq = np.zeros((rank, rank))
         self._mix = np.zeros((rank, rank), np.float32)
         self._recent = np.zeros(dim, np.float32)
+        self._ring = np.zeros((int(self.shift_ring), rank))
+        self._ring_count = np.zeros(1, np.int64)
         self._frames = np.zeros(1, np.int64)
         self._input_stats = np.zeros((3, dim))
         self._basis_stats = np.zeros((3, rank))

@@ -33,6 +33,8 @@ def kernel_args(model: Any) -> tuple:
         model._proj_sq,
         model._mix,
         model._recent,
+        model._ring,
+        model._ring_count,
         model._frames,
         model._trace_mean,
         model._trace_sum,

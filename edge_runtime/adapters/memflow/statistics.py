@@ -31,7 +31,18 @@ SUMS = (
     "_slot_y1",
     "_slot_y2",
 )
-STREAM = ("_mix", "_recent", "_belief", "_history", "_moments", "_temporal_frames", "_slot_ring", "_slot_count")
+STREAM = (
+    "_mix",
+    "_recent",
+    "_ring",
+    "_ring_count",
+    "_belief",
+    "_history",
+    "_moments",
+    "_temporal_frames",
+    "_slot_ring",
+    "_slot_count",
+)
 # the source's class statistics the slots are read against (fixed at fit, like the centre)
 SLOT_SOURCE = ("_slot_source_mean", "_slot_source_y1", "_slot_source_y2")
 _READOUTS = ("product", "mixture")
@@ -157,10 +168,10 @@ def check_params(model: Any) -> None:
         raise InputError(f"rounds must be >= 1, got {model.rounds}")
     if not 0.0 <= model.decay < 1.0 or not 0.0 <= model.shift_decay < 1.0:
         raise InputError("decay and shift_decay must be in [0, 1)")
-    if model.shift_rank < 0 or model.shift_every < 1 or model.shift_novelty < 0:
+    if model.shift_rank < 0 or model.shift_every < 1 or model.shift_novelty < 0 or model.shift_ring < 0:
         raise InputError(
-            f"need shift_rank >= 0, shift_every >= 1 and shift_novelty >= 0, got "
-            f"{model.shift_rank}, {model.shift_every} and {model.shift_novelty}"
+            f"need shift_rank >= 0, shift_every >= 1, shift_novelty >= 0 and shift_ring >= 0, got "
+            f"{model.shift_rank}, {model.shift_every}, {model.shift_novelty} and {model.shift_ring}"
         )
     if model.temporal_lag < 2 or not 0.0 <= model.temporal_max < 1.0:
         raise InputError(
