@@ -200,7 +200,7 @@ class Ledger:
         device: str,
         seq: int,
         arrays: dict[str, np.ndarray],
-        check: Callable[[Stats], None] | None = None,
+        check: Callable[[Stats], None] = lambda change: None,
     ) -> tuple[str, Stats | None]:
         """Bookkeeping of one verified update: (outcome, change to add to the memory or None).
         ``check`` (the memory's ``check_statistics``) sees the change before the ledger takes
@@ -222,8 +222,7 @@ class Ledger:
                 return "own", None
             snap = unpack(arrays, self._zeros)
             change = {name: snap[name] - self.own[name] - self.pending[name] for name in snap}
-            if check is not None:
-                check(change)
+            check(change)
             self.own, self.seq, self.pending = snap, seq, self.zeros()
             return "adopted", change
         peer = self.peers.get(device)
@@ -234,8 +233,7 @@ class Ledger:
             if seq != last + 1:
                 return "gap", None
             delta = unpack(arrays, self._zeros)
-            if check is not None:
-                check(delta)
+            check(delta)
             if peer is None:
                 peer = self.peers[device] = Peer(0, self.zeros())
             _add(peer.contribution, delta)
@@ -246,8 +244,7 @@ class Ledger:
         snap = unpack(arrays, self._zeros)
         before = peer.contribution if peer is not None else self._zeros
         change = {name: snap[name] - before[name] for name in snap}
-        if check is not None:
-            check(change)
+        check(change)
         self.peers[device] = Peer(seq, snap)
         return "resynced", change
 

@@ -155,8 +155,11 @@ def shift_traces(
 
 
 @njit(cache=True, error_model="numpy")
-def _propagate(z: np.ndarray, net: Net, work: Work) -> None:
-    """The frame z through the fixed network into work.m (``memflow_net.propagate``)."""
+def _propagate(
+    z: np.ndarray, net: Net, a: np.ndarray, h: np.ndarray, o: np.ndarray, o_prev: np.ndarray, m: np.ndarray
+) -> None:
+    """The frame z through the fixed network into m, with a, h, o, o_prev as work buffers
+    (``memflow_net.propagate``)."""
     propagate(
         z,
         net.w_entry_hub,
@@ -170,11 +173,11 @@ def _propagate(z: np.ndarray, net: Net, work: Work) -> None:
         net.rec_w,
         net.rounds,
         net.spiking,
-        work.a,
-        work.h,
-        work.o,
-        work.o_prev,
-        work.m,
+        a,
+        h,
+        o,
+        o_prev,
+        m,
     )
 
 
@@ -256,7 +259,7 @@ def run_batch(
                 align.prior_weight(stage.prior, stage.fade, stage.gamma, after),
                 stage.mix,
             )
-        _propagate(z, net, work)
+        _propagate(z, net, work.a, work.h, work.o, work.o_prev, work.m)
         if stage.shift:
             shift_traces(work.m, stage.trace_mean, stage.trace_sum, weight, prior, aged, learn, w)
         _read_out(z, learn, w, stage, memory, head, temporal, work, out_r)
@@ -372,7 +375,7 @@ def _run_balanced(
         w = align.ring_novelty(work.y64, slots.ring, slots.count, slots.rho, stage.basis_var.sum())
         stage.frames[0] += 1
     align.apply(z, work.centre, work.factor, stage.basis, stage.mix, work.y, work.t)
-    _propagate(z, net, work)
+    _propagate(z, net, work.a, work.h, work.o, work.o_prev, work.m)
     if stage.shift:
         for i in range(work.m.shape[0]):
             slots.mraw[i] = work.m[i]
@@ -455,25 +458,7 @@ def traces(zs: np.ndarray, net: Net, out: np.ndarray) -> None:
     o = np.empty(n, np.float32)
     o_prev = np.empty(n, np.float32)
     for r in range(zs.shape[0]):
-        propagate(
-            zs[r],
-            net.w_entry_hub,
-            net.w_hub_hub,
-            net.order,
-            net.entry_width,
-            net.entry_src,
-            net.entry_w,
-            net.rec_width,
-            net.rec_src,
-            net.rec_w,
-            net.rounds,
-            net.spiking,
-            a,
-            h,
-            o,
-            o_prev,
-            out[r],
-        )
+        _propagate(zs[r], net, a, h, o, o_prev, out[r])
 
 
 __all__ = [
