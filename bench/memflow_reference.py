@@ -58,6 +58,16 @@ class TorchMemFlow:
         count, size = int(model._ring_count[0]), len(model._ring)
         oldest = count % size if count > size else 0  # the ring's rows from the oldest frame on
         self.ring = [f64(model._ring[(oldest + i) % size]) for i in range(min(count, size))]
+        self.slot_weight, self.slot_sums = f64(model._slot_weight), f64(model._slot_sums)
+        self.slot_trace_sums, self.slot_y1, self.slot_y2 = (
+            f64(a) for a in (model._slot_trace_sums, model._slot_y1, model._slot_y2)
+        )
+        self.slot_pi = f64(model._slot_pi)
+        self.slot_source_mean, self.slot_trace_source = f64(model._slot_source_mean), f64(model._slot_trace_source)
+        self.slot_source_y1, self.slot_source_y2 = f64(model._slot_source_y1), f64(model._slot_source_y2)
+        count, size = int(model._slot_count[0]), len(model._slot_ring)
+        oldest = count % size if count > size else 0
+        self.slot_ring = [f64(model._slot_ring[(oldest + i) % size]) for i in range(min(count, size))]
         self.head_scale, self.memory_weight = (float(v) for v in model._weights)
         self.class_prior = f64(model._class_prior)
         self.belief = f64(model._belief)
@@ -182,10 +192,13 @@ class TorchMemFlow:
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, learn: bool = True) -> torch.Tensor:
-        """One frame (d,): the same sequence as ``edge_runtime.kernels.memflow.run_batch``."""
+        """One frame (d,): the same sequence as ``edge_runtime.kernels.memflow.run_batch`` (or
+        ``run_batch_balanced`` for a model with the class-balanced slots)."""
         model = self.model
         z = x.to(torch.float64)
         z = z / torch.linalg.vector_norm(z)
+        if model.balanced:
+            return self._step_balanced(z, learn)
         # The frames before this one set the centres; this frame joins the sums after (as FeatureShift).
         weight = float(self.shift_weight)
         prior = self._prior(weight)
@@ -235,6 +248,15 @@ class TorchMemFlow:
                 m = (raw + self.trace_mean - target_mean).to(torch.float32)
             if learn:
                 self.trace_sum = model.shift_decay**w * self.trace_sum + w * raw[0]
+        p = self._read_out(c, m, factor, w, learn)
+        if learn and model.temporal:
+            p = self._temporal(p)
+        return p
+
+    def _read_out(self, c: torch.Tensor, m: torch.Tensor, factor: torch.Tensor, w: float, learn: bool) -> torch.Tensor:
+        """The memory's posterior times the source head's on the aligned frame c, then reinforcement
+        (weight w): ``edge_runtime.kernels.memflow._read_out``."""
+        model = self.model
         p = self.retrieve(m)[0]
         k_memory = k_prior = int(torch.argmax(p))
         if model.prior:
@@ -256,6 +278,81 @@ class TorchMemFlow:
                 self.target[1, k] = g * self.target[1, k] + e * m64
                 self.target[2, k] = g * self.target[2, k] + e * m64**2
                 self._refresh_class(k)
+        return p
+
+    def _slot_references(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What each slot is measured from, (K, d) and (K, N): the source mean, or each class's."""
+        if self.model.slot_reference == "source":
+            return (
+                (self.slot_pi @ self.slot_source_mean).expand_as(self.slot_source_mean),
+                (self.slot_pi @ self.slot_trace_source).expand_as(self.slot_trace_source),
+            )
+        return self.slot_source_mean, self.slot_trace_source
+
+    def _slot_offsets(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """sum_k pi_k (S_k - W_k r_k) / (P + W_k) for the input and the traces, and the gain
+        (``edge_runtime.kernels.align``, "class-balanced")."""
+        model = self.model
+        total = model.slot_prior + self.slot_weight
+        a = torch.where(self.slot_weight > 0, self.slot_pi / total, torch.zeros_like(total))
+        reference, trace_reference = self._slot_references()
+        offset = a @ (self.slot_sums - self.slot_weight[:, None] * reference)
+        trace_offset = a @ (self.slot_trace_sums - self.slot_weight[:, None] * trace_reference)
+        mass = float((self.slot_pi * self.slot_weight / total).sum())
+        return offset, trace_offset, 1.0 / max(mass, model.slot_floor)
+
+    def _mix_balanced(self) -> torch.Tensor:
+        """A - I from the slots' second moments (``align.refresh_mix_balanced``)."""
+        model = self.model
+        if float(self.slot_weight.sum()) <= 0.0 or not len(self.basis_var):
+            return torch.zeros_like(self.mix)
+        total = model.slot_cov_prior + self.slot_weight
+        gain = 1.0 / max(float((self.slot_pi * self.slot_weight / total).sum()), model.slot_floor)
+        a = gain * self.slot_pi / total
+        src = self.slot_weight[:, None]
+        mean = self.slot_pi @ self.slot_source_y1 + a @ (self.slot_y1 - src * self.slot_source_y1)
+        second = torch.einsum("k,kqs->qs", self.slot_pi, self.slot_source_y2) + torch.einsum(
+            "k,kqs->qs", a, self.slot_y2 - src[:, :, None] * self.slot_source_y2
+        )
+        cov = second - torch.outer(mean, mean)
+        values, vectors = torch.linalg.eigh(cov)
+        values = values.clamp(float(self.basis_var.min()) / 16, float(self.basis_var.max()) * 16)
+        a = torch.diag(self.basis_var.sqrt()) @ vectors @ torch.diag(values.rsqrt()) @ vectors.T
+        return a - torch.eye(len(a), dtype=a.dtype)
+
+    def _step_balanced(self, z: torch.Tensor, learn: bool) -> torch.Tensor:
+        """One normalised frame with the class-balanced slots: ``kernels.memflow._run_balanced``."""
+        model = self.model
+        offset, trace_offset, gain = self._slot_offsets()
+        centre = self.centre_source + (gain * offset if model.shift else 0.0)
+        learning = learn and model.shift
+        w = 1.0
+        if learning:
+            y = self.basis @ (z - self.centre_source)
+            if self.slot_ring and model.slot_novelty > 0 and float(self.basis_var.sum()) > 0:
+                gap = min(float(((y - row) ** 2).sum()) for row in self.slot_ring)
+                w = min(1.0, gap / (model.slot_novelty * float(self.basis_var.sum())))
+            self.slot_ring = (self.slot_ring + [y])[-max(model.slot_ring, 1) :]
+            self.frames += 1
+        c = z - centre
+        c = (c + self.basis.T @ (self.mix @ (self.basis @ c))) * self.scale
+        m = self.propagate(c[None])
+        raw = m[0].to(torch.float64)
+        if model.shift:
+            m = (raw - gain * trace_offset).to(torch.float32)[None]
+        p = self._read_out(c, m, self.scale, w, learn)
+        if learning:
+            k = int(torch.argmax(p))
+            e = w * float(p[k])
+            if float(p[k]) >= model.slot_gate and e > 0.0:
+                g = model.slot_decay**e
+                self.slot_sums[k] = g * self.slot_sums[k] + e * z
+                self.slot_trace_sums[k] = g * self.slot_trace_sums[k] + e * raw
+                self.slot_y1[k] = g * self.slot_y1[k] + e * y
+                self.slot_y2[k] = g * self.slot_y2[k] + e * torch.outer(y, y)
+                self.slot_weight[k] = g * self.slot_weight[k] + e
+            if self.frames % model.shift_every == 0:
+                self.mix = self._mix_balanced()
         if learn and model.temporal:
             p = self._temporal(p)
         return p

@@ -46,9 +46,11 @@ ADAPTERS["memflow-no-spike"] = _lazy("memflow", "MemFlow", spiking=False)
 ADAPTERS["memflow-static"] = _lazy("memflow", "MemFlow", reinforce=False)
 ADAPTERS["memflow-no-temporal"] = _lazy("memflow", "MemFlow", temporal=False)
 ADAPTERS["memflow-no-subspace"] = _lazy("memflow", "MemFlow", shift_rank=0)
-ADAPTERS["memflow-no-novelty"] = _lazy("memflow", "MemFlow", shift_novelty=0.0)
-# the class-balanced domain statistics (issue #23): safe under long stays, not yet the default
-ADAPTERS["memflow-balanced"] = _lazy("memflow", "MemFlow", balanced=True)
+ADAPTERS["memflow-no-novelty"] = _lazy("memflow", "MemFlow", shift_novelty=0.0, slot_novelty=0.0)
+# the domain statistics (issue #23) as they were: one global window (the default before the
+# class-balanced slots), and slots measured from their own class's mean, confident frames only
+ADAPTERS["memflow-global"] = _lazy("memflow", "MemFlow", balanced=False)
+ADAPTERS["memflow-class-mean"] = _lazy("memflow", "MemFlow", slot_reference="class", slot_gate=0.9)
 
 
 def make_adapter(name: str, **params: Any) -> Adapter:

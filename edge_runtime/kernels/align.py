@@ -171,6 +171,25 @@ def learn(
 
 
 @njit(cache=True, error_model="numpy")
+def recolour(cov: np.ndarray, basis_var: np.ndarray, mix: np.ndarray) -> None:
+    """mix = diag(sqrt(lambda)) cov^(-1/2) - I: whiten the target covariance ``cov`` (r, r) in the
+    source's principal directions and re-colour it to their source variances ``basis_var``; the
+    eigenvalues are clipped to the source's spread so that no direction is blown up or flattened."""
+    r = basis_var.shape[0]
+    values, vectors = np.linalg.eigh(cov)
+    low, high = basis_var.min() * _SPREAD_FLOOR, basis_var.max() / _SPREAD_FLOOR
+    for q in range(r):
+        values[q] = 1.0 / math.sqrt(min(max(values[q], low), high))
+    for q in range(r):
+        root = math.sqrt(basis_var[q])
+        for s in range(r):
+            acc = 0.0
+            for t in range(r):
+                acc += vectors[q, t] * values[t] * vectors[s, t]
+            mix[q, s] = root * acc - (1.0 if q == s else 0.0)
+
+
+@njit(cache=True, error_model="numpy")
 def refresh_mix(
     basis_var: np.ndarray, proj_sum: np.ndarray, proj_sq: np.ndarray, weight: float, prior: float, mix: np.ndarray
 ) -> None:
@@ -188,17 +207,7 @@ def refresh_mix(
         mq = proj_sum[q] / total
         for s in range(r):
             cov[q, s] = (proj_sq[q, s] + (prior * basis_var[q] if q == s else 0.0)) / total - mq * proj_sum[s] / total
-    values, vectors = np.linalg.eigh(cov)
-    low, high = basis_var.min() * _SPREAD_FLOOR, basis_var.max() / _SPREAD_FLOOR
-    for q in range(r):
-        values[q] = 1.0 / math.sqrt(min(max(values[q], low), high))
-    for q in range(r):
-        root = math.sqrt(basis_var[q])
-        for s in range(r):
-            acc = 0.0
-            for t in range(r):
-                acc += vectors[q, t] * values[t] * vectors[s, t]
-            mix[q, s] = root * acc - (1.0 if q == s else 0.0)
+    recolour(cov, basis_var, mix)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -244,6 +253,12 @@ def apply(
 # confidence). A slot ages only when its class is seen, so one class in view for 10,000 frames
 # refines its own slot and moves the combined statistics by at most pi_k times how far its slot
 # can go: nothing else moves. The offsets are kept up to date incrementally (O(d + N) a frame).
+# Measured from the source mean (``slot_reference`` "source", the default), a slot's term is
+# pi_k (S1_k - W_k mu^s) / (P + W_k): a frame counts as what it is, wherever the current alignment
+# puts it; measured from its class's source mean mu^s_k ("class"), a frame the alignment reads as
+# class k adds only what it differs from that class, which confirms the alignment that labelled
+# it. The price of "source": a stay of source-like images of class k moves the combined centre by
+# up to pi_k |mu^s_k - mu^s| (its share of the class's distance from the mean), never more.
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -279,15 +294,16 @@ def learn_slot(
     prior: float,
     pi: float,
     x: np.ndarray,
-    source_mean: np.ndarray,
+    mean: np.ndarray,
     sums: np.ndarray,
     weight: np.ndarray,
     offset: np.ndarray,
 ) -> None:
     """Fold x (n,) of evidence e into slot k (sums (K, n), weight (K,), EMA factor gamma) and
-    keep ``offset`` (n,) = sum_k pi_k (sums_k - weight_k source_mean_k) / (prior + weight_k) up to
-    date: slot k's term is taken out and put back. ``weight`` is the caller's to update (it is
-    shared by every statistic of the slot): here w_old = weight[k], w_new = gamma w_old + e."""
+    keep ``offset`` (n,) = sum_k pi_k (sums_k - weight_k mean_k) / (prior + weight_k) up to
+    date, ``mean`` (n,) being what slot k is measured from: slot k's term is taken out and put
+    back. ``weight`` is the caller's to update (it is shared by every statistic of the slot):
+    here w_old = weight[k], w_new = gamma w_old + e."""
     w_old = weight[k]
     w_new = gamma * w_old + e
     a_old = pi / (prior + w_old) if prior + w_old > 0.0 else 0.0
@@ -295,8 +311,7 @@ def learn_slot(
     for j in range(x.shape[0]):
         s_old = sums[k, j]
         s_new = gamma * s_old + e * float(x[j])
-        mean = source_mean[k, j]
-        offset[j] += a_new * (s_new - w_new * mean) - a_old * (s_old - w_old * mean)
+        offset[j] += a_new * (s_new - w_new * mean[j]) - a_old * (s_old - w_old * mean[j])
         sums[k, j] = s_new
 
 
@@ -376,14 +391,4 @@ def refresh_mix_balanced(
     for q in range(r):
         for s in range(r):
             cov[q, s] = second[q, s] - mean[q] * mean[s]
-    values, vectors = np.linalg.eigh(cov)
-    low, high = basis_var.min() * _SPREAD_FLOOR, basis_var.max() / _SPREAD_FLOOR
-    for q in range(r):
-        values[q] = 1.0 / math.sqrt(min(max(values[q], low), high))
-    for q in range(r):
-        root = math.sqrt(basis_var[q])
-        for s in range(r):
-            acc = 0.0
-            for t in range(r):
-                acc += vectors[q, t] * values[t] * vectors[s, t]
-            mix[q, s] = root * acc - (1.0 if q == s else 0.0)
+    recolour(cov, basis_var, mix)

@@ -393,8 +393,10 @@ def _run_balanced(
             if p < slots.gate or e <= 0.0:
                 continue
             g = slots.gamma**e
+            mean = slots.centre if slots.from_source else slots.source_mean[k]
+            trace_mean = slots.trace_centre if slots.from_source else slots.trace_source[k]
             align.learn_slot(
-                k, e, g, slots.prior, slots.pi[k], slots.zraw, slots.source_mean, slots.sums, slots.weight, slots.offset
+                k, e, g, slots.prior, slots.pi[k], slots.zraw, mean, slots.sums, slots.weight, slots.offset
             )
             align.learn_slot(
                 k,
@@ -403,7 +405,7 @@ def _run_balanced(
                 slots.prior,
                 slots.pi[k],
                 slots.mraw,
-                slots.trace_source,
+                trace_mean,
                 slots.trace_sums,
                 slots.weight,
                 slots.trace_offset,

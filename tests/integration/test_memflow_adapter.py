@@ -174,7 +174,7 @@ def test_with_featureshifts_stage_and_no_memory_it_is_the_shift_baseline(photo, 
     # does is measured against that baseline.
     x, y, k = photo
     shift = make_adapter("shift", inner_params={"l2": 1e-3}).fit(x, y, k)
-    stages = dict(shift_decay=0.95, shift_fade=True, shift_rank=0, shift_novelty=0.0, temporal=False)
+    stages = dict(balanced=False, shift_decay=0.95, shift_fade=True, shift_rank=0, shift_novelty=0.0, temporal=False)
     model = MemFlow(**stages, memory_weight=0.0, prior_l2=1e-3).fit(x, y, k)
     want = np.concatenate([shift.adapt(row[None]) for row in clipart])
     got = model.adapt(clipart)
@@ -240,7 +240,7 @@ def test_spread_stage_gives_the_memory_input_its_source_spread(photo) -> None:
     order = np.random.default_rng(0).permutation(len(x))
     factors = {}
     for name, stream, spread in (("narrow", narrow, True), ("same", unit, True), ("off", narrow, False)):
-        model = MemFlow(**SMALL, shift_spread=spread).fit(x, y, k)
+        model = MemFlow(**SMALL, balanced=False, shift_spread=spread).fit(x, y, k)
         model.adapt(stream[order])
         factors[name] = float(np.median(model.input_stage().factor))
     assert lost > 1.25

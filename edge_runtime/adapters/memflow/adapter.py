@@ -33,13 +33,16 @@ from edge_runtime.adapters.memflow.statistics import (
     STREAM,
     SUMS,
     add_statistics,
+    allocate_slots,
     c_export,
     check_params,
     check_statistics,
     domain_statistics,
+    fit_slots,
     load_arrays,
     merge,
     refresh_slots,
+    slot_offset,
     taught_statistics,
 )
 from edge_runtime.errors import InputError
@@ -90,10 +93,13 @@ class MemFlow(Adapter):
 
     How each default was chosen (never on a reported bench task): ``docs/memflow.md``.
 
-    balanced, slot_prior, slot_decay, slot_gate, slot_novelty, slot_ring, slot_soft, slot_floor, slot_cov_prior
-        The class-balanced domain statistics (a slot per pseudo-class, fixed class weights): on/off,
-        and the slots' prior, ageing, evidence gate, novelty guard, confidence spreading, weight floor
-        and second-moment prior; how each was chosen: ``docs/memflow.md``.
+    balanced, slot_prior, slot_decay, slot_gate, slot_novelty, slot_ring, slot_soft, slot_floor, slot_cov_prior,
+    slot_reference
+        The class-balanced domain statistics (a slot per pseudo-class, fixed class weights): on/off
+        (off: one global running window, ``shift_*``), and the slots' prior, ageing, evidence gate,
+        novelty guard, confidence spreading, weight floor, second-moment prior and what a slot's
+        frames are measured from ("source": the source mean; "class": the class's source mean);
+        how each was chosen: ``docs/memflow.md``.
 
     Example
     -------
@@ -120,6 +126,7 @@ class MemFlow(Adapter):
         "shift_ring": 0,
         "temporal": False,
         "balanced": False,
+        "slot_reference": "class",
     }
 
     def __init__(
@@ -158,15 +165,16 @@ class MemFlow(Adapter):
         temporal: bool = True,
         temporal_lag: int = 16,
         temporal_max: float = 0.95,
-        balanced: bool = False,
+        balanced: bool = True,
         slot_prior: float = 1.0,
         slot_decay: float = 0.98,
-        slot_gate: float = 0.9,
+        slot_gate: float = 0.5,
         slot_novelty: float = 0.25,
         slot_ring: int = 32,
         slot_soft: bool = False,
         slot_floor: float = 1.0,
         slot_cov_prior: float = 10.0,
+        slot_reference: str = "source",
     ) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
@@ -211,6 +219,7 @@ class MemFlow(Adapter):
         self.slot_soft = slot_soft
         self.slot_floor = slot_floor
         self.slot_cov_prior = slot_cov_prior
+        self.slot_reference = slot_reference
 
     # -- construction ----------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -241,23 +250,7 @@ class MemFlow(Adapter):
         self._input_stats = np.zeros((3, dim))
         self._basis_stats = np.zeros((3, rank))
         self._trace_sum = np.zeros(self.n_neurons)
-        # class-balanced domain statistics: a slot per class (see ``K.Slots``)
-        self._slot_weight = np.zeros(n_classes)
-        self._slot_sums = np.zeros((n_classes, dim))
-        self._slot_trace_sums = np.zeros((n_classes, n))
-        self._slot_y1 = np.zeros((n_classes, rank))
-        self._slot_y2 = np.zeros((n_classes, rank, rank))
-        self._slot_source_mean = np.zeros((n_classes, dim))
-        self._slot_source_y1 = np.zeros((n_classes, rank))
-        self._slot_source_y2 = np.zeros((n_classes, rank, rank))
-        self._slot_ring = np.zeros((max(int(self.slot_ring), 1), rank))
-        self._slot_count = np.zeros(1, np.int64)
-        self._slot_offset = np.zeros(dim)
-        self._slot_trace_offset = np.zeros(n)
-        self._slot_trace_source = np.zeros((n_classes, n))
-        self._slot_pi = np.full(n_classes, 1.0 / n_classes)
-        self._slot_zraw = np.zeros(dim, np.float32)
-        self._slot_mraw = np.zeros(n, np.float32)
+        allocate_slots(self, dim, n_classes, n, rank)
         self._tau = np.ones(1)
         self._weights = np.ones(2)  # the head's scale and the memory's weight in the product
         # NLL of each (scale, weight) on the grid: per held-out source row, and summed over taught frames
@@ -396,14 +389,7 @@ class MemFlow(Adapter):
             self._basis_stats[0] = len(x)
             self._basis_stats[1] = proj.sum(axis=0)
             self._basis_stats[2] = (proj * proj).sum(axis=0)
-        for c in range(k):
-            rows = y == c
-            if rows.any():
-                self._slot_source_mean[c] = x64[rows].mean(axis=0)
-                if rank:
-                    p = proj[rows]
-                    self._slot_source_y1[c] = p.mean(axis=0)
-                    self._slot_source_y2[c] = p.T @ p / len(p)
+        fit_slots(self, x64, proj if rank else None, y)
         m = self._traces(centred.astype(np.float32) * self._scale)
         if self.prior:
             self._prior_w, self._prior_b, l2 = source_head(x, y, k, self.prior_l2)
@@ -470,8 +456,7 @@ class MemFlow(Adapter):
         self._check_fitted()
         centre, factor = np.empty(self._dim, np.float32), np.empty(self._dim, np.float32)
         if self.balanced:
-            gain = align.slot_gain(self._slot_weight, float(self.slot_prior), self._slot_pi, float(self.slot_floor))
-            centre[:] = self._centre_source + (gain * self._slot_offset if self.shift else 0.0)
+            centre[:] = self._centre_source + (slot_offset(self) if self.shift else 0.0)
             factor[:] = self._scale
             return InputStage(centre, factor, self._basis.copy(), self._mix.copy())
         align.stage(

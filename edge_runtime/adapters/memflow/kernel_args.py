@@ -106,5 +106,8 @@ def kernel_args(model: Any) -> tuple:
         model._slot_count,
         model._slot_zraw,
         model._slot_mraw,
+        model.slot_reference == "source",
+        model._slot_centre,
+        model._slot_trace_centre,
     )
     return stage, model._net(), memory, head, temporal, model._work, slots

@@ -47,6 +47,7 @@ STREAM = (
 SLOT_SOURCE = ("_slot_source_mean", "_slot_source_y1", "_slot_source_y2")
 _READOUTS = ("product", "mixture")
 _VARIANCES = ("pooled", "class")
+_REFERENCES = ("source", "class")  # what a slot's frames are measured from
 
 
 def merge(model: Any, other: Any) -> Any:
@@ -173,31 +174,73 @@ def check_params(model: Any) -> None:
             f"need shift_rank >= 0, shift_every >= 1, shift_novelty >= 0 and shift_ring >= 0, got "
             f"{model.shift_rank}, {model.shift_every}, {model.shift_novelty} and {model.shift_ring}"
         )
+    if model.slot_reference not in _REFERENCES:
+        raise InputError(f"slot_reference must be one of {_REFERENCES}, got {model.slot_reference!r}")
     if model.temporal_lag < 2 or not 0.0 <= model.temporal_max < 1.0:
         raise InputError(
             f"need temporal_lag >= 2 and temporal_max in [0, 1), got {model.temporal_lag} and " f"{model.temporal_max}"
         )
 
 
+def allocate_slots(model: Any, dim: int, n_classes: int, n: int, rank: int) -> None:
+    """The class-balanced domain statistics' arrays (see ``K.Slots``), zero: a slot per class."""
+    model._slot_weight = np.zeros(n_classes)
+    model._slot_sums = np.zeros((n_classes, dim))
+    model._slot_trace_sums = np.zeros((n_classes, n))
+    model._slot_y1 = np.zeros((n_classes, rank))
+    model._slot_y2 = np.zeros((n_classes, rank, rank))
+    model._slot_source_mean = np.zeros((n_classes, dim))
+    model._slot_source_y1 = np.zeros((n_classes, rank))
+    model._slot_source_y2 = np.zeros((n_classes, rank, rank))
+    model._slot_ring = np.zeros((max(int(model.slot_ring), 1), rank))
+    model._slot_count = np.zeros(1, np.int64)
+    model._slot_offset = np.zeros(dim)
+    model._slot_trace_offset = np.zeros(n)
+    model._slot_trace_source = np.zeros((n_classes, n))
+    model._slot_pi = np.full(n_classes, 1.0 / n_classes)
+    # the source mean (input, traces): what the slots are measured from with ``slot_reference`` "source"
+    model._slot_centre = np.zeros(dim)
+    model._slot_trace_centre = np.zeros(n)
+    model._slot_zraw = np.zeros(dim, np.float32)
+    model._slot_mraw = np.zeros(n, np.float32)
+
+
+def fit_slots(model: Any, x: np.ndarray, proj: np.ndarray | None, y: np.ndarray) -> None:
+    """The source's class statistics the slots are read against: each class's mean of the
+    normalised features x (n, d) and, given the projections proj (n, r), their first and
+    second moments."""
+    for c in range(model._n_classes):
+        rows = y == c
+        if rows.any():
+            model._slot_source_mean[c] = x[rows].mean(axis=0)
+            if proj is not None:
+                p = proj[rows]
+                model._slot_source_y1[c] = p.mean(axis=0)
+                model._slot_source_y2[c] = p.T @ p / len(p)
+
+
+def slot_offset(model: Any) -> np.ndarray:
+    """The slots' combined input offset as it stands (``K.Slots``), gain included."""
+    gain = align.slot_gain(model._slot_weight, float(model.slot_prior), model._slot_pi, float(model.slot_floor))
+    return gain * model._slot_offset
+
+
 def refresh_slots(model: Any) -> None:
-    """The slots' fixed weights (the source class frequencies), the source class mean traces
-    and both combined offsets, from scratch (after fit, teach, merge or load)."""
+    """The slots' fixed weights (the source class frequencies), the source class mean traces,
+    the source means and both combined offsets, from scratch (after fit, teach, merge or load)."""
     counts = model._source[0, :, 0] if model.n_neurons else np.ones(model._n_classes)
     model._slot_pi[:] = counts / counts.sum() if counts.sum() > 0 else 1.0 / model._n_classes
     with np.errstate(divide="ignore", invalid="ignore"):
         model._slot_trace_source[:] = np.where(model._source[0] > 0, model._source[1] / model._source[0], 0.0)
+    model._slot_centre[:] = model._slot_pi @ model._slot_source_mean
+    model._slot_trace_centre[:] = model._slot_pi @ model._slot_trace_source
     prior = float(model.slot_prior)
-    align.balanced_offset(
-        model._slot_sums, model._slot_weight, model._slot_source_mean, prior, model._slot_pi, model._slot_offset
-    )
-    align.balanced_offset(
-        model._slot_trace_sums,
-        model._slot_weight,
-        model._slot_trace_source,
-        prior,
-        model._slot_pi,
-        model._slot_trace_offset,
-    )
+    for sums, means, centre, offset in (
+        (model._slot_sums, model._slot_source_mean, model._slot_centre, model._slot_offset),
+        (model._slot_trace_sums, model._slot_trace_source, model._slot_trace_centre, model._slot_trace_offset),
+    ):
+        reference = np.broadcast_to(centre, means.shape) if model.slot_reference == "source" else means
+        align.balanced_offset(sums, model._slot_weight, np.ascontiguousarray(reference), prior, model._slot_pi, offset)
 
 
 def domain_statistics(model: Any) -> dict[str, tuple[np.ndarray, float]]:
