@@ -291,6 +291,7 @@ MEMFLOW_PARAMS = frozenset(
         "slot_soft",
         "slot_floor",
         "slot_cov_prior",
+        "slot_reference",
     }
 )
 
