@@ -192,3 +192,26 @@ def test_temporal_filter_matches_numpy_and_stands_aside_on_a_shuffled_stream(rng
         assert s < 0.05 and accuracy(got) == accuracy(posteriors)
     else:  # an object held for 20 frames (stay probability 0.95): smoothed
         assert s > 0.8 and accuracy(got) > accuracy(posteriors) + 0.08
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_the_compiled_kernel_called_directly_does_what_the_dispatcher_does(rng, balanced) -> None:
+    # ``adapt`` calls the compiled kernel without numba's per-call type resolution once it knows
+    # it; a read-only frame always goes through the dispatcher. Both must leave the same state.
+    from edge_runtime.adapters.memflow import MemFlow
+
+    means = rng.normal(size=(3, 64)).astype(np.float32)
+    y = np.arange(90) % 3
+    x = (means[y] + 0.5 * rng.normal(size=(90, 64))).astype(np.float32)
+    stream = (means[rng.integers(0, 3, 60)] + 0.5 * rng.normal(size=(60, 64)) + 0.3).astype(np.float32)
+    direct, dispatched = (MemFlow(n_hub=8, n_bridge=32, in_degree=4, balanced=balanced).fit(x, y) for _ in "ab")
+    got, want = [], []
+    for row in stream:
+        got.append(direct.adapt(row[None].copy()))
+        frozen = row[None].copy()
+        frozen.flags.writeable = False
+        want.append(dispatched.adapt(frozen))
+    assert direct._entry is not None and dispatched._entry is None
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+    for name, value in direct._arrays().items():
+        np.testing.assert_array_equal(value, dispatched._arrays()[name], err_msg=name)

@@ -27,7 +27,7 @@ from edge_runtime.adapters.memflow.calibration import (
     recalibrate,
     source_head,
 )
-from edge_runtime.adapters.memflow.kernel_args import kernel_args
+from edge_runtime.adapters.memflow.kernel_args import compiled_entry, kernel_args
 from edge_runtime.adapters.memflow.statistics import (
     SLOT_SOURCE,
     STREAM,
@@ -501,8 +501,17 @@ class MemFlow(Adapter):
             )
         if self._state_args is None:
             self._state_args = self._kernel_args()  # type: ignore[assignment]
-        kernel = K.run_batch_balanced if self.balanced else K.run_batch
-        bad = kernel(x, learn, *self._state_args, out)  # type: ignore[call-arg, misc]
+            self._entry = None
+        args = (x, learn, *self._state_args, out)  # type: ignore[misc]
+        # the compiled kernel is called directly once known, for arrays of the types it was compiled for
+        fast = x.flags.writeable and x.flags.aligned and out.flags.writeable and out.flags.c_contiguous
+        if fast and self._entry is not None:
+            bad = self._entry(*args)
+        else:
+            kernel = K.run_batch_balanced if self.balanced else K.run_batch
+            bad = kernel(*args)
+            if fast:
+                self._entry = compiled_entry(kernel, args)
         if bad >= 0:
             what = "is all zero" if np.isfinite(x[bad]).all() else "holds NaN or inf"
             done = " (rows before it were processed)" if bad else ""
