@@ -29,16 +29,17 @@
 
 Mounts (/proc, /dev, a two-file /sys for cpuinfo, the wheels, the work folder) are undone on any exit (finally, and SIGTERM/
 SIGHUP/SIGINT turned into SystemExit). Timings under emulation say nothing about a board.
+
+Phases 1-4 are ``arm_root.py``, phase 8 is ``comparison.py``; ``common.py`` holds the paths and
+helpers all of them use. This file runs 5-7 and writes the record.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -50,310 +51,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
-
-REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / ".cache" / "arm64"
-ROOT = CACHE / "root"
-WHEELS = CACHE / "wheels"
-PROJECT = CACHE / "project"
-WORK = CACHE / "work"
-MODELS = REPO / "models" / "efficientnet-lite0"
-BACKBONES = ("int8.tflite", "int8.onnx")
-FRAMES = "frames.mkv"
-IN_ROOT = "/arm"  # WORK, seen from inside the root
-VENV = "/opt/edgert"  # the device venv inside the root
-SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
-DEBOOTSTRAP_INCLUDE = "python3,python3-venv,python3-pip,ca-certificates"
-GLIBC_MAX = 36  # bookworm
-FORBIDDEN = ("torch", "litert_torch", "matplotlib", "sklearn")
-AGREEMENT_TARGET = 0.99
-PROBE_FRAMES, PROBE_STRIDE = 32, 20  # frames 0, 20, ..., 620: both domains of the video
-AGREEMENT_FLOOR = 0.97  # below this a run fails; the issue's 99% is reported as met or not
-# The emulated CPU model. qemu's default, `max`, offers every feature it knows (SVE2, SME, i8mm,
-# ...), and on it LiteRT's XNNPACK computes wrong features (top-1 the same class on every frame,
-# relative L2 ~1.07 from x86: see `qemu_max_check` in the JSON); on cortex-a72 (Raspberry Pi 4: NEON,
-# no dotprod) and cortex-a76 (Raspberry Pi 5: NEON + dotprod) XNNPACK's features are those of x86.
-# Real boards are these CPUs, so the runs pin them.
-QEMU_CPU = "cortex-a72"
-ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
-
-phases: dict[str, float] = {}
-cpu: dict[str, float] = {}  # CPU seconds (user + system) of the phase's own and children's processes
-mounts: list[Path] = []
-children: list[subprocess.Popen] = []
-
-
-def log(text: str) -> None:
-    print(f"check-arm-run: {text}", flush=True)
-
-
-@contextlib.contextmanager
-def phase(name: str):
-    log(f"{name} ...")
-    start, start_cpu = time.monotonic(), cpu_seconds()
-    try:
-        yield
-    finally:
-        phases[name] = round(time.monotonic() - start, 1)
-        cpu[name] = round(cpu_seconds() - start_cpu, 1)
-        log(f"{name}: {phases[name]:.1f} s (CPU {cpu[name]:.1f} s)")
-
-
-def cpu_seconds() -> float:
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def sh(*command: str | Path, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(c) for c in command], text=True, capture_output=True, **kw)
-    if check and done.returncode != 0:
-        raise SystemExit(
-            f"check-arm-run: {' '.join(map(str, command))[:300]} failed ({done.returncode}):\n"
-            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-    return done
-
-
-def in_root(*command: str, qemu_cpu: str | None = None) -> list[str]:
-    """``command`` in the root, on the emulated CPU ``qemu_cpu`` (default: QEMU_CPU, see there)."""
-    env = [f"{k}={v}" for k, v in ENV.items()] + [f"QEMU_CPU={qemu_cpu or QEMU_CPU}"]
-    return ["chroot", str(ROOT), "/usr/bin/env", "-i", *env, *command]
-
-
-# -- 1. host tools -----------------------------------------------------------------------------------------
-def host_tools() -> dict[str, Any]:
-    if os.geteuid() != 0:
-        raise SystemExit("check-arm-run: needs root (apt, binfmt_misc, mount, chroot)")
-    need = {"qemu-user-static": "qemu-aarch64-static", "binfmt-support": "update-binfmts", "debootstrap": "debootstrap"}
-    missing = [p for p, tool in need.items() if shutil.which(tool) is None]
-    if missing:
-        log(f"installing Debian packages: {' '.join(missing)}")
-        sh("apt-get", "update", "-qq")
-        sh(
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            *missing,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    binfmt = Path("/proc/sys/fs/binfmt_misc")
-    if not (binfmt / "register").exists():
-        sh("mount", "-t", "binfmt_misc", "binfmt_misc", binfmt)
-    entry = binfmt / "qemu-aarch64"
-    if not entry.exists() or not entry.read_text().startswith("enabled"):
-        sh("update-binfmts", "--enable", "qemu-aarch64", check=False)
-    text = entry.read_text() if entry.exists() else ""
-    flags = re.search(r"^flags: (\S*)", text, re.M)
-    if not text.startswith("enabled") or flags is None or "F" not in flags.group(1):
-        raise SystemExit(f"check-arm-run: qemu-aarch64 is not registered with binfmt_misc (flag F):\n{text}")
-    qemu = sh("qemu-aarch64-static", "--version").stdout.splitlines()[0]
-    return {
-        "qemu": qemu,
-        "binfmt_flags": flags.group(1),
-        "debootstrap": sh("dpkg-query", "-W", "-f=${Version}", "debootstrap").stdout,
-    }
-
-
-# -- 2. root -----------------------------------------------------------------------------------------------
-def mounted_under(path: Path) -> list[Path]:
-    prefix = str(path.resolve())
-    points = [
-        Path(line.split()[1].replace("\\040", " ")) for line in Path("/proc/self/mounts").read_text().splitlines()
-    ]
-    return [p for p in points if str(p) == prefix or str(p).startswith(prefix + "/")]
-
-
-def unmount_all() -> None:
-    for point in reversed(mounts):
-        if sh("umount", point, check=False).returncode != 0:
-            sh("umount", "-l", point, check=False)
-    mounts.clear()
-    for point in sorted(mounted_under(ROOT), key=lambda p: len(str(p)), reverse=True):  # a killed run's leftovers
-        if sh("umount", point, check=False).returncode != 0:
-            sh("umount", "-l", point, check=False)
-
-
-def read_marker(marker: Path) -> dict[str, Any]:
-    try:
-        return json.loads(marker.read_text())
-    except ValueError:
-        return {}
-
-
-def build_root() -> dict[str, Any]:
-    """The cached root's record (how long it took to build), building it first when absent."""
-    marker = ROOT / ".edgert-root-complete"
-    if marker.exists():
-        return {"reused": True, "built": read_marker(marker)}
-    start, start_cpu = time.monotonic(), cpu_seconds()
-    unmount_all()
-    if mounted_under(ROOT):
-        raise SystemExit(f"check-arm-run: still mounted under {ROOT}: {mounted_under(ROOT)}; not removing it")
-    if ROOT.exists():
-        sh("rm", "-rf", "--one-file-system", ROOT)
-    ROOT.parent.mkdir(parents=True, exist_ok=True)
-    sh("debootstrap", "--arch=arm64", "--variant=minbase", f"--include={DEBOOTSTRAP_INCLUDE}", SUITE, ROOT, MIRROR)
-    built = {
-        "seconds": round(time.monotonic() - start, 1),
-        "cpu_s": round(cpu_seconds() - start_cpu, 1),
-        "at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "include": DEBOOTSTRAP_INCLUDE,
-    }
-    marker.write_text(json.dumps(built) + "\n")
-    return {"reused": False, "built": built}
-
-
-def bind(source: Path, target: Path, read_only: bool = False) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    sh("mount", "--bind", source, target)
-    mounts.append(target)
-    if read_only:
-        sh("mount", "-o", "remount,bind,ro", target)
-
-
-def fake_sysfs() -> None:
-    """A tmpfs /sys holding only the CPU lists cpuinfo (pytorch/cpuinfo) needs to initialise.
-
-    Without any /sys, cpuinfo fails ("failed to parse both lists of possible and present
-    processors"): LiteRT then does not create its XNNPACK delegate and silently runs its built-in
-    kernels, and ONNX Runtime warns that CPU features are undetected, so the root would not run
-    what a board runs. The host's own /sys crashes cpuinfo's Arm code (x86 topology); these two
-    files are enough, and the ISA features then come from AT_HWCAP, as on a board.
-    """
-    target = ROOT / "sys"
-    target.mkdir(exist_ok=True)
-    sh("mount", "-t", "tmpfs", "-o", "size=1m", "edgert-sys", target)
-    mounts.append(target)
-    cpus = target / "devices" / "system" / "cpu"
-    cpus.mkdir(parents=True)
-    for name in ("possible", "present", "online"):
-        (cpus / name).write_text(f"0-{(os.cpu_count() or 1) - 1}\n")
-
-
-def mount_all() -> None:
-    unmount_all()
-    WORK.mkdir(parents=True, exist_ok=True)
-    bind(Path("/proc"), ROOT / "proc")
-    bind(Path("/dev"), ROOT / "dev")
-    fake_sysfs()
-    bind(WHEELS, ROOT / "mnt" / "wheels", read_only=True)
-    bind(PROJECT, ROOT / "mnt" / "project", read_only=True)
-    bind(WORK, ROOT / IN_ROOT.lstrip("/"))
-
-
-# -- 3. wheels ---------------------------------------------------------------------------------------------
-def requirements() -> list[str]:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-
-
-WHEEL = re.compile(
-    r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<platform>.+)\.whl$"
+from arm_root import build_root, download_wheels, host_tools, install, mount_all, unmount_all
+from common import (
+    AGREEMENT_FLOOR,
+    BACKBONES,
+    DEBOOTSTRAP_INCLUDE,
+    FRAMES,
+    IN_ROOT,
+    MODELS,
+    PROBE_FRAMES,
+    PROBE_STRIDE,
+    QEMU_CPU,
+    REPO,
+    ROOT,
+    SUITE,
+    VENV,
+    WORK,
+    children,
+    cpu,
+    cpu_seconds,
+    in_root,
+    log,
+    phase,
+    phases,
+    sh,
 )
-
-
-def download_wheels() -> list[dict[str, str]]:
-    WHEELS.mkdir(parents=True, exist_ok=True)
-    platforms = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in range(17, GLIBC_MAX + 1)]
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        "3.11",
-        "--abi",
-        "cp311",
-        "-d",
-        str(WHEELS),
-    ]
-    for p in platforms:
-        command += ["--platform", p]
-    sh(*command, *requirements())
-    shutil.rmtree(PROJECT, ignore_errors=True)
-    sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", PROJECT, REPO)
-    shutil.rmtree(REPO / "build", ignore_errors=True)
-    rows = []
-    for wheel in sorted(WHEELS.glob("*.whl")):
-        m = WHEEL.match(wheel.name)
-        rows.append({"package": m["name"], "version": m["version"], "tag": f"{m['py']}-{m['abi']}-{m['platform']}"})
-    return rows
-
-
-# -- 4. install --------------------------------------------------------------------------------------------
-def install(wheels: list[dict[str, str]]) -> dict[str, Any]:
-    key = hashlib.sha256("\n".join(sorted(p.name for p in WHEELS.glob("*.whl"))).encode()).hexdigest()[:16]
-    marker = ROOT / VENV.lstrip("/") / f".deps-{key}"
-    reused = marker.exists()
-    start, start_cpu = time.monotonic(), cpu_seconds()
-    if not reused:
-        shutil.rmtree(ROOT / VENV.lstrip("/"), ignore_errors=True)
-        sh(*in_root("/usr/bin/python3", "-m", "venv", VENV))
-        sh(
-            *in_root(
-                f"{VENV}/bin/python",
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-index",
-                "--find-links",
-                "/mnt/wheels",
-                *requirements(),
-            )
-        )
-        marker.write_text(
-            json.dumps(
-                {
-                    "seconds": round(time.monotonic() - start, 1),
-                    "cpu_s": round(cpu_seconds() - start_cpu, 1),
-                    "at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "wheels": [f"{w['package']}=={w['version']}" for w in wheels],
-                }
-            )
-            + "\n"
-        )
-    project = next(PROJECT.glob("*.whl"))
-    sh(
-        *in_root(
-            f"{VENV}/bin/python",
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-index",
-            "--no-deps",
-            "--force-reinstall",
-            f"/mnt/project/{project.name}",
-        )
-    )
-    helped = sh(*in_root(f"{VENV}/bin/edgert", "--help"))
-    installed = sh(*in_root(f"{VENV}/bin/python", "-m", "pip", "list", "--format=freeze")).stdout.split()
-    torch_present = sh(
-        *in_root(
-            f"{VENV}/bin/python",
-            "-c",
-            "import importlib.util as u; "
-            "print(','.join(n for n in ('torch', 'litert_torch', 'matplotlib', 'sklearn') "
-            "if u.find_spec(n)))",
-        )
-    ).stdout.strip()
-    return {
-        "deps_reused": reused,
-        "deps_installed": read_marker(marker),
-        "project_wheel": project.name,
-        "installed": installed,
-        "edgert_help": helped.stdout.splitlines()[0],
-        "host_packages_installed": torch_present or None,
-    }
+from comparison import compare, feature_difference, isa, write_markdown
 
 
 # -- 5. inputs ---------------------------------------------------------------------------------------------
@@ -666,173 +389,6 @@ def bridge(truth: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
         "blocked_import_attempts": imports["blocked_attempts"],
         "forbidden_loaded": imports["forbidden_loaded"],
     }
-
-
-# -- 8. compare --------------------------------------------------------------------------------------------
-def predictions(tag: str) -> dict[int, dict[str, Any]]:
-    return {r["frame"]: r for r in map(json.loads, (WORK / "out" / f"{tag}.jsonl").read_text().splitlines())}
-
-
-def newest_checkpoint(tag: str) -> dict[str, np.ndarray]:
-    return state_arrays(sorted((WORK / "out" / f"{tag}-state").glob("checkpoint-*.npz"))[-1])
-
-
-def state_difference(
-    a: dict[str, np.ndarray], b: dict[str, np.ndarray], memory: dict[str, np.ndarray]
-) -> dict[str, Any]:
-    """x86 state ``a`` against arm64 state ``b``. Arrays the x86 run left as the source memory had
-    them are frozen and must be bit-identical on arm64 too; for the adapted float arrays the
-    relative difference ||a - b|| / ||a||; integer arrays (counts) must be equal."""
-    adapted, frozen, unequal = {}, [], []
-    for name in sorted(a):
-        x, y = a[name], b[name]
-        if x.shape != y.shape:
-            unequal.append(f"{name}: shape {x.shape} vs {y.shape}")
-        elif name in memory and np.array_equal(memory[name], x):
-            frozen.append(name)
-            if not np.array_equal(x, y):
-                unequal.append(f"{name}: frozen (as in the source memory) on x86, changed on arm64")
-        elif not np.issubdtype(x.dtype, np.floating):
-            if not np.array_equal(x, y):
-                unequal.append(f"{name}: {int((x != y).sum())} of {x.size} values differ")
-        else:
-            x64, y64 = x.astype(np.float64), y.astype(np.float64)
-            norm, diff = float(np.linalg.norm(x64)), float(np.linalg.norm(x64 - y64))
-            adapted[name] = round(diff / norm, 6) if norm else (0.0 if diff == 0 else float("inf"))
-    return {
-        "adapted_relative_l2": adapted,
-        "frozen_identical": frozen,
-        "max_relative_l2": max(adapted.values()) if adapted else 0.0,
-        "worst_array": max(adapted, key=adapted.get) if adapted else None,
-        "unequal": unequal,
-    }
-
-
-def state_arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k[2:]: z[k] for k in z.files if k.startswith("a/")}
-
-
-def feature_difference(host: np.lib.npyio.NpzFile, arm: np.lib.npyio.NpzFile, k: int) -> dict[str, Any]:
-    x, y = host[f"features{k}"].astype(np.float64), arm[f"features{k}"].astype(np.float64)
-    rel = np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1)
-    cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
-    lx, ly = host[f"logits{k}"], arm[f"logits{k}"]
-    return {
-        "frames": len(x),
-        "relative_l2_max": round(float(rel.max()), 6),
-        "relative_l2_mean": round(float(rel.mean()), 6),
-        "cosine_min": round(float(cos.min()), 6),
-        "max_abs": round(float(np.abs(x - y).max()), 5),
-        "feature_scale": round(float(np.abs(x).max()), 3),
-        "exactly_equal": bool(np.array_equal(host[f"features{k}"], arm[f"features{k}"])),
-        "imagenet_top1_agree": int((lx.argmax(1) == ly.argmax(1)).sum()),
-    }
-
-
-def compare(name: str, truth: list[dict[str, Any]], features: dict[str, Any], arm_tag: str) -> dict[str, Any]:
-    x86_tag = f"x86_64-{name.replace('.', '-')}"
-    px, pa = predictions(x86_tag), predictions(arm_tag)
-    frames = sorted(set(px) & set(pa))
-    adapted = [px[i]["label"] == pa[i]["label"] for i in frames]
-    source = [px[i]["source_label"] == pa[i]["source_label"] for i in frames]
-    conf = [abs(px[i]["confidence"] - pa[i]["confidence"]) for i in frames]
-    label = {r["frame"]: r["label"] for r in truth}
-    memory = state_arrays(WORK / "inputs" / f"memory-{name.replace('.', '-')}.npz")
-    state = state_difference(newest_checkpoint(x86_tag), newest_checkpoint(arm_tag), memory)
-    tolerance = state_tolerance(features)
-    return {
-        "frames": len(frames),
-        "frames_only_one_side": len(set(px) ^ set(pa)),
-        "agreement_adapted": round(sum(adapted) / len(frames), 4),
-        "meets_issue_target_99": sum(adapted) / len(frames) >= AGREEMENT_TARGET,
-        "agreement_source_only": round(sum(source) / len(frames), 4),
-        "disagreeing_frames": [i for i, ok in zip(frames, adapted) if not ok],
-        "disagreeing_frames_source_only": [i for i, ok in zip(frames, source) if not ok],
-        "disagreements": [
-            {
-                "frame": i,
-                "x86_64": [px[i]["label"], px[i]["confidence"]],
-                "aarch64": [pa[i]["label"], pa[i]["confidence"]],
-            }
-            for i, ok in zip(frames, adapted)
-            if not ok
-        ],
-        "confidence_max_abs_diff": round(max(conf), 4),
-        "accuracy_adapted": {
-            "x86_64": round(float(np.mean([px[i]["label"] == label[i] for i in frames])), 4),
-            "aarch64": round(float(np.mean([pa[i]["label"] == label[i] for i in frames])), 4),
-        },
-        "features_probed_frames": features,
-        "state": state,
-        "state_tolerance": tolerance,
-        "state_within_tolerance": state["max_relative_l2"] <= tolerance and not state["unequal"],
-    }
-
-
-def state_tolerance(features: dict[str, Any]) -> float:
-    """Relative L2 bound for each adapted state array, from the backbone's own cross-platform difference.
-
-    The input tensors are bit-identical on both sides (same decoded pixels, same preprocessing:
-    checked), so every difference in the state comes from the features, which differ per frame by
-    at most d (relative L2, measured on the probed frames). The adapted arrays are running sums of
-    the features (first moments: moved by at most d), of their products (second moments: at most
-    2d + d^2) or of per-frame posteriors and gated reinforcement built from them; the tolerance
-    is 2d, with a floor of 1e-6 for float32 summation order. The arrays the run leaves as the
-    source memory has them must be bit-identical (checked separately).
-    """
-    return round(max(2 * features["relative_l2_max"], 1e-6), 6)
-
-
-def isa(info: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in info["cpu"].items()}
-
-
-def write_markdown(report: dict[str, Any], path: Path) -> None:
-    r = report
-    lines = [
-        "## On Arm: the device path in an arm64 root under qemu-user (`make check-arm-run`)",
-        "",
-        f"Measured {r['generated']} at {r['commit'][:7]}: Debian {r['root']['suite']} arm64 root "
-        f"(Python {r['arm64']['python']}, {r['arm64']['glibc']}) under {r['host_tools']['qemu']}; "
-        f"{len(r['wheels'])} aarch64 wheels installed with --no-index. {r['input']['frames_processed']} frames "
-        f"of the demo's shifted video (every {r['input']['every']}th), decoded once on x86, re-encoded FFV1: both sides "
-        f"read the same pixels (sha256 equal: {r['input']['pixels_identical']}).",
-        "",
-        "| backbone | top-1 agreement, adapted | source-only read-out | accuracy x86 / arm64 | "
-        "feature rel. L2 max (32 probed frames) | state rel. L2 max (tolerance) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, c in r["backbones"].items():
-        lines.append(
-            f"| {name} | {c['agreement_adapted']:.1%} ({c['frames'] - len(c['disagreeing_frames'])}/"
-            f"{c['frames']}) | {c['agreement_source_only']:.1%} | {c['accuracy_adapted']['x86_64']:.1%} / "
-            f"{c['accuracy_adapted']['aarch64']:.1%} | {c['features_probed_frames']['relative_l2_max']:.4f} | "
-            f"{c['state']['max_relative_l2']:.2e} ({c['state_tolerance']:.2e}) |"
-        )
-    a, h = r["arm64"]["cpu"], r["x86_64"]["cpu"]
-    xnn = r["isa"]["aarch64"]
-    cpus = r.get("emulated_cpus", {})
-    described = "; ".join(f"{cpu}: {', '.join(info['flags'])}" for cpu, info in cpus.items() if cpu != "max")
-    mx = r.get("qemu_max_check", {})
-    lines += [
-        "",
-        f"Emulated CPU {r['arm64'].get('qemu_cpu')} (Raspberry Pi 4), AT_HWCAP: NEON {a['neon']}, dotprod "
-        f"(asimddp) {a['dotprod']}, i8mm {a['i8mm']}, SVE {a['sve']}; LiteRT's XNNPACK delegate created: "
-        f"{xnn['litert_xnnpack_delegate']}, ONNX Runtime's MLAS reads the same flags ({described}). x86 host "
-        f"({h['model']}): {', '.join(h['flags'])}. On qemu's default `max` CPU (SVE2, SME, i8mm, ...) XNNPACK "
-        f"computes wrong features (relative L2 {mx.get('features_relative_l2')} from x86, ImageNet top-1 "
-        f"{mx.get('imagenet_top1_max')} vs {mx.get('imagenet_top1_x86')}), hence the pinned CPU.",
-        f"torch never imported: {r['torch_free']}; bridge serve in the root, taught and queried from x86 over "
-        f"{r['bridge']['url']} with a key: {r['bridge']['ok']}.",
-        "Wall time per phase (s): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in r["phases_s"].items())
-        + f"; total {r['total_s'] / 60:.1f} min (emulated timings say nothing about a board). From nothing "
-        f"(root, install and inputs made too): {r['cold_run_estimate']['wall_s'] / 60:.0f} min wall on this "
-        f"shared 2-core machine (load {r['load_average_at_end'][1]}), "
-        f"{r['cold_run_estimate']['cpu_s'] / 60:.0f} CPU-minutes.",
-    ]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> int:
