@@ -215,3 +215,24 @@ def test_the_compiled_kernel_called_directly_does_what_the_dispatcher_does(rng, 
     np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
     for name, value in direct._arrays().items():
         np.testing.assert_array_equal(value, dispatched._arrays()[name], err_msg=name)
+
+
+def test_a_state_written_before_slot_reference_keeps_its_slots(rng) -> None:
+    # States of the class-mean slots (session 8) have no ``slot_reference``: they load as "class"
+    # and go on predicting as they did; a reference that does not exist is refused by name.
+    from edge_runtime.adapters.memflow import MemFlow
+    from edge_runtime.errors import InputError
+
+    means = rng.normal(size=(3, 64)).astype(np.float32)
+    y = np.arange(90) % 3
+    x = (means[y] + 0.5 * rng.normal(size=(90, 64))).astype(np.float32)
+    stream = (means[rng.integers(0, 3, 80)] + 0.5 * rng.normal(size=(80, 64)) + 0.3).astype(np.float32)
+    old = MemFlow(n_hub=8, n_bridge=32, in_degree=4, slot_reference="class", slot_gate=0.9).fit(x, y)
+    old.adapt(stream[:40])
+    state = old.state_dict()
+    del state["params"]["slot_reference"]
+    loaded = MemFlow.from_state_dict(state)
+    assert loaded.slot_reference == "class"
+    np.testing.assert_array_equal(loaded.adapt(stream[40:]), old.adapt(stream[40:]))
+    with pytest.raises(InputError, match="slot_reference"):
+        MemFlow(slot_reference="mean").fit(x, y)
