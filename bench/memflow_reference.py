@@ -282,12 +282,16 @@ class TorchMemFlow:
 
     def _slot_references(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What each slot is measured from, (K, d) and (K, N): the source mean, or each class's."""
-        if self.model.slot_reference == "source":
-            return (
-                (self.slot_pi @ self.slot_source_mean).expand_as(self.slot_source_mean),
-                (self.slot_pi @ self.slot_trace_source).expand_as(self.slot_trace_source),
-            )
-        return self.slot_source_mean, self.slot_trace_source
+        model = self.model
+        if model.slot_reference == "class":
+            alpha = torch.ones_like(self.slot_pi)
+        else:  # a class moves the centre by at most slot_leak of its distance from the mean
+            alpha = torch.full_like(self.slot_pi, max(0.0, 1.0 - model.slot_leak / float(self.slot_pi.max())))
+        references = []
+        for means in (self.slot_source_mean, self.slot_trace_source):
+            centre = self.slot_pi @ means
+            references.append(centre + alpha[:, None] * (means - centre))
+        return references[0], references[1]
 
     def _slot_offsets(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """sum_k pi_k (S_k - W_k r_k) / (P + W_k) for the input and the traces, and the gain

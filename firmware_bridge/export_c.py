@@ -292,6 +292,7 @@ MEMFLOW_PARAMS = frozenset(
         "slot_floor",
         "slot_cov_prior",
         "slot_reference",
+        "slot_leak",
     }
 )
 

@@ -258,7 +258,10 @@ def apply(
 # puts it; measured from its class's source mean mu^s_k ("class"), a frame the alignment reads as
 # class k adds only what it differs from that class, which confirms the alignment that labelled
 # it. The price of "source": a stay of source-like images of class k moves the combined centre by
-# up to pi_k |mu^s_k - mu^s| (its share of the class's distance from the mean), never more.
+# up to pi_k |mu^s_k - mu^s|. ``slot_leak`` rho caps that at rho |mu^s_k - mu^s|: slot k is
+# measured from r_k = mu^s + alpha (mu^s_k - mu^s), alpha = max(0, 1 - rho / max_k pi_k), so that
+# (1 - alpha) pi_k <= rho whatever the number of classes; one alpha for all, so that the references
+# average to the source mean (sum_k pi_k r_k = mu^s) and full slots carry no bias.
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
@@ -294,16 +297,18 @@ def learn_slot(
     prior: float,
     pi: float,
     x: np.ndarray,
-    mean: np.ndarray,
+    centre: np.ndarray,
+    class_mean: np.ndarray,
+    alpha: float,
     sums: np.ndarray,
     weight: np.ndarray,
     offset: np.ndarray,
 ) -> None:
     """Fold x (n,) of evidence e into slot k (sums (K, n), weight (K,), EMA factor gamma) and
-    keep ``offset`` (n,) = sum_k pi_k (sums_k - weight_k mean_k) / (prior + weight_k) up to
-    date, ``mean`` (n,) being what slot k is measured from: slot k's term is taken out and put
-    back. ``weight`` is the caller's to update (it is shared by every statistic of the slot):
-    here w_old = weight[k], w_new = gamma w_old + e."""
+    keep ``offset`` (n,) = sum_k pi_k (sums_k - weight_k r_k) / (prior + weight_k) up to date,
+    r_k = centre + alpha (class_mean - centre) being what slot k is measured from: slot k's term
+    is taken out and put back. ``weight`` is the caller's to update (it is shared by every
+    statistic of the slot): here w_old = weight[k], w_new = gamma w_old + e."""
     w_old = weight[k]
     w_new = gamma * w_old + e
     a_old = pi / (prior + w_old) if prior + w_old > 0.0 else 0.0
@@ -311,7 +316,8 @@ def learn_slot(
     for j in range(x.shape[0]):
         s_old = sums[k, j]
         s_new = gamma * s_old + e * float(x[j])
-        offset[j] += a_new * (s_new - w_new * mean[j]) - a_old * (s_old - w_old * mean[j])
+        mean = centre[j] + alpha * (class_mean[j] - centre[j])
+        offset[j] += a_new * (s_new - w_new * mean) - a_old * (s_old - w_old * mean)
         sums[k, j] = s_new
 
 

@@ -393,10 +393,20 @@ def _run_balanced(
             if p < slots.gate or e <= 0.0:
                 continue
             g = slots.gamma**e
-            mean = slots.centre if slots.from_source else slots.source_mean[k]
-            trace_mean = slots.trace_centre if slots.from_source else slots.trace_source[k]
+            alpha = slots.alpha[k]
             align.learn_slot(
-                k, e, g, slots.prior, slots.pi[k], slots.zraw, mean, slots.sums, slots.weight, slots.offset
+                k,
+                e,
+                g,
+                slots.prior,
+                slots.pi[k],
+                slots.zraw,
+                slots.centre,
+                slots.source_mean[k],
+                alpha,
+                slots.sums,
+                slots.weight,
+                slots.offset,
             )
             align.learn_slot(
                 k,
@@ -405,7 +415,9 @@ def _run_balanced(
                 slots.prior,
                 slots.pi[k],
                 slots.mraw,
-                trace_mean,
+                slots.trace_centre,
+                slots.trace_source[k],
+                alpha,
                 slots.trace_sums,
                 slots.weight,
                 slots.trace_offset,

@@ -67,7 +67,7 @@ class Slots(NamedTuple):
     count: np.ndarray  # (1,) int64
     zraw: np.ndarray  # (d,) float32 buffer
     mraw: np.ndarray  # (N,) float32 buffer
-    from_source: bool  # a frame measured from the source mean (else from its pseudo-class's source mean)
+    alpha: np.ndarray  # (K,) slot k is measured from centre + alpha_k (its class's source mean - centre)
     centre: np.ndarray  # (d,) source mean of the normalised features
     trace_centre: np.ndarray  # (N,) source mean trace
 

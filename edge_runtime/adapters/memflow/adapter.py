@@ -94,12 +94,13 @@ class MemFlow(Adapter):
     How each default was chosen (never on a reported bench task): ``docs/memflow.md``.
 
     balanced, slot_prior, slot_decay, slot_gate, slot_novelty, slot_ring, slot_soft, slot_floor, slot_cov_prior,
-    slot_reference
+    slot_reference, slot_leak
         The class-balanced domain statistics (a slot per pseudo-class, fixed class weights): on/off
         (off: one global running window, ``shift_*``), and the slots' prior, ageing, evidence gate,
         novelty guard, confidence spreading, weight floor, second-moment prior and what a slot's
-        frames are measured from ("source": the source mean; "class": the class's source mean);
-        how each was chosen: ``docs/memflow.md``.
+        frames are measured from ("source": the source mean, moved toward the class's own mean just
+        enough that a class in view shifts the centre by at most ``slot_leak`` of its distance from
+        the mean; "class": the class's source mean); how each was chosen: ``docs/memflow.md``.
 
     Example
     -------
@@ -127,6 +128,7 @@ class MemFlow(Adapter):
         "temporal": False,
         "balanced": False,
         "slot_reference": "class",
+        "slot_leak": 1.0,
     }
 
     def __init__(
@@ -175,6 +177,7 @@ class MemFlow(Adapter):
         slot_floor: float = 1.0,
         slot_cov_prior: float = 10.0,
         slot_reference: str = "source",
+        slot_leak: float = 0.1,
     ) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
@@ -220,6 +223,7 @@ class MemFlow(Adapter):
         self.slot_floor = slot_floor
         self.slot_cov_prior = slot_cov_prior
         self.slot_reference = slot_reference
+        self.slot_leak = slot_leak
 
     # -- construction ----------------------------------------------------------------------
     def _check_params(self) -> None:

@@ -108,7 +108,7 @@ def kernel_args(model: Any) -> tuple:
         model._slot_count,
         model._slot_zraw,
         model._slot_mraw,
-        model.slot_reference == "source",
+        model._slot_alpha,
         model._slot_centre,
         model._slot_trace_centre,
     )

@@ -176,6 +176,8 @@ def check_params(model: Any) -> None:
         )
     if model.slot_reference not in _REFERENCES:
         raise InputError(f"slot_reference must be one of {_REFERENCES}, got {model.slot_reference!r}")
+    if not model.slot_leak > 0:
+        raise InputError(f"slot_leak must be > 0, got {model.slot_leak}")
     if model.temporal_lag < 2 or not 0.0 <= model.temporal_max < 1.0:
         raise InputError(
             f"need temporal_lag >= 2 and temporal_max in [0, 1), got {model.temporal_lag} and " f"{model.temporal_max}"
@@ -198,7 +200,8 @@ def allocate_slots(model: Any, dim: int, n_classes: int, n: int, rank: int) -> N
     model._slot_trace_offset = np.zeros(n)
     model._slot_trace_source = np.zeros((n_classes, n))
     model._slot_pi = np.full(n_classes, 1.0 / n_classes)
-    # the source mean (input, traces): what the slots are measured from with ``slot_reference`` "source"
+    # what the slots are measured from: centre + alpha_k (class mean - centre), input and traces
+    model._slot_alpha = np.ones(n_classes)
     model._slot_centre = np.zeros(dim)
     model._slot_trace_centre = np.zeros(n)
     model._slot_zraw = np.zeros(dim, np.float32)
@@ -234,13 +237,19 @@ def refresh_slots(model: Any) -> None:
         model._slot_trace_source[:] = np.where(model._source[0] > 0, model._source[1] / model._source[0], 0.0)
     model._slot_centre[:] = model._slot_pi @ model._slot_source_mean
     model._slot_trace_centre[:] = model._slot_pi @ model._slot_trace_source
+    if model.slot_reference == "class":
+        model._slot_alpha[:] = 1.0
+    else:  # a class in view moves the centre by at most slot_leak of its distance from the mean; one
+        # alpha for every class, so that the references still average to the source mean
+        model._slot_alpha[:] = max(0.0, 1.0 - float(model.slot_leak) / float(model._slot_pi.max()))
     prior = float(model.slot_prior)
+    alpha = model._slot_alpha[:, None]
     for sums, means, centre, offset in (
         (model._slot_sums, model._slot_source_mean, model._slot_centre, model._slot_offset),
         (model._slot_trace_sums, model._slot_trace_source, model._slot_trace_centre, model._slot_trace_offset),
     ):
-        reference = np.broadcast_to(centre, means.shape) if model.slot_reference == "source" else means
-        align.balanced_offset(sums, model._slot_weight, np.ascontiguousarray(reference), prior, model._slot_pi, offset)
+        reference = centre + alpha * (means - centre)
+        align.balanced_offset(sums, model._slot_weight, reference, prior, model._slot_pi, offset)
 
 
 def domain_statistics(model: Any) -> dict[str, tuple[np.ndarray, float]]:
