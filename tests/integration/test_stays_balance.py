@@ -11,8 +11,9 @@ with lambda_k < 1 and m_k a weighted mean of frames of D:
 
     |delta centre| <= sum_{k in E} pi_k max_{x in D} |x - r_k|,
 
-r_k the source mean (the default, ``slot_reference`` "source") or the class's source mean
-("class"). Neither depends on how long the dwell lasts. An unbalanced running mean instead moves
+r_k = mu + alpha (mu_k - mu), alpha = max(0, 1 - slot_leak / max_k pi_k) (the default,
+``slot_reference`` "source") or the class's source mean mu_k ("class"). Neither depends on how
+long the dwell lasts. An unbalanced running mean instead moves
 to the dwell's own mean (|mean(D) - mu_s| times W / (W + P)), which the same check rejects (the
 third test).
 """
@@ -66,9 +67,8 @@ def dwell_then_shuffle(fold, linear, fitted, label: int, seed: int = 0) -> dict:
     source = fold.source_x / np.linalg.norm(fold.source_x, axis=1, keepdims=True)
     class_means = np.array([source[fold.source_y == k].mean(axis=0) for k in range(9)], np.float64)
     pi = np.bincount(fold.source_y, minlength=9) / len(fold.source_y)
-    reference = (
-        np.broadcast_to(pi @ class_means, class_means.shape) if model.slot_reference == "source" else class_means
-    )
+    alpha = max(0.0, 1.0 - model.slot_leak / float(pi.max())) if model.slot_reference == "source" else 1.0
+    reference = pi @ class_means + alpha * (class_means - pi @ class_means)
     radius = np.linalg.norm(z[:, None, :] - reference[None], axis=2).max(axis=0)  # (K,)
     if model.balanced:
         bound = float((pi * radius)[model._slot_weight > 0].sum())
