@@ -51,6 +51,8 @@ ADAPTERS["memflow-no-novelty"] = _lazy("memflow", "MemFlow", shift_novelty=0.0, 
 # class-balanced slots), and slots measured from their own class's mean, confident frames only
 ADAPTERS["memflow-global"] = _lazy("memflow", "MemFlow", balanced=False)
 ADAPTERS["memflow-class-mean"] = _lazy("memflow", "MemFlow", slot_reference="class", slot_gate=0.9)
+# a stay's effect on the centre capped at 0.1 of its class's distance from the mean, for any number of classes
+ADAPTERS["memflow-capped"] = _lazy("memflow", "MemFlow", slot_leak=0.1)
 
 
 def make_adapter(name: str, **params: Any) -> Adapter:

@@ -192,11 +192,29 @@ def test_merged_statistics_equal_teaching(name: str) -> None:
 
 # Adapters that lose accuracy over a long single-class stay today: their running statistics follow
 # the class in view (DESIGN.md, "Running statistics on a camera stream"). MemFlow keeps them per
-# pseudo-class with fixed class weights, so that a class in view moves the centre by at most
-# `slot_leak` (0.1) of its distance from the mean, whatever the number of classes, and holds
-# (`memflow-global`, its one-window ablation, does not). Strict: once one holds, its entry must go.
+# pseudo-class with fixed class weights, each slot measured from the source mean: a stay moves the
+# combined centre by up to its class's weight (1/4 here, four classes) times that class's distance
+# from the mean, which costs this 4-class check 16 points. `memflow-capped` (slot_leak 0.1) and
+# `memflow-class-mean` hold, at a cost on shifted data (docs/memflow.md). Strict: once one holds,
+# its entry must go.
 _STAYS = "issue #23: the running statistics follow the class in view"
+_SHARE = "issue #23: a stay moves MemFlow's centre by its class's weight times its distance from the mean"
 STAY_FAILURES: dict[str, str] = {name: _STAYS for name in ("dmn", "memflow-global", "shift", "shift+t3a", "t3a")}
+STAY_FAILURES.update(
+    {
+        name: _SHARE
+        for name in (
+            "memflow",
+            "memflow-no-blur",
+            "memflow-no-cu",
+            "memflow-no-novelty",
+            "memflow-no-spike",
+            "memflow-no-subspace",
+            "memflow-no-temporal",
+            "memflow-static",
+        )
+    }
+)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -177,7 +177,7 @@ class MemFlow(Adapter):
         slot_floor: float = 1.0,
         slot_cov_prior: float = 10.0,
         slot_reference: str = "source",
-        slot_leak: float = 0.1,
+        slot_leak: float = 1.0,
     ) -> None:
         self.n_hub = n_hub
         self.n_bridge = n_bridge
