@@ -297,18 +297,16 @@ def learn_slot(
     prior: float,
     pi: float,
     x: np.ndarray,
-    centre: np.ndarray,
-    class_mean: np.ndarray,
-    alpha: float,
+    reference: np.ndarray,
     sums: np.ndarray,
     weight: np.ndarray,
     offset: np.ndarray,
 ) -> None:
     """Fold x (n,) of evidence e into slot k (sums (K, n), weight (K,), EMA factor gamma) and
     keep ``offset`` (n,) = sum_k pi_k (sums_k - weight_k r_k) / (prior + weight_k) up to date,
-    r_k = centre + alpha (class_mean - centre) being what slot k is measured from: slot k's term
-    is taken out and put back. ``weight`` is the caller's to update (it is shared by every
-    statistic of the slot): here w_old = weight[k], w_new = gamma w_old + e."""
+    r_k = ``reference`` (n,) being what slot k is measured from: slot k's term is taken out and
+    put back. ``weight`` is the caller's to update (it is shared by every statistic of the
+    slot): here w_old = weight[k], w_new = gamma w_old + e."""
     w_old = weight[k]
     w_new = gamma * w_old + e
     a_old = pi / (prior + w_old) if prior + w_old > 0.0 else 0.0
@@ -316,8 +314,7 @@ def learn_slot(
     for j in range(x.shape[0]):
         s_old = sums[k, j]
         s_new = gamma * s_old + e * float(x[j])
-        mean = centre[j] + alpha * (class_mean[j] - centre[j])
-        offset[j] += a_new * (s_new - w_new * mean) - a_old * (s_old - w_old * mean)
+        offset[j] += a_new * (s_new - w_new * reference[j]) - a_old * (s_old - w_old * reference[j])
         sums[k, j] = s_new
 
 
@@ -333,9 +330,9 @@ def learn_slot_moments(k: int, e: float, gamma: float, y: np.ndarray, y1: np.nda
 
 @njit(cache=True, error_model="numpy")
 def balanced_offset(
-    sums: np.ndarray, weight: np.ndarray, source_mean: np.ndarray, prior: float, pi: np.ndarray, offset: np.ndarray
+    sums: np.ndarray, weight: np.ndarray, reference: np.ndarray, prior: float, pi: np.ndarray, offset: np.ndarray
 ) -> None:
-    """offset (n,) = sum_k pi_k (sums_k - weight_k source_mean_k) / (prior + weight_k), from scratch."""
+    """offset (n,) = sum_k pi_k (sums_k - weight_k reference_k) / (prior + weight_k), from scratch."""
     offset[:] = 0.0
     for k in range(sums.shape[0]):
         total = prior + weight[k]
@@ -343,7 +340,7 @@ def balanced_offset(
             continue
         a = pi[k] / total
         for j in range(sums.shape[1]):
-            offset[j] += a * (sums[k, j] - weight[k] * source_mean[k, j])
+            offset[j] += a * (sums[k, j] - weight[k] * reference[k, j])
 
 
 @njit(cache=True, error_model="numpy")

@@ -393,7 +393,6 @@ def _run_balanced(
             if p < slots.gate or e <= 0.0:
                 continue
             g = slots.gamma**e
-            alpha = slots.alpha[k]
             align.learn_slot(
                 k,
                 e,
@@ -401,9 +400,7 @@ def _run_balanced(
                 slots.prior,
                 slots.pi[k],
                 slots.zraw,
-                slots.centre,
-                slots.source_mean[k],
-                alpha,
+                slots.reference[k],
                 slots.sums,
                 slots.weight,
                 slots.offset,
@@ -415,9 +412,7 @@ def _run_balanced(
                 slots.prior,
                 slots.pi[k],
                 slots.mraw,
-                slots.trace_centre,
-                slots.trace_source[k],
-                alpha,
+                slots.trace_reference[k],
                 slots.trace_sums,
                 slots.weight,
                 slots.trace_offset,

@@ -52,11 +52,11 @@ class Slots(NamedTuple):
     floor: float  # Lambda: the slots' terms are divided by max(their mass, Lambda) (1: fixed weights)
     rho: float  # evidence novelty scale (0: every frame weighs 1)
     pi: np.ndarray  # (K,) fixed class weights (source frequencies)
-    source_mean: np.ndarray  # (K, d) source class means of the normalised features
+    reference: np.ndarray  # (K, d) what each slot's frames are measured from (``refresh_slots``)
     weight: np.ndarray  # (K,) evidence per slot
     sums: np.ndarray  # (K, d)
     offset: np.ndarray  # (d,) combined input offset
-    trace_source: np.ndarray  # (K, N) source class mean traces
+    trace_reference: np.ndarray  # (K, N) the same for the traces
     trace_sums: np.ndarray  # (K, N)
     trace_offset: np.ndarray  # (N,)
     y1: np.ndarray  # (K, r)
@@ -67,9 +67,6 @@ class Slots(NamedTuple):
     count: np.ndarray  # (1,) int64
     zraw: np.ndarray  # (d,) float32 buffer
     mraw: np.ndarray  # (N,) float32 buffer
-    alpha: np.ndarray  # (K,) slot k is measured from centre + alpha_k (its class's source mean - centre)
-    centre: np.ndarray  # (d,) source mean of the normalised features
-    trace_centre: np.ndarray  # (N,) source mean trace
 
 
 class Net(NamedTuple):

@@ -93,11 +93,11 @@ def kernel_args(model: Any) -> tuple:
         float(model.slot_floor),
         float(model.slot_novelty),
         model._slot_pi,
-        model._slot_source_mean,
+        model._slot_reference,
         model._slot_weight,
         model._slot_sums,
         model._slot_offset,
-        model._slot_trace_source,
+        model._slot_trace_reference,
         model._slot_trace_sums,
         model._slot_trace_offset,
         model._slot_y1,
@@ -108,9 +108,6 @@ def kernel_args(model: Any) -> tuple:
         model._slot_count,
         model._slot_zraw,
         model._slot_mraw,
-        model._slot_alpha,
-        model._slot_centre,
-        model._slot_trace_centre,
     )
     return stage, model._net(), memory, head, temporal, model._work, slots
 

@@ -200,10 +200,9 @@ def allocate_slots(model: Any, dim: int, n_classes: int, n: int, rank: int) -> N
     model._slot_trace_offset = np.zeros(n)
     model._slot_trace_source = np.zeros((n_classes, n))
     model._slot_pi = np.full(n_classes, 1.0 / n_classes)
-    # what the slots are measured from: centre + alpha_k (class mean - centre), input and traces
-    model._slot_alpha = np.ones(n_classes)
-    model._slot_centre = np.zeros(dim)
-    model._slot_trace_centre = np.zeros(n)
+    # what each slot's frames are measured from, input and traces (derived: ``refresh_slots``)
+    model._slot_reference = np.zeros((n_classes, dim))
+    model._slot_trace_reference = np.zeros((n_classes, n))
     model._slot_zraw = np.zeros(dim, np.float32)
     model._slot_mraw = np.zeros(n, np.float32)
 
@@ -230,25 +229,22 @@ def slot_offset(model: Any) -> np.ndarray:
 
 def refresh_slots(model: Any) -> None:
     """The slots' fixed weights (the source class frequencies), the source class mean traces,
-    the source means and both combined offsets, from scratch (after fit, teach, merge or load)."""
+    what each slot is measured from and both combined offsets, from scratch (after fit, teach,
+    merge or load)."""
     counts = model._source[0, :, 0] if model.n_neurons else np.ones(model._n_classes)
     model._slot_pi[:] = counts / counts.sum() if counts.sum() > 0 else 1.0 / model._n_classes
     with np.errstate(divide="ignore", invalid="ignore"):
         model._slot_trace_source[:] = np.where(model._source[0] > 0, model._source[1] / model._source[0], 0.0)
-    model._slot_centre[:] = model._slot_pi @ model._slot_source_mean
-    model._slot_trace_centre[:] = model._slot_pi @ model._slot_trace_source
-    if model.slot_reference == "class":
-        model._slot_alpha[:] = 1.0
-    else:  # a class in view moves the centre by at most slot_leak of its distance from the mean; one
-        # alpha for every class, so that the references still average to the source mean
-        model._slot_alpha[:] = max(0.0, 1.0 - float(model.slot_leak) / float(model._slot_pi.max()))
+    # "source": a class in view moves the centre by at most slot_leak of its distance from the mean;
+    # one alpha for every class, so that the references still average to the source mean
+    alpha = max(0.0, 1.0 - float(model.slot_leak) / float(model._slot_pi.max()))
     prior = float(model.slot_prior)
-    alpha = model._slot_alpha[:, None]
-    for sums, means, centre, offset in (
-        (model._slot_sums, model._slot_source_mean, model._slot_centre, model._slot_offset),
-        (model._slot_trace_sums, model._slot_trace_source, model._slot_trace_centre, model._slot_trace_offset),
+    for sums, means, reference, offset in (
+        (model._slot_sums, model._slot_source_mean, model._slot_reference, model._slot_offset),
+        (model._slot_trace_sums, model._slot_trace_source, model._slot_trace_reference, model._slot_trace_offset),
     ):
-        reference = centre + alpha * (means - centre)
+        centre = model._slot_pi @ means
+        reference[:] = means if model.slot_reference == "class" else centre + alpha * (means - centre)
         align.balanced_offset(sums, model._slot_weight, reference, prior, model._slot_pi, offset)
 
 
