@@ -13,20 +13,15 @@ wheel since 1.16, numba and llvmlite none since 0.59/0.42 (they are manylinux_2_
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import tomllib
+from arm.wheels import download
 
 PYTHONS = {"3.10": "Jetson Orin (JetPack 6)", "3.11": "Raspberry Pi 4/5 (Raspberry Pi OS Bookworm)"}
 GLIBC_MAX = 35  # JetPack 6's glibc; Bookworm's is 2.36
 FLEET_BY_NAME = ["paho-mqtt>=2,<3"]  # the fleet extra, while it is not yet in pyproject.toml
-WHEEL = re.compile(
-    r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)" r"-(?P<platform>.+)\.whl$"
-)
 
 
 def requirements(pyproject: Path) -> list[str]:
@@ -34,52 +29,12 @@ def requirements(pyproject: Path) -> list[str]:
     return project["dependencies"] + project.get("optional-dependencies", {}).get("fleet", FLEET_BY_NAME)
 
 
-def download(python: str, wanted: list[str], into: Path) -> list[dict[str, str]]:
-    tag = python.replace(".", "")
-    platforms = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in range(17, GLIBC_MAX + 1)]
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        python,
-        "--abi",
-        f"cp{tag}",
-        "-d",
-        str(into),
-    ]
-    for platform in platforms:
-        command += ["--platform", platform]
-    done = subprocess.run(command + wanted, capture_output=True, text=True)
-    if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
-        sys.exit(f"check-arm: Python {python} aarch64 does not resolve from wheels:\n" + "\n".join(errors))
-    rows = []
-    for wheel in sorted(into.iterdir()):
-        match = WHEEL.match(wheel.name)
-        if match is None:
-            sys.exit(f"check-arm: Python {python}: {wheel.name} is not a wheel (a source build on the board)")
-        rows.append(
-            {
-                "package": match["name"],
-                "version": match["version"],
-                "tag": f"{match['py']}-{match['abi']}-{match['platform']}",
-            }
-        )
-    return rows
-
-
 def main() -> None:
     wanted = requirements(Path(__file__).resolve().parents[1] / "pyproject.toml")
     print(f"check-arm: {', '.join(wanted)}")
     for python, board in PYTHONS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            rows = download(python, wanted, Path(tmp))
+            rows = download(python, wanted, Path(tmp), GLIBC_MAX)
         width = max(len(r["package"]) for r in rows)
         print(f"\nPython {python}, linux aarch64, glibc <= 2.{GLIBC_MAX}: {board}: {len(rows)} wheels, no source build")
         print(f"{'package':<{width}}  {'version':<12} wheel tag")

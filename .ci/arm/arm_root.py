@@ -33,6 +33,7 @@ from common import (
     mounts,
     sh,
 )
+from wheels import download
 
 
 # -- 1. host tools -----------------------------------------------------------------------------------------
@@ -163,44 +164,21 @@ def requirements() -> list[str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
 
 
-WHEEL = re.compile(
-    r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<platform>.+)\.whl$"
-)
-
-
 def download_wheels() -> list[dict[str, str]]:
     WHEELS.mkdir(parents=True, exist_ok=True)
-    platforms = ["manylinux2014_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in range(17, GLIBC_MAX + 1)]
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        "3.11",
-        "--abi",
-        "cp311",
-        "-d",
-        str(WHEELS),
-    ]
-    for p in platforms:
-        command += ["--platform", p]
-    sh(*command, *requirements())
+    rows = download("3.11", requirements(), WHEELS, GLIBC_MAX)
     shutil.rmtree(PROJECT, ignore_errors=True)
     sh(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", PROJECT, REPO)
     shutil.rmtree(REPO / "build", ignore_errors=True)
-    rows = []
-    for wheel in sorted(WHEELS.glob("*.whl")):
-        m = WHEEL.match(wheel.name)
-        rows.append({"package": m["name"], "version": m["version"], "tag": f"{m['py']}-{m['abi']}-{m['platform']}"})
     return rows
 
 
 # -- 4. install --------------------------------------------------------------------------------------------
+def pip_install(*args: str) -> None:
+    """pip install in the root's venv, from the mounted wheels only."""
+    sh(*in_root(f"{VENV}/bin/python", "-m", "pip", "install", "--quiet", "--no-index", *args))
+
+
 def install(wheels: list[dict[str, str]]) -> dict[str, Any]:
     key = hashlib.sha256("\n".join(sorted(p.name for p in WHEELS.glob("*.whl"))).encode()).hexdigest()[:16]
     marker = ROOT / VENV.lstrip("/") / f".deps-{key}"
@@ -209,19 +187,7 @@ def install(wheels: list[dict[str, str]]) -> dict[str, Any]:
     if not reused:
         shutil.rmtree(ROOT / VENV.lstrip("/"), ignore_errors=True)
         sh(*in_root("/usr/bin/python3", "-m", "venv", VENV))
-        sh(
-            *in_root(
-                f"{VENV}/bin/python",
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-index",
-                "--find-links",
-                "/mnt/wheels",
-                *requirements(),
-            )
-        )
+        pip_install("--find-links", "/mnt/wheels", *requirements())
         marker.write_text(
             json.dumps(
                 {
@@ -234,19 +200,7 @@ def install(wheels: list[dict[str, str]]) -> dict[str, Any]:
             + "\n"
         )
     project = next(PROJECT.glob("*.whl"))
-    sh(
-        *in_root(
-            f"{VENV}/bin/python",
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-index",
-            "--no-deps",
-            "--force-reinstall",
-            f"/mnt/project/{project.name}",
-        )
-    )
+    pip_install("--no-deps", "--force-reinstall", f"/mnt/project/{project.name}")
     helped = sh(*in_root(f"{VENV}/bin/edgert", "--help"))
     installed = sh(*in_root(f"{VENV}/bin/python", "-m", "pip", "list", "--format=freeze")).stdout.split()
     torch_present = sh(
